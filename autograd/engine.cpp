@@ -1,0 +1,111 @@
+#include "autograd/engine.hpp"
+
+#include <unordered_map>
+#include <unordered_set>
+
+#include "autograd/grad_mode.hpp"
+#include "autograd/node.hpp"
+#include "autograd/ops.hpp"
+#include "core/error.hpp"
+
+namespace ellipse {
+
+namespace {
+thread_local bool grad_mode_enabled = true;
+
+// Tensors with a grad_fn reachable from root, every tensor after all tensors that consume it. Holds
+// owning pointers: freeing a node's inputs during the sweep must not free tensors still to be visited.
+std::vector<std::shared_ptr<TensorImpl>> topological_order(const std::shared_ptr<TensorImpl>& root) {
+  std::vector<std::shared_ptr<TensorImpl>> order;
+  std::unordered_set<TensorImpl*> visited{root.get()};
+  // Iterative depth-first search: long graphs must not overflow the call stack.
+  std::vector<std::pair<std::shared_ptr<TensorImpl>, std::size_t>> stack{{root, 0}};
+  while (!stack.empty()) {
+    auto& [impl, next_input] = stack.back();
+    const auto& inputs = impl->grad_fn->inputs;
+    if (next_input < inputs.size()) {
+      const auto& input = inputs[next_input++].impl();
+      if (input->grad_fn && visited.insert(input.get()).second) stack.emplace_back(input, 0);
+    } else {
+      order.push_back(impl);
+      stack.pop_back();
+    }
+  }
+  return {order.rbegin(), order.rend()};
+}
+
+// Leaf gradients accumulate in place (micrograd's rule: never assign). The first one is copied, since the
+// gradient handed over may alias a buffer that backward still uses.
+void accumulate_leaf(const Tensor& leaf, const Tensor& grad) {
+  if (!leaf.impl()->grad) leaf.impl()->grad = grad.clone().impl();
+  else Tensor(leaf.impl()->grad).add_(grad);
+}
+}  // namespace
+
+bool grad_enabled() { return grad_mode_enabled; }
+void set_grad_enabled(bool enabled) { grad_mode_enabled = enabled; }
+
+Tensor record(std::string_view op, Tensor output, std::vector<Tensor> inputs, BackwardFn backward) {
+  if (!grad_enabled()) return output;
+  bool any = false;
+  for (const auto& input : inputs) any = any || (input.defined() && input.requires_grad());
+  if (!any) return output;
+  output.impl()->requires_grad = true;
+  output.impl()->grad_fn = std::make_shared<Node>(Node{op, std::move(inputs), std::move(backward)});
+  return output;
+}
+
+void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
+  ELLIPSE_CHECK(root.requires_grad(), "backward: the tensor does not require grad (no input of the graph does)");
+  Tensor seed = grad;
+  if (!seed.defined()) {
+    ELLIPSE_CHECK(root.numel() == 1, "backward: a gradient is needed for a non-scalar output of shape {}",
+                  to_string(root.shape()));
+    seed = ones_like(root);
+  }
+  ELLIPSE_CHECK(seed.shape() == root.shape(), "backward: gradient shape {} differs from output shape {}",
+                to_string(seed.shape()), to_string(root.shape()));
+  NoGradGuard no_grad;  // backward rules build no graph of their own
+  if (!root.grad_fn()) {  // a leaf: its gradient is the seed
+    accumulate_leaf(root, seed);
+    return;
+  }
+
+  std::unordered_map<TensorImpl*, Tensor> pending{{root.impl().get(), seed}};
+  for (const auto& owner : topological_order(root.impl())) {
+    TensorImpl* impl = owner.get();
+    Node& node = *impl->grad_fn;
+    ELLIPSE_CHECK(node.backward != nullptr,
+                  "backward: the graph through '{}' was already freed by an earlier backward; pass "
+                  "retain_graph=true to backpropagate twice",
+                  node.op);
+    auto found = pending.find(impl);
+    if (found == pending.end()) continue;  // no gradient flows here
+    const Tensor grad_output = std::move(found->second);
+    pending.erase(found);
+
+    std::vector<bool> needs(node.inputs.size());
+    for (std::size_t i = 0; i < needs.size(); ++i) needs[i] = node.inputs[i].defined() && node.inputs[i].requires_grad();
+    std::vector<Tensor> grads = node.backward(grad_output, needs);
+    ELLIPSE_CHECK(grads.size() == node.inputs.size(), "backward of '{}' returned {} gradients for {} inputs", node.op,
+                  grads.size(), node.inputs.size());
+    for (std::size_t i = 0; i < grads.size(); ++i) {
+      if (!needs[i] || !grads[i].defined()) continue;
+      const Tensor& input = node.inputs[i];
+      ELLIPSE_CHECK(grads[i].shape() == input.shape(), "backward of '{}': gradient {} for input {} of shape {}",
+                    node.op, to_string(grads[i].shape()), i, to_string(input.shape()));
+      if (input.grad_fn()) {
+        Tensor& slot = pending[input.impl().get()];
+        slot = slot.defined() ? add(slot, grads[i]) : grads[i];
+      } else {
+        accumulate_leaf(input, grads[i]);
+      }
+    }
+    if (!retain_graph) {
+      node.backward = nullptr;
+      node.inputs.clear();
+    }
+  }
+}
+
+}  // namespace ellipse

@@ -1,0 +1,26 @@
+#pragma once
+// A node of the dynamic graph: made by an op when one of its inputs requires grad, owned by the op's result.
+#include <functional>
+#include <string_view>
+#include <vector>
+
+#include "core/tensor.hpp"
+
+namespace ellipse {
+
+// Given the gradient of the op's output, returns one gradient per input (in input order; an undefined
+// Tensor where there is none). needs_grad[i] says whether input i wants one, so rules can skip work.
+using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output, const std::vector<bool>& needs_grad)>;
+
+struct Node {
+  std::string_view op;          // the op's name, for error messages and anomaly reports
+  std::vector<Tensor> inputs;   // kept alive until backward has run (or forever with retain_graph)
+  BackwardFn backward;          // empty once the graph has been freed
+};
+
+// Wraps an op's freshly computed output: records a Node when grad mode is on and any input requires grad.
+// Backward rules must capture only detached tensors (see Tensor::detach) so that no cycle keeps the
+// graph alive.
+Tensor record(std::string_view op, Tensor output, std::vector<Tensor> inputs, BackwardFn backward);
+
+}  // namespace ellipse

@@ -1,0 +1,98 @@
+#pragma once
+// The op set. Every op validates its inputs (throwing ellipse::Error naming the op and the shapes), runs
+// the kernel of its inputs' backend, and records its backward rule when an input requires grad.
+// Where each op lives: autograd/ops/<family>.cpp (forward + backward), backends/<device>/<family>.cpp
+// (kernels). See docs/architecture.md.
+#include <cstdint>
+#include <vector>
+
+#include "core/random.hpp"
+#include "core/tensor.hpp"
+
+namespace ellipse {
+
+// ---- views and copies (autograd/ops/views.cpp) ----
+Tensor reshape(const Tensor& x, const Shape& shape);  // a view when strides allow, else a copy; one -1 allowed
+Tensor view(const Tensor& x, const Shape& shape);     // like reshape, but throws instead of copying
+Tensor permute(const Tensor& x, const std::vector<std::int64_t>& order);
+Tensor transpose(const Tensor& x, std::int64_t a, std::int64_t b);
+Tensor narrow(const Tensor& x, std::int64_t axis, std::int64_t start, std::int64_t length);
+Tensor slice(const Tensor& x, std::int64_t axis, std::int64_t start, std::int64_t end, std::int64_t step = 1);
+Tensor select(const Tensor& x, std::int64_t axis, std::int64_t index);  // drops the axis
+Tensor expand(const Tensor& x, const Shape& shape);                    // broadcast view, stride 0
+Tensor unsqueeze(const Tensor& x, std::int64_t axis);
+Tensor squeeze(const Tensor& x, std::int64_t axis);
+Tensor contiguous(const Tensor& x);  // x itself when already contiguous
+Tensor clone(const Tensor& x);       // always a fresh contiguous copy
+Tensor to_dtype(const Tensor& x, DType dtype);
+Tensor to_device(const Tensor& x, Device device);
+Tensor concat(const std::vector<Tensor>& xs, std::int64_t axis);
+std::vector<Tensor> split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t axis);
+// Sums `x` over broadcast dimensions down to `shape` (the adjoint of expand).
+Tensor sum_to(const Tensor& x, const Shape& shape);
+
+// ---- elementwise (autograd/ops/elementwise.cpp); binary ops broadcast by NumPy rules ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor add(const Tensor& x, double s);
+Tensor sub(const Tensor& x, double s);
+Tensor mul(const Tensor& x, double s);
+Tensor div(const Tensor& x, double s);
+Tensor rsub(const Tensor& x, double s);  // s - x
+Tensor neg(const Tensor& x);
+Tensor pow(const Tensor& x, double exponent);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor abs(const Tensor& x);
+Tensor clamp(const Tensor& x, double low, double high);
+Tensor tanh(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor gelu(const Tensor& x);  // tanh approximation
+Tensor equal(const Tensor& a, const Tensor& b);  // 1 where equal, else 0; same dtype as the inputs; no gradient
+// cond != 0 picks a, else b; all three broadcast. Gradients flow to a and b.
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);  // x where mask == 0, else value
+// [n, n] f32 mask, 1 above the diagonal (the future), for masked_fill(scores, causal_mask(n), -inf).
+Tensor causal_mask(std::int64_t n, Device device = Device::cpu());
+
+Tensor operator+(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& a, const Tensor& b);
+Tensor operator*(const Tensor& a, const Tensor& b);
+Tensor operator/(const Tensor& a, const Tensor& b);
+Tensor operator+(const Tensor& a, double s);
+Tensor operator-(const Tensor& a, double s);
+Tensor operator*(const Tensor& a, double s);
+Tensor operator/(const Tensor& a, double s);
+Tensor operator+(double s, const Tensor& a);
+Tensor operator-(double s, const Tensor& a);
+Tensor operator*(double s, const Tensor& a);
+Tensor operator-(const Tensor& a);
+
+// ---- reductions and scans (autograd/ops/reduce.cpp); an empty axis list means all axes ----
+Tensor sum(const Tensor& x, const std::vector<std::int64_t>& axes = {}, bool keepdim = false);
+Tensor mean(const Tensor& x, const std::vector<std::int64_t>& axes = {}, bool keepdim = false);
+// Gradient splits equally between tied maxima.
+Tensor max(const Tensor& x, const std::vector<std::int64_t>& axes = {}, bool keepdim = false);
+Tensor cumsum(const Tensor& x, std::int64_t axis);
+
+// ---- linear algebra (autograd/ops/matmul.cpp) ----
+// 1-D, 2-D and batched: [..., M, K] @ [..., K, N] with the batch dims broadcast.
+Tensor matmul(const Tensor& a, const Tensor& b);
+
+// ---- neural-network ops (autograd/ops/nn.cpp) ----
+Tensor softmax(const Tensor& x, std::int64_t axis);
+Tensor log_softmax(const Tensor& x, std::int64_t axis);
+// Normalises over the last axis; weight and bias have that axis' size.
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
+Tensor embedding(const Tensor& weight, const Tensor& ids);  // weight [V, n], ids i64 of any shape -> [..., n]
+// Mean cross-entropy of logits [..., C] against i64 targets [...]; targets equal to ignore_index count for
+// nothing (and not in the mean's denominator).
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, std::int64_t ignore_index = -100);
+// Zeroes each element with probability p and scales the rest by 1/(1-p); identity when !training or p == 0.
+Tensor dropout(const Tensor& x, double p, bool training, Generator& gen = default_generator());
+
+}  // namespace ellipse

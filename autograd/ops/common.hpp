@@ -1,0 +1,61 @@
+#pragma once
+// Validation helpers shared by the op definitions in this folder.
+#include <initializer_list>
+#include <string_view>
+
+#include "autograd/grad_mode.hpp"
+#include "autograd/node.hpp"
+#include "autograd/ops.hpp"
+#include "backends/backend.hpp"
+#include "core/error.hpp"
+
+namespace ellipse::detail {
+
+inline void check_defined(std::string_view op, std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors) ELLIPSE_CHECK(t->defined(), "{}: an input tensor is undefined", op);
+}
+
+// All inputs on one device, with one dtype; returns that device's backend.
+inline Backend& same_device_and_dtype(std::string_view op, std::initializer_list<const Tensor*> tensors) {
+  check_defined(op, tensors);
+  const Tensor& first = **tensors.begin();
+  for (const Tensor* t : tensors) {
+    ELLIPSE_CHECK(t->device() == first.device(), "{}: inputs are on different devices ({} and {}); move them with .to()",
+                  op, first.device().str(), t->device().str());
+    ELLIPSE_CHECK(t->dtype() == first.dtype(), "{}: inputs have different dtypes ({} and {}); convert with .to()", op,
+                  dtype_name(first.dtype()), dtype_name(t->dtype()));
+  }
+  return backend_for(first.device());
+}
+
+inline void check_floating(std::string_view op, const Tensor& t) {
+  ELLIPSE_CHECK(is_floating(t.dtype()), "{}: expected a floating tensor (f32 or f64), got {} of shape {}", op,
+                dtype_name(t.dtype()), to_string(t.shape()));
+}
+
+// A tensor sharing x's storage with the given geometry (no copy, no graph).
+inline Tensor make_view(const Tensor& x, Shape shape, Strides strides, std::int64_t offset) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = x.storage();
+  impl->shape = std::move(shape);
+  impl->strides = std::move(strides);
+  impl->offset = offset;
+  impl->dtype = x.dtype();
+  return Tensor(std::move(impl));
+}
+
+// x viewed as [outer, n, inner] around `axis`.
+struct AxisSplit {
+  std::int64_t outer = 1, n = 1, inner = 1;
+};
+inline AxisSplit split_at(const Shape& shape, int axis) {
+  AxisSplit s;
+  for (int d = 0; d < static_cast<int>(shape.size()); ++d) {
+    if (d < axis) s.outer *= shape[d];
+    else if (d == axis) s.n = shape[d];
+    else s.inner *= shape[d];
+  }
+  return s;
+}
+
+}  // namespace ellipse::detail

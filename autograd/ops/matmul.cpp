@@ -1,0 +1,44 @@
+// Matrix products: 1-D, 2-D and batched with broadcast batch dims.
+#include "autograd/ops/common.hpp"
+
+namespace ellipse {
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  Backend& backend = detail::same_device_and_dtype("matmul", {&a, &b});
+  detail::check_floating("matmul", a);
+  ELLIPSE_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both operands need at least one dimension, got {} and {}",
+                to_string(a.shape()), to_string(b.shape()));
+  // Vectors become matrices and the added axis is dropped again (NumPy's rule).
+  if (a.dim() == 1) return squeeze(matmul(unsqueeze(a, 0), b), -2);
+  if (b.dim() == 1) return squeeze(matmul(a, unsqueeze(b, 1)), -1);
+
+  const std::int64_t m = a.shape()[a.dim() - 2], k = a.shape()[a.dim() - 1];
+  const std::int64_t kb = b.shape()[b.dim() - 2], n = b.shape()[b.dim() - 1];
+  ELLIPSE_CHECK(k == kb, "matmul: shapes {} and {} do not chain (inner sizes {} and {} differ)", to_string(a.shape()),
+                to_string(b.shape()), k, kb);
+  const Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
+  Shape shape = broadcast_shapes(batch_a, batch_b, "matmul");
+  Shape shape_a = shape, shape_b = shape;
+  shape_a.insert(shape_a.end(), {m, k});
+  shape_b.insert(shape_b.end(), {k, n});
+  shape.insert(shape.end(), {m, n});
+  Tensor out = empty(shape, a.dtype(), a.device());
+  backend.matmul(a.detach().expand(shape_a), b.detach().expand(shape_b), out);
+
+  return record("matmul", out, {a, b}, [a = a.detach(), b = b.detach()](const Tensor& g, const std::vector<bool>& needs) {
+    Tensor ga, gb;
+    if (needs[0]) ga = sum_to(matmul(g, transpose(b, -1, -2)), a.shape());
+    if (needs[1]) {
+      if (b.dim() == 2 && a.dim() > 2) {
+        // A shared weight: fold the batch into rows, one GEMM instead of a batch of them and a sum.
+        const std::int64_t rows = a.numel() / a.shape().back();
+        gb = matmul(transpose(reshape(a, {rows, a.shape().back()}), 0, 1), reshape(g, {rows, g.shape().back()}));
+      } else {
+        gb = sum_to(matmul(transpose(a, -1, -2), g), b.shape());
+      }
+    }
+    return std::vector{ga, gb};
+  });
+}
+
+}  // namespace ellipse

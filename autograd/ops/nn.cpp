@@ -1,0 +1,125 @@
+// Neural-network ops with their own kernels: softmax, log_softmax, layer_norm, embedding, cross_entropy,
+// and dropout (a mask from the backend times the input).
+#include "autograd/ops/common.hpp"
+
+namespace ellipse {
+
+namespace {
+
+Tensor softmax_impl(std::string_view op, const Tensor& x, std::int64_t axis_in, bool log) {
+  detail::check_defined(op, {&x});
+  detail::check_floating(op, x);
+  const int axis = normalize_axis(axis_in, x.dim(), op);
+  const auto split = detail::split_at(x.shape(), x.dim() == 0 ? -1 : axis);
+  Tensor y = empty(x.shape(), x.dtype(), x.device());
+  backend_for(x.device()).softmax(contiguous(x.detach()), y, split.outer, split.n, split.inner, log);
+  return record(op, y, {x}, [y = y.detach(), split, log](const Tensor& g, const std::vector<bool>&) {
+    Tensor gx = empty(g.shape(), g.dtype(), g.device());
+    backend_for(g.device()).softmax_backward(y, contiguous(g), gx, split.outer, split.n, split.inner, log);
+    return std::vector{gx};
+  });
+}
+
+// ids as a contiguous host-side check that every entry lies in [0, bound) (or equals `allowed`).
+void check_ids(std::string_view op, const Tensor& ids, std::int64_t bound, std::string_view what,
+               std::int64_t allowed) {
+  ELLIPSE_CHECK(ids.dtype() == DType::i64, "{}: {} must be i64, got {} of shape {}", op, what, dtype_name(ids.dtype()),
+                to_string(ids.shape()));
+  const Tensor host = ids.to(Device::cpu()).contiguous();
+  const std::int64_t* p = host.data<std::int64_t>();
+  for (std::int64_t i = 0; i < host.numel(); ++i) {
+    ELLIPSE_CHECK((p[i] >= 0 && p[i] < bound) || p[i] == allowed, "{}: {} {} at position {} is out of range [0, {})",
+                  op, what, p[i], i, bound);
+  }
+}
+
+}  // namespace
+
+Tensor softmax(const Tensor& x, std::int64_t axis) { return softmax_impl("softmax", x, axis, false); }
+Tensor log_softmax(const Tensor& x, std::int64_t axis) { return softmax_impl("log_softmax", x, axis, true); }
+
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  Backend& backend = detail::same_device_and_dtype("layer_norm", {&x, &weight, &bias});
+  detail::check_floating("layer_norm", x);
+  ELLIPSE_CHECK(x.dim() >= 1, "layer_norm: input must have at least one dimension");
+  const std::int64_t n = x.shape().back();
+  ELLIPSE_CHECK(weight.shape() == Shape{n} && bias.shape() == Shape{n},
+                "layer_norm: weight {} and bias {} must both be [{}] for input {}", to_string(weight.shape()),
+                to_string(bias.shape()), n, to_string(x.shape()));
+  ELLIPSE_CHECK(eps > 0, "layer_norm: eps must be positive, got {}", eps);
+  const Tensor xc = contiguous(x.detach()), w = contiguous(weight.detach()), b = contiguous(bias.detach());
+  const std::int64_t rows = n == 0 ? 0 : x.numel() / n;
+  Tensor y = empty(x.shape(), x.dtype(), x.device());
+  Tensor mu = empty({rows}, x.dtype(), x.device()), rstd = empty({rows}, x.dtype(), x.device());
+  backend.layer_norm(xc, w, b, eps, y, mu, rstd);
+  return record("layer_norm", y, {x, weight, bias}, [xc, w, mu, rstd](const Tensor& g, const std::vector<bool>&) {
+    Tensor gx = empty(xc.shape(), xc.dtype(), xc.device());
+    Tensor gw = zeros_like(w), gb = zeros_like(w);
+    backend_for(g.device()).layer_norm_backward(xc, w, mu, rstd, contiguous(g), gx, gw, gb);
+    return std::vector{gx, gw, gb};
+  });
+}
+
+Tensor embedding(const Tensor& weight, const Tensor& ids) {
+  detail::check_defined("embedding", {&weight, &ids});
+  detail::check_floating("embedding", weight);
+  ELLIPSE_CHECK(weight.dim() == 2, "embedding: weight must be [vocab, dim], got {}", to_string(weight.shape()));
+  ELLIPSE_CHECK(ids.device() == weight.device(), "embedding: ids are on {}, weight on {}", ids.device().str(),
+                weight.device().str());
+  const std::int64_t vocab = weight.shape()[0], n = weight.shape()[1];
+  check_ids("embedding", ids, vocab, "id", vocab);  // `vocab` itself is never allowed
+  Shape shape = ids.shape();
+  shape.push_back(n);
+  Tensor out = empty(shape, weight.dtype(), weight.device());
+  const Tensor flat_ids = contiguous(ids);
+  backend_for(weight.device()).embedding(contiguous(weight.detach()), flat_ids, out);
+  return record("embedding", out, {weight}, [flat_ids, wshape = weight.shape()](const Tensor& g, const std::vector<bool>&) {
+    Tensor gw = zeros(wshape, g.dtype(), g.device());
+    backend_for(g.device()).embedding_backward(flat_ids, contiguous(g), gw);
+    return std::vector{gw};
+  });
+}
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, std::int64_t ignore_index) {
+  detail::check_defined("cross_entropy", {&logits, &targets});
+  detail::check_floating("cross_entropy", logits);
+  ELLIPSE_CHECK(logits.dim() >= 1, "cross_entropy: logits need a class axis, got shape {}", to_string(logits.shape()));
+  const Shape row_shape(logits.shape().begin(), logits.shape().end() - 1);
+  ELLIPSE_CHECK(targets.shape() == row_shape, "cross_entropy: targets {} must have the logits' shape {} without its "
+                "class axis, i.e. {}", to_string(targets.shape()), to_string(logits.shape()), to_string(row_shape));
+  ELLIPSE_CHECK(targets.device() == logits.device(), "cross_entropy: targets are on {}, logits on {}",
+                targets.device().str(), logits.device().str());
+  const std::int64_t classes = logits.shape().back(), rows = numel(row_shape);
+  ELLIPSE_CHECK(classes > 0, "cross_entropy: logits {} have no classes", to_string(logits.shape()));
+  check_ids("cross_entropy", targets, classes, "target", ignore_index);
+  std::int64_t counted = 0;
+  for (auto t : targets.to_vector<std::int64_t>()) counted += t != ignore_index;
+
+  const Tensor flat = reshape(contiguous(logits.detach()), {rows, classes});
+  const Tensor flat_targets = reshape(contiguous(targets), {rows});
+  Tensor losses = empty({rows}, logits.dtype(), logits.device()), lse = empty({rows}, logits.dtype(), logits.device());
+  Backend& backend = backend_for(logits.device());
+  backend.cross_entropy(flat, flat_targets, ignore_index, losses, lse);
+  // With every target ignored the mean is defined as 0 (and so is its gradient), not 0/0.
+  const double scale = counted == 0 ? 0.0 : 1.0 / static_cast<double>(counted);
+  Tensor loss = mul(sum(losses), scale);
+  return record("cross_entropy", loss, {logits},
+                [flat, flat_targets, lse, ignore_index, scale, shape = logits.shape()](const Tensor& g,
+                                                                                       const std::vector<bool>&) {
+                  Tensor grad = empty(flat.shape(), flat.dtype(), flat.device());
+                  backend_for(flat.device()).cross_entropy_backward(flat, flat_targets, lse, ignore_index, scale, grad);
+                  return std::vector{reshape(mul(grad, g), shape)};
+                });
+}
+
+Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
+  detail::check_defined("dropout", {&x});
+  ELLIPSE_CHECK(p >= 0.0 && p < 1.0, "dropout: probability must be in [0, 1), got {}", p);
+  if (!training || p == 0.0) return x;
+  detail::check_floating("dropout", x);
+  Tensor mask = empty(x.shape(), x.dtype(), x.device());
+  backend_for(x.device()).dropout_mask(mask, p, gen.next_u64());
+  return mul(x, mask);
+}
+
+}  // namespace ellipse

@@ -1,0 +1,111 @@
+#pragma once
+// The one interface every device implements. Ops (autograd/ops/) validate shapes and dtypes, allocate
+// outputs and call these kernels; a kernel trusts its arguments: outputs are allocated on the backend's
+// device with the documented shape, and inputs have been broadcast (expanded) to it where stated.
+//
+// Layout words used below: "strided" means any strides (including 0 from expand); "contiguous" means
+// row-major with no gaps. A kernel never resizes or reallocates an output.
+#include <cstdint>
+#include <memory>
+
+#include "core/device.hpp"
+#include "core/tensor.hpp"
+
+namespace ellipse {
+
+enum class UnaryOp {
+  neg, exp, log, sqrt, abs, tanh, sigmoid, relu, gelu,
+  add_scalar,   // x + a
+  mul_scalar,   // x * a
+  pow_scalar,   // x ^ a
+  clamp,        // min(max(x, a), b)
+  // Derivatives used by backward rules, as functions of the forward input x.
+  sign,         // -1, 0, 1
+  step,         // 1 where x > 0 (relu')
+  gelu_grad,    // d gelu / dx
+  inside,       // 1 where a <= x <= b (clamp')
+};
+
+enum class BinaryOp { add, sub, mul, div, eq };
+
+enum class ReduceOp { sum, max };
+
+// One AdamW update (PyTorch's formulation): decay, then moments, then the bias-corrected step.
+struct AdamWStep {
+  double lr, beta1, beta2, eps, weight_decay;
+  double bias_correction1, bias_correction2;  // 1 - beta^t
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::shared_ptr<Storage> allocate(std::size_t bytes) = 0;
+  // Host <-> device transfer of `bytes` bytes. The CPU backend just copies.
+  virtual void copy_from_host(void* device_dst, const void* host_src, std::size_t bytes) = 0;
+  virtual void copy_to_host(void* host_dst, const void* device_src, std::size_t bytes) = 0;
+
+  // out[i] = value.
+  virtual void fill(const Tensor& out, double value) = 0;
+  // out[i] = start + i * step; out is contiguous and 1-D.
+  virtual void arange(const Tensor& out, double start, double step) = 0;
+  // Strided copy between same-shaped tensors, converting dtype if they differ.
+  virtual void copy(const Tensor& src, const Tensor& dst) = 0;
+
+  // Elementwise; x (and a, b, cond) strided with out's shape; out may alias an input with equal layout.
+  virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out, double a = 0, double b = 0) = 0;
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+
+  // x contiguous, viewed as [outer, n, inner]; out contiguous [outer, inner]. Reduces the middle axis.
+  virtual void reduce(ReduceOp op, const Tensor& x, const Tensor& out, std::int64_t outer, std::int64_t n,
+                      std::int64_t inner) = 0;
+  // Inclusive prefix sum along the middle axis of contiguous [outer, n, inner]; `reverse` sums from the end.
+  virtual void cumsum(const Tensor& x, const Tensor& out, std::int64_t outer, std::int64_t n, std::int64_t inner,
+                      bool reverse) = 0;
+
+  // out[..., M, N] = a[..., M, K] @ b[..., K, N]. a and b are strided with the batch dims already
+  // broadcast to out's; the last two dims of each may be row- or column-major (transposed views).
+  // out is contiguous. When `accumulate`, adds into out instead of overwriting it.
+  virtual void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate = false) = 0;
+
+  // Softmax along the middle axis of contiguous [outer, n, inner]; `log` gives log_softmax.
+  virtual void softmax(const Tensor& x, const Tensor& y, std::int64_t outer, std::int64_t n, std::int64_t inner,
+                       bool log) = 0;
+  // gx from y = softmax(x) (or log_softmax when `log`) and gy; same layout as softmax.
+  virtual void softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t outer,
+                                std::int64_t n, std::int64_t inner, bool log) = 0;
+
+  // Layer norm over the last axis of contiguous x [rows, n]; weight and bias [n]. Saves mean and rstd [rows].
+  virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
+                          const Tensor& mean, const Tensor& rstd) = 0;
+  // Writes gx; adds into gweight and gbias (zeroed by the caller).
+  virtual void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                                   const Tensor& gy, const Tensor& gx, const Tensor& gweight,
+                                   const Tensor& gbias) = 0;
+
+  // out[i, :] = weight[ids[i], :]; ids contiguous i64 [rows] (validated by the op), weight [V, n] contiguous.
+  virtual void embedding(const Tensor& weight, const Tensor& ids, const Tensor& out) = 0;
+  // gweight[ids[i], :] += gy[i, :] (gweight zeroed by the caller; repeated ids accumulate).
+  virtual void embedding_backward(const Tensor& ids, const Tensor& gy, const Tensor& gweight) = 0;
+
+  // Per-row cross-entropy of contiguous logits [rows, classes] against i64 targets [rows]. Rows whose
+  // target equals ignore_index get loss 0. Writes losses [rows] and the log-sum-exp lse [rows].
+  virtual void cross_entropy(const Tensor& logits, const Tensor& targets, std::int64_t ignore_index,
+                             const Tensor& losses, const Tensor& lse) = 0;
+  // glogits = scale * (softmax(logits) - onehot(target)) for rows not ignored, 0 for ignored rows.
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                                      std::int64_t ignore_index, double scale, const Tensor& glogits) = 0;
+
+  // In place on contiguous param, m, v of one shape, with grad of that shape.
+  virtual void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                          const AdamWStep& step) = 0;
+
+  // mask[i] = keep ? 1/(1-p) : 0 with keep drawn from mix64(seed, i) (contiguous mask).
+  virtual void dropout_mask(const Tensor& mask, double p, std::uint64_t seed) = 0;
+};
+
+// The backend that owns `device`; throws when that backend is not compiled in or has no device.
+Backend& backend_for(Device device);
+
+}  // namespace ellipse

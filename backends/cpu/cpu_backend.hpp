@@ -1,0 +1,62 @@
+#pragma once
+// The CPU backend: OpenBLAS for matrix products, OpenMP loops for everything else. One file per op family
+// (elementwise.cpp, reduce.cpp, matmul.cpp, nn.cpp) holds the kernels declared here.
+#include <mutex>
+#include <unordered_map>
+
+#include "backends/backend.hpp"
+
+namespace ellipse {
+
+class CpuBackend final : public Backend {
+ public:
+  // Returns the blocks kept for reuse to the system.
+  void empty_cache();
+  Device device() const override { return Device::cpu(); }
+  std::shared_ptr<Storage> allocate(std::size_t bytes) override;
+  void copy_from_host(void* device_dst, const void* host_src, std::size_t bytes) override;
+  void copy_to_host(void* host_dst, const void* device_src, std::size_t bytes) override;
+
+  void fill(const Tensor& out, double value) override;
+  void arange(const Tensor& out, double start, double step) override;
+  void copy(const Tensor& src, const Tensor& dst) override;
+  void unary(UnaryOp op, const Tensor& x, const Tensor& out, double a, double b) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void dropout_mask(const Tensor& mask, double p, std::uint64_t seed) override;
+  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                  const AdamWStep& step) override;
+
+  void reduce(ReduceOp op, const Tensor& x, const Tensor& out, std::int64_t outer, std::int64_t n,
+              std::int64_t inner) override;
+  void cumsum(const Tensor& x, const Tensor& out, std::int64_t outer, std::int64_t n, std::int64_t inner,
+              bool reverse) override;
+
+  void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) override;
+
+  void softmax(const Tensor& x, const Tensor& y, std::int64_t outer, std::int64_t n, std::int64_t inner,
+               bool log) override;
+  void softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t outer, std::int64_t n,
+                        std::int64_t inner, bool log) override;
+  void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
+                  const Tensor& mean, const Tensor& rstd) override;
+  void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                           const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) override;
+  void embedding(const Tensor& weight, const Tensor& ids, const Tensor& out) override;
+  void embedding_backward(const Tensor& ids, const Tensor& gy, const Tensor& gweight) override;
+  void cross_entropy(const Tensor& logits, const Tensor& targets, std::int64_t ignore_index, const Tensor& losses,
+                     const Tensor& lse) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                              std::int64_t ignore_index, double scale, const Tensor& glogits) override;
+
+ private:
+  static constexpr std::size_t kMaxCachedBytes = std::size_t{4} << 30;  // beyond this, freed blocks go back
+  void release(void* data, std::size_t rounded);
+  std::mutex cache_mutex_;
+  std::unordered_multimap<std::size_t, void*> cache_;
+  std::size_t cached_bytes_ = 0;
+};
+
+CpuBackend& cpu_backend();
+
+}  // namespace ellipse

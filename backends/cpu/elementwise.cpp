@@ -1,0 +1,163 @@
+// CPU kernels: fill, arange, copy, unary and binary maps, where, dropout masks.
+#include <cmath>
+
+#include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/parallel.hpp"
+#include "core/random.hpp"
+
+namespace ellipse {
+
+using cpu::dispatch_any;
+using cpu::dispatch_floating;
+using cpu::for_each_strided;
+
+namespace {
+constexpr double kGeluC = 0.7978845608028654;  // sqrt(2 / pi)
+constexpr double kGeluA = 0.044715;
+
+template <class T>
+T gelu_value(T x) {
+  const T inner = T(kGeluC) * (x + T(kGeluA) * x * x * x);
+  return T(0.5) * x * (T(1) + std::tanh(inner));
+}
+
+template <class T>
+T gelu_derivative(T x) {
+  const T t = std::tanh(T(kGeluC) * (x + T(kGeluA) * x * x * x));
+  return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * T(kGeluC) * (T(1) + T(3 * kGeluA) * x * x);
+}
+
+// One strided map out[i] = f(x[i]) with f chosen at compile time, so each loop vectorises on its own.
+template <class T, class F>
+void map1(const Tensor& x, const Tensor& out, F f) {
+  for_each_strided(out.shape(), {&out.strides(), &x.strides()}, [f](T& o, const T& v) { o = f(v); }, out.data<T>(),
+                   x.data<T>());
+}
+}  // namespace
+
+void CpuBackend::fill(const Tensor& out, double value) {
+  dispatch_any(out.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T v = static_cast<T>(value);
+    for_each_strided(out.shape(), {&out.strides()}, [v](T& o) { o = v; }, out.data<T>());
+  });
+}
+
+void CpuBackend::arange(const Tensor& out, double start, double step) {
+  dispatch_any(out.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* p = out.data<T>();
+    for (std::int64_t i = 0; i < out.numel(); ++i) p[i] = static_cast<T>(start + static_cast<double>(i) * step);
+  });
+}
+
+void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
+  dispatch_any(dst.dtype(), [&](auto dst_tag) {
+    using D = decltype(dst_tag);
+    dispatch_any(src.dtype(), [&](auto src_tag) {
+      using S = decltype(src_tag);
+      for_each_strided(dst.shape(), {&dst.strides(), &src.strides()}, [](D& o, const S& v) { o = static_cast<D>(v); },
+                       dst.data<D>(), src.data<S>());
+    });
+  });
+}
+
+void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a, double b) {
+  dispatch_floating(x.dtype(), "unary", [&](auto tag) {
+    using T = decltype(tag);
+    const T ta = static_cast<T>(a), tb = static_cast<T>(b);
+    switch (op) {
+      case UnaryOp::neg: return map1<T>(x, out, [](T v) { return -v; });
+      case UnaryOp::exp: return map1<T>(x, out, [](T v) { return std::exp(v); });
+      case UnaryOp::log: return map1<T>(x, out, [](T v) { return std::log(v); });
+      case UnaryOp::sqrt: return map1<T>(x, out, [](T v) { return std::sqrt(v); });
+      case UnaryOp::abs: return map1<T>(x, out, [](T v) { return std::abs(v); });
+      case UnaryOp::tanh: return map1<T>(x, out, [](T v) { return std::tanh(v); });
+      case UnaryOp::sigmoid: return map1<T>(x, out, [](T v) { return T(1) / (T(1) + std::exp(-v)); });
+      case UnaryOp::relu: return map1<T>(x, out, [](T v) { return v > T(0) ? v : T(0); });
+      case UnaryOp::gelu: return map1<T>(x, out, [](T v) { return gelu_value(v); });
+      case UnaryOp::add_scalar: return map1<T>(x, out, [ta](T v) { return v + ta; });
+      case UnaryOp::mul_scalar: return map1<T>(x, out, [ta](T v) { return v * ta; });
+      case UnaryOp::pow_scalar:
+        if (a == 2.0) return map1<T>(x, out, [](T v) { return v * v; });
+        return map1<T>(x, out, [ta](T v) { return std::pow(v, ta); });
+      case UnaryOp::clamp: return map1<T>(x, out, [ta, tb](T v) { return std::min(std::max(v, ta), tb); });
+      case UnaryOp::sign: return map1<T>(x, out, [](T v) { return T((v > T(0)) - (v < T(0))); });
+      case UnaryOp::step: return map1<T>(x, out, [](T v) { return v > T(0) ? T(1) : T(0); });
+      case UnaryOp::gelu_grad: return map1<T>(x, out, [](T v) { return gelu_derivative(v); });
+      case UnaryOp::inside: return map1<T>(x, out, [ta, tb](T v) { return v >= ta && v <= tb ? T(1) : T(0); });
+    }
+  });
+}
+
+void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  dispatch_any(out.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    auto run = [&](auto f) {
+      for_each_strided(out.shape(), {&out.strides(), &a.strides(), &b.strides()},
+                       [f](T& o, const T& x, const T& y) { o = f(x, y); }, out.data<T>(), a.data<T>(), b.data<T>());
+    };
+    switch (op) {
+      case BinaryOp::add: return run([](T x, T y) { return x + y; });
+      case BinaryOp::sub: return run([](T x, T y) { return x - y; });
+      case BinaryOp::mul: return run([](T x, T y) { return x * y; });
+      case BinaryOp::div: return run([](T x, T y) { return x / y; });
+      case BinaryOp::eq: return run([](T x, T y) { return x == y ? T(1) : T(0); });
+    }
+  });
+}
+
+void CpuBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
+  dispatch_any(out.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    dispatch_any(cond.dtype(), [&](auto cond_tag) {
+      using C = decltype(cond_tag);
+      for_each_strided(out.shape(), {&out.strides(), &cond.strides(), &a.strides(), &b.strides()},
+                       [](T& o, const C& c, const T& x, const T& y) { o = c != C(0) ? x : y; }, out.data<T>(),
+                       cond.data<C>(), a.data<T>(), b.data<T>());
+    });
+  });
+}
+
+void CpuBackend::dropout_mask(const Tensor& mask, double p, std::uint64_t seed) {
+  dispatch_floating(mask.dtype(), "dropout", [&](auto tag) {
+    using T = decltype(tag);
+    T* m = mask.data<T>();
+    const T keep_scale = static_cast<T>(1.0 / (1.0 - p));
+    cpu::parallel_for(mask.numel(), 8, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i) {
+        const double u = static_cast<double>(mix64(seed, static_cast<std::uint64_t>(i)) >> 11) * 0x1.0p-53;
+        m[i] = u >= p ? keep_scale : T(0);
+      }
+    });
+  });
+}
+
+}  // namespace ellipse
+
+namespace ellipse {
+
+void CpuBackend::adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                            const AdamWStep& s) {
+  dispatch_floating(param.dtype(), "adamw_step", [&](auto tag) {
+    using T = decltype(tag);
+    T* p = param.data<T>();
+    T* mp = m.data<T>();
+    T* vp = v.data<T>();
+    const T* g = grad.data<T>();
+    const T decay = static_cast<T>(1.0 - s.lr * s.weight_decay);
+    const T b1 = static_cast<T>(s.beta1), b2 = static_cast<T>(s.beta2);
+    const T step_size = static_cast<T>(s.lr / s.bias_correction1);
+    const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(s.bias_correction2));
+    const T eps = static_cast<T>(s.eps);
+    cpu::parallel_for(param.numel(), 16, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t i = begin; i < end; ++i) {
+        mp[i] = b1 * mp[i] + (T(1) - b1) * g[i];
+        vp[i] = b2 * vp[i] + (T(1) - b2) * g[i] * g[i];
+        p[i] = p[i] * decay - step_size * mp[i] / (std::sqrt(vp[i]) * inv_sqrt_bc2 + eps);
+      }
+    });
+  });
+}
+
+}  // namespace ellipse

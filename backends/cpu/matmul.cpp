@@ -1,0 +1,88 @@
+// CPU kernel: (batched) matrix products on OpenBLAS. Transposed views go to BLAS as transposes, and a
+// batch that shares one right-hand matrix (a Linear layer) becomes a single large GEMM.
+#include <cblas.h>
+
+#include <optional>
+
+#include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/parallel.hpp"
+
+namespace ellipse {
+
+namespace {
+
+// How BLAS should read a rows x cols matrix with the given strides, if it can without a copy.
+struct GemmOperand {
+  CBLAS_TRANSPOSE trans;
+  std::int64_t ld;
+};
+
+std::optional<GemmOperand> as_gemm_operand(std::int64_t rows, std::int64_t cols, std::int64_t row_stride,
+                                           std::int64_t col_stride) {
+  if ((cols == 1 || col_stride == 1) && (rows == 1 || row_stride >= cols))
+    return GemmOperand{CblasNoTrans, rows == 1 ? std::max<std::int64_t>(cols, 1) : row_stride};
+  if ((rows == 1 || row_stride == 1) && (cols == 1 || col_stride >= rows))
+    return GemmOperand{CblasTrans, cols == 1 ? std::max<std::int64_t>(rows, 1) : col_stride};
+  return std::nullopt;
+}
+
+template <class T>
+void gemm(GemmOperand a, GemmOperand b, std::int64_t m, std::int64_t n, std::int64_t k, const T* pa, const T* pb,
+          T* pc, T beta) {
+  const auto mi = static_cast<blasint>(m), ni = static_cast<blasint>(n), ki = static_cast<blasint>(k);
+  if constexpr (std::is_same_v<T, float>) {
+    cblas_sgemm(CblasRowMajor, a.trans, b.trans, mi, ni, ki, 1.0f, pa, static_cast<blasint>(a.ld), pb,
+                static_cast<blasint>(b.ld), beta, pc, ni);
+  } else {
+    cblas_dgemm(CblasRowMajor, a.trans, b.trans, mi, ni, ki, 1.0, pa, static_cast<blasint>(a.ld), pb,
+                static_cast<blasint>(b.ld), beta, pc, ni);
+  }
+}
+
+}  // namespace
+
+void CpuBackend::matmul(const Tensor& a_in, const Tensor& b_in, const Tensor& out, bool accumulate) {
+  cpu::dispatch_floating(out.dtype(), "matmul", [&](auto tag) {
+    using T = decltype(tag);
+    const std::size_t nd = out.shape().size();
+    const std::int64_t m = out.shape()[nd - 2], n = out.shape()[nd - 1], k = a_in.shape()[nd - 1];
+    const T beta = accumulate ? T(1) : T(0);
+    if (out.numel() == 0) return;
+    if (k == 0) {
+      if (!accumulate) fill(out, 0.0);
+      return;
+    }
+    // Operands BLAS cannot read in place (neither row- nor column-major) are copied once.
+    auto readable = [&](const Tensor& t) {
+      const auto& s = t.strides();
+      const auto& shape = t.shape();
+      return as_gemm_operand(shape[nd - 2], shape[nd - 1], s[nd - 2], s[nd - 1]) ? t : t.contiguous();
+    };
+    const Tensor a = readable(a_in), b = readable(b_in);
+    const auto& sa = a.strides();
+    const auto& sb = b.strides();
+    const GemmOperand opa = *as_gemm_operand(m, k, sa[nd - 2], sa[nd - 1]);
+    const GemmOperand opb = *as_gemm_operand(k, n, sb[nd - 2], sb[nd - 1]);
+
+    const std::int64_t batch = out.numel() / (m * n);
+    bool b_shared = true;
+    for (std::size_t d = 0; d + 2 < nd; ++d) b_shared = b_shared && (b.shape()[d] == 1 || sb[d] == 0);
+    if (batch > 1 && b_shared && a.is_contiguous()) {  // [batch * m, k] @ [k, n] in one call
+      gemm<T>(GemmOperand{CblasNoTrans, k}, opb, batch * m, n, k, a.data<T>(), b.data<T>(), out.data<T>(),
+              beta);
+      return;
+    }
+    for (std::int64_t i = 0; i < batch; ++i) {
+      std::int64_t offset_a = 0, offset_b = 0, rest = i;
+      for (std::size_t d = nd - 2; d-- > 0;) {
+        const std::int64_t index = rest % out.shape()[d];
+        rest /= out.shape()[d];
+        offset_a += index * sa[d];
+        offset_b += index * sb[d];
+      }
+      gemm<T>(opa, opb, m, n, k, a.data<T>() + offset_a, b.data<T>() + offset_b, out.data<T>() + i * m * n, beta);
+    }
+  });
+}
+
+}  // namespace ellipse

@@ -1,0 +1,212 @@
+// CPU kernels: softmax, layer norm, embedding, cross-entropy (forward and backward).
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/parallel.hpp"
+
+namespace ellipse {
+
+using cpu::dispatch_floating;
+using cpu::parallel_for;
+
+void CpuBackend::softmax(const Tensor& x, const Tensor& y, std::int64_t outer, std::int64_t n, std::int64_t inner,
+                         bool log) {
+  dispatch_floating(x.dtype(), "softmax", [&](auto tag) {
+    using T = decltype(tag);
+    const T* src = x.data<T>();
+    T* dst = y.data<T>();
+    // One task per (outer, inner) lane; the lane's n elements are `inner` apart.
+    parallel_for(outer * inner, n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t lane = begin; lane < end; ++lane) {
+        const std::int64_t base = (lane / inner) * n * inner + lane % inner;
+        const T* in = src + base;
+        T* out = dst + base;
+        T max = -std::numeric_limits<T>::infinity();
+        for (std::int64_t j = 0; j < n; ++j) max = std::max(max, in[j * inner]);
+        if (max == -std::numeric_limits<T>::infinity()) max = T(0);  // a fully masked row stays finite-safe
+        T total = 0;
+        for (std::int64_t j = 0; j < n; ++j) {
+          const T e = std::exp(in[j * inner] - max);
+          if (!log) out[j * inner] = e;
+          total += e;
+        }
+        if (log) {
+          const T log_total = std::log(total) + max;
+          for (std::int64_t j = 0; j < n; ++j) out[j * inner] = in[j * inner] - log_total;
+        } else {
+          const T scale = T(1) / total;
+          for (std::int64_t j = 0; j < n; ++j) out[j * inner] *= scale;
+        }
+      }
+    });
+  });
+}
+
+void CpuBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t outer,
+                                  std::int64_t n, std::int64_t inner, bool log) {
+  dispatch_floating(y.dtype(), "softmax_backward", [&](auto tag) {
+    using T = decltype(tag);
+    parallel_for(outer * inner, n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t lane = begin; lane < end; ++lane) {
+        const std::int64_t base = (lane / inner) * n * inner + lane % inner;
+        const T* yv = y.data<T>() + base;
+        const T* g = gy.data<T>() + base;
+        T* out = gx.data<T>() + base;
+        // softmax: gx = y * (g - sum(g * y)); log_softmax: gx = g - exp(y) * sum(g).
+        T dot = 0;
+        for (std::int64_t j = 0; j < n; ++j) dot += log ? g[j * inner] : g[j * inner] * yv[j * inner];
+        for (std::int64_t j = 0; j < n; ++j) {
+          const std::int64_t i = j * inner;
+          out[i] = log ? g[i] - std::exp(yv[i]) * dot : yv[i] * (g[i] - dot);
+        }
+      }
+    });
+  });
+}
+
+void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
+                            const Tensor& mean, const Tensor& rstd) {
+  dispatch_floating(x.dtype(), "layer_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const std::int64_t n = x.shape().back(), rows = x.numel() / std::max<std::int64_t>(n, 1);
+    const T* w = weight.data<T>();
+    const T* b = bias.data<T>();
+    parallel_for(rows, n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t r = begin; r < end; ++r) {
+        const T* in = x.data<T>() + r * n;
+        T* out = y.data<T>() + r * n;
+        T sum = 0;
+        for (std::int64_t j = 0; j < n; ++j) sum += in[j];
+        const T mu = sum / T(n);
+        T squares = 0;  // two passes: the one-pass formula cancels badly when |mean| >> std
+        for (std::int64_t j = 0; j < n; ++j) squares += (in[j] - mu) * (in[j] - mu);
+        const T inv = T(1) / std::sqrt(squares / T(n) + T(eps));
+        for (std::int64_t j = 0; j < n; ++j) out[j] = (in[j] - mu) * inv * w[j] + b[j];
+        mean.data<T>()[r] = mu;
+        rstd.data<T>()[r] = inv;
+      }
+    });
+  });
+}
+
+void CpuBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                                     const Tensor& gy, const Tensor& gx, const Tensor& gweight,
+                                     const Tensor& gbias) {
+  dispatch_floating(x.dtype(), "layer_norm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const std::int64_t n = x.shape().back(), rows = x.numel() / std::max<std::int64_t>(n, 1);
+    const T* w = weight.data<T>();
+    // Each thread sums its rows' weight and bias gradients privately; the partials are added at the end.
+    const int threads = omp_get_max_threads();
+    std::vector<T> partial(static_cast<std::size_t>(threads) * 2 * n, T(0));
+    parallel_for(rows, 4 * n, [&](std::int64_t begin, std::int64_t end) {
+      T* gw = partial.data() + static_cast<std::size_t>(omp_get_thread_num()) * 2 * n;
+      T* gb = gw + n;
+      for (std::int64_t r = begin; r < end; ++r) {
+        const T* in = x.data<T>() + r * n;
+        const T* g = gy.data<T>() + r * n;
+        T* out = gx.data<T>() + r * n;
+        const T mu = mean.data<T>()[r], inv = rstd.data<T>()[r];
+        T mean_g = 0, mean_gx = 0;  // means over the row of (g * w) and (g * w * xhat)
+        for (std::int64_t j = 0; j < n; ++j) {
+          const T xhat = (in[j] - mu) * inv;
+          const T gw_j = g[j] * w[j];
+          mean_g += gw_j;
+          mean_gx += gw_j * xhat;
+          gw[j] += g[j] * xhat;
+          gb[j] += g[j];
+        }
+        mean_g /= T(n);
+        mean_gx /= T(n);
+        for (std::int64_t j = 0; j < n; ++j) {
+          const T xhat = (in[j] - mu) * inv;
+          out[j] = inv * (g[j] * w[j] - mean_g - xhat * mean_gx);
+        }
+      }
+    });
+    T* gw_out = gweight.data<T>();
+    T* gb_out = gbias.data<T>();
+    for (int t = 0; t < threads; ++t) {
+      const T* gw = partial.data() + static_cast<std::size_t>(t) * 2 * n;
+      for (std::int64_t j = 0; j < n; ++j) {
+        gw_out[j] += gw[j];
+        gb_out[j] += gw[n + j];
+      }
+    }
+  });
+}
+
+void CpuBackend::embedding(const Tensor& weight, const Tensor& ids, const Tensor& out) {
+  dispatch_floating(weight.dtype(), "embedding", [&](auto tag) {
+    using T = decltype(tag);
+    const std::int64_t n = weight.shape()[1], rows = ids.numel();
+    const std::int64_t* id = ids.data<std::int64_t>();
+    parallel_for(rows, n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t r = begin; r < end; ++r) std::copy_n(weight.data<T>() + id[r] * n, n, out.data<T>() + r * n);
+    });
+  });
+}
+
+void CpuBackend::embedding_backward(const Tensor& ids, const Tensor& gy, const Tensor& gweight) {
+  dispatch_floating(gweight.dtype(), "embedding_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const std::int64_t n = gweight.shape()[1], rows = ids.numel();
+    const std::int64_t* id = ids.data<std::int64_t>();
+    // Threads own disjoint column ranges, so repeated ids never race.
+    parallel_for(n, rows, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const T* g = gy.data<T>() + r * n;
+        T* dst = gweight.data<T>() + id[r] * n;
+        for (std::int64_t j = begin; j < end; ++j) dst[j] += g[j];
+      }
+    });
+  });
+}
+
+void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& targets, std::int64_t ignore_index,
+                               const Tensor& losses, const Tensor& lse) {
+  dispatch_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
+    using T = decltype(tag);
+    const std::int64_t classes = logits.shape()[1], rows = logits.shape()[0];
+    const std::int64_t* target = targets.data<std::int64_t>();
+    parallel_for(rows, classes, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t r = begin; r < end; ++r) {
+        const T* row = logits.data<T>() + r * classes;
+        T max = -std::numeric_limits<T>::infinity();
+        for (std::int64_t c = 0; c < classes; ++c) max = std::max(max, row[c]);
+        T total = 0;
+        for (std::int64_t c = 0; c < classes; ++c) total += std::exp(row[c] - max);
+        const T log_sum_exp = max + std::log(total);
+        lse.data<T>()[r] = log_sum_exp;
+        losses.data<T>()[r] = target[r] == ignore_index ? T(0) : log_sum_exp - row[target[r]];
+      }
+    });
+  });
+}
+
+void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                                        std::int64_t ignore_index, double scale, const Tensor& glogits) {
+  dispatch_floating(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const std::int64_t classes = logits.shape()[1], rows = logits.shape()[0];
+    const std::int64_t* target = targets.data<std::int64_t>();
+    const T s = static_cast<T>(scale);
+    parallel_for(rows, classes, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t r = begin; r < end; ++r) {
+        const T* row = logits.data<T>() + r * classes;
+        T* out = glogits.data<T>() + r * classes;
+        if (target[r] == ignore_index) {
+          std::fill_n(out, classes, T(0));
+          continue;
+        }
+        const T log_sum_exp = lse.data<T>()[r];
+        for (std::int64_t c = 0; c < classes; ++c) out[c] = s * std::exp(row[c] - log_sum_exp);
+        out[target[r]] -= s;
+      }
+    });
+  });
+}
+
+}  // namespace ellipse

@@ -1,0 +1,119 @@
+#pragma once
+// Loop helpers shared by the CPU kernels: dtype dispatch, a parallel-for and a strided N-operand loop.
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <string_view>
+#include <utility>
+
+#include "core/error.hpp"
+#include "core/tensor.hpp"
+
+namespace ellipse::cpu {
+
+// Below this many elements of work a loop runs on one thread: forking costs more than it saves.
+inline constexpr std::int64_t kParallelGrain = 1 << 15;
+
+// Calls f(T{}) with T the C++ type of a floating dtype.
+template <class F>
+void dispatch_floating(DType dtype, std::string_view op, F&& f) {
+  switch (dtype) {
+    case DType::f32: f(float{}); return;
+    case DType::f64: f(double{}); return;
+    case DType::i64: break;
+  }
+  fail("{}: expected a floating dtype (f32 or f64), got {}", op, dtype_name(dtype));
+}
+
+template <class F>
+void dispatch_any(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::f32: f(float{}); return;
+    case DType::f64: f(double{}); return;
+    case DType::i64: f(std::int64_t{}); return;
+  }
+}
+
+// Runs body(begin, end) over [0, n) split into contiguous chunks, one per thread, when the total work
+// (n * cost_per_item elements) is worth it.
+template <class Body>
+void parallel_for(std::int64_t n, std::int64_t cost_per_item, Body&& body) {
+  if (n <= 0) return;
+  const int threads = omp_get_max_threads();
+  if (threads == 1 || n == 1 || n * cost_per_item < kParallelGrain || omp_in_parallel()) {
+    body(std::int64_t{0}, n);
+    return;
+  }
+#pragma omp parallel num_threads(static_cast<int>(std::min<std::int64_t>(threads, n)))
+  {
+    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const std::int64_t begin = n * t / nt, end = n * (t + 1) / nt;
+    if (begin < end) body(begin, end);
+  }
+}
+
+// Calls f(a[i], b[i], ...) for every index of `shape`, the operands given as typed base pointers with
+// their element strides. Dimensions are coalesced first, and the innermost run gets a unit-stride loop
+// when every operand allows it, so simple bodies vectorise.
+template <class F, class... T>
+void for_each_strided(const Shape& shape, const std::array<const Strides*, sizeof...(T)>& strides, F&& f,
+                      T*... bases) {
+  constexpr std::size_t N = sizeof...(T);
+  if (numel(shape) == 0) return;
+  // Coalesce: drop size-1 axes and merge an axis into the previous one when every operand is dense across them.
+  Shape dims;
+  std::array<Strides, N> st;
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    bool merge = !dims.empty();
+    for (std::size_t k = 0; k < N && merge; ++k) merge = st[k].back() == (*strides[k])[d] * shape[d];
+    if (merge) {
+      dims.back() *= shape[d];
+      for (std::size_t k = 0; k < N; ++k) st[k].back() = (*strides[k])[d];
+    } else {
+      dims.push_back(shape[d]);
+      for (std::size_t k = 0; k < N; ++k) st[k].push_back((*strides[k])[d]);
+    }
+  }
+  if (dims.empty()) {  // a single element
+    f(*bases...);
+    return;
+  }
+  const std::int64_t inner = dims.back();
+  std::array<std::int64_t, N> inner_stride;
+  bool unit = true;
+  for (std::size_t k = 0; k < N; ++k) {
+    inner_stride[k] = st[k].back();
+    unit = unit && inner_stride[k] == 1;
+  }
+  const std::int64_t rows = numel(dims) / inner;
+  // Split long rows into blocks so that a single long row still spreads over the threads.
+  const std::int64_t block = rows >= 64 ? inner : std::min<std::int64_t>(inner, 8192);
+  const std::int64_t blocks_per_row = (inner + block - 1) / block;
+
+  parallel_for(rows * blocks_per_row, block, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t task = begin; task < end; ++task) {
+      const std::int64_t row = task / blocks_per_row;
+      const std::int64_t lo = (task % blocks_per_row) * block, hi = std::min(inner, lo + block);
+      std::array<std::int64_t, N> offset{};
+      std::int64_t rest = row;
+      for (std::size_t d = dims.size() - 1; d-- > 0;) {
+        const std::int64_t index = rest % dims[d];
+        rest /= dims[d];
+        for (std::size_t k = 0; k < N; ++k) offset[k] += index * st[k][d];
+      }
+      [&]<std::size_t... K>(std::index_sequence<K...>) {
+        auto ptrs = std::make_tuple((bases + offset[K])...);
+        if (unit) {
+          for (std::int64_t i = lo; i < hi; ++i) f(std::get<K>(ptrs)[i]...);
+        } else {
+          for (std::int64_t i = lo; i < hi; ++i) f(std::get<K>(ptrs)[i * inner_stride[K]]...);
+        }
+      }(std::index_sequence_for<T...>{});
+    }
+  });
+}
+
+}  // namespace ellipse::cpu

@@ -1,0 +1,82 @@
+// CPU kernels: sum and max over the middle axis of [outer, n, inner], and prefix sums.
+#include <cmath>
+#include <limits>
+
+#include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/parallel.hpp"
+
+namespace ellipse {
+
+void CpuBackend::reduce(ReduceOp op, const Tensor& x, const Tensor& out, std::int64_t outer, std::int64_t n,
+                        std::int64_t inner) {
+  cpu::dispatch_floating(x.dtype(), "reduce", [&](auto tag) {
+    using T = decltype(tag);
+    const T* src = x.data<T>();
+    T* dst = out.data<T>();
+    const bool is_sum = op == ReduceOp::sum;
+    if (inner == 1) {
+      // Rows are contiguous: one accumulator per row, in double for sums (long f32 sums drift otherwise).
+      auto reduce_row = [&](const T* row) -> T {
+        if (is_sum) {
+          double acc = 0;
+          for (std::int64_t j = 0; j < n; ++j) acc += row[j];
+          return static_cast<T>(acc);
+        }
+        T best = -std::numeric_limits<T>::infinity();
+        for (std::int64_t j = 0; j < n; ++j) best = row[j] > best || std::isnan(row[j]) ? row[j] : best;
+        return best;
+      };
+      if (outer == 1 && is_sum && n >= cpu::kParallelGrain) {  // one long sum: split it over the threads
+        double total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+        for (std::int64_t j = 0; j < n; ++j) total += src[j];
+        dst[0] = static_cast<T>(total);
+        return;
+      }
+      cpu::parallel_for(outer, n, [&](std::int64_t begin, std::int64_t end) {
+        for (std::int64_t o = begin; o < end; ++o) dst[o] = reduce_row(src + o * n);
+      });
+      return;
+    }
+    // Strided reduction: accumulate whole rows of `inner` elements, which vectorises.
+    cpu::parallel_for(outer, n * inner, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t o = begin; o < end; ++o) {
+        T* acc = dst + o * inner;
+        const T* block = src + o * n * inner;
+        for (std::int64_t i = 0; i < inner; ++i) acc[i] = is_sum ? T(0) : -std::numeric_limits<T>::infinity();
+        for (std::int64_t j = 0; j < n; ++j) {
+          const T* row = block + j * inner;
+          if (is_sum) {
+            for (std::int64_t i = 0; i < inner; ++i) acc[i] += row[i];
+          } else {
+            for (std::int64_t i = 0; i < inner; ++i) acc[i] = row[i] > acc[i] || std::isnan(row[i]) ? row[i] : acc[i];
+          }
+        }
+      }
+    });
+  });
+}
+
+void CpuBackend::cumsum(const Tensor& x, const Tensor& out, std::int64_t outer, std::int64_t n, std::int64_t inner,
+                        bool reverse) {
+  cpu::dispatch_floating(x.dtype(), "cumsum", [&](auto tag) {
+    using T = decltype(tag);
+    const T* src = x.data<T>();
+    T* dst = out.data<T>();
+    cpu::parallel_for(outer, n * inner, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t o = begin; o < end; ++o) {
+        const T* in_block = src + o * n * inner;
+        T* out_block = dst + o * n * inner;
+        for (std::int64_t step = 0; step < n; ++step) {
+          const std::int64_t j = reverse ? n - 1 - step : step;
+          const T* row = in_block + j * inner;
+          T* sum = out_block + j * inner;
+          const T* previous = step == 0 ? nullptr : out_block + (reverse ? j + 1 : j - 1) * inner;
+          for (std::int64_t i = 0; i < inner; ++i) sum[i] = previous ? previous[i] + row[i] : row[i];
+        }
+      }
+    });
+  });
+}
+
+}  // namespace ellipse

@@ -1,0 +1,45 @@
+#include "core/shape.hpp"
+
+#include "core/error.hpp"
+
+namespace ellipse {
+
+std::int64_t numel(const Shape& shape) {
+  std::int64_t n = 1;
+  for (auto d : shape) n *= d;
+  return n;
+}
+
+Strides contiguous_strides(const Shape& shape) {
+  Strides strides(shape.size());
+  std::int64_t stride = 1;
+  for (std::size_t i = shape.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= shape[i];
+  }
+  return strides;
+}
+
+std::string to_string(const Shape& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+Shape broadcast_shapes(const Shape& a, const Shape& b, std::string_view op) {
+  const std::size_t ndim = std::max(a.size(), b.size());
+  Shape out(ndim);
+  for (std::size_t i = 0; i < ndim; ++i) {
+    const std::int64_t da = i < ndim - a.size() ? 1 : a[i - (ndim - a.size())];
+    const std::int64_t db = i < ndim - b.size() ? 1 : b[i - (ndim - b.size())];
+    ELLIPSE_CHECK(da == db || da == 1 || db == 1, "{}: shapes {} and {} do not broadcast (dimension {}: {} vs {})",
+                  op, to_string(a), to_string(b), i, da, db);
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+int normalize_axis(std::int64_t axis, std::int64_t ndim, std::string_view op) {
+  const std::int64_t bound = std::max<std::int64_t>(ndim, 1);
+  ELLIPSE_CHECK(axis >= -bound && axis < bound, "{}: axis {} is out of range for a tensor with {} dimensions", op,
+                axis, ndim);
+  return static_cast<int>(axis < 0 ? axis + bound : axis);
+}
+
+}  // namespace ellipse
