@@ -42,6 +42,27 @@ void accumulate_leaf(const Tensor& leaf, const Tensor& grad) {
 }
 }  // namespace
 
+// Freeing a node frees its inputs, whose nodes free theirs: a long graph that is dropped without a
+// backward (or kept with retain_graph) would recurse once per op and overflow the stack. Instead, nodes
+// that die with this one are collected and freed one at a time, each after its own inputs were taken.
+Node::~Node() {
+  std::vector<std::shared_ptr<Node>> dying;
+  auto take_inputs = [&dying](std::vector<Tensor>& tensors) {
+    for (auto& t : tensors) {
+      const auto& impl = t.impl();
+      if (impl && impl.use_count() == 1 && impl->grad_fn && impl->grad_fn.use_count() == 1)
+        dying.push_back(std::move(impl->grad_fn));
+    }
+    tensors.clear();
+  };
+  take_inputs(inputs);
+  while (!dying.empty()) {
+    std::shared_ptr<Node> node = std::move(dying.back());
+    dying.pop_back();
+    take_inputs(node->inputs);
+  }
+}
+
 bool grad_enabled() { return grad_mode_enabled; }
 void set_grad_enabled(bool enabled) { grad_mode_enabled = enabled; }
 
@@ -65,6 +86,11 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
   }
   ELLIPSE_CHECK(seed.shape() == root.shape(), "backward: gradient shape {} differs from output shape {}",
                 to_string(seed.shape()), to_string(root.shape()));
+  // Rules would otherwise carry the seed's dtype into the leaves (an f64 leaf with an f32 .grad).
+  ELLIPSE_CHECK(seed.dtype() == root.dtype() && seed.device() == root.device(),
+                "backward: gradient {} {} on {} differs from output {} {} on {}", to_string(seed.shape()),
+                dtype_name(seed.dtype()), seed.device().str(), to_string(root.shape()), dtype_name(root.dtype()),
+                root.device().str());
   NoGradGuard no_grad;  // backward rules build no graph of their own
   if (!root.grad_fn()) {  // a leaf: its gradient is the seed
     accumulate_leaf(root, seed);

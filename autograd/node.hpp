@@ -16,6 +16,7 @@ struct Node {
   std::string_view op;          // the op's name, for error messages and anomaly reports
   std::vector<Tensor> inputs;   // kept alive until backward has run (or forever with retain_graph)
   BackwardFn backward;          // empty once the graph has been freed
+  ~Node();                      // frees the graph behind it iteratively (see engine.cpp)
 };
 
 // Wraps an op's freshly computed output: records a Node when grad mode is on and any input requires grad.

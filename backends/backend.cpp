@@ -12,8 +12,8 @@ Backend& backend_for(Device device) {
     case DeviceType::cuda:
       break;
   }
-  fail("device {}: this build of ellipse has no CUDA backend (the CUDA backend arrives with issue 5; "
-       "configure with -DELLIPSE_CUDA=ON on a machine with nvcc and cuBLAS)",
+  fail("device {}: this build of ellipse has no CUDA backend: its kernels are not written yet (issue 5); "
+       "only the cpu device is available",
        device.str());
 }
 

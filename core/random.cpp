@@ -1,6 +1,7 @@
 #include "core/random.hpp"
 
 #include <cmath>
+#include <cstring>
 #include <numbers>
 
 #include "core/error.hpp"
@@ -52,6 +53,20 @@ std::int64_t Generator::integer(std::int64_t bound) {
   do x = next_u64();
   while (x >= limit);
   return static_cast<std::int64_t>(x % range);
+}
+
+std::vector<std::uint64_t> Generator::state() const {
+  std::uint64_t cached_bits;
+  std::memcpy(&cached_bits, &cached_normal_, sizeof cached_bits);
+  return {state_[0], state_[1], state_[2], state_[3], has_cached_normal_ ? 1u : 0u, cached_bits};
+}
+
+void Generator::set_state(const std::vector<std::uint64_t>& words) {
+  ELLIPSE_CHECK(words.size() == 6 && words[4] <= 1 && (words[0] | words[1] | words[2] | words[3]) != 0,
+                "Generator::set_state: expected 6 words from Generator::state(), got {} words", words.size());
+  for (int i = 0; i < 4; ++i) state_[i] = words[static_cast<std::size_t>(i)];
+  has_cached_normal_ = words[4] == 1;
+  std::memcpy(&cached_normal_, &words[5], sizeof cached_normal_);
 }
 
 Generator& default_generator() {

@@ -2,6 +2,7 @@
 // A seeded, portable random generator: the same seed gives the same numbers in every run, on every
 // compiler and standard library (no std::*_distribution, whose output is implementation-defined).
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.hpp"
 
@@ -15,6 +16,10 @@ class Generator {
   double uniform();           // [0, 1), 53 random bits
   double normal();            // standard normal, Box-Muller
   std::int64_t integer(std::int64_t bound);  // uniform in [0, bound), unbiased
+
+  // The full state as 6 words, for checkpoints: a generator restored from it continues the same stream.
+  std::vector<std::uint64_t> state() const;
+  void set_state(const std::vector<std::uint64_t>& words);
 
  private:
   std::uint64_t state_[4] = {};

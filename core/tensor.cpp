@@ -15,7 +15,11 @@ const TensorImpl& Tensor::checked() const {
   return *impl_;
 }
 
-std::int64_t Tensor::size(std::int64_t axis) const { return shape()[normalize_axis(axis, dim(), "size")]; }
+std::int64_t Tensor::size(std::int64_t axis) const {
+  // (normalize_axis accepts axis 0 of a 0-d tensor, which has no size to return.)
+  ELLIPSE_CHECK(dim() > 0, "size: a 0-dimensional tensor has no axis {}", axis);
+  return shape()[normalize_axis(axis, dim(), "size")];
+}
 
 bool Tensor::is_contiguous() const {
   std::int64_t expected = 1;
@@ -100,7 +104,8 @@ Tensor Tensor::to(Device d) const { return ellipse::to_device(*this, d); }
 namespace {
 void check_in_place(const Tensor& t, std::string_view op) {
   ELLIPSE_CHECK(!(grad_enabled() && (t.requires_grad() || t.grad_fn())),
-                "{}: in-place update of a tensor that takes part in autograd; wrap it in NoGradGuard", op);
+                "{}: in-place update of a tensor of shape {} that takes part in autograd; wrap it in NoGradGuard",
+                op, to_string(t.shape()));
 }
 }  // namespace
 

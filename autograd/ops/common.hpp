@@ -20,10 +20,12 @@ inline Backend& same_device_and_dtype(std::string_view op, std::initializer_list
   check_defined(op, tensors);
   const Tensor& first = **tensors.begin();
   for (const Tensor* t : tensors) {
-    ELLIPSE_CHECK(t->device() == first.device(), "{}: inputs are on different devices ({} and {}); move them with .to()",
-                  op, first.device().str(), t->device().str());
-    ELLIPSE_CHECK(t->dtype() == first.dtype(), "{}: inputs have different dtypes ({} and {}); convert with .to()", op,
-                  dtype_name(first.dtype()), dtype_name(t->dtype()));
+    ELLIPSE_CHECK(t->device() == first.device(),
+                  "{}: inputs are on different devices ({} {} and {} {}); move them with .to()", op,
+                  to_string(first.shape()), first.device().str(), to_string(t->shape()), t->device().str());
+    ELLIPSE_CHECK(t->dtype() == first.dtype(), "{}: inputs have different dtypes ({} {} and {} {}); convert with .to()",
+                  op, to_string(first.shape()), dtype_name(first.dtype()), to_string(t->shape()),
+                  dtype_name(t->dtype()));
   }
   return backend_for(first.device());
 }

@@ -155,6 +155,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
   detail::check_defined("masked_fill", {&x, &mask});
+  broadcast_shapes(x.shape(), mask.shape(), "masked_fill");  // so that a mismatch names this op, not where
   return where(mask, full({}, value, x.dtype(), x.device()), x);
 }
 

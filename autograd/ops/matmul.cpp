@@ -8,9 +8,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   detail::check_floating("matmul", a);
   ELLIPSE_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both operands need at least one dimension, got {} and {}",
                 to_string(a.shape()), to_string(b.shape()));
-  // Vectors become matrices and the added axis is dropped again (NumPy's rule).
-  if (a.dim() == 1) return squeeze(matmul(unsqueeze(a, 0), b), -2);
+  // Vectors become matrices and the added axis is dropped again (NumPy's rule). b goes first: for
+  // vector @ vector the inner call then squeezes [1, 1] to [1] and this one [1] to [].
   if (b.dim() == 1) return squeeze(matmul(a, unsqueeze(b, 1)), -1);
+  if (a.dim() == 1) return squeeze(matmul(unsqueeze(a, 0), b), -2);
 
   const std::int64_t m = a.shape()[a.dim() - 2], k = a.shape()[a.dim() - 1];
   const std::int64_t kb = b.shape()[b.dim() - 2], n = b.shape()[b.dim() - 1];
@@ -29,8 +30,9 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     Tensor ga, gb;
     if (needs[0]) ga = sum_to(matmul(g, transpose(b, -1, -2)), a.shape());
     if (needs[1]) {
-      if (b.dim() == 2 && a.dim() > 2) {
-        // A shared weight: fold the batch into rows, one GEMM instead of a batch of them and a sum.
+      // A shared weight: fold the batch into rows, one GEMM instead of a batch of them and a sum. With an
+      // empty inner axis there is nothing to fold (the row count would divide by zero).
+      if (b.dim() == 2 && a.dim() > 2 && a.shape().back() > 0) {
         const std::int64_t rows = a.numel() / a.shape().back();
         gb = matmul(transpose(reshape(a, {rows, a.shape().back()}), 0, 1), reshape(g, {rows, g.shape().back()}));
       } else {

@@ -1,5 +1,7 @@
 // Neural-network ops with their own kernels: softmax, log_softmax, layer_norm, embedding, cross_entropy,
 // and dropout (a mask from the backend times the input).
+#include <optional>
+
 #include "autograd/ops/common.hpp"
 
 namespace ellipse {
@@ -20,9 +22,9 @@ Tensor softmax_impl(std::string_view op, const Tensor& x, std::int64_t axis_in, 
   });
 }
 
-// ids as a contiguous host-side check that every entry lies in [0, bound) (or equals `allowed`).
+// ids as a contiguous host-side check that every entry lies in [0, bound) (or equals `allowed`, if given).
 void check_ids(std::string_view op, const Tensor& ids, std::int64_t bound, std::string_view what,
-               std::int64_t allowed) {
+               std::optional<std::int64_t> allowed) {
   ELLIPSE_CHECK(ids.dtype() == DType::i64, "{}: {} must be i64, got {} of shape {}", op, what, dtype_name(ids.dtype()),
                 to_string(ids.shape()));
   const Tensor host = ids.to(Device::cpu()).contiguous();
@@ -67,7 +69,7 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
   ELLIPSE_CHECK(ids.device() == weight.device(), "embedding: ids are on {}, weight on {}", ids.device().str(),
                 weight.device().str());
   const std::int64_t vocab = weight.shape()[0], n = weight.shape()[1];
-  check_ids("embedding", ids, vocab, "id", vocab);  // `vocab` itself is never allowed
+  check_ids("embedding", ids, vocab, "id", std::nullopt);
   Shape shape = ids.shape();
   shape.push_back(n);
   Tensor out = empty(shape, weight.dtype(), weight.device());

@@ -15,6 +15,8 @@ std::vector<int> reduction_axes(std::string_view op, const Tensor& x, const std:
     const int axis = normalize_axis(a, x.dim(), op);
     ELLIPSE_CHECK(unique.insert(axis).second, "{}: axis {} appears twice in {}", op, axis, axes);
   }
+  // A 0-d tensor accepts axis 0 (normalize_axis allows it, as PyTorch does) but has no axis to reduce.
+  if (x.dim() == 0) return {};
   if (axes.empty())
     for (int d = 0; d < x.dim(); ++d) unique.insert(d);
   return {unique.begin(), unique.end()};
@@ -41,6 +43,8 @@ Shape dropped_shape(const Shape& shape, const std::vector<int>& axes) {
 // Reduces x over `axes` to keepdim shape, one run of adjacent axes per kernel call (no graph).
 Tensor reduce_kernel(std::string_view op, ReduceOp kind, const Tensor& x, const std::vector<int>& axes) {
   detail::check_floating(op, x);
+  // Nothing to reduce (a 0-d input): still a fresh tensor, never a view of x's storage.
+  if (axes.empty()) return clone(x.detach());
   Backend& backend = backend_for(x.device());
   Tensor current = contiguous(x.detach());
   for (std::size_t end = axes.size(); end > 0;) {  // runs from the last axis backwards

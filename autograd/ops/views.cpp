@@ -114,6 +114,8 @@ Tensor permute(const Tensor& x, const std::vector<std::int64_t>& order) {
 
 Tensor transpose(const Tensor& x, std::int64_t a, std::int64_t b) {
   detail::check_defined("transpose", {&x});
+  // (normalize_axis accepts axis 0 of a 0-d tensor, which has no entry in `order` to swap.)
+  ELLIPSE_CHECK(x.dim() > 0, "transpose: cannot transpose a 0-dimensional tensor");
   std::vector<std::int64_t> order(static_cast<std::size_t>(x.dim()));
   std::iota(order.begin(), order.end(), 0);
   std::swap(order[normalize_axis(a, x.dim(), "transpose")], order[normalize_axis(b, x.dim(), "transpose")]);
@@ -251,6 +253,7 @@ Tensor to_device(const Tensor& x, Device device) {
 Tensor concat(const std::vector<Tensor>& xs, std::int64_t axis_in) {
   ELLIPSE_CHECK(!xs.empty(), "concat: needs at least one tensor");
   for (const auto& x : xs) detail::same_device_and_dtype("concat", {&xs[0], &x});
+  ELLIPSE_CHECK(xs[0].dim() > 0, "concat: cannot concatenate 0-dimensional tensors; unsqueeze them first");
   const int axis = normalize_axis(axis_in, xs[0].dim(), "concat");
   Shape shape = xs[0].shape();
   shape[axis] = 0;
@@ -276,6 +279,7 @@ Tensor concat(const std::vector<Tensor>& xs, std::int64_t axis_in) {
 
 std::vector<Tensor> split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t axis_in) {
   detail::check_defined("split", {&x});
+  ELLIPSE_CHECK(x.dim() > 0, "split: cannot split a 0-dimensional tensor");
   const int axis = normalize_axis(axis_in, x.dim(), "split");
   std::int64_t total = 0;
   for (auto s : sizes) {

@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/fast_math.hpp"
 #include "backends/cpu/parallel.hpp"
 #include "core/random.hpp"
 
@@ -12,20 +13,6 @@ using cpu::dispatch_floating;
 using cpu::for_each_strided;
 
 namespace {
-constexpr double kGeluC = 0.7978845608028654;  // sqrt(2 / pi)
-constexpr double kGeluA = 0.044715;
-
-template <class T>
-T gelu_value(T x) {
-  const T inner = T(kGeluC) * (x + T(kGeluA) * x * x * x);
-  return T(0.5) * x * (T(1) + std::tanh(inner));
-}
-
-template <class T>
-T gelu_derivative(T x) {
-  const T t = std::tanh(T(kGeluC) * (x + T(kGeluA) * x * x * x));
-  return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * T(kGeluC) * (T(1) + T(3 * kGeluA) * x * x);
-}
 
 // One strided map out[i] = f(x[i]) with f chosen at compile time, so each loop vectorises on its own.
 template <class T, class F>
@@ -68,14 +55,14 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a,
     const T ta = static_cast<T>(a), tb = static_cast<T>(b);
     switch (op) {
       case UnaryOp::neg: return map1<T>(x, out, [](T v) { return -v; });
-      case UnaryOp::exp: return map1<T>(x, out, [](T v) { return std::exp(v); });
+      case UnaryOp::exp: return map1<T>(x, out, [](T v) { return cpu::exp_fast(v); });
       case UnaryOp::log: return map1<T>(x, out, [](T v) { return std::log(v); });
       case UnaryOp::sqrt: return map1<T>(x, out, [](T v) { return std::sqrt(v); });
       case UnaryOp::abs: return map1<T>(x, out, [](T v) { return std::abs(v); });
       case UnaryOp::tanh: return map1<T>(x, out, [](T v) { return std::tanh(v); });
-      case UnaryOp::sigmoid: return map1<T>(x, out, [](T v) { return T(1) / (T(1) + std::exp(-v)); });
+      case UnaryOp::sigmoid: return map1<T>(x, out, [](T v) { return cpu::sigmoid_fast(v); });
       case UnaryOp::relu: return map1<T>(x, out, [](T v) { return v > T(0) ? v : T(0); });
-      case UnaryOp::gelu: return map1<T>(x, out, [](T v) { return gelu_value(v); });
+      case UnaryOp::gelu: return map1<T>(x, out, [](T v) { return cpu::gelu_fast(v); });
       case UnaryOp::add_scalar: return map1<T>(x, out, [ta](T v) { return v + ta; });
       case UnaryOp::mul_scalar: return map1<T>(x, out, [ta](T v) { return v * ta; });
       case UnaryOp::pow_scalar:
@@ -84,7 +71,7 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a,
       case UnaryOp::clamp: return map1<T>(x, out, [ta, tb](T v) { return std::min(std::max(v, ta), tb); });
       case UnaryOp::sign: return map1<T>(x, out, [](T v) { return T((v > T(0)) - (v < T(0))); });
       case UnaryOp::step: return map1<T>(x, out, [](T v) { return v > T(0) ? T(1) : T(0); });
-      case UnaryOp::gelu_grad: return map1<T>(x, out, [](T v) { return gelu_derivative(v); });
+      case UnaryOp::gelu_grad: return map1<T>(x, out, [](T v) { return cpu::gelu_grad_fast(v); });
       case UnaryOp::inside: return map1<T>(x, out, [ta, tb](T v) { return v >= ta && v <= tb ? T(1) : T(0); });
     }
   });

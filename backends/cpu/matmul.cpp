@@ -72,6 +72,11 @@ void CpuBackend::matmul(const Tensor& a_in, const Tensor& b_in, const Tensor& ou
               beta);
       return;
     }
+    // Many small products (attention heads) run one per thread, each GEMM single-threaded (OpenBLAS's
+    // OpenMP build does so inside a parallel region); large ones use OpenBLAS's own threads in turn.
+    constexpr std::int64_t kSmallGemmFlops = std::int64_t{1} << 22;
+    const bool one_per_thread = batch > 1 && m * n * k <= kSmallGemmFlops && batch * m * n * k >= cpu::kParallelGrain;
+#pragma omp parallel for schedule(static) if (one_per_thread)
     for (std::int64_t i = 0; i < batch; ++i) {
       std::int64_t offset_a = 0, offset_b = 0, rest = i;
       for (std::size_t d = nd - 2; d-- > 0;) {

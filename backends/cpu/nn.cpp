@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/fast_math.hpp"
 #include "backends/cpu/parallel.hpp"
 
 namespace ellipse {
@@ -25,10 +26,10 @@ void CpuBackend::softmax(const Tensor& x, const Tensor& y, std::int64_t outer, s
         T* out = dst + base;
         T max = -std::numeric_limits<T>::infinity();
         for (std::int64_t j = 0; j < n; ++j) max = std::max(max, in[j * inner]);
-        if (max == -std::numeric_limits<T>::infinity()) max = T(0);  // a fully masked row stays finite-safe
+        if (max == -std::numeric_limits<T>::infinity()) max = T(0);  // avoids -inf - -inf; the row is 0/0 = NaN, as in PyTorch
         T total = 0;
         for (std::int64_t j = 0; j < n; ++j) {
-          const T e = std::exp(in[j * inner] - max);
+          const T e = cpu::exp_fast(in[j * inner] - max);
           if (!log) out[j * inner] = e;
           total += e;
         }
@@ -59,7 +60,7 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tenso
         for (std::int64_t j = 0; j < n; ++j) dot += log ? g[j * inner] : g[j * inner] * yv[j * inner];
         for (std::int64_t j = 0; j < n; ++j) {
           const std::int64_t i = j * inner;
-          out[i] = log ? g[i] - std::exp(yv[i]) * dot : yv[i] * (g[i] - dot);
+          out[i] = log ? g[i] - cpu::exp_fast(yv[i]) * dot : yv[i] * (g[i] - dot);
         }
       }
     });
@@ -177,7 +178,7 @@ void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& targets, std:
         T max = -std::numeric_limits<T>::infinity();
         for (std::int64_t c = 0; c < classes; ++c) max = std::max(max, row[c]);
         T total = 0;
-        for (std::int64_t c = 0; c < classes; ++c) total += std::exp(row[c] - max);
+        for (std::int64_t c = 0; c < classes; ++c) total += cpu::exp_fast(row[c] - max);
         const T log_sum_exp = max + std::log(total);
         lse.data<T>()[r] = log_sum_exp;
         losses.data<T>()[r] = target[r] == ignore_index ? T(0) : log_sum_exp - row[target[r]];
@@ -202,7 +203,7 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& targ
           continue;
         }
         const T log_sum_exp = lse.data<T>()[r];
-        for (std::int64_t c = 0; c < classes; ++c) out[c] = s * std::exp(row[c] - log_sum_exp);
+        for (std::int64_t c = 0; c < classes; ++c) out[c] = s * cpu::exp_fast(row[c] - log_sum_exp);
         out[target[r]] -= s;
       }
     });

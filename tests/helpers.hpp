@@ -1,0 +1,69 @@
+#pragma once
+// Helpers shared by the test programs: the list of devices to test on, and error-message checks.
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "backends/backend.hpp"
+#include "ellipse.hpp"
+
+namespace ellipse::testing {
+
+// A device the op tests run on. A device whose backend is missing stays in the list with the reason, so
+// that the tests report it as skipped instead of passing silently.
+struct TestDevice {
+  Device device;
+  std::string skip_reason;  // empty when the backend is available
+  bool has_f64 = false;     // f64 kernels exist on the CPU only (they serve gradient checks)
+};
+
+inline std::vector<TestDevice> test_devices() {
+  std::vector<TestDevice> devices{{Device::cpu(), "", true}};
+  // The CUDA backend joins as soon as backend_for(cuda) stops throwing (issue 5); until then its error
+  // message is the reason it is skipped.
+  try {
+    backend_for(Device::cuda());
+    devices.push_back({Device::cuda(), "", false});
+  } catch (const Error& e) {
+    devices.push_back({Device::cuda(), e.what(), false});
+  }
+  return devices;
+}
+
+// Reports every device without a backend via MESSAGE; returns the available ones.
+inline std::vector<TestDevice> available_devices() {
+  std::vector<TestDevice> available;
+  for (auto& d : test_devices()) {
+    if (d.skip_reason.empty())
+      available.push_back(d);
+    else
+      MESSAGE("SKIPPED device ", d.device.str(), ": ", d.skip_reason);
+  }
+  return available;
+}
+
+// The message of the ellipse::Error that f throws, or "" when it throws none (other exceptions propagate).
+template <class F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace ellipse::testing
+
+// Checks that `expr` throws ellipse::Error and that its message contains every one of the given strings
+// (the op's name, the shapes, ...).
+#define CHECK_ERROR(expr, ...)                                                                   \
+  do {                                                                                           \
+    const std::string message_ = ::ellipse::testing::error_message([&] { (void)(expr); });       \
+    INFO("expression: " #expr);                                                                  \
+    INFO("message: ", message_);                                                                 \
+    CHECK_MESSAGE(!message_.empty(), "expected an ellipse::Error");                              \
+    for (const std::string& part_ : std::vector<std::string>{__VA_ARGS__})                       \
+      CHECK_MESSAGE(message_.find(part_) != std::string::npos, "message lacks \"", part_, "\""); \
+  } while (0)
