@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages that ellipse builds, tests and runs with; run it as root from anywhere.
+# Idempotent: it asks dpkg what is already installed and only touches apt when something is missing, so on
+# a machine that has everything it returns in well under a second.
+set -euo pipefail
+
+packages=(
+  build-essential        # g++ 12, make
+  cmake                  # 3.25
+  libopenblas-dev        # BLAS (GEMM) for the CPU backend
+  libopenblas-openmp-dev # its OpenMP build, which CMakeLists.txt links (one thread pool with our loops)
+  doctest-dev            # the test framework
+  libcli11-dev           # the command-line program's argument parsing
+  nlohmann-json3-dev     # JSON (checkpoint headers, configs)
+  libfmt-dev             # error messages and printing
+  libstb-dev             # PNG writing
+  zlib1g-dev             # gzip-compressed data files
+  dataset-fashion-mnist  # a small real data set, read from /usr/share
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
+  [[ "$status" == installed ]] || missing+=("$package")
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "bootstrap: all ${#packages[@]} packages are installed"
+  exit 0
+fi
+
+echo "bootstrap: installing ${missing[*]}"
+as_root=()
+if ((EUID != 0)); then
+  command -v sudo >/dev/null || { echo "bootstrap: run me as root (missing: ${missing[*]})" >&2; exit 1; }
+  as_root=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "bootstrap: done"
