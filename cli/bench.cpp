@@ -1,0 +1,85 @@
+// `ellipse bench`: times one training step (zero grads, forward, cross-entropy, backward, AdamW) of a
+// benchmark model on random data and prints one JSON line per configuration.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fmt/format.h>
+
+#include "cli/commands.hpp"
+#include "ellipse.hpp"
+#include "models/gpt.hpp"
+
+namespace ellipse::cli {
+
+namespace {
+
+struct BenchFlags {
+  std::string config = "gpt-s", attn = "both", device = "cpu";
+  std::int64_t steps = 20, warmup = 3;
+  std::uint64_t seed = 0;
+};
+
+double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+void bench_gpt(const BenchFlags& flags, nn::AttentionKind attention) {
+  const Device device = Device::parse(flags.device);
+  constexpr std::int64_t kVocab = 65;  // Tiny Shakespeare's character count: the parameter counts of the issues
+  GPTConfig config = gpt_preset(flags.config, kVocab);
+  config.attention = attention;
+  GPT model(config, flags.seed);
+  ELLIPSE_CHECK(device.is_cpu(), "bench: device {} is not supported by this build yet", device.str());
+  nn::AdamW optimizer(model.parameters(), {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.99, .weight_decay = 0.1});
+  Generator gen(flags.seed + 1);
+  const Tensor inputs = randint({config.batch, config.seq_len}, kVocab, gen);
+  const Tensor targets = randint({config.batch, config.seq_len}, kVocab, gen);
+  std::vector<double> times;
+  double loss_value = 0;
+  for (std::int64_t i = 0; i < flags.warmup + flags.steps; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    optimizer.zero_grad();
+    const Tensor loss = cross_entropy(model.forward(inputs), targets);
+    loss.backward();
+    optimizer.step();
+    loss_value = loss.item();
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    if (i >= flags.warmup) times.push_back(ms);
+  }
+  std::sort(times.begin(), times.end());
+  const double median = times[times.size() / 2];
+  fmt::print("{{\"config\": \"{}\", \"attn\": \"{}\", \"device\": \"{}\", \"params\": {}, \"step_ms\": {:.2f}, "
+             "\"step_ms_min\": {:.2f}, \"tokens_per_s\": {:.0f}, \"loss\": {:.4f}, \"peak_rss_mib\": {:.1f}}}\n",
+             config.name, nn::attention_kind_name(attention), device.str(), model.parameter_count(), median, times[0],
+             static_cast<double>(config.batch * config.seq_len) / median * 1e3, loss_value, peak_rss_mib());
+  std::fflush(stdout);
+}
+
+int run_bench(const BenchFlags& flags) {
+  if (flags.attn != "elliptical") bench_gpt(flags, nn::AttentionKind::standard);
+  if (flags.attn != "standard") bench_gpt(flags, nn::AttentionKind::elliptical);
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, Action& action) {
+  auto flags = std::make_shared<BenchFlags>();
+  auto* b = app.add_subcommand("bench", "Time training steps of a benchmark model; one JSON line per configuration");
+  b->add_option("--config", flags->config, "Benchmark model")->check(CLI::IsMember({"gpt-s", "gpt-m"}))
+      ->capture_default_str();
+  b->add_option("--attn", flags->attn, "Attention")->check(CLI::IsMember({"standard", "elliptical", "both"}))
+      ->capture_default_str();
+  b->add_option("--device", flags->device, "Device")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  b->add_option("--steps", flags->steps, "Timed steps")->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}))
+      ->capture_default_str();
+  b->add_option("--warmup", flags->warmup, "Untimed steps first")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{100000}))->capture_default_str();
+  b->add_option("--seed", flags->seed, "Random seed")->capture_default_str();
+  b->callback([&action, flags] { action = [flags] { return run_bench(*flags); }; });
+}
+
+}  // namespace ellipse::cli

@@ -1,0 +1,51 @@
+#include "cli/progress.hpp"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fmt/format.h>
+
+namespace ellipse::cli {
+
+Progress::Progress(std::int64_t total, std::int64_t plain_every)
+    : total_(total), plain_every_(plain_every), terminal_(isatty(STDERR_FILENO) == 1) {}
+
+Progress::~Progress() {
+  if (bar_drawn_) std::fputc('\n', stderr);
+}
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const auto s = static_cast<long long>(seconds + 0.5);
+  if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
+  if (s >= 60) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  return fmt::format("{}s", s);
+}
+
+void Progress::update(std::int64_t step, double elapsed_s, const std::string& detail) {
+  const double eta = step > 0 ? elapsed_s / static_cast<double>(step) * static_cast<double>(total_ - step) : NAN;
+  if (terminal_) {
+    constexpr int kWidth = 24;
+    const int filled = static_cast<int>(kWidth * step / std::max<std::int64_t>(total_, 1));
+    fmt::print(stderr, "\r[{}{}] {}/{}  {}  ETA {}\x1b[K", std::string(static_cast<std::size_t>(filled), '#'),
+               std::string(static_cast<std::size_t>(kWidth - filled), '.'), step, total_, detail, format_duration(eta));
+    std::fflush(stderr);
+    bar_drawn_ = true;
+  } else if (step % plain_every_ == 0 || step == total_) {
+    fmt::print("step {}/{}  {}  elapsed {}  ETA {}\n", step, total_, detail, format_duration(elapsed_s),
+               format_duration(eta));
+    std::fflush(stdout);
+  }
+}
+
+void Progress::line(const std::string& text) {
+  if (bar_drawn_) {
+    std::fputs("\r\x1b[K", stderr);
+    bar_drawn_ = false;
+  }
+  fmt::print("{}\n", text);
+  std::fflush(stdout);
+}
+
+}  // namespace ellipse::cli

@@ -1,0 +1,140 @@
+#include "models/checkpoint.hpp"
+
+#include <charconv>
+#include <set>
+
+#include "autograd/grad_mode.hpp"
+#include "core/error.hpp"
+#include "core/io/safetensors.hpp"
+
+namespace ellipse {
+
+namespace {
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+// Copies `source` tensors named prefix + parameter name into the module's parameters, all or nothing.
+void assign_parameters(const std::string& path, const std::map<std::string, Tensor>& source, const std::string& prefix,
+                       const nn::Module& module) {
+  const auto params = module.named_parameters();
+  for (const auto& [name, param] : params) {
+    const auto found = source.find(prefix + name);
+    ELLIPSE_CHECK(found != source.end(), "{}: tensor '{}' is missing", path, prefix + name);
+    ELLIPSE_CHECK(found->second.shape() == param.shape(), "{}: tensor '{}' has shape {}, the model expects {}", path,
+                  prefix + name, to_string(found->second.shape()), to_string(param.shape()));
+    ELLIPSE_CHECK(is_floating(found->second.dtype()), "{}: tensor '{}' is {}, expected a floating dtype", path,
+                  prefix + name, dtype_name(found->second.dtype()));
+  }
+  NoGradGuard no_grad;
+  for (const auto& [name, param] : params)
+    Tensor(param).copy_(source.at(prefix + name).to(param.dtype()).to(param.device()));
+}
+
+std::map<std::string, Tensor> by_name(const io::SafetensorsFile& file) {
+  return {file.tensors.begin(), file.tensors.end()};
+}
+
+// Throws naming the first tensor of `source` that is not prefix + the name of a parameter of `module`.
+// (Missing tensors are named by assign_parameters, so together every mismatch names a tensor.)
+void reject_unknown(const std::string& path, const std::map<std::string, Tensor>& source,
+                    const std::vector<std::string>& prefixes, const nn::Module& module) {
+  std::set<std::string> known;
+  for (const auto& [name, param] : module.named_parameters())
+    for (const auto& prefix : prefixes) known.insert(prefix + name);
+  for (const auto& [name, tensor] : source)
+    ELLIPSE_CHECK(known.count(name) == 1, "{}: tensor '{}' is not a parameter of the model", path, name);
+}
+
+std::string join_words(const std::vector<std::uint64_t>& words) { return fmt::format("{}", fmt::join(words, ",")); }
+
+std::vector<std::uint64_t> split_words(const std::string& path, const std::string& key, const std::string& text) {
+  std::vector<std::uint64_t> words;
+  const char* p = text.data();
+  const char* end = p + text.size();
+  while (p < end) {
+    std::uint64_t w = 0;
+    const auto [next, error] = std::from_chars(p, end, w);
+    ELLIPSE_CHECK(error == std::errc() && (next == end || *next == ','), "{}: field '{}' is not a list of integers",
+                  path, key);
+    words.push_back(w);
+    p = next == end ? end : next + 1;
+  }
+  return words;
+}
+
+constexpr std::string_view kGeneratorPrefix = "generator.";
+
+}  // namespace
+
+void save_parameters(const std::string& path, const nn::Module& module) {
+  NamedTensors tensors;
+  for (const auto& [name, param] : module.named_parameters()) tensors.emplace_back(name, param.detach().to(DType::f32));
+  io::save_safetensors(path, tensors);
+}
+
+void load_parameters(const std::string& path, nn::Module& module) {
+  const auto file = io::load_safetensors(path);
+  const auto source = by_name(file);
+  reject_unknown(path, source, {""}, module);
+  assign_parameters(path, source, "", module);
+}
+
+void save_train_state(const std::string& path, const nn::Module& module, const nn::AdamW& optimizer,
+                      const TrainState& state) {
+  NamedTensors tensors;
+  const auto params = module.named_parameters();
+  const auto moments = optimizer.state();
+  ELLIPSE_CHECK(moments.size() == 2 * params.size(), "save_train_state: the optimizer holds {} buffers for {} "
+                "parameters", moments.size(), params.size());
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    tensors.emplace_back("param." + params[i].first, params[i].second.detach());
+    tensors.emplace_back("adam_m." + params[i].first, moments[2 * i]);
+    tensors.emplace_back("adam_v." + params[i].first, moments[2 * i + 1]);
+  }
+  std::map<std::string, std::string> metadata = state.fields;
+  metadata["step"] = std::to_string(state.step);
+  metadata["optimizer_steps"] = std::to_string(optimizer.steps());
+  for (const auto& [name, words] : state.generators) metadata[std::string(kGeneratorPrefix) + name] = join_words(words);
+  io::save_safetensors(path, tensors, metadata);
+}
+
+TrainState load_train_state(const std::string& path, nn::Module& module, nn::AdamW& optimizer) {
+  const auto file = io::load_safetensors(path);
+  const auto source = by_name(file);
+  const auto params = module.named_parameters();
+  reject_unknown(path, source, {"param.", "adam_m.", "adam_v."}, module);
+  auto integer_field = [&](const std::string& key) {
+    const auto found = file.metadata.find(key);
+    ELLIPSE_CHECK(found != file.metadata.end(), "{}: metadata field '{}' is missing", path, key);
+    const auto words = split_words(path, key, found->second);
+    ELLIPSE_CHECK(words.size() == 1 && words[0] < (std::uint64_t{1} << 62), "{}: field '{}' is not a step count", path,
+                  key);
+    return static_cast<std::int64_t>(words[0]);
+  };
+  TrainState state;
+  state.step = integer_field("step");
+  const std::int64_t optimizer_steps = integer_field("optimizer_steps");
+  std::vector<Tensor> moments;
+  for (const auto& [name, param] : params) {
+    for (const char* kind : {"adam_m.", "adam_v."}) {
+      const auto found = source.find(kind + name);
+      ELLIPSE_CHECK(found != source.end(), "{}: tensor '{}' is missing", path, kind + name);
+      ELLIPSE_CHECK(found->second.shape() == param.shape() && found->second.dtype() == param.dtype(),
+                    "{}: tensor '{}' is {} {}, expected {} {}", path, kind + name, dtype_name(found->second.dtype()),
+                    to_string(found->second.shape()), dtype_name(param.dtype()), to_string(param.shape()));
+      moments.push_back(found->second.to(param.device()));
+    }
+  }
+  for (const auto& [key, value] : file.metadata) {
+    if (key.starts_with(kGeneratorPrefix)) {
+      state.generators[key.substr(kGeneratorPrefix.size())] = split_words(path, key, value);
+    } else if (key != "step" && key != "optimizer_steps") {
+      state.fields[key] = value;
+    }
+  }
+  assign_parameters(path, source, "param.", module);
+  optimizer.load_state(moments, optimizer_steps);
+  return state;
+}
+
+}  // namespace ellipse

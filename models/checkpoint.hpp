@@ -1,0 +1,33 @@
+#pragma once
+// Model checkpoints: parameters as safetensors under their dotted names (what PyTorch's load_state_dict
+// expects), and the training state needed to resume exactly. All writes are atomic.
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/random.hpp"
+#include "nn/module.hpp"
+#include "nn/optim.hpp"
+
+namespace ellipse {
+
+// Writes every parameter of `module` as F32 to `path`.
+void save_parameters(const std::string& path, const nn::Module& module);
+// Loads `path` into `module`: every parameter must be present with its exact shape, and nothing else.
+// On any mismatch the module is left unchanged and the error names the file and the tensor.
+void load_parameters(const std::string& path, nn::Module& module);
+
+// Everything a run needs to continue bit for bit: parameters, AdamW moments, the step, and the state
+// of each named generator, plus free-form string fields (the run's flags).
+struct TrainState {
+  std::int64_t step = 0;
+  std::map<std::string, std::vector<std::uint64_t>> generators;
+  std::map<std::string, std::string> fields;
+};
+void save_train_state(const std::string& path, const nn::Module& module, const nn::AdamW& optimizer,
+                      const TrainState& state);
+// Restores module and optimizer from `path` and returns the rest. Validates names, shapes and fields first.
+TrainState load_train_state(const std::string& path, nn::Module& module, nn::AdamW& optimizer);
+
+}  // namespace ellipse

@@ -1,0 +1,162 @@
+#include "models/gpt.hpp"
+
+#include "autograd/ops.hpp"
+#include "core/error.hpp"
+
+namespace ellipse {
+
+GPTConfig gpt_preset(std::string_view name, std::int64_t vocab) {
+  ELLIPSE_CHECK(vocab > 0, "gpt: vocabulary size must be positive, got {}", vocab);
+  GPTConfig config;
+  config.vocab = vocab;
+  if (name == "gpt-s") {
+    config.name = "gpt-s";
+  } else if (name == "gpt-m") {
+    config.name = "gpt-m";
+    config.n_layer = 6;
+    config.d_model = 384;
+    config.n_head = 6;
+    config.seq_len = 256;
+    config.batch = 64;
+  } else {
+    fail("gpt: unknown config '{}'; expected gpt-s or gpt-m", name);
+  }
+  return config;
+}
+
+GPT::GPT(const GPTConfig& config, std::uint64_t seed) : config_(config), gen_(seed) {
+  ELLIPSE_CHECK(config.n_layer > 0 && config.seq_len > 0 && config.vocab > 0,
+                "gpt: n_layer ({}), seq_len ({}) and vocab ({}) must be positive", config.n_layer, config.seq_len,
+                config.vocab);
+  const nn::BlockConfig block{.dim = config.d_model,
+                              .heads = config.n_head,
+                              .mlp_ratio = 4,
+                              .dropout = config.dropout,
+                              .attention = config.attention,
+                              .metric = config.metric};
+  tok_emb_ = register_module("tok_emb", std::make_shared<nn::Embedding>(config.vocab, config.d_model, gen_,
+                                                                        nn::Init::gpt2));
+  pos_emb_ = register_parameter("pos_emb", mul(randn({config.seq_len, config.d_model}, gen_), 0.02));
+  blocks_ = register_module("blocks", std::make_shared<nn::ModuleList<nn::Block>>());
+  for (std::int64_t i = 0; i < config.n_layer; ++i)
+    blocks_->push_back(std::make_shared<nn::Block>(block, i, gen_, nn::Init::gpt2));
+  ln_f_ = register_module("ln_f", std::make_shared<nn::LayerNorm>(config.d_model));
+  head_ = register_module("head", std::make_shared<nn::Linear>(config.d_model, config.vocab, false, gen_,
+                                                               nn::Init::gpt2));
+}
+
+Tensor GPT::forward(const Tensor& ids) { return run(ids, nullptr); }
+
+Tensor GPT::forward_cached(const Tensor& ids, std::vector<nn::KVCache>& caches) {
+  if (caches.empty()) caches.resize(static_cast<std::size_t>(config_.n_layer));
+  ELLIPSE_CHECK(static_cast<std::int64_t>(caches.size()) == config_.n_layer,
+                "gpt: {} caches given for {} layers", caches.size(), config_.n_layer);
+  return run(ids, &caches);
+}
+
+Tensor GPT::run(const Tensor& ids, std::vector<nn::KVCache>* caches) {
+  ELLIPSE_CHECK(ids.defined() && ids.dim() == 2 && ids.dtype() == DType::i64,
+                "gpt: expected i64 token ids [B, N], got {} {}", ids.defined() ? dtype_name(ids.dtype()) : "",
+                ids.defined() ? to_string(ids.shape()) : "undefined");
+  const std::int64_t past = caches ? (*caches)[0].length() : 0, n = ids.shape()[1];
+  ELLIPSE_CHECK(n >= 1 && past + n <= config_.seq_len, "gpt: {} tokens (after {} cached) exceed the context of {}", n,
+                past, config_.seq_len);
+  Tensor x = add(tok_emb_->forward(ids), narrow(pos_emb_, 0, past, n));
+  Tensor v;
+  for (std::size_t i = 0; i < blocks_->size(); ++i) {
+    auto result = (*blocks_)[i].forward(x, /*causal=*/true, v, caches ? &(*caches)[i] : nullptr);
+    x = result.out;
+    v = result.v;
+  }
+  return head_->forward(ln_f_->forward(x));
+}
+
+}  // namespace ellipse
+
+#include <nlohmann/json.hpp>
+
+#include "core/io/file.hpp"
+#include "models/checkpoint.hpp"
+
+namespace ellipse {
+
+std::string gpt_config_json(const GPTConfig& config, std::u32string_view vocab) {
+  nlohmann::ordered_json json;
+  json["model"] = "gpt";
+  json["config"] = config.name;
+  json["n_layer"] = config.n_layer;
+  json["d_model"] = config.d_model;
+  json["n_head"] = config.n_head;
+  json["seq_len"] = config.seq_len;
+  json["vocab_size"] = config.vocab;
+  json["vocab"] = encode_utf8(vocab);
+  json["attn"] = nn::attention_kind_name(config.attention);
+  json["m_mode"] = nn::metric_mode_name(config.metric);
+  json["dropout"] = config.dropout;
+  return json.dump(2) + "\n";
+}
+
+GPTCheckpointConfig parse_gpt_config_json(std::string_view text, const std::string& path) {
+  const auto json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  ELLIPSE_CHECK(json.is_object(), "{}: not a JSON object", path);
+  auto field = [&](const char* key) -> const nlohmann::json& {
+    ELLIPSE_CHECK(json.contains(key), "{}: key '{}' is missing", path, key);
+    return json.at(key);
+  };
+  auto string_field = [&](const char* key) {
+    const auto& value = field(key);
+    ELLIPSE_CHECK(value.is_string(), "{}: '{}' must be a string", path, key);
+    return value.get<std::string>();
+  };
+  auto int_field = [&](const char* key, std::int64_t low, std::int64_t high) {
+    const auto& value = field(key);
+    ELLIPSE_CHECK(value.is_number_integer(), "{}: '{}' must be an integer", path, key);
+    const auto number = value.get<std::int64_t>();
+    ELLIPSE_CHECK(number >= low && number <= high, "{}: '{}' is {}, expected {} to {}", path, key, number, low, high);
+    return number;
+  };
+  ELLIPSE_CHECK(string_field("model") == "gpt", "{}: 'model' is '{}', expected 'gpt'", path, string_field("model"));
+  GPTConfig config;
+  config.name = string_field("config");
+  config.n_layer = int_field("n_layer", 1, 256);
+  config.d_model = int_field("d_model", 1, 65536);
+  config.n_head = int_field("n_head", 1, 4096);
+  ELLIPSE_CHECK(config.d_model % config.n_head == 0, "{}: d_model {} is not a multiple of n_head {}", path,
+                config.d_model, config.n_head);
+  config.seq_len = int_field("seq_len", 1, 1 << 20);
+  // The parsers below name the value but not the file: their errors are re-raised with the path and key.
+  auto checked = [&](const char* key, auto&& parse) {
+    try {
+      return parse();
+    } catch (const Error& e) {
+      fail("{}: '{}': {}", path, key, e.what());
+    }
+  };
+  const std::u32string vocab = decode_utf8(string_field("vocab"), path + " ('vocab')");
+  CharTokenizer tokenizer = checked("vocab", [&] { return CharTokenizer::from_vocab(vocab); });
+  config.vocab = tokenizer.size();
+  if (json.contains("vocab_size")) {
+    ELLIPSE_CHECK(int_field("vocab_size", 1, 1 << 24) == config.vocab, "{}: 'vocab_size' disagrees with the {} "
+                  "characters of 'vocab'", path, config.vocab);
+  }
+  const std::string attn = string_field("attn"), m_mode = string_field("m_mode");
+  config.attention = checked("attn", [&] { return nn::parse_attention_kind(attn); });
+  config.metric = checked("m_mode", [&] { return nn::parse_metric_mode(m_mode); });
+  if (json.contains("dropout")) {
+    ELLIPSE_CHECK(json["dropout"].is_number() && json["dropout"].get<double>() >= 0 && json["dropout"].get<double>() < 1,
+                  "{}: 'dropout' must be a number in [0, 1)", path);
+    config.dropout = json["dropout"].get<double>();
+  }
+  return {config, std::move(tokenizer)};
+}
+
+LoadedGPT load_gpt(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  auto [config, tokenizer] = parse_gpt_config_json(io::read_file(config_path, 64 << 20), config_path);
+  auto model = std::make_unique<GPT>(config);
+  load_parameters(dir + "/model.safetensors", *model);
+  model->eval();
+  return {std::move(model), std::move(tokenizer)};
+}
+
+}  // namespace ellipse

@@ -1,0 +1,275 @@
+#include "models/gpt_train.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "autograd/grad_mode.hpp"
+#include "autograd/ops.hpp"
+#include "core/error.hpp"
+#include "core/io/file.hpp"
+#include "models/checkpoint.hpp"
+#include "nn/optim.hpp"
+
+namespace ellipse {
+
+namespace {
+
+constexpr std::uint64_t kMaxTextBytes = std::uint64_t{1} << 31;
+
+std::vector<std::int64_t> read_text_ids(const std::string& path, const CharTokenizer* tokenizer,
+                                        CharTokenizer* built) {
+  const std::u32string text = decode_utf8(io::read_file(path, kMaxTextBytes), path);
+  ELLIPSE_CHECK(!text.empty(), "{}: the text is empty", path);
+  if (!tokenizer) {
+    *built = CharTokenizer::from_text(text);
+    tokenizer = built;
+  }
+  return tokenizer->encode(text);
+}
+
+std::string metrics_line(const EvalRecord& r) {
+  nlohmann::ordered_json json;
+  json["step"] = r.step;
+  json["train_loss"] = r.train_loss;
+  json["val_loss"] = r.val_loss;
+  json["lr"] = r.lr;
+  json["tokens_per_s"] = r.tokens_per_s;
+  json["elapsed_s"] = r.elapsed_s;
+  return json.dump() + "\n";
+}
+
+// Keeps the metrics lines of steps up to `step`: a run resumed from an older checkpoint rewrites the rest.
+std::string metrics_up_to(const std::string& path, std::int64_t step) {
+  if (!std::filesystem::exists(path)) return "";
+  std::istringstream in(io::read_file(path, std::uint64_t{1} << 30));
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const auto json = nlohmann::json::parse(line, nullptr, false);
+    if (json.is_object() && json.contains("step") && json["step"].is_number_integer() &&
+        json["step"].get<std::int64_t>() <= step)
+      kept += line + "\n";
+  }
+  return kept;
+}
+
+std::string flags_fingerprint(const GPTTrainOptions& o, std::int64_t batch) {
+  return fmt::format("steps={} batch={} lr={} final_lr={} warmup={} betas=({},{}) wd={} clip={} seed={}", o.steps, batch,
+                     o.lr, o.final_lr, o.warmup, o.beta1, o.beta2, o.weight_decay, o.clip, o.seed);
+}
+
+}  // namespace
+
+double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& ids, std::int64_t batch) {
+  const std::int64_t t = model.config().seq_len;
+  const std::int64_t windows = (static_cast<std::int64_t>(ids.size()) - 1) / t;
+  ELLIPSE_CHECK(windows > 0, "eval: {} tokens are fewer than one window of {} (+1 target)", ids.size(), t);
+  NoGradGuard no_grad;
+  const bool was_training = model.training();
+  model.eval();
+  double total = 0;
+  for (std::int64_t first = 0; first < windows; first += batch) {
+    const std::int64_t count = std::min(batch, windows - first);
+    std::vector<std::int64_t> inputs, targets;
+    for (std::int64_t w = first; w < first + count; ++w) {
+      const auto begin = ids.begin() + static_cast<std::ptrdiff_t>(w * t);
+      inputs.insert(inputs.end(), begin, begin + t);
+      targets.insert(targets.end(), begin + 1, begin + t + 1);
+    }
+    const Tensor logits = model.forward(from_vector(inputs, {count, t}));
+    total += cross_entropy(logits, from_vector(targets, {count, t})).item() * static_cast<double>(count);
+  }
+  model.train(was_training);
+  return total / static_cast<double>(windows);
+}
+
+EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const TrainProgress&)>& on_step,
+                     const std::function<void(const EvalRecord&)>& on_eval) {
+  ELLIPSE_CHECK(!o.out_dir.empty(), "train gpt: an output directory is required");
+  ELLIPSE_CHECK(o.steps > 0 && o.eval_every > 0 && o.warmup >= 0 && o.lr > 0 && o.final_lr >= 0 && o.clip > 0,
+                "train gpt: steps ({}), eval-every ({}) and lr ({}) must be positive", o.steps, o.eval_every, o.lr);
+  ELLIPSE_CHECK(o.stop_after >= 0 && o.stop_after <= o.steps, "train gpt: --stop-after {} must lie in [0, {}]",
+                o.stop_after, o.steps);
+  const std::string config_path = o.out_dir + "/config.json", model_path = o.out_dir + "/model.safetensors",
+                    state_path = o.out_dir + "/train_state.safetensors", metrics_path = o.out_dir + "/metrics.jsonl";
+
+  GPTConfig config;
+  CharTokenizer tokenizer;
+  std::vector<std::int64_t> ids;
+  if (o.resume) {
+    auto saved = parse_gpt_config_json(io::read_file(config_path, 64 << 20), config_path);
+    config = saved.config;
+    tokenizer = std::move(saved.tokenizer);
+    ELLIPSE_CHECK(config.name == o.config && config.attention == o.attention &&
+                  config.metric == o.metric.value_or(config.metric),
+                  "train gpt: --resume {} holds a {} model with {} attention ({}), but the flags ask for {} with {} "
+                  "attention", o.out_dir, config.name, nn::attention_kind_name(config.attention),
+                  nn::metric_mode_name(config.metric), o.config, nn::attention_kind_name(o.attention));
+    ids = read_text_ids(o.text_path, &tokenizer, nullptr);
+  } else {
+    CharTokenizer built;
+    ids = read_text_ids(o.text_path, nullptr, &built);
+    tokenizer = std::move(built);
+    config = gpt_preset(o.config, tokenizer.size());
+    config.attention = o.attention;
+    config.metric = o.metric.value_or(nn::MetricMode::causal);
+  }
+  const std::int64_t batch = o.batch.value_or(config.batch);
+  ELLIPSE_CHECK(batch > 0, "train gpt: batch must be positive, got {}", batch);
+  const TextSplit split = split_train_val(ids);
+  ELLIPSE_CHECK(static_cast<std::int64_t>(split.train.size()) > config.seq_len &&
+                static_cast<std::int64_t>(split.val.size()) > config.seq_len,
+                "{}: {} characters are too few: both the train (90%) and val (10%) parts need more than seq_len {} "
+                "characters", o.text_path, ids.size(), config.seq_len);
+
+  GPT model(config, o.seed);
+  model.train();
+  nn::AdamW optimizer(model.parameters(), {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = 1e-8,
+                                           .weight_decay = o.weight_decay});
+  Generator data_gen(o.seed ^ 0x5EEDDA7Aull);
+  std::int64_t start = 0;
+  std::string metrics;
+  const std::string fingerprint = flags_fingerprint(o, batch);
+  double loss_sum = 0;  // train losses since the last evaluation
+  std::int64_t loss_count = 0;
+  auto save = [&](std::int64_t step) {
+    save_parameters(model_path, model);
+    save_train_state(state_path, model, optimizer,
+                     {.step = step,
+                      .generators = {{"data", data_gen.state()}, {"model", model.generator().state()}},
+                      .fields = {{"flags", fingerprint},
+                                 {"loss_sum_bits", std::to_string(std::bit_cast<std::uint64_t>(loss_sum))},
+                                 {"loss_count", std::to_string(loss_count)}}});
+  };
+  if (o.resume) {
+    TrainState state = load_train_state(state_path, model, optimizer);
+    ELLIPSE_CHECK(state.fields["flags"] == fingerprint, "train gpt: --resume {}: the run was started with flags "
+                  "'{}', now '{}'; resume with the same flags", o.out_dir, state.fields["flags"], fingerprint);
+    ELLIPSE_CHECK(state.generators.count("data") == 1 && state.generators.count("model") == 1,
+                  "{}: the generators' states are missing", state_path);
+    data_gen.set_state(state.generators["data"]);
+    model.generator().set_state(state.generators["model"]);
+    start = state.step;
+    // The running mean of the train loss since the last evaluation, so that the next metrics line is
+    // the same as in an uninterrupted run. Stored as the exact bits of the double.
+    auto number_field = [&](const std::string& key) {
+      const std::string& text = state.fields[key];
+      std::uint64_t value = 0;
+      const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+      ELLIPSE_CHECK(!text.empty() && error == std::errc() && end == text.data() + text.size(),
+                    "{}: field '{}' is missing or not a number", state_path, key);
+      return value;
+    };
+    loss_sum = std::bit_cast<double>(number_field("loss_sum_bits"));
+    loss_count = static_cast<std::int64_t>(number_field("loss_count"));
+    metrics = metrics_up_to(metrics_path, start);
+  } else {
+    std::filesystem::create_directories(o.out_dir);
+    ELLIPSE_CHECK(!std::filesystem::exists(state_path), "train gpt: {} already holds a run; pass --resume to continue "
+                  "it or choose another --out", o.out_dir);
+    io::write_file_atomic(config_path, gpt_config_json(config, tokenizer.vocab()));
+  }
+
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  const std::int64_t end = o.stop_after > 0 ? o.stop_after : o.steps;
+  EvalRecord last;
+  std::int64_t tokens = 0;
+  const auto params = model.parameters();
+  for (std::int64_t step = start; step < end; ++step) {
+    const double lr = nn::warmup_cosine_lr(step, o.warmup, o.steps, o.lr, o.final_lr);
+    optimizer.set_lr(lr);
+    auto [inputs, targets] = sample_windows(split.train, batch, config.seq_len, data_gen);
+    optimizer.zero_grad();
+    const Tensor loss = cross_entropy(model.forward(inputs), targets);
+    const double loss_value = loss.item();
+    ELLIPSE_CHECK(std::isfinite(loss_value), "train gpt: the loss became {} at step {}; stopping. The last good "
+                  "checkpoint in {} is kept", loss_value, step + 1, o.out_dir);
+    loss.backward();
+    nn::clip_grad_norm(params, o.clip);
+    optimizer.step();
+    loss_sum += loss_value;
+    ++loss_count;
+    tokens += batch * config.seq_len;
+    const double seconds = elapsed();
+    if (on_step) on_step({step + 1, o.steps, loss_value, lr, static_cast<double>(tokens) / seconds, seconds});
+
+    if ((step + 1) % o.eval_every == 0 || step + 1 == o.steps) {
+      last = {step + 1, loss_sum / static_cast<double>(loss_count), evaluate_gpt(model, split.val), lr,
+              static_cast<double>(tokens) / seconds, elapsed()};
+      loss_sum = 0;
+      loss_count = 0;
+      save(step + 1);  // checkpoint first: metrics never name a step that has no checkpoint
+      metrics += metrics_line(last);
+      io::write_file_atomic(metrics_path, metrics);
+      if (on_eval) on_eval(last);
+    } else if (step + 1 == end) {
+      save(step + 1);  // stopped between evaluations: a checkpoint only, as the uninterrupted run has no line here
+    }
+  }
+  return last;
+}
+
+std::u32string sample_gpt(GPT& model, const CharTokenizer& tokenizer, std::u32string_view prompt,
+                          const SampleOptions& options) {
+  ELLIPSE_CHECK(!prompt.empty(), "sample: the prompt is empty");
+  ELLIPSE_CHECK(options.tokens >= 0 && options.temperature >= 0 && options.top_k >= 0,
+                "sample: tokens ({}), temperature ({}) and top-k ({}) must not be negative", options.tokens,
+                options.temperature, options.top_k);
+  NoGradGuard no_grad;
+  model.eval();
+  std::vector<std::int64_t> history = tokenizer.encode(prompt);
+  Generator gen(options.seed);
+  const std::int64_t context = model.config().seq_len;
+  std::vector<nn::KVCache> caches;
+  // The caches hold history[window, cached); positions count from `window`.
+  std::size_t window = 0, cached = 0;
+  auto restart = [&](std::size_t keep) {
+    caches.clear();
+    window = cached = history.size() - keep;
+  };
+  if (static_cast<std::int64_t>(history.size()) > context) restart(static_cast<std::size_t>(context));
+  std::u32string generated;
+  for (std::int64_t i = 0; i < options.tokens; ++i) {
+    // A full window starts again from its last half (recomputing those tokens' keys and values).
+    if (static_cast<std::int64_t>(history.size() - window) > context)
+      restart(static_cast<std::size_t>(std::max<std::int64_t>(1, context / 2)));
+    const std::vector<std::int64_t> fresh(history.begin() + static_cast<std::ptrdiff_t>(cached), history.end());
+    const Tensor logits = model.forward_cached(from_vector(fresh, {1, static_cast<std::int64_t>(fresh.size())}), caches);
+    cached = history.size();
+    std::vector<double> last = select(select(logits, 0, 0), 0, -1).to_vector<double>();
+
+    std::int64_t next = 0;
+    if (options.temperature == 0) {
+      next = std::max_element(last.begin(), last.end()) - last.begin();
+    } else {
+      if (options.top_k > 0 && options.top_k < static_cast<std::int64_t>(last.size())) {
+        std::vector<double> sorted = last;
+        std::nth_element(sorted.begin(), sorted.begin() + options.top_k - 1, sorted.end(), std::greater<>());
+        const double threshold = sorted[static_cast<std::size_t>(options.top_k - 1)];
+        for (auto& l : last)
+          if (l < threshold) l = -INFINITY;
+      }
+      const double top = *std::max_element(last.begin(), last.end());
+      double total = 0;
+      for (auto& l : last) total += (l = std::exp((l - top) / options.temperature));
+      double draw = gen.uniform() * total;
+      for (next = 0; next + 1 < static_cast<std::int64_t>(last.size()); ++next) {
+        draw -= last[static_cast<std::size_t>(next)];
+        if (draw < 0) break;
+      }
+    }
+    history.push_back(next);
+    generated += tokenizer.vocab()[static_cast<std::size_t>(next)];
+  }
+  return generated;
+}
+
+}  // namespace ellipse

@@ -1,0 +1,58 @@
+#pragma once
+// Training, evaluation and sampling for the character GPT (what `ellipse train|eval|sample gpt` run).
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "models/gpt.hpp"
+
+namespace ellipse {
+
+struct GPTTrainOptions {
+  std::string text_path;
+  std::string config = "gpt-s";
+  nn::AttentionKind attention = nn::AttentionKind::standard;
+  std::optional<nn::MetricMode> metric;  // default: causal
+  std::int64_t steps = 2000;              // the schedule's length: the run ends after this many steps
+  std::optional<std::int64_t> batch;      // default: the preset's
+  double lr = 1e-3;                       // peak, after warm-up
+  double final_lr = 1e-4;                 // where the cosine ends
+  std::int64_t warmup = 100;
+  double beta1 = 0.9, beta2 = 0.99, weight_decay = 0.1, clip = 1.0;
+  std::uint64_t seed = 0;
+  std::int64_t eval_every = 200;
+  std::string out_dir;                    // checkpoints and metrics.jsonl
+  bool resume = false;                    // continue the run saved in out_dir
+  std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
+};
+
+struct TrainProgress {
+  std::int64_t step = 0, steps = 0;  // step is 1-based: the number of steps done
+  double loss = 0, lr = 0, tokens_per_s = 0, elapsed_s = 0;
+};
+
+struct EvalRecord {
+  std::int64_t step = 0;
+  double train_loss = 0, val_loss = 0, lr = 0, tokens_per_s = 0, elapsed_s = 0;
+};
+
+// Trains (or resumes), writing out_dir/{model.safetensors, config.json, train_state.safetensors,
+// metrics.jsonl} at every evaluation and at the end. Returns the last evaluation.
+EvalRecord train_gpt(const GPTTrainOptions& options, const std::function<void(const TrainProgress&)>& on_step,
+                     const std::function<void(const EvalRecord&)>& on_eval);
+
+// Mean cross-entropy over the non-overlapping windows of seq_len tokens of `ids` from its start (inputs
+// [i, i+T), targets [i+1, i+T+1)); the last partial window is dropped.
+double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& ids, std::int64_t batch = 32);
+
+struct SampleOptions {
+  std::int64_t tokens = 200;
+  double temperature = 1.0;  // 0: always the most likely token
+  std::int64_t top_k = 0;    // 0: all tokens
+  std::uint64_t seed = 0;
+};
+// Continues `prompt` by `tokens` characters with cached keys and values.
+std::u32string sample_gpt(GPT& model, const CharTokenizer& tokenizer, std::u32string_view prompt,
+                          const SampleOptions& options);
+
+}  // namespace ellipse

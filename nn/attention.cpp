@@ -1,0 +1,125 @@
+#include "nn/attention.hpp"
+
+#include <cmath>
+#include <limits>
+
+#include "autograd/grad_mode.hpp"
+#include "autograd/ops.hpp"
+#include "core/error.hpp"
+
+namespace ellipse::nn {
+
+std::string_view attention_kind_name(AttentionKind kind) {
+  return kind == AttentionKind::standard ? "standard" : "elliptical";
+}
+
+std::string_view metric_mode_name(MetricMode mode) {
+  switch (mode) {
+    case MetricMode::sequence: return "sequence";
+    case MetricMode::causal: return "causal";
+    case MetricMode::random: return "random";
+  }
+  return "?";
+}
+
+AttentionKind parse_attention_kind(std::string_view text) {
+  if (text == "standard") return AttentionKind::standard;
+  if (text == "elliptical") return AttentionKind::elliptical;
+  fail("attention: '{}' is not an attention kind; expected standard or elliptical", text);
+}
+
+MetricMode parse_metric_mode(std::string_view text) {
+  if (text == "sequence") return MetricMode::sequence;
+  if (text == "causal") return MetricMode::causal;
+  if (text == "random") return MetricMode::random;
+  fail("attention: '{}' is not a metric mode; expected sequence, causal or random", text);
+}
+
+Attention::Attention(std::int64_t dim, std::int64_t heads, Generator& gen, Init init)
+    : heads_(heads), head_dim_(heads > 0 ? dim / heads : 0) {
+  ELLIPSE_CHECK(heads > 0 && dim > 0 && dim % heads == 0, "Attention: dim {} must be a positive multiple of heads {}",
+                dim, heads);
+  qkv_ = register_module("qkv", std::make_shared<Linear>(dim, 3 * dim, true, gen, init));
+  proj_ = register_module("proj", std::make_shared<Linear>(dim, dim, true, gen, init));
+}
+
+Tensor Attention::query_metric(const Tensor&, const Tensor&, KVCache*) { return {}; }
+
+AttentionOutput Attention::forward(const Tensor& x, bool causal, const Tensor& v_prev, KVCache* cache) {
+  const std::int64_t dim = heads_ * head_dim_;
+  ELLIPSE_CHECK(x.defined() && x.dim() == 3 && x.shape()[2] == dim, "Attention: expected input [B, N, {}], got {}",
+                dim, x.defined() ? to_string(x.shape()) : "undefined");
+  const std::int64_t batch = x.shape()[0], n = x.shape()[1];
+  // [B, N, 3d] -> [3, B, H, N, dh]: q, k and v are strided views of the one qkv output.
+  const Tensor heads = permute(view(qkv_->forward(x), {batch, n, 3, heads_, head_dim_}), {2, 0, 3, 1, 4});
+  const Tensor q = select(heads, 0, 0), k_new = select(heads, 0, 1), v = select(heads, 0, 2);
+
+  const std::int64_t past = cache ? cache->length() : 0;
+  const Tensor metric = query_metric(v, v_prev, cache);  // before the cache grows: it reads the past length
+  Tensor k = k_new, values = v;
+  if (cache) {
+    k = cache->k.defined() ? concat({cache->k, k_new}, 2) : contiguous(k_new);
+    values = cache->v.defined() ? concat({cache->v, v}, 2) : contiguous(v);
+    cache->k = k.detach();
+    cache->v = values.detach();
+  }
+  const Tensor q_scaled = metric.defined() ? mul(q, metric) : q;
+  Tensor scores = mul(matmul(q_scaled, transpose(k, -1, -2)), 1.0 / std::sqrt(static_cast<double>(head_dim_)));
+  if (causal) {
+    // Query i (absolute position past + i) sees keys 0 .. past + i.
+    const Tensor mask = narrow(causal_mask(past + n, x.device()), 0, past, n);
+    scores = masked_fill(scores, mask, -std::numeric_limits<double>::infinity());
+  }
+  const Tensor probs = softmax(scores, -1);
+  if (keep_attention_) last_attention_ = probs.detach();
+  const Tensor out = reshape(permute(matmul(probs, values), {0, 2, 1, 3}), {batch, n, dim});
+  return {proj_->forward(out), v};
+}
+
+EllipticalAttention::EllipticalAttention(std::int64_t dim, std::int64_t heads, MetricMode mode, Generator& gen,
+                                         Init init)
+    : Attention(dim, heads, gen, init), mode_(mode), gen_(&gen) {}
+
+Tensor normalize_metric(const Tensor& s) { return div(s, clamp(max(s, {-1}, true), 1e-12, INFINITY)); }
+
+Tensor EllipticalAttention::query_metric(const Tensor& v, const Tensor& v_prev, KVCache* cache) {
+  if (!v_prev.defined()) {  // layer 0 is always standard
+    last_metric_ = {};
+    return {};
+  }
+  ELLIPSE_CHECK(v_prev.shape() == v.shape(), "EllipticalAttention: previous layer's values {} differ from this "
+                "layer's {}", to_string(v_prev.shape()), to_string(v.shape()));
+  NoGradGuard stop_gradient;  // m is a constant: no gradient reaches v or v_prev through it
+  last_metric_ = estimate_metric(abs(sub(v.detach(), v_prev.detach())), cache);
+  return last_metric_;
+}
+
+Tensor EllipticalAttention::estimate_metric(const Tensor& abs_diff, KVCache* cache) {
+  const Shape& shape = abs_diff.shape();  // [B, H, N, dh]
+  switch (mode_) {
+    case MetricMode::sequence: {
+      if (!cache) return normalize_metric(mean(abs_diff, {2}, true));
+      // Decoding: the mean over every token seen so far, the cached ones included.
+      const Tensor total = sum(abs_diff, {2}, true);
+      const Tensor all = cache->abs_diff_sum.defined() ? add(cache->abs_diff_sum, total) : total;
+      cache->abs_diff_sum = all;
+      return normalize_metric(div(all, static_cast<double>(cache->length() + shape[2])));
+    }
+    case MetricMode::causal: {
+      // s_i = (past sum + sum_{n <= i} |v_n - v_prev_n|) / (past + i + 1)
+      Tensor running = cumsum(abs_diff, 2);
+      const std::int64_t past = cache ? cache->length() : 0;
+      if (cache && cache->abs_diff_sum.defined()) running = add(running, cache->abs_diff_sum);
+      if (cache) cache->abs_diff_sum = narrow(running, 2, shape[2] - 1, 1).contiguous();
+      const Tensor counts = arange(static_cast<double>(past + 1), static_cast<double>(past + shape[2] + 1), 1.0,
+                                   abs_diff.dtype(), abs_diff.device());
+      return normalize_metric(div(running, reshape(counts, {shape[2], 1})));
+    }
+    case MetricMode::random:
+      return normalize_metric(uniform({shape[0], shape[1], 1, shape[3]}, 0.0, 1.0, *gen_, abs_diff.dtype(),
+                                      abs_diff.device()));
+  }
+  return {};
+}
+
+}  // namespace ellipse::nn

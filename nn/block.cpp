@@ -1,0 +1,32 @@
+#include "nn/block.hpp"
+
+#include "autograd/ops.hpp"
+
+namespace ellipse::nn {
+
+Block::Block(const BlockConfig& config, std::int64_t layer, Generator& gen, Init init) {
+  ln1_ = register_module("ln1", std::make_shared<LayerNorm>(config.dim));
+  if (config.attention == AttentionKind::elliptical && layer >= 1) {
+    attn_ = register_module("attn", std::make_shared<EllipticalAttention>(config.dim, config.heads, config.metric, gen,
+                                                                          init));
+  } else {
+    attn_ = register_module("attn", std::make_shared<Attention>(config.dim, config.heads, gen, init));
+  }
+  ln2_ = register_module("ln2", std::make_shared<LayerNorm>(config.dim));
+  mlp_ = register_module("mlp", std::make_shared<MLP>(config.dim, config.mlp_ratio * config.dim, gen, init));
+  dropout_ = register_module("dropout", std::make_shared<Dropout>(config.dropout, gen));
+}
+
+void Block::keep_activations(bool on) {
+  keep_activations_ = on;
+  attn_->keep_attention(on);
+}
+
+AttentionOutput Block::forward(const Tensor& x, bool causal, const Tensor& v_prev, KVCache* cache) {
+  AttentionOutput attended = attn_->forward(ln1_->forward(x), causal, v_prev, cache);
+  if (keep_activations_) last_attention_output_ = attended.out.detach();
+  const Tensor h = add(x, dropout_->forward(attended.out));
+  return {add(h, dropout_->forward(mlp_->forward(ln2_->forward(h)))), attended.v};
+}
+
+}  // namespace ellipse::nn

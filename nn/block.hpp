@@ -1,0 +1,42 @@
+#pragma once
+// A pre-LN transformer block: x = x + attn(ln1(x)); x = x + mlp(ln2(x)).
+#include "nn/attention.hpp"
+#include "nn/layers.hpp"
+
+namespace ellipse::nn {
+
+struct BlockConfig {
+  std::int64_t dim = 128;
+  std::int64_t heads = 4;
+  std::int64_t mlp_ratio = 4;
+  double dropout = 0.0;                    // on the attention and MLP outputs, before each residual add
+  AttentionKind attention = AttentionKind::standard;
+  MetricMode metric = MetricMode::sequence;
+};
+
+class Block : public Module {
+ public:
+  // `layer` is the block's depth: elliptical attention is used from layer 1 on (layer 0 is standard).
+  Block(const BlockConfig& config, std::int64_t layer, Generator& gen = default_generator(),
+        Init init = Init::pytorch);
+
+  // x [B, N, d]; v_prev from the previous block (undefined for the first). Returns the new x and this
+  // block's value heads for the next block.
+  AttentionOutput forward(const Tensor& x, bool causal, const Tensor& v_prev = {}, KVCache* cache = nullptr);
+
+  Attention& attention() const { return *attn_; }
+  // Study hooks: when enabled, forward keeps the attention probabilities (see Attention) and the
+  // attention sublayer's output (before the residual add) of its last call.
+  void keep_activations(bool on);
+  const Tensor& last_attention_output() const { return last_attention_output_; }
+
+ private:
+  std::shared_ptr<LayerNorm> ln1_, ln2_;
+  std::shared_ptr<Attention> attn_;
+  std::shared_ptr<MLP> mlp_;
+  std::shared_ptr<Dropout> dropout_;
+  bool keep_activations_ = false;
+  Tensor last_attention_output_;
+};
+
+}  // namespace ellipse::nn

@@ -1,0 +1,221 @@
+// The ellipse program (cli/): help for every subcommand, exit status 2 for usage errors and 1 for runtime
+// errors with a message on stderr (never a crash), and train -> eval -> sample on a tiny text.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#ifndef ELLIPSE_CLI
+#error "ELLIPSE_CLI must name the ellipse binary (see tests/CMakeLists.txt)"
+#endif
+
+namespace fs = std::filesystem;
+
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path_ = fs::temp_directory_path() / ("ellipse_test_cli_" + std::to_string(::getpid()) + "_" +
+                                         std::to_string(counter++));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    fs::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string str() const { return path_.string(); }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+std::string quote(const std::string& arg) {
+  std::string out = "'";
+  for (char c : arg) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+struct Run {
+  int status = -1;  // the exit status; 128 + n when killed by signal n
+  std::string out, err;
+};
+
+// Runs the ellipse binary with `args` (each quoted for the shell), capturing stdout and stderr.
+Run ellipse(const std::vector<std::string>& args) {
+  static TempDir scratch;
+  static int calls = 0;
+  const std::string out_path = scratch / (std::to_string(calls) + ".out"),
+                    err_path = scratch / (std::to_string(calls) + ".err");
+  ++calls;
+  std::string command = quote(ELLIPSE_CLI);
+  for (const auto& a : args) command.append(" ").append(quote(a));
+  command.append(" </dev/null >").append(quote(out_path)).append(" 2>").append(quote(err_path));
+  const int raw = std::system(command.c_str());
+  Run run;
+  if (raw != -1 && WIFEXITED(raw)) run.status = WEXITSTATUS(raw);
+  else if (raw != -1 && WIFSIGNALED(raw)) run.status = 128 + WTERMSIG(raw);
+  run.out = slurp(out_path);
+  run.err = slurp(err_path);
+  return run;
+}
+
+std::string joined(const std::vector<std::string>& args) {
+  std::string s;
+  for (const auto& a : args) s += a + " ";
+  return s;
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+std::string pattern_text(std::size_t length) {
+  const std::string words[] = {"abc ", "bad ", "cab\n", "dace ", "face ", "bead\n"};
+  std::string text;
+  for (std::size_t i = 0; text.size() < length; ++i) text += words[(i * 7 + i / 3) % 6];
+  return text.substr(0, length);
+}
+
+// The command fails cleanly: the expected status, a message on stderr, no crash.
+void check_fails(const std::vector<std::string>& args, int status, const std::string& needle = "") {
+  const Run r = ellipse(args);
+  INFO("ellipse ", joined(args));
+  INFO("stdout: ", r.out);
+  INFO("stderr: ", r.err);
+  CHECK(r.status == status);
+  CHECK(r.status < 128);
+  CHECK_FALSE(r.err.empty());
+  if (!needle.empty()) CHECK(r.err.find(needle) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("cli: --help exits 0 for the program and every subcommand") {
+  const std::vector<std::vector<std::string>> commands{{},          {"train"},  {"train", "gpt"}, {"eval"},
+                                                       {"eval", "gpt"}, {"sample"}, {"demo"},         {"bench"}};
+  for (auto args : commands) {
+    args.push_back("--help");
+    const Run r = ellipse(args);
+    INFO("ellipse ", joined(args));
+    INFO("stderr: ", r.err);
+    CHECK(r.status == 0);
+    CHECK(r.out.find("Usage") != std::string::npos);
+  }
+  const Run help = ellipse({"train", "gpt", "--help"});
+  for (const char* flag : {"--text", "--config", "--attn", "--m-mode", "--steps", "--batch", "--lr", "--seed",
+                           "--eval-every", "--out", "--resume", "--stop-after"})
+    CHECK_MESSAGE(help.out.find(flag) != std::string::npos, flag);
+  const Run version = ellipse({"--version"});
+  CHECK(version.status == 0);
+  CHECK(version.out.find("ellipse") != std::string::npos);
+}
+
+TEST_CASE("cli: usage errors exit 2 and runtime errors exit 1, with a message on stderr") {
+  TempDir dir;
+  const std::string text = dir / "text.txt";
+  write_file(text, pattern_text(2000));
+  const std::string short_text = dir / "short.txt";
+  write_file(short_text, pattern_text(300));
+
+  check_fails({}, 2);
+  check_fails({"frobnicate"}, 2);
+  check_fails({"train"}, 2);
+  check_fails({"demo", "--bogus"}, 2, "--bogus");
+  check_fails({"demo", "--steps", "0"}, 2);
+  check_fails({"train", "gpt", "--text", text, "--bogus", "1"}, 2, "--bogus");
+  check_fails({"train", "gpt"}, 2, "--text");
+  check_fails({"train", "gpt", "--text", text, "--steps", "-1"}, 2, "--steps");
+  check_fails({"train", "gpt", "--text", text, "--steps", "0"}, 2, "--steps");
+  check_fails({"train", "gpt", "--text", text, "--steps", "ten"}, 2, "--steps");
+  check_fails({"train", "gpt", "--text", text, "--attn", "fancy"}, 2, "fancy");
+  check_fails({"train", "gpt", "--text", text, "--m-mode", "global"}, 2, "global");
+  check_fails({"train", "gpt", "--text", text, "--config", "gpt-xl"}, 2, "gpt-xl");
+  check_fails({"train", "gpt", "--text", text, "--batch", "0"}, 2, "--batch");
+  check_fails({"train", "gpt", "--text", text, "--eval-every", "-3"}, 2, "--eval-every");
+  check_fails({"train", "gpt", "--text", text, "--lr", "-1"}, 2, "--lr");
+  check_fails({"train", "gpt", "--text", dir / "missing.txt"}, 2, "missing.txt");
+  check_fails({"train", "gpt", "--text", text, "--resume", dir / "nowhere"}, 2, "nowhere");
+  check_fails({"eval", "gpt", "--text", text}, 2, "--model");
+  check_fails({"sample", "--model", dir.str()}, 2, "--prompt");
+  check_fails({"sample", "--model", dir.str(), "--prompt", "a", "--tokens", "0"}, 2, "--tokens");
+  check_fails({"sample", "--model", dir.str(), "--prompt", "a", "--temperature", "-1"}, 2, "--temperature");
+  check_fails({"bench", "--attn", "fancy"}, 2, "fancy");
+
+  // Runtime errors: the flags parse, the work fails.
+  check_fails({"train", "gpt", "--text", short_text, "--out", dir / "short", "--steps", "2"}, 1, "too few");
+  check_fails({"train", "gpt", "--text", text, "--out", dir / "r", "--steps", "4", "--stop-after", "5"}, 1,
+              "stop-after");
+  check_fails({"sample", "--model", dir.str(), "--prompt", "a"}, 1, "config.json");
+  check_fails({"eval", "gpt", "--model", dir.str(), "--text", text}, 1, "config.json");
+  check_fails({"train", "gpt", "--text", text, "--resume", dir.str(), "--steps", "2"}, 1, "config.json");
+  write_file(dir / "bad.txt", "abc\xC3(def");
+  check_fails({"train", "gpt", "--text", dir / "bad.txt", "--out", dir / "bad"}, 1, "byte offset 3");
+}
+
+TEST_CASE("cli: train, eval and sample a tiny checkpoint") {
+  TempDir dir;
+  const std::string text = dir / "text.txt";
+  write_file(text, pattern_text(2000));
+  const std::string run = dir / "run";
+  const Run train = ellipse({"train", "gpt", "--text", text, "--steps", "2", "--eval-every", "2", "--batch", "2",
+                             "--attn", "elliptical", "--out", run});
+  INFO("stdout: ", train.out);
+  INFO("stderr: ", train.err);
+  REQUIRE(train.status == 0);
+  CHECK(train.out.find("val_loss") != std::string::npos);
+  for (const char* file : {"model.safetensors", "config.json", "train_state.safetensors", "metrics.jsonl"})
+    CHECK_MESSAGE(fs::exists(run + "/" + file), file);
+  // A second fresh run into the same directory is refused; --resume with another --out too.
+  check_fails({"train", "gpt", "--text", text, "--steps", "2", "--out", run}, 1, "already");
+  check_fails({"train", "gpt", "--text", text, "--steps", "2", "--resume", run, "--out", dir / "elsewhere"}, 1,
+              "elsewhere");
+
+  const Run eval = ellipse({"eval", "gpt", "--model", run, "--text", text});
+  INFO("eval stderr: ", eval.err);
+  CHECK(eval.status == 0);
+  CHECK(eval.out.find("\"attn\": \"elliptical\"") != std::string::npos);
+  CHECK(eval.out.find("\"m_mode\": \"causal\"") != std::string::npos);
+  CHECK(eval.out.find("\"val_loss\"") != std::string::npos);
+
+  const std::string vocab = "\n abcdef";
+  // Prompt + N characters + newline; 140 + the prompt runs past the context of 128.
+  for (const auto& [prompt, tokens] : {std::pair<std::string, std::string>{"ab", "140"}, {"cab\nbad ", "7"}}) {
+    const Run sample = ellipse({"sample", "--model", run, "--prompt", prompt, "--tokens", tokens, "--seed", "3"});
+    INFO("sample stderr: ", sample.err);
+    CHECK(sample.status == 0);
+    const std::size_t n = std::stoul(tokens);
+    REQUIRE(sample.out.size() == prompt.size() + n + 1);
+    CHECK(sample.out.substr(0, prompt.size()) == prompt);
+    CHECK(sample.out.back() == '\n');
+    for (char c : sample.out.substr(prompt.size(), n)) CHECK(vocab.find(c) != std::string::npos);
+    if (n < 20) {  // the same seed gives the same text
+      CHECK(ellipse({"sample", "--model", run, "--prompt", prompt, "--tokens", tokens, "--seed", "3"}).out == sample.out);
+    }
+  }
+  const Run greedy = ellipse({"sample", "--model", run, "--prompt", "a", "--tokens", "5", "--temperature", "0"});
+  CHECK(greedy.status == 0);
+  CHECK(greedy.out.size() == 1 + 5 + 1);
+  check_fails({"sample", "--model", run, "--prompt", "xyz"}, 1, "'x'");
+  check_fails({"sample", "--model", run, "--prompt", "a\xFF"}, 1, "--prompt");
+}
