@@ -56,7 +56,7 @@ int run_eval(const std::string& model_dir, const std::string& text_path) {
   const std::u32string text = decode_utf8(io::read_file(text_path, std::uint64_t{1} << 31), text_path);
   const TextSplit split = split_train_val(loaded.tokenizer.encode(text));
   const double val_loss = evaluate_gpt(*loaded.model, split.val);
-  fmt::print("{{\"model\": \"gpt\", \"config\": \"{}\", \"attn\": \"{}\", \"m_mode\": \"{}\", \"val_loss\": {:.6f}}}\n",
+  fmt::print("{{\"model\": \"gpt\", \"config\": \"{}\", \"attn\": \"{}\", \"m_mode\": \"{}\", \"val_loss\": {:.8f}}}\n",
              loaded.model->config().name, nn::attention_kind_name(loaded.model->config().attention),
              nn::metric_mode_name(loaded.model->config().metric), val_loss);
   return 0;

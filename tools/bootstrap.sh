@@ -11,11 +11,11 @@ packages=(
   libopenblas-openmp-dev # its OpenMP build, which CMakeLists.txt links (one thread pool with our loops)
   doctest-dev            # the test framework
   libcli11-dev           # the command-line program's argument parsing
-  nlohmann-json3-dev     # JSON (checkpoint headers, configs)
+  nlohmann-json3-dev     # JSON: safetensors headers, the GPT's config.json and metrics
   libfmt-dev             # error messages and printing
-  libstb-dev             # PNG writing
-  zlib1g-dev             # gzip-compressed data files
-  dataset-fashion-mnist  # a small real data set, read from /usr/share
+  libstb-dev             # PNG writing (not used yet)
+  zlib1g-dev             # gzip-compressed data files (not used yet)
+  dataset-fashion-mnist  # a small real data set under /usr/share (not used yet)
 )
 
 missing=()
