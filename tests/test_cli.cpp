@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "helpers.hpp"
+
 #ifndef ELLIPSE_CLI
 #error "ELLIPSE_CLI must name the ellipse binary (see tests/CMakeLists.txt)"
 #endif
@@ -21,27 +23,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() / ("ellipse_test_cli_" + std::to_string(::getpid()) + "_" +
-                                         std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string str() const { return path_.string(); }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+using ellipse::testing::TempDir;
 
- private:
-  fs::path path_;
-};
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -62,7 +45,7 @@ struct Run {
 };
 
 // Runs the ellipse binary with `args` (each quoted for the shell), capturing stdout and stderr.
-Run ellipse(const std::vector<std::string>& args) {
+Run run_ellipse(const std::vector<std::string>& args) {
   static TempDir scratch;
   static int calls = 0;
   const std::string out_path = scratch / (std::to_string(calls) + ".out"),
@@ -99,7 +82,7 @@ std::string pattern_text(std::size_t length) {
 
 // The command fails cleanly: the expected status, a message on stderr, no crash.
 void check_fails(const std::vector<std::string>& args, int status, const std::string& needle = "") {
-  const Run r = ellipse(args);
+  const Run r = run_ellipse(args);
   INFO("ellipse ", joined(args));
   INFO("stdout: ", r.out);
   INFO("stderr: ", r.err);
@@ -116,17 +99,17 @@ TEST_CASE("cli: --help exits 0 for the program and every subcommand") {
                                                        {"eval", "gpt"}, {"sample"}, {"demo"},         {"bench"}};
   for (auto args : commands) {
     args.push_back("--help");
-    const Run r = ellipse(args);
+    const Run r = run_ellipse(args);
     INFO("ellipse ", joined(args));
     INFO("stderr: ", r.err);
     CHECK(r.status == 0);
     CHECK(r.out.find("Usage") != std::string::npos);
   }
-  const Run help = ellipse({"train", "gpt", "--help"});
+  const Run help = run_ellipse({"train", "gpt", "--help"});
   for (const char* flag : {"--text", "--config", "--attn", "--m-mode", "--steps", "--batch", "--lr", "--seed",
                            "--eval-every", "--out", "--resume", "--stop-after"})
     CHECK_MESSAGE(help.out.find(flag) != std::string::npos, flag);
-  const Run version = ellipse({"--version"});
+  const Run version = run_ellipse({"--version"});
   CHECK(version.status == 0);
   CHECK(version.out.find("ellipse") != std::string::npos);
 }
@@ -178,7 +161,7 @@ TEST_CASE("cli: train, eval and sample a tiny checkpoint") {
   const std::string text = dir / "text.txt";
   write_file(text, pattern_text(2000));
   const std::string run = dir / "run";
-  const Run train = ellipse({"train", "gpt", "--text", text, "--steps", "2", "--eval-every", "2", "--batch", "2",
+  const Run train = run_ellipse({"train", "gpt", "--text", text, "--steps", "2", "--eval-every", "2", "--batch", "2",
                              "--attn", "elliptical", "--out", run});
   INFO("stdout: ", train.out);
   INFO("stderr: ", train.err);
@@ -191,7 +174,7 @@ TEST_CASE("cli: train, eval and sample a tiny checkpoint") {
   check_fails({"train", "gpt", "--text", text, "--steps", "2", "--resume", run, "--out", dir / "elsewhere"}, 1,
               "elsewhere");
 
-  const Run eval = ellipse({"eval", "gpt", "--model", run, "--text", text});
+  const Run eval = run_ellipse({"eval", "gpt", "--model", run, "--text", text});
   INFO("eval stderr: ", eval.err);
   CHECK(eval.status == 0);
   CHECK(eval.out.find("\"attn\": \"elliptical\"") != std::string::npos);
@@ -201,7 +184,7 @@ TEST_CASE("cli: train, eval and sample a tiny checkpoint") {
   const std::string vocab = "\n abcdef";
   // Prompt + N characters + newline; 140 + the prompt runs past the context of 128.
   for (const auto& [prompt, tokens] : {std::pair<std::string, std::string>{"ab", "140"}, {"cab\nbad ", "7"}}) {
-    const Run sample = ellipse({"sample", "--model", run, "--prompt", prompt, "--tokens", tokens, "--seed", "3"});
+    const Run sample = run_ellipse({"sample", "--model", run, "--prompt", prompt, "--tokens", tokens, "--seed", "3"});
     INFO("sample stderr: ", sample.err);
     CHECK(sample.status == 0);
     const std::size_t n = std::stoul(tokens);
@@ -210,10 +193,10 @@ TEST_CASE("cli: train, eval and sample a tiny checkpoint") {
     CHECK(sample.out.back() == '\n');
     for (char c : sample.out.substr(prompt.size(), n)) CHECK(vocab.find(c) != std::string::npos);
     if (n < 20) {  // the same seed gives the same text
-      CHECK(ellipse({"sample", "--model", run, "--prompt", prompt, "--tokens", tokens, "--seed", "3"}).out == sample.out);
+      CHECK(run_ellipse({"sample", "--model", run, "--prompt", prompt, "--tokens", tokens, "--seed", "3"}).out == sample.out);
     }
   }
-  const Run greedy = ellipse({"sample", "--model", run, "--prompt", "a", "--tokens", "5", "--temperature", "0"});
+  const Run greedy = run_ellipse({"sample", "--model", run, "--prompt", "a", "--tokens", "5", "--temperature", "0"});
   CHECK(greedy.status == 0);
   CHECK(greedy.out.size() == 1 + 5 + 1);
   check_fails({"sample", "--model", run, "--prompt", "xyz"}, 1, "'x'");
