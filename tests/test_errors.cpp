@@ -128,7 +128,7 @@ TEST_CASE("slice, narrow and select out of range") {
   CHECK_ERROR(slice(x, 0, 0, 4, 0), "slice", "step");
   CHECK_ERROR(slice(x, 2, 0, 1), "slice", "axis 2");
   CHECK_ERROR(slice(f32({}), 0, 0, 1), "slice", "0-dimensional");
-  CHECK_ERROR(narrow(x, 1, 3, 3), "slice", "[3, 6)", "[4, 5]");
+  CHECK_ERROR(narrow(x, 1, 3, 3), "narrow", "start 3", "length 3", "[4, 5]");
   CHECK_ERROR(narrow(x, 1, 0, -1), "narrow", "-1");
   CHECK_ERROR(select(x, 0, 4), "select", "index 4", "[4, 5]");
   CHECK_ERROR(select(x, 1, -6), "select", "index -6", "[4, 5]");

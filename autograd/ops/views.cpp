@@ -147,7 +147,14 @@ Tensor slice(const Tensor& x, std::int64_t axis_in, std::int64_t start, std::int
 }
 
 Tensor narrow(const Tensor& x, std::int64_t axis, std::int64_t start, std::int64_t length) {
-  ELLIPSE_CHECK(length >= 0, "narrow: length must be non-negative, got {}", length);
+  detail::check_defined("narrow", {&x});
+  ELLIPSE_CHECK(x.dim() > 0, "narrow: cannot narrow a 0-dimensional tensor");
+  const std::int64_t size = x.shape()[normalize_axis(axis, x.dim(), "narrow")];
+  if (start < 0) start += size;  // from the end, as in PyTorch
+  // Checked here so that errors name narrow and its arguments rather than the slice it becomes.
+  ELLIPSE_CHECK(length >= 0 && start >= 0 && start + length <= size,
+                "narrow: start {} and length {} do not fit axis {} of size {} (shape {})", start, length, axis, size,
+                to_string(x.shape()));
   return slice(x, axis, start, start + length);
 }
 
