@@ -4,6 +4,7 @@
 
 #include "autograd/engine.hpp"
 #include "autograd/grad_mode.hpp"
+#include "autograd/node.hpp"
 #include "autograd/ops.hpp"
 #include "backends/backend.hpp"
 #include "core/error.hpp"
@@ -63,8 +64,8 @@ double Tensor::item() const {
 Tensor& Tensor::requires_grad_(bool value) {
   ELLIPSE_CHECK(!value || is_floating(dtype()), "requires_grad_: only floating tensors can require grad, got {}",
                 dtype_name(dtype()));
-  ELLIPSE_CHECK(is_leaf(), "requires_grad_: only leaf tensors can change requires_grad (this one came from {})",
-                "an op");
+  ELLIPSE_CHECK(is_leaf(), "requires_grad_: only leaf tensors can change requires_grad (this one came from '{}'); "
+                "use detach()", grad_fn()->op);
   impl_->requires_grad = value;
   return *this;
 }
