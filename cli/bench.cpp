@@ -78,7 +78,7 @@ void add_bench_command(CLI::App& app, Action& action) {
       ->capture_default_str();
   b->add_option("--warmup", flags->warmup, "Untimed steps first")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{100000}))->capture_default_str();
-  b->add_option("--seed", flags->seed, "Random seed")->capture_default_str();
+  b->add_option("--seed", flags->seed, "Random seed")->check(CLI::NonNegativeNumber)->capture_default_str();
   b->callback([&action, flags] { action = [flags] { return run_bench(*flags); }; });
 }
 

@@ -24,6 +24,7 @@ struct GPTTrainOptions {
   std::string out_dir;                    // checkpoints and metrics.jsonl
   bool resume = false;                    // continue the run saved in out_dir
   std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
+  bool detect_anomaly = false;            // name the first op that produces a NaN or Inf (slow; see grad_mode.hpp)
 };
 
 struct TrainProgress {
@@ -38,6 +39,12 @@ struct EvalRecord {
 
 // Trains (or resumes), writing out_dir/{model.safetensors, config.json, train_state.safetensors,
 // metrics.jsonl} at every evaluation and at the end. Returns the last evaluation.
+// Each file is replaced atomically, and train_state.safetensors is the commit point of a checkpoint: it holds
+// everything a resume needs (parameters, moments, generators, the step). metrics.jsonl is written just before
+// it and model.safetensors (which records its step) just after, so a crash between two files leaves metrics one
+// line ahead (--resume drops lines past the state's step) or the model one checkpoint behind or missing
+// (--resume rewrites it from the state); a model ahead of the state is refused as inconsistent. A NaN or Inf
+// loss, gradient norm or val loss stops the run before it writes anything.
 EvalRecord train_gpt(const GPTTrainOptions& options, const std::function<void(const TrainProgress&)>& on_step,
                      const std::function<void(const EvalRecord&)>& on_eval);
 
