@@ -16,6 +16,10 @@ packages=(
   libstb-dev             # PNG writing (not used yet)
   zlib1g-dev             # gzip-compressed data files (not used yet)
   dataset-fashion-mnist  # a small real data set under /usr/share (not used yet)
+  clang                  # the fuzz build (ELLIPSE_FUZZ=ON) ...
+  libclang-rt-14-dev     # ... its libFuzzer and sanitizer runtimes ...
+  libomp-14-dev          # ... and clang's OpenMP runtime
+  valgrind               # CI's memcheck of a short training run
 )
 
 missing=()
