@@ -270,9 +270,18 @@ TEST_CASE("checkpoints survive SIGKILL at random moments, and --resume reproduce
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   };
-  const auto t0 = std::chrono::steady_clock::now();
+  using std::chrono::steady_clock;
+  auto t0 = steady_clock::now();
   REQUIRE(wait_for(spawn_ellipse(with({"--out", dir / "reference"}))) == 0);
-  const auto uninterrupted = std::chrono::steady_clock::now() - t0;
+  const auto uninterrupted = steady_clock::now() - t0;
+  // Start-up alone: resuming the finished run loads it and has nothing left to do.
+  t0 = steady_clock::now();
+  REQUIRE(wait_for(spawn_ellipse(with({"--resume", dir / "reference"}))) == 0);
+  const auto startup = steady_clock::now() - t0;
+  const auto per_step = (uninterrupted - std::min(startup, uninterrupted)) / std::stoi(flags[7]);
+  // Kills land anywhere from start-up to a few steps in, so that each run gets a little further.
+  std::uniform_int_distribution<std::int64_t> delay(
+      0, std::chrono::duration_cast<std::chrono::microseconds>(startup + 6 * per_step).count());
 
   const std::string out = dir / "victim";
   const std::string state = out + "/train_state.safetensors";
@@ -280,10 +289,6 @@ TEST_CASE("checkpoints survive SIGKILL at random moments, and --resume reproduce
   int kills = 0, mid_write = 0;
   for (int i = 0; i < iterations; ++i) {
     const pid_t pid = spawn_ellipse(fs::exists(state) ? with({"--resume", out}) : with({"--out", out}));
-    // From start-up to a quarter of the whole run, so that most runs die and each gets a little further;
-    // a run that finishes first just exits.
-    std::uniform_int_distribution<std::int64_t> delay(
-        0, std::chrono::duration_cast<std::chrono::microseconds>(uninterrupted).count() / 4);
     std::this_thread::sleep_for(std::chrono::microseconds(delay(random)));
     ::kill(pid, SIGKILL);
     const int status = wait_for(pid);
