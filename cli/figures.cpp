@@ -532,7 +532,8 @@ std::string chart_svg(const Where& where, const LineChart& chart) {
     x_axis = numeric_axis(x_lo, x_hi, std::nullopt);
   }
 
-  // Layout: margins sized from the (estimated) widths of the labels, the legend to the right of the plot.
+  // Layout: margins sized from the (estimated) widths of the labels; the legend right of the plot, or below it
+  // when it would take more than a third of the width.
   std::vector<std::pair<std::string_view, std::size_t>> legend;  // name, series index
   double legend_w = 0;
   for (std::size_t i = 0; i < chart.series.size(); ++i)
@@ -541,13 +542,19 @@ std::string chart_svg(const Where& where, const LineChart& chart) {
       legend_w = std::max(legend_w, text_width(chart.series[i].name));
     }
   if (!legend.empty()) legend_w += 10 + 24 + 6 + 10;  // padding, line sample, space, padding
+  const double legend_row_h = 18, legend_h = legend_row_h * static_cast<double>(legend.size()) + 8;
+  const bool legend_below = legend_w > chart.width / 3.0;
+  if (legend_w > chart.width - 16)
+    fail_at(where, "the legend needs {:.0f} pixels of the chart's width of {}; make it wider or the names shorter",
+            legend_w, chart.width);
   double y_label_w = 0;
   for (const std::string& label : y_axis.labels) y_label_w = std::max(y_label_w, text_width(label));
   const double first_x_half = text_width(x_axis.labels.front()) / 2, last_x_half = text_width(x_axis.labels.back()) / 2;
   const double top = chart.title.empty() ? 14 : 40;
   const double left = std::max(12 + (chart.y_label.empty() ? 0 : 20) + y_label_w + 9, first_x_half + 8);
-  const double right = std::max(legend.empty() ? 16.0 : legend_w + 24, last_x_half + 8);
-  const double bottom = 9 + kFontPx + 10 + (chart.x_label.empty() ? 0 : 22);
+  const double right = std::max(legend.empty() || legend_below ? 16.0 : legend_w + 24, last_x_half + 8);
+  const double axis_h = 9 + kFontPx + 10 + (chart.x_label.empty() ? 0 : 22);  // tick labels and x label
+  const double bottom = axis_h + (legend_below ? legend_h + 8 : 0);
   const double plot_w = chart.width - left - right, plot_h = chart.height - top - bottom;
   if (plot_w < 80 || plot_h < 60)
     fail_at(where, "a {} x {} chart leaves {:.0f} x {:.0f} pixels for the plot after its labels and legend; make it "
@@ -584,9 +591,10 @@ std::string chart_svg(const Where& where, const LineChart& chart) {
   for (double t : x_axis.ticks)
     svg += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\"/>\n", px(t), top + plot_h, px(t),
                        top + plot_h + 5);
+  // Labels are centred vertically with dy, not dominant-baseline, which some renderers (librsvg) ignore.
   svg += "</g>\n<g fill=\"#222\">\n";
   for (std::size_t i = 0; i < y_axis.ticks.size(); ++i)
-    svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"end\" dominant-baseline=\"central\">{}</text>\n",
+    svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"end\" dy=\"0.35em\">{}</text>\n",
                        left - 8, py(y_axis.ticks[i]), xml_escape(y_axis.labels[i]));
   for (std::size_t i = 0; i < x_axis.ticks.size(); ++i)
     svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>\n", px(x_axis.ticks[i]),
@@ -630,36 +638,45 @@ std::string chart_svg(const Where& where, const LineChart& chart) {
   }
   svg += "</g>\n";
 
-  // Legend, right of the plot, top-aligned with it.
+  // Legend: right of the plot and top-aligned with it, or below the x label.
   if (!legend.empty()) {
-    const double x0 = left + plot_w + 14, row_h = 18;
+    const double x0 = legend_below ? std::min(left, chart.width - legend_w - 8) : left + plot_w + 14;
+    const double y0 = legend_below ? top + plot_h + axis_h : top;
     svg += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"white\" "
                        "stroke=\"#bbb\"/>\n",
-                       x0, top, legend_w, row_h * static_cast<double>(legend.size()) + 8);
+                       x0, y0, legend_w, legend_h);
     for (std::size_t j = 0; j < legend.size(); ++j) {
       const std::size_t k = legend[j].second;
       const std::string_view colour = kPalette[k % kPalette.size()];
-      const double y = top + 4 + row_h * (static_cast<double>(j) + 0.5);
+      const double y = y0 + 4 + legend_row_h * (static_cast<double>(j) + 0.5);
       svg += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
                          "stroke-width=\"2\"/>\n",
                          x0 + 10, y, x0 + 34, y, colour);
       svg += marker_svg(kMarkers[k % kMarkers.size()], x0 + 22, y, colour) + "\n";
-      svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" dominant-baseline=\"central\" fill=\"#222\">{}</text>\n",
+      svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" dy=\"0.35em\" fill=\"#222\">{}</text>\n",
                          x0 + 40, y, xml_escape(legend[j].first));
     }
   }
 
   // Title and axis labels.
-  if (!chart.title.empty())
-    svg += fmt::format("<text x=\"{:.1f}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\" "
-                       "fill=\"#222\">{}</text>\n",
-                       left + plot_w / 2, xml_escape(chart.title));
+  if (!chart.title.empty()) {
+    // 15 px, smaller when the title would not fit the chart's width; centred over the plot, but moved
+    // towards the middle of the chart when that would cut off its ends.
+    const double glyphs = text_width(chart.title, 1);
+    const double font = std::clamp((chart.width - 16) / (0.6 * glyphs), 8.0, 15.0);
+    const double half = 0.6 * font * glyphs / 2;
+    const double centre = std::clamp(left + plot_w / 2, std::min(half + 8, chart.width / 2.0),
+                                     std::max(chart.width - half - 8, chart.width / 2.0));
+    svg += fmt::format("<text x=\"{:.1f}\" y=\"24\" text-anchor=\"middle\" font-size=\"{:.1f}\" "
+                       "font-weight=\"bold\" fill=\"#222\">{}</text>\n",
+                       centre, font, xml_escape(chart.title));
+  }
   if (!chart.x_label.empty())
     svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\" fill=\"#222\">{}</text>\n",
-                       left + plot_w / 2, chart.height - 10.0, xml_escape(chart.x_label));
+                       left + plot_w / 2, top + plot_h + axis_h - 10, xml_escape(chart.x_label));
   if (!chart.y_label.empty())
     svg += fmt::format("<text transform=\"translate(18 {:.1f}) rotate(-90)\" text-anchor=\"middle\" "
-                       "dominant-baseline=\"central\" fill=\"#222\">{}</text>\n",
+                       "dy=\"0.35em\" fill=\"#222\">{}</text>\n",
                        top + plot_h / 2, xml_escape(chart.y_label));
   svg += "</svg>\n";
   return svg;

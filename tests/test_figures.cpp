@@ -348,8 +348,15 @@ TEST_CASE("line chart SVG: standalone, well-formed, labelled, escaped") {
   CHECK(count(svg, "<circle") == 4 + 0 + 1);  // series 0's markers and its legend entry
   CHECK(count(svg, "<rect x=") >= 2 + 3 + 1);  // series 1's squares (3 finite points), legend sample
   CHECK(count(svg, "stroke-width=\"1.2\"") == 1);  // one group of error bars
-  // A gap (NaN) leaves the line with its three finite points.
-  CHECK(svg.find("L") != std::string::npos);
+  // The NaN ends series 1's line after three points; series 0's line has four.
+  std::vector<std::string> lines;  // the series' lines, one <path> element each
+  for (std::size_t at = svg.find("stroke-linejoin"); at != std::string::npos; at = svg.find("stroke-linejoin", at + 1))
+    lines.push_back(svg.substr(svg.rfind('<', at), at - svg.rfind('<', at)));
+  REQUIRE(lines.size() == 2);
+  CHECK(count(lines[0], "M") == 1);
+  CHECK(count(lines[0], "L") == 3);
+  CHECK(count(lines[1], "M") == 1);
+  CHECK(count(lines[1], "L") == 2);
 
   TempDir dir;
   write_line_chart_svg(dir / "chart.svg", chart);
@@ -410,7 +417,10 @@ TEST_CASE("figures: invalid input throws ellipse::Error naming the function, the
   CHECK_ERROR(write_line_chart_svg(svg, {.categories = {"x", "y"}, .series = {line}}), "categorical");
   CHECK_ERROR(write_line_chart_svg(svg, {.series = {line}, .y_range = Range{1, 0}}), "y_range");
   CHECK_ERROR(write_line_chart_svg(svg, {.series = {line}, .width = 100}), "100 x 400");
-  CHECK_ERROR(write_line_chart_svg(svg, {.series = {{std::string(80, 'n'), {0, 1}, {1, 2}, {}}}}), "make it larger");
+  CHECK_ERROR(write_line_chart_svg(svg, {.series = {{std::string(100, 'n'), {0, 1}, {1, 2}, {}}}}), "legend needs",
+              "names shorter");
+  LineChart crowded{.series = std::vector<Series>(10, {std::string(40, 'n'), {0, 1}, {1, 2}, {}}), .height = 200};
+  CHECK_ERROR(write_line_chart_svg(svg, crowded), "640 x 200", "make it larger");
   CHECK_ERROR(write_line_chart_svg(dir / "missing/chart.svg", {.series = {line}}), "write_line_chart_svg",
               "missing/chart.svg");
 }
