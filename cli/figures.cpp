@@ -57,24 +57,21 @@ void check_range(const Where& where, const std::optional<Range>& range, std::str
     fail_at(where, "{} must be finite with lo < hi, got [{}, {}]", what, range->lo, range->hi);
 }
 
-// The interval mapped onto a colour map; lo == hi when every finite value is equal (or none is finite).
+// The interval mapped onto a colour map. Not wider than a point (lo >= hi) when every finite value is equal
+// or none is finite; such a span maps every value to the middle of the map.
 struct Span {
-  double lo = 0, hi = 0;
+  double lo = std::numeric_limits<double>::infinity();
+  double hi = -std::numeric_limits<double>::infinity();
   void include(const Grid& grid) {
-    for (float v : grid.values) {
-      if (!std::isfinite(v)) continue;
-      if (empty) {
-        lo = hi = v;
-        empty = false;
+    for (float v : grid.values)
+      if (std::isfinite(v)) {
+        lo = std::min<double>(lo, v);
+        hi = std::max<double>(hi, v);
       }
-      lo = std::min<double>(lo, v);
-      hi = std::max<double>(hi, v);
-    }
   }
-  bool empty = true;
 };
 
-Span fixed_span(const Range& range) { return {range.lo, range.hi, false}; }
+Span fixed_span(const Range& range) { return {range.lo, range.hi}; }
 
 Span span_of(const Grid& grid) {
   Span span;
@@ -99,7 +96,8 @@ Image blank_image(const Where& where, std::int64_t width, std::int64_t height) {
   Image image;
   image.width = static_cast<int>(width);
   image.height = static_cast<int>(height);
-  image.rgb.assign(static_cast<std::size_t>(width * height * 3), 255);  // kBackground
+  static_assert(kBackground == Rgb{255, 255, 255}, "blank images are filled byte by byte");
+  image.rgb.assign(static_cast<std::size_t>(width * height * 3), 255);
   return image;
 }
 
@@ -129,8 +127,7 @@ void draw_grid(Image& image, std::int64_t x0, std::int64_t y0, const Grid& grid,
 
 // Grids far larger than any image are rejected before their pixel sizes are multiplied out.
 void check_cells_fit(const Where& where, const Grid& grid, int cell_px) {
-  if (grid.rows > kMaxSide || grid.cols > kMaxSide || grid.rows * cell_px > 2 * kMaxSide ||
-      grid.cols * cell_px > 2 * kMaxSide)
+  if (grid.rows > kMaxSide || grid.cols > kMaxSide || grid.rows * cell_px > kMaxSide || grid.cols * cell_px > kMaxSide)
     fail_at(where, "a {} x {} grid at {} px a cell is larger than the limit of {} pixels per side", grid.rows,
             grid.cols, cell_px, kMaxSide);
 }

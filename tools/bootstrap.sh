@@ -13,8 +13,8 @@ packages=(
   libcli11-dev           # the command-line program's argument parsing
   nlohmann-json3-dev     # JSON: safetensors headers, the GPT's config.json and metrics
   libfmt-dev             # error messages and printing
-  libstb-dev             # PNG writing (not used yet)
-  zlib1g-dev             # gzip-compressed data files (not used yet)
+  libstb-dev             # PNG writing (cli/figures.cpp)
+  zlib1g-dev             # decoding PNGs in tests/test_figures; gzip-compressed data files (not used yet)
   dataset-fashion-mnist  # a small real data set under /usr/share (not used yet)
 )
 
