@@ -112,9 +112,15 @@ class FrozenParameters {
   std::vector<bool> required_;
 };
 
-// The gradient of the summed cross-entropy with respect to the images, as a flat vector.
+// The gradient of the summed cross-entropy with respect to the images, as a flat vector. Records the
+// graph even when the caller evaluates under a NoGradGuard.
 std::vector<float> input_gradient(ViT& model, const std::vector<float>& pixels, const Shape& shape,
                                   const Tensor& labels) {
+  struct GradEnabled {
+    bool previous = grad_enabled();
+    GradEnabled() { set_grad_enabled(true); }
+    ~GradEnabled() { set_grad_enabled(previous); }
+  } grad_enabled_here;
   Tensor images = from_vector(pixels, shape);
   images.requires_grad_(true);
   const Tensor loss = cross_entropy(model.forward(images), labels);
