@@ -27,9 +27,11 @@ int run_train(TrainFlags flags) {
   if (flags.batch > 0) o.batch = flags.batch;
   resolve_run_dir(o.out_dir, o.resume, flags.resume, "train vit", "runs/vit");
   std::optional<Progress> bar;  // the step count is known once the data is loaded: made on the first step
+  std::int64_t steps = 0;
   const ViTEvalRecord last = train_vit(
       o,
       [&](const TrainProgress& p) {
+        steps = p.steps;
         if (!bar) bar.emplace(p.steps, 50);
         bar->update(p.step, p.elapsed_s, fmt::format("loss {:.4f}  lr {:.2e}  {:.0f} img/s", p.loss, p.lr,
                                                      p.items_per_s));
@@ -40,7 +42,8 @@ int run_train(TrainFlags flags) {
                               format_duration(r.elapsed_s)));
       });
   auto print = [&](const std::string& text) { bar ? bar->line(text) : fmt::print("{}\n", text); };
-  if (o.stop_after > 0 && last.step != o.stop_after) {
+  // Stopped early, also when the stop falls at the end of an epoch (last.step == stop_after there).
+  if (o.stop_after > 0 && (steps == 0 || o.stop_after < steps)) {
     print(fmt::format("stopped after step {}; checkpoint in {} (continue with --resume {})", o.stop_after, o.out_dir,
                          o.out_dir));
   } else {

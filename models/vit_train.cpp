@@ -91,25 +91,36 @@ std::string flags_fingerprint(const ViTTrainOptions& o, std::int64_t batch) {
 }
 
 // While alive, the model's parameters need no gradient: an attack differentiates with respect to the
-// input only, and skips the weight gradients' GEMMs.
+// input only, and skips the weight gradients' GEMMs. Afterwards each parameter gets its own flag back, so
+// that one frozen on purpose stays frozen.
 class FrozenParameters {
  public:
   explicit FrozenParameters(nn::Module& model) : parameters_(model.parameters()) {
-    for (auto& p : parameters_) p.requires_grad_(false);
+    for (auto& p : parameters_) {
+      required_.push_back(p.requires_grad());
+      p.requires_grad_(false);
+    }
   }
   ~FrozenParameters() {
-    for (auto& p : parameters_) p.requires_grad_(true);
+    for (std::size_t i = 0; i < parameters_.size(); ++i) parameters_[i].requires_grad_(required_[i]);
   }
   FrozenParameters(const FrozenParameters&) = delete;
   FrozenParameters& operator=(const FrozenParameters&) = delete;
 
  private:
   std::vector<Tensor> parameters_;
+  std::vector<bool> required_;
 };
 
-// The gradient of the summed cross-entropy with respect to the images, as a flat vector.
+// The gradient of the summed cross-entropy with respect to the images, as a flat vector. Records the
+// graph even when the caller evaluates under a NoGradGuard.
 std::vector<float> input_gradient(ViT& model, const std::vector<float>& pixels, const Shape& shape,
                                   const Tensor& labels) {
+  struct GradEnabled {
+    bool previous = grad_enabled();
+    GradEnabled() { set_grad_enabled(true); }
+    ~GradEnabled() { set_grad_enabled(previous); }
+  } grad_enabled_here;
   Tensor images = from_vector(pixels, shape);
   images.requires_grad_(true);
   const Tensor loss = cross_entropy(model.forward(images), labels);
