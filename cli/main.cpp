@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   add_demo_command(app, action);
   add_gpt_commands(*train, *eval, app, action);
   add_vit_commands(*train, *eval, action);
+  add_study_commands(app, action);
   add_bench_command(app, action);
 
   try {

@@ -112,8 +112,8 @@ class FrozenParameters {
   std::vector<bool> required_;
 };
 
-// The gradient of the summed cross-entropy with respect to the images, as a flat vector. Records the
-// graph even when the caller evaluates under a NoGradGuard.
+// The gradient of the mean cross-entropy with respect to the images, as a flat vector (the attacks use
+// its signs). Records the graph even when the caller evaluates under a NoGradGuard.
 std::vector<float> input_gradient(ViT& model, const std::vector<float>& pixels, const Shape& shape,
                                   const Tensor& labels) {
   struct GradEnabled {
@@ -322,6 +322,8 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
     start = state.step;
     train_loss.load(state, "loss", files.state);
     metrics = metrics_up_to(files.metrics, start);
+    ELLIPSE_CHECK(start < steps, "train vit: --resume {}: the run already finished (step {} of {}); nothing to do",
+                  o.out_dir, start, steps);
   } else {
     start_run(files, vit_config_json(config), "train vit");
   }

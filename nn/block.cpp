@@ -26,7 +26,9 @@ AttentionOutput Block::forward(const Tensor& x, bool causal, const Tensor& v_pre
   AttentionOutput attended = attn_->forward(ln1_->forward(x), causal, v_prev, cache);
   if (keep_activations_) last_attention_output_ = attended.out.detach();
   const Tensor h = add(x, dropout_->forward(attended.out));
-  return {add(h, dropout_->forward(mlp_->forward(ln2_->forward(h)))), attended.v};
+  Tensor out = add(h, dropout_->forward(mlp_->forward(ln2_->forward(h))));
+  if (keep_activations_) last_output_ = out.detach();
+  return {std::move(out), attended.v};
 }
 
 }  // namespace ellipse::nn
