@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -174,7 +175,7 @@ struct StudyPreset {
 StudyPreset study_preset(const std::string& name) {
   if (name == "quick") return {.config = "vit-xs", .epochs = 3, .augment = false, .attack_images = 500,
                                .probe_images = 500};
-  if (name == "full") return {.config = "vit-s", .epochs = 40, .augment = true, .attack_images = 10000,
+  if (name == "full") return {.config = "vit-s", .epochs = 30, .augment = true, .attack_images = 10000,
                               .probe_images = 2000};
   fail("study vit: unknown preset '{}'; expected quick or full", name);
 }
@@ -216,20 +217,43 @@ RunResult study_run(const StudyFlags& flags, const StudyPreset& preset, nn::Atte
   options.seed = seed;
   options.out_dir = flags.out_dir + "/runs/" + name;
   RunResult result;
-  const auto start = std::chrono::steady_clock::now();
-  std::optional<Progress> bar;
-  const ViTEvalRecord last = train_vit(
-      options,
-      [&](const TrainProgress& p) {
-        if (!bar) bar.emplace(p.steps, 100);
-        bar->update(p.step, p.elapsed_s, fmt::format("{}  loss {:.4f}  {:.0f} img/s", name, p.loss, p.items_per_s));
-      },
-      [&](const ViTEvalRecord& r) {
-        bar->line(fmt::format("{} epoch {}: test_acc {:.2f}%", name, r.epoch, 100 * r.test_acc));
-      });
-  bar.reset();
-  result.train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  result.test_acc = last.test_acc;
+  // A study interrupted earlier continues: a finished run is reused, an unfinished one resumed. The
+  // training time of each part is added up in train_seconds.txt.
+  const RunFiles files(options.out_dir);
+  const std::string seconds_path = options.out_dir + "/train_seconds.txt";
+  options.resume = std::filesystem::exists(files.state);
+  double seconds_before = 0;
+  if (options.resume && std::filesystem::exists(seconds_path))
+    seconds_before = std::stod(io::read_file(seconds_path, 64));
+  const auto last_record = [&]() -> std::optional<ordered_json> {
+    const std::string lines = metrics_up_to(files.metrics, std::numeric_limits<std::int64_t>::max());
+    const auto newline = lines.rfind('\n', lines.size() >= 2 ? lines.size() - 2 : 0);
+    if (lines.empty()) return std::nullopt;
+    return ordered_json::parse(lines.substr(newline == std::string::npos ? 0 : newline + 1));
+  };
+  const auto finished = last_record();
+  if (options.resume && finished && finished->value("epoch", std::int64_t{-1}) == preset.epochs) {
+    fmt::print("{}: finished earlier, reusing {}\n", name, options.out_dir);
+    result.test_acc = finished->value("test_acc", 0.0);
+    result.train_seconds = seconds_before;
+  } else {
+    const auto start = std::chrono::steady_clock::now();
+    std::optional<Progress> bar;
+    const ViTEvalRecord last = train_vit(
+        options,
+        [&](const TrainProgress& p) {
+          if (!bar) bar.emplace(p.steps, 100);
+          bar->update(p.step, p.elapsed_s, fmt::format("{}  loss {:.4f}  {:.0f} img/s", name, p.loss, p.items_per_s));
+        },
+        [&](const ViTEvalRecord& r) {
+          bar->line(fmt::format("{} epoch {}: test_acc {:.2f}%", name, r.epoch, 100 * r.test_acc));
+        });
+    bar.reset();
+    result.train_seconds =
+        seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    io::write_file_atomic(seconds_path, fmt::format("{}\n", result.train_seconds));
+    result.test_acc = last.test_acc;
+  }
 
   auto model = load_vit(options.out_dir);
   for (double sigma : kNoiseSigmas)
@@ -530,7 +554,7 @@ void add_study_commands(CLI::App& app, Action& action) {
   study->require_subcommand(1);
   auto flags = std::make_shared<StudyFlags>();
   auto* v = study->add_subcommand("vit", "The ViT on Fashion-MNIST: accuracy, robustness, collapse, redundancy, m");
-  v->add_option("--preset", flags->preset, "quick (vit-xs, 3 epochs, ~10 min on 2 cores) or full (vit-s, 40 epochs)")
+  v->add_option("--preset", flags->preset, "quick (vit-xs, 3 epochs) or full (vit-s, 30 epochs, augmented)")
       ->check(CLI::IsMember({"quick", "full"}))->capture_default_str();
   v->add_option("--seeds", flags->seeds, "Seeds per attention kind (0..N-1)")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100}))->capture_default_str();
