@@ -277,16 +277,17 @@ RunResult study_run(const StudyFlags& flags, const StudyPreset& preset, nn::Atte
       probe.collect();
     }
     result.layers = probe.result();
-    if (draw) {  // attention maps of the first test image, and m
-      const std::string figures_dir = flags.out_dir + "/figures";
-      const std::string prefix = std::string(nn::attention_kind_name(attention)) + "_";
-      write_metric(figures_dir, result.layers, prefix);
-      nn::BlockProbe one(blocks);
-      const Tensor image = narrow(test.images, 0, 0, 1);
-      model->forward(image);
-      const Tensor maps = write_attention(figures_dir, blocks, prefix);
-      write_class_attention(figures_dir, select(image, 0, 0), maps, model->config().patches_per_side(), prefix);
-    }
+  }
+  if (draw) {  // attention maps of the first test image, and m (after `probe` is gone: probes must not overlap)
+    NoGradGuard no_grad;
+    const std::string figures_dir = flags.out_dir + "/figures";
+    const std::string prefix = std::string(nn::attention_kind_name(attention)) + "_";
+    write_metric(figures_dir, result.layers, prefix);
+    nn::BlockProbe one(blocks);
+    const Tensor image = narrow(test.images, 0, 0, 1);
+    model->forward(image);
+    const Tensor maps = write_attention(figures_dir, blocks, prefix);
+    write_class_attention(figures_dir, select(image, 0, 0), maps, model->config().patches_per_side(), prefix);
   }
   fmt::print("{}: test_acc {:.2f}%  noise {}  fgsm {}  pgd {}  ({})\n", name, 100 * result.test_acc,
              fmt::join(result.noise, " "), fmt::join(result.fgsm, " "), fmt::join(result.pgd, " "),

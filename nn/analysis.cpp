@@ -9,8 +9,8 @@
 namespace ellipse::nn {
 
 double token_collapse(const Tensor& x) {
-  ELLIPSE_CHECK(x.defined() && x.dim() == 3 && x.shape()[1] >= 2, "token_collapse: expected [B, N, d] with N >= 2, "
-                "got {}", x.defined() ? to_string(x.shape()) : "undefined");
+  ELLIPSE_CHECK(x.defined() && x.dim() == 3 && x.shape()[0] >= 1 && x.shape()[1] >= 2, "token_collapse: expected "
+                "[B, N, d] with B >= 1 and N >= 2, got {}", x.defined() ? to_string(x.shape()) : "undefined");
   NoGradGuard no_grad;
   const Tensor x64 = to_dtype(x, DType::f64);
   const Tensor norms = sqrt(sum(mul(x64, x64), {-1}, true));
@@ -23,20 +23,24 @@ double token_collapse(const Tensor& x) {
 }
 
 double head_redundancy(const Tensor& attention) {
-  ELLIPSE_CHECK(attention.defined() && attention.dim() == 4 && attention.shape()[1] >= 2,
-                "head_redundancy: expected attention maps [B, H, N, M] with H >= 2, got {}",
+  ELLIPSE_CHECK(attention.defined() && attention.dim() == 4 && attention.shape()[0] >= 1 && attention.shape()[1] >= 2,
+                "head_redundancy: expected attention maps [B, H, N, M] with B >= 1 and H >= 2, got {}",
                 attention.defined() ? to_string(attention.shape()) : "undefined");
-  NoGradGuard no_grad;
   const std::int64_t b = attention.shape()[0], h = attention.shape()[1];
-  const Tensor flat = reshape(to_dtype(attention, DType::f64), {b, h, -1});
-  const auto gram = matmul(flat, transpose(flat, 1, 2)).to_vector<double>();  // [B, H, H] inner products
+  const std::int64_t size = attention.shape()[2] * attention.shape()[3];
+  const auto maps = contiguous(to_dtype(attention.detach(), DType::f64)).to_vector<double>();
+  // The differences directly: expanding |p - q|^2 into |p|^2 + |q|^2 - 2pq loses a small distance between
+  // nearly equal heads to rounding at the scale of |p|^2 (it costs the same number of operations).
   double total = 0;
-  for (std::int64_t i = 0; i < b; ++i) {
-    const double* g = gram.data() + i * h * h;
+  for (std::int64_t i = 0; i < b; ++i)
     for (std::int64_t p = 0; p < h; ++p)
-      for (std::int64_t q = p + 1; q < h; ++q)
-        total += std::sqrt(std::max(0.0, g[p * h + p] + g[q * h + q] - 2 * g[p * h + q]));
-  }
+      for (std::int64_t q = p + 1; q < h; ++q) {
+        const double* x = maps.data() + (i * h + p) * size;
+        const double* y = maps.data() + (i * h + q) * size;
+        double squares = 0;
+        for (std::int64_t k = 0; k < size; ++k) squares += (x[k] - y[k]) * (x[k] - y[k]);
+        total += std::sqrt(squares);
+      }
   return total / (static_cast<double>(b) * static_cast<double>(h * (h - 1) / 2));
 }
 

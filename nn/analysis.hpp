@@ -28,7 +28,9 @@ struct LayerStudy {
   std::vector<std::vector<std::vector<double>>> mean_metric;
 };
 
-// Switches the blocks' study hooks on while alive; call collect() after each forward pass.
+// Switches the blocks' study hooks on while alive (and off, dropping what they kept, when destroyed); call
+// collect() after each forward pass. Probes over the same blocks must not overlap in time: the first one
+// destroyed switches the hooks off for both.
 class BlockProbe {
  public:
   explicit BlockProbe(std::vector<Block*> blocks);

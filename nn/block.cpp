@@ -20,6 +20,10 @@ Block::Block(const BlockConfig& config, std::int64_t layer, Generator& gen, Init
 void Block::keep_activations(bool on) {
   keep_activations_ = on;
   attn_->keep_attention(on);
+  if (!on) {  // stale activations would outlive the probe that asked for them and pass for fresh ones
+    last_attention_output_ = {};
+    last_output_ = {};
+  }
 }
 
 AttentionOutput Block::forward(const Tensor& x, bool causal, const Tensor& v_prev, KVCache* cache) {

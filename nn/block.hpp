@@ -26,7 +26,8 @@ class Block : public Module {
 
   Attention& attention() const { return *attn_; }
   // Study hooks: when enabled, forward keeps the attention probabilities (see Attention), the attention
-  // sublayer's output (before the residual add) and the block's output of its last call.
+  // sublayer's output (before the residual add) and the block's output of its last call. Switching them
+  // off drops what was kept.
   void keep_activations(bool on);
   const Tensor& last_attention_output() const { return last_attention_output_; }
   const Tensor& last_output() const { return last_output_; }

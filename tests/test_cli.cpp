@@ -2,66 +2,25 @@
 // errors with a message on stderr (never a crash), and train -> eval -> sample on a tiny text.
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "cli_runner.hpp"
 #include "helpers.hpp"
-
-#ifndef ELLIPSE_CLI
-#error "ELLIPSE_CLI must name the ellipse binary (see tests/CMakeLists.txt)"
-#endif
 
 namespace fs = std::filesystem;
 
 namespace {
 
+using ellipse::testing::Run;
+using ellipse::testing::run_ellipse;
 using ellipse::testing::TempDir;
-
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-std::string quote(const std::string& arg) {
-  std::string out = "'";
-  for (char c : arg) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-struct Run {
-  int status = -1;  // the exit status; 128 + n when killed by signal n
-  std::string out, err;
-};
-
-// Runs the ellipse binary with `args` (each quoted for the shell), capturing stdout and stderr.
-Run run_ellipse(const std::vector<std::string>& args) {
-  static TempDir scratch;
-  static int calls = 0;
-  const std::string out_path = scratch / (std::to_string(calls) + ".out"),
-                    err_path = scratch / (std::to_string(calls) + ".err");
-  ++calls;
-  std::string command = quote(ELLIPSE_CLI);
-  for (const auto& a : args) command.append(" ").append(quote(a));
-  command.append(" </dev/null >").append(quote(out_path)).append(" 2>").append(quote(err_path));
-  const int raw = std::system(command.c_str());
-  Run run;
-  if (raw != -1 && WIFEXITED(raw)) run.status = WEXITSTATUS(raw);
-  else if (raw != -1 && WIFSIGNALED(raw)) run.status = 128 + WTERMSIG(raw);
-  run.out = slurp(out_path);
-  run.err = slurp(err_path);
-  return run;
-}
 
 std::string joined(const std::vector<std::string>& args) {
   std::string s;
