@@ -1,11 +1,25 @@
 #pragma once
-// Everything public in one include.
+// Everything public in one include: `#include <ellipse/ellipse.hpp>` against an install or a build tree.
+// Everything lives in namespace ellipse (layers and optimizers in ellipse::nn, file formats in ellipse::io).
 #include "autograd/grad_mode.hpp"
 #include "autograd/gradcheck.hpp"
+#include "autograd/node.hpp"
 #include "autograd/ops.hpp"
+#include "core/device.hpp"
+#include "core/dtype.hpp"
 #include "core/error.hpp"
+#include "core/io/file.hpp"
+#include "core/io/npy.hpp"
+#include "core/io/safetensors.hpp"
 #include "core/random.hpp"
+#include "core/shape.hpp"
 #include "core/tensor.hpp"
+#include "models/checkpoint.hpp"
+#include "models/gpt.hpp"
+#include "models/gpt_train.hpp"
+#include "models/text.hpp"
+#include "nn/attention.hpp"
+#include "nn/block.hpp"
 #include "nn/layers.hpp"
 #include "nn/module.hpp"
 #include "nn/optim.hpp"

@@ -4,7 +4,7 @@
 #include <optional>
 #include <string>
 
-#include "models/gpt.hpp"
+#include "gpt.hpp"
 
 namespace ellipse {
 
