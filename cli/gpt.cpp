@@ -3,10 +3,13 @@
 #include <filesystem>
 #include <fmt/format.h>
 
+#include "autograd/grad_mode.hpp"
+#include "autograd/ops.hpp"
 #include "cli/commands.hpp"
 #include "cli/progress.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
+#include "core/io/npy.hpp"
 #include "models/gpt_train.hpp"
 
 namespace ellipse::cli {
@@ -51,14 +54,39 @@ int run_train(TrainFlags flags) {
   return 0;
 }
 
-int run_eval(const std::string& model_dir, const std::string& text_path) {
-  LoadedGPT loaded = load_gpt(model_dir);
-  const std::u32string text = decode_utf8(io::read_file(text_path, std::uint64_t{1} << 31), text_path);
-  const TextSplit split = split_train_val(loaded.tokenizer.encode(text));
-  const double val_loss = evaluate_gpt(*loaded.model, split.val);
-  fmt::print("{{\"model\": \"gpt\", \"config\": \"{}\", \"attn\": \"{}\", \"m_mode\": \"{}\", \"val_loss\": {:.8f}}}\n",
-             loaded.model->config().name, nn::attention_kind_name(loaded.model->config().attention),
-             nn::metric_mode_name(loaded.model->config().metric), val_loss);
+struct EvalFlags {
+  std::string model_dir, text_path, ids_path, logits_path;
+};
+
+int run_eval(const EvalFlags& flags) {
+  LoadedGPT loaded = load_gpt(flags.model_dir);
+  const GPTConfig& config = loaded.model->config();
+  std::string json = fmt::format("\"model\": \"gpt\", \"config\": \"{}\", \"attn\": \"{}\", \"m_mode\": \"{}\"",
+                                 config.name, nn::attention_kind_name(config.attention),
+                                 nn::metric_mode_name(config.metric));
+  if (!flags.text_path.empty()) {
+    const std::u32string text =
+        decode_utf8(io::read_file(flags.text_path, std::uint64_t{1} << 31), flags.text_path);
+    const TextSplit split = split_train_val(loaded.tokenizer.encode(text));
+    json += fmt::format(", \"val_loss\": {:.8f}", evaluate_gpt(*loaded.model, split.val));
+  }
+  if (!flags.ids_path.empty()) {
+    // Token ids from another tool (NumPy, PyTorch): the logits go to a .npy file for comparison, and the
+    // next-token loss over the rows (position t predicts id t+1) to the JSON line.
+    const Tensor ids = io::load_npy(flags.ids_path);
+    ELLIPSE_CHECK(ids.dtype() == DType::i64 && ids.dim() == 2 && ids.shape()[1] >= 1,
+                  "eval gpt: --ids {}: expected integer token ids of shape [batch, tokens], got {} {}",
+                  flags.ids_path, dtype_name(ids.dtype()), to_string(ids.shape()));
+    NoGradGuard no_grad;
+    const Tensor logits = loaded.model->forward(ids);
+    if (!flags.logits_path.empty()) io::save_npy(flags.logits_path, logits);
+    const std::int64_t n = ids.shape()[1];
+    if (n >= 2) {
+      const double loss = cross_entropy(logits.narrow(1, 0, n - 1), ids.narrow(1, 1, n - 1)).item();
+      json += fmt::format(", \"ids_loss\": {:.8f}", loss);
+    }
+  }
+  fmt::print("{{{}}}\n", json);
   return 0;
 }
 
@@ -97,13 +125,21 @@ void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& ac
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000000}));
   t->callback([&action, flags] { action = [flags] { return run_train(*flags); }; });
 
-  auto model_dir = std::make_shared<std::string>();
-  auto text_path = std::make_shared<std::string>();
-  auto* e = eval.add_subcommand("gpt", "Print the validation loss of a trained GPT as one JSON line");
-  e->add_option("--model", *model_dir, "Checkpoint directory")->required()->check(CLI::ExistingDirectory);
-  e->add_option("--text", *text_path, "The text it was trained on (its last 10% is the val split)")->required()
-      ->check(CLI::ExistingFile);
-  e->callback([&action, model_dir, text_path] { action = [=] { return run_eval(*model_dir, *text_path); }; });
+  auto eval_flags = std::make_shared<EvalFlags>();
+  auto* e = eval.add_subcommand("gpt", "Evaluate a trained GPT; prints one JSON line (val_loss with --text, "
+                                       "ids_loss with --ids)");
+  e->add_option("--model", eval_flags->model_dir, "Checkpoint directory")->required()->check(CLI::ExistingDirectory);
+  auto* text =
+      e->add_option("--text", eval_flags->text_path, "The text it was trained on (its last 10% is the val split)")
+          ->check(CLI::ExistingFile);
+  auto* ids = e->add_option("--ids", eval_flags->ids_path, "Token ids [batch, tokens] as .npy (int64 or int32)")
+                  ->check(CLI::ExistingFile);
+  e->add_option("--logits", eval_flags->logits_path, "Write the logits [batch, tokens, vocab] for --ids to this .npy")
+      ->needs(ids);
+  e->callback([&action, eval_flags, text, ids] {
+    if (text->count() == 0 && ids->count() == 0) throw CLI::RequiredError("--text or --ids");
+    action = [eval_flags] { return run_eval(*eval_flags); };
+  });
 
   auto prompt = std::make_shared<std::string>();
   auto sample = std::make_shared<SampleOptions>();
