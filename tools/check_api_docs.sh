@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compiles and runs every ```cpp block of docs/api.md (each one is a whole program) against an installed
-# ellipse, through its pkg-config file, so that the tour cannot drift from the API. Exit status 0 when
-# all compile and exit 0.  Usage: tools/check_api_docs.sh PREFIX   (where `cmake --install` put ellipse)
+# ellipse, through its pkg-config file, so that the tour cannot drift from the API. Exit status 0 when all
+# compile without warnings and exit 0.
+#   Usage: tools/check_api_docs.sh PREFIX   (where `cmake --install` put ellipse)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 prefix=${1:?usage: tools/check_api_docs.sh PREFIX}
@@ -18,7 +19,7 @@ status=0
 for source in "$work"/snippet*.cpp; do
   name=$(basename "$source" .cpp)
   # shellcheck disable=SC2086  # flags is a list of flags
-  if ! g++ -std=c++20 -Wall -Wextra -Wpedantic -O1 "$source" -o "$work/$name" $flags; then
+  if ! g++ -std=c++20 -Wall -Wextra -Wpedantic -Werror -O1 "$source" -o "$work/$name" $flags; then
     echo "check_api_docs: $name (block $((10#${name#snippet})) of docs/api.md) does not compile" >&2
     status=1
     continue
