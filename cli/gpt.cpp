@@ -20,7 +20,15 @@ struct TrainFlags {
   GPTTrainOptions options;
   std::string attn = "standard", m_mode, resume;
   std::int64_t batch = 0;
+  bool json = false;
 };
+
+// One evaluation as a JSON line, with the keys of metrics.jsonl.
+std::string eval_json(const EvalRecord& r) {
+  return fmt::format("{{\"step\": {}, \"train_loss\": {:.8f}, \"val_loss\": {:.8f}, \"lr\": {:.6e}, "
+                     "\"tokens_per_s\": {:.1f}, \"elapsed_s\": {:.3f}}}",
+                     r.step, r.train_loss, r.val_loss, r.lr, r.tokens_per_s, r.elapsed_s);
+}
 
 int run_train(TrainFlags flags) {
   GPTTrainOptions& o = flags.options;
@@ -34,7 +42,8 @@ int run_train(TrainFlags flags) {
     o.resume = true;
   }
   if (o.out_dir.empty()) o.out_dir = "runs/gpt";
-  Progress progress(o.steps, 50);
+  // With --json, stdout carries only the evaluations' JSON lines: no plain progress lines.
+  Progress progress(o.steps, flags.json ? 0 : 50);
   const EvalRecord last = train_gpt(
       o,
       [&](const TrainProgress& p) {
@@ -42,9 +51,12 @@ int run_train(TrainFlags flags) {
                         fmt::format("loss {:.4f}  lr {:.2e}  {:.0f} tok/s", p.loss, p.lr, p.tokens_per_s));
       },
       [&](const EvalRecord& r) {
-        progress.line(fmt::format("eval step {}: train_loss {:.4f}  val_loss {:.4f}  ({:.0f} tok/s, {})", r.step,
-                                  r.train_loss, r.val_loss, r.tokens_per_s, format_duration(r.elapsed_s)));
+        progress.line(flags.json ? eval_json(r)
+                                 : fmt::format("eval step {}: train_loss {:.4f}  val_loss {:.4f}  ({:.0f} tok/s, {})",
+                                               r.step, r.train_loss, r.val_loss, r.tokens_per_s,
+                                               format_duration(r.elapsed_s)));
       });
+  if (flags.json) return 0;
   if (o.stop_after > 0 && last.step != o.stop_after) {
     progress.line(fmt::format("stopped after step {}; checkpoint in {} (continue with --resume {})", o.stop_after,
                               o.out_dir, o.out_dir));
@@ -123,6 +135,7 @@ void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& ac
   t->add_option("--resume", flags->resume, "Continue the run saved in this directory")->check(CLI::ExistingDirectory);
   t->add_option("--stop-after", o.stop_after, "Save and stop after this step, as an interruption would")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000000}));
+  t->add_flag("--json", flags->json, "Print each evaluation as a JSON line (the keys of metrics.jsonl), nothing else");
   t->callback([&action, flags] { action = [flags] { return run_train(*flags); }; });
 
   auto eval_flags = std::make_shared<EvalFlags>();

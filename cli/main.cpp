@@ -1,6 +1,6 @@
 // The ellipse command-line program. Exit codes: 0 success, 1 a runtime error (bad file, bad data, a
 // diverging run), 2 a usage error (unknown flag, bad value). Errors go to stderr as "ellipse: error: ...".
-// Output for machines (eval, bench) is JSON lines on stdout; progress bars appear only on a terminal and
+// Output for machines (eval, bench, train --json) is JSON lines on stdout; progress bars appear only on a terminal and
 // use no colour, so NO_COLOR has nothing to turn off.
 #include <unistd.h>
 

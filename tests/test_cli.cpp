@@ -178,6 +178,19 @@ TEST_CASE("cli: train, eval and sample a tiny checkpoint") {
   CHECK(train.out.find("val_loss") != std::string::npos);
   for (const char* file : {"model.safetensors", "config.json", "train_state.safetensors", "metrics.jsonl"})
     CHECK_MESSAGE(fs::exists(run + "/" + file), file);
+  // --json: stdout holds one JSON line per evaluation and nothing else.
+  const Run json = run_ellipse({"train", "gpt", "--text", text, "--steps", "2", "--eval-every", "1", "--batch", "2",
+                                "--out", dir / "json", "--json"});
+  INFO("--json stdout: ", json.out);
+  CHECK(json.status == 0);
+  std::istringstream lines(json.out);
+  int evaluations = 0;
+  for (std::string line; std::getline(lines, line); ++evaluations) {
+    CHECK(line.starts_with("{\"step\": "));
+    CHECK(line.find("\"val_loss\": ") != std::string::npos);
+    CHECK(line.ends_with("}"));
+  }
+  CHECK(evaluations == 2);
   // A second fresh run into the same directory is refused; --resume with another --out too.
   check_fails({"train", "gpt", "--text", text, "--steps", "2", "--out", run}, 1, "already");
   check_fails({"train", "gpt", "--text", text, "--steps", "2", "--resume", run, "--out", dir / "elsewhere"}, 1,
