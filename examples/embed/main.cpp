@@ -3,9 +3,12 @@
 // the same outputs. Exit status 0 on success, 1 on any failure.
 #include <ellipse/ellipse.hpp>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <string>
 
 namespace nn = ellipse::nn;
 using ellipse::Tensor;
@@ -75,7 +78,8 @@ int main() {
       nn::clip_grad_norm(model.parameters(), 1.0);
       optimizer.set_lr(nn::warmup_cosine_lr(step, 10, kSteps, 3e-3, 3e-4));
       optimizer.step();
-      (step == 0 ? first : last) = loss.item();
+      last = loss.item();
+      if (step == 0) first = last;
     }
     std::printf("embed: loss %.4f -> %.4f over %lld steps\n", first, last, static_cast<long long>(kSteps));
     if (!(last < first)) {
@@ -83,7 +87,9 @@ int main() {
       return 1;
     }
 
-    const auto path = std::filesystem::temp_directory_path() / "ellipse-embed-example.safetensors";
+    // One file per process, so that concurrent runs (CI, a user's shell) do not share it.
+    const auto path =
+        std::filesystem::temp_directory_path() / ("ellipse-embed-" + std::to_string(getpid()) + ".safetensors");
     ellipse::save_parameters(path.string(), model);
     TinyModel reloaded(kVocab, kDim, kHeads, kSeq, /*seed=*/99);  // different initial weights
     ellipse::load_parameters(path.string(), reloaded);
