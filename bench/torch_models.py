@@ -4,6 +4,7 @@ with like. PyTorch is never a dependency of the library; this file serves tools/
 """
 import json
 import math
+import os
 import struct
 
 import numpy as np
@@ -174,3 +175,52 @@ def save_safetensors(path, tensors):
     blob += b" " * (-len(blob) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob + b"".join(chunks))
+
+
+# ---- GPT checkpoints in ellipse's layout: DIR/model.safetensors + DIR/config.json ----
+
+def load_gpt_checkpoint(directory, dtype=torch.float64):
+    """The peer GPT with the weights of an ellipse checkpoint (strict names and shapes), in eval mode,
+    and its config.json as a dict."""
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    model = GPT(len(config["vocab"]), config["n_layer"], config["d_model"], config["n_head"], config["seq_len"],
+                attn=config["attn"], m_mode=config["m_mode"]).to(dtype)
+    state = load_safetensors(os.path.join(directory, "model.safetensors"))
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in state.items()}
+    if expected != got:
+        raise ValueError(f"{directory}: names or shapes differ:\n  expected {expected}\n  got {got}")
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+    return model.eval(), config
+
+
+def save_gpt_checkpoint(directory, model, vocab, config_name, attn, m_mode):
+    """Writes what `ellipse eval gpt` and `ellipse sample` read: F32 weights under the shared names and
+    config.json with the vocabulary in id order."""
+    os.makedirs(directory, exist_ok=True)
+    save_safetensors(os.path.join(directory, "model.safetensors"),
+                     {name: t.float() for name, t in model.state_dict().items()})
+    block = model.blocks[0]
+    config = {"model": "gpt", "config": config_name, "n_layer": len(model.blocks),
+              "d_model": model.pos_emb.shape[1], "n_head": block.attn.heads, "seq_len": model.pos_emb.shape[0],
+              "vocab_size": len(vocab), "vocab": vocab, "attn": attn, "m_mode": m_mode, "dropout": 0.0}
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def gpt_val_loss(model, val, seq_len, batch=32):
+    """`ellipse eval gpt`'s definition: mean cross-entropy over the non-overlapping windows of seq_len tokens
+    of `val` from its start (the last partial window dropped), in batches of `batch` windows."""
+    windows = (len(val) - 1) // seq_len
+    total = 0.0
+    with torch.no_grad():
+        for first in range(0, windows, batch):
+            count = min(batch, windows - first)
+            starts = [(first + w) * seq_len for w in range(count)]
+            x = torch.stack([val[s:s + seq_len] for s in starts])
+            y = torch.stack([val[s + 1:s + seq_len + 1] for s in starts])
+            logits = model(x)
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item() * count
+    return total / windows

@@ -1,5 +1,7 @@
 // The ellipse command-line program. Exit codes: 0 success, 1 a runtime error (bad file, bad data, a
 // diverging run), 2 a usage error (unknown flag, bad value). Errors go to stderr as "ellipse: error: ...".
+// Output for machines (eval, bench, train --json) is JSON lines on stdout; progress bars appear only on a terminal and
+// use no colour, so NO_COLOR has nothing to turn off.
 #include <unistd.h>
 
 #include <cstdio>
@@ -20,6 +22,13 @@ void prefer_passive_openmp_workers(char** argv) {
   setenv("OMP_WAIT_POLICY", "passive", 1);
   execv("/proc/self/exe", argv);
 }
+
+// Every command, at any depth, answers --help and --version and states the exit codes in its help.
+void add_conventions(CLI::App& app) {
+  app.footer("Exit status: 0 success, 1 runtime error (bad file or data, a diverging run), 2 usage error.");
+  app.set_version_flag("--version", "ellipse " ELLIPSE_VERSION);
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) add_conventions(*sub);
+}
 }  // namespace
 
 namespace ellipse::cli {
@@ -39,7 +48,6 @@ int main(int argc, char** argv) {
   prefer_passive_openmp_workers(argv);
   using namespace ellipse::cli;
   CLI::App app{"ellipse: a from-scratch deep learning library with elliptical attention"};
-  app.set_version_flag("--version", "ellipse 0.1.0");
   app.require_subcommand(1);
   app.fallthrough(false);
 
@@ -53,6 +61,7 @@ int main(int argc, char** argv) {
   add_vit_commands(*train, *eval, action);
   add_study_commands(app, action);
   add_bench_command(app, action);
+  add_conventions(app);
 
   try {
     app.parse(argc, argv);

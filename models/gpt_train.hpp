@@ -4,8 +4,8 @@
 #include <optional>
 #include <string>
 
-#include "models/gpt.hpp"
-#include "models/train_run.hpp"
+#include "gpt.hpp"
+#include "train_run.hpp"
 
 namespace ellipse {
 

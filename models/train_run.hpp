@@ -5,7 +5,7 @@
 #include <string>
 #include <string_view>
 
-#include "models/checkpoint.hpp"
+#include "checkpoint.hpp"
 
 namespace ellipse {
 

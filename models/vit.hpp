@@ -9,7 +9,7 @@
 #include <memory>
 #include <string>
 
-#include "nn/block.hpp"
+#include "../nn/block.hpp"
 
 namespace ellipse {
 

@@ -5,9 +5,9 @@
 #include <optional>
 #include <string>
 
-#include "models/fashion_mnist.hpp"
-#include "models/train_run.hpp"
-#include "models/vit.hpp"
+#include "fashion_mnist.hpp"
+#include "train_run.hpp"
+#include "vit.hpp"
 
 namespace ellipse {
 

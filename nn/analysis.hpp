@@ -7,7 +7,7 @@
 //   the metric m of elliptical layers, averaged over inputs.
 #include <vector>
 
-#include "nn/block.hpp"
+#include "block.hpp"
 
 namespace ellipse::nn {
 

@@ -13,8 +13,8 @@
 #include <string>
 #include <string_view>
 
-#include "core/random.hpp"
-#include "nn/layers.hpp"
+#include "../core/random.hpp"
+#include "layers.hpp"
 
 namespace ellipse::nn {
 

@@ -1,7 +1,7 @@
 #pragma once
 // A pre-LN transformer block: x = x + attn(ln1(x)); x = x + mlp(ln2(x)).
-#include "nn/attention.hpp"
-#include "nn/layers.hpp"
+#include "attention.hpp"
+#include "layers.hpp"
 
 namespace ellipse::nn {
 
