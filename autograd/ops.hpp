@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/random.hpp"
-#include "core/tensor.hpp"
+#include "../core/random.hpp"
+#include "../core/tensor.hpp"
 
 namespace ellipse {
 

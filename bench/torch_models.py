@@ -4,6 +4,7 @@ with like. PyTorch is never a dependency of the library; this file serves tools/
 """
 import json
 import math
+import os
 import struct
 
 import numpy as np
@@ -105,6 +106,42 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x))
 
 
+VIT_PRESETS = {
+    "vit-s": dict(n_layer=6, d_model=128, n_head=4, batch=128),
+    "vit-xs": dict(n_layer=4, d_model=64, n_head=4, batch=128),
+}
+
+
+class ViT(nn.Module):
+    """28x28 images, 4x4 patches in row-major order (pixels row-major inside a patch), class token first,
+    no causal mask, the head on the class token after ln_f."""
+
+    def __init__(self, n_layer, d_model, n_head, image=28, patch=4, classes=10, attn="standard", m_mode="sequence"):
+        super().__init__()
+        self.patch = patch
+        tokens = (image // patch) ** 2 + 1
+        self.patch_emb = nn.Linear(patch * patch, d_model)
+        self.cls_token = nn.Parameter(torch.zeros(d_model))
+        self.pos_emb = nn.Parameter(torch.zeros(tokens, d_model))
+        self.blocks = nn.ModuleList(Block(d_model, n_head, i, attn, m_mode) for i in range(n_layer))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, classes, bias=False)
+        for name, p in self.named_parameters():  # as ellipse's ViT: N(0, 0.02), zero biases, unit LN gains
+            if name.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif p.dim() >= 2 or name == "cls_token":
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, images):
+        b, side, p = images.shape[0], images.shape[1] // self.patch, self.patch
+        patches = images.reshape(b, side, p, side, p).permute(0, 1, 3, 2, 4).reshape(b, side * side, p * p)
+        x = torch.cat([self.cls_token.expand(b, 1, -1), self.patch_emb(patches)], dim=1) + self.pos_emb
+        v = None
+        for block in self.blocks:
+            x, v = block(x, False, v)
+        return self.head(self.ln_f(x[:, 0]))
+
+
 # ---- safetensors without the safetensors package (PyTorch 1.13 ships none) ----
 
 _DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32}
@@ -138,3 +175,52 @@ def save_safetensors(path, tensors):
     blob += b" " * (-len(blob) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob + b"".join(chunks))
+
+
+# ---- GPT checkpoints in ellipse's layout: DIR/model.safetensors + DIR/config.json ----
+
+def load_gpt_checkpoint(directory, dtype=torch.float64):
+    """The peer GPT with the weights of an ellipse checkpoint (strict names and shapes), in eval mode,
+    and its config.json as a dict."""
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    model = GPT(len(config["vocab"]), config["n_layer"], config["d_model"], config["n_head"], config["seq_len"],
+                attn=config["attn"], m_mode=config["m_mode"]).to(dtype)
+    state = load_safetensors(os.path.join(directory, "model.safetensors"))
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in state.items()}
+    if expected != got:
+        raise ValueError(f"{directory}: names or shapes differ:\n  expected {expected}\n  got {got}")
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+    return model.eval(), config
+
+
+def save_gpt_checkpoint(directory, model, vocab, config_name, attn, m_mode):
+    """Writes what `ellipse eval gpt` and `ellipse sample` read: F32 weights under the shared names and
+    config.json with the vocabulary in id order."""
+    os.makedirs(directory, exist_ok=True)
+    save_safetensors(os.path.join(directory, "model.safetensors"),
+                     {name: t.float() for name, t in model.state_dict().items()})
+    block = model.blocks[0]
+    config = {"model": "gpt", "config": config_name, "n_layer": len(model.blocks),
+              "d_model": model.pos_emb.shape[1], "n_head": block.attn.heads, "seq_len": model.pos_emb.shape[0],
+              "vocab_size": len(vocab), "vocab": vocab, "attn": attn, "m_mode": m_mode, "dropout": 0.0}
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def gpt_val_loss(model, val, seq_len, batch=32):
+    """`ellipse eval gpt`'s definition: mean cross-entropy over the non-overlapping windows of seq_len tokens
+    of `val` from its start (the last partial window dropped), in batches of `batch` windows."""
+    windows = (len(val) - 1) // seq_len
+    total = 0.0
+    with torch.no_grad():
+        for first in range(0, windows, batch):
+            count = min(batch, windows - first)
+            starts = [(first + w) * seq_len for w in range(count)]
+            x = torch.stack([val[s:s + seq_len] for s in starts])
+            y = torch.stack([val[s + 1:s + seq_len + 1] for s in starts])
+            logits = model(x)
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item() * count
+    return total / windows

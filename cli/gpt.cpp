@@ -1,12 +1,14 @@
 // `ellipse train gpt`, `ellipse eval gpt` and `ellipse sample`: the character GPT from the command line.
 #include <cstdio>
-#include <filesystem>
 #include <fmt/format.h>
 
+#include "autograd/grad_mode.hpp"
+#include "autograd/ops.hpp"
 #include "cli/commands.hpp"
 #include "cli/progress.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
+#include "core/io/npy.hpp"
 #include "models/gpt_train.hpp"
 
 namespace ellipse::cli {
@@ -17,31 +19,37 @@ struct TrainFlags {
   GPTTrainOptions options;
   std::string attn = "standard", m_mode, resume;
   std::int64_t batch = 0;
+  bool json = false;
 };
+
+// One evaluation as a JSON line, with the keys of metrics.jsonl.
+std::string eval_json(const EvalRecord& r) {
+  return fmt::format("{{\"step\": {}, \"train_loss\": {:.8f}, \"val_loss\": {:.8f}, \"lr\": {:.6e}, "
+                     "\"tokens_per_s\": {:.1f}, \"elapsed_s\": {:.3f}}}",
+                     r.step, r.train_loss, r.val_loss, r.lr, r.tokens_per_s, r.elapsed_s);
+}
 
 int run_train(TrainFlags flags) {
   GPTTrainOptions& o = flags.options;
   o.attention = nn::parse_attention_kind(flags.attn);
   if (!flags.m_mode.empty()) o.metric = nn::parse_metric_mode(flags.m_mode);
   if (flags.batch > 0) o.batch = flags.batch;
-  if (!flags.resume.empty()) {
-    if (!o.out_dir.empty() && std::filesystem::path(o.out_dir) != std::filesystem::path(flags.resume))
-      fail("train gpt: --resume {} continues in that directory; --out {} differs", flags.resume, o.out_dir);
-    o.out_dir = flags.resume;
-    o.resume = true;
-  }
-  if (o.out_dir.empty()) o.out_dir = "runs/gpt";
-  Progress progress(o.steps, 50);
+  resolve_run_dir(o.out_dir, o.resume, flags.resume, "train gpt", "runs/gpt");
+  // With --json, stdout carries only the evaluations' JSON lines: no plain progress lines.
+  Progress progress(o.steps, flags.json ? 0 : 50);
   const EvalRecord last = train_gpt(
       o,
       [&](const TrainProgress& p) {
         progress.update(p.step, p.elapsed_s,
-                        fmt::format("loss {:.4f}  lr {:.2e}  {:.0f} tok/s", p.loss, p.lr, p.tokens_per_s));
+                        fmt::format("loss {:.4f}  lr {:.2e}  {:.0f} tok/s", p.loss, p.lr, p.items_per_s));
       },
       [&](const EvalRecord& r) {
-        progress.line(fmt::format("eval step {}: train_loss {:.4f}  val_loss {:.4f}  ({:.0f} tok/s, {})", r.step,
-                                  r.train_loss, r.val_loss, r.tokens_per_s, format_duration(r.elapsed_s)));
+        progress.line(flags.json ? eval_json(r)
+                                 : fmt::format("eval step {}: train_loss {:.4f}  val_loss {:.4f}  ({:.0f} tok/s, {})",
+                                               r.step, r.train_loss, r.val_loss, r.tokens_per_s,
+                                               format_duration(r.elapsed_s)));
       });
+  if (flags.json) return 0;
   if (o.stop_after > 0 && last.step != o.stop_after) {
     progress.line(fmt::format("stopped after step {}; checkpoint in {} (continue with --resume {})", o.stop_after,
                               o.out_dir, o.out_dir));
@@ -51,17 +59,42 @@ int run_train(TrainFlags flags) {
   return 0;
 }
 
-int run_eval(const std::string& model_dir, const std::string& text_path) {
-  LoadedGPT loaded = load_gpt(model_dir);
-  const std::u32string text = decode_utf8(io::read_file(text_path, std::uint64_t{1} << 31), text_path);
-  const TextSplit split = split_train_val(loaded.tokenizer.encode(text));
-  const std::int64_t window = loaded.model->config().seq_len;
-  ELLIPSE_CHECK(static_cast<std::int64_t>(split.val.size()) > window, "eval gpt: {}: its val part (the last 10%) has "
-                "{} characters, too few for one window of {} (+1 target)", text_path, split.val.size(), window);
-  const double val_loss = evaluate_gpt(*loaded.model, split.val);
-  fmt::print("{{\"model\": \"gpt\", \"config\": \"{}\", \"attn\": \"{}\", \"m_mode\": \"{}\", \"val_loss\": {:.8f}}}\n",
-             loaded.model->config().name, nn::attention_kind_name(loaded.model->config().attention),
-             nn::metric_mode_name(loaded.model->config().metric), val_loss);
+struct EvalFlags {
+  std::string model_dir, text_path, ids_path, logits_path;
+};
+
+int run_eval(const EvalFlags& flags) {
+  LoadedGPT loaded = load_gpt(flags.model_dir);
+  const GPTConfig& config = loaded.model->config();
+  std::string json = fmt::format("\"model\": \"gpt\", \"config\": \"{}\", \"attn\": \"{}\", \"m_mode\": \"{}\"",
+                                 config.name, nn::attention_kind_name(config.attention),
+                                 nn::metric_mode_name(config.metric));
+  if (!flags.text_path.empty()) {
+    const std::u32string text =
+        decode_utf8(io::read_file(flags.text_path, std::uint64_t{1} << 31), flags.text_path);
+    const TextSplit split = split_train_val(loaded.tokenizer.encode(text));
+    ELLIPSE_CHECK(static_cast<std::int64_t>(split.val.size()) > config.seq_len,
+                  "eval gpt: {}: its val part (the last 10%) has {} characters, too few for one window of {} "
+                  "(+1 target)", flags.text_path, split.val.size(), config.seq_len);
+    json += fmt::format(", \"val_loss\": {:.8f}", evaluate_gpt(*loaded.model, split.val));
+  }
+  if (!flags.ids_path.empty()) {
+    // Token ids from another tool (NumPy, PyTorch): the logits go to a .npy file for comparison, and the
+    // next-token loss over the rows (position t predicts id t+1) to the JSON line.
+    const Tensor ids = io::load_npy(flags.ids_path);
+    ELLIPSE_CHECK(ids.dtype() == DType::i64 && ids.dim() == 2 && ids.shape()[1] >= 1,
+                  "eval gpt: --ids {}: expected integer token ids of shape [batch, tokens], got {} {}",
+                  flags.ids_path, dtype_name(ids.dtype()), to_string(ids.shape()));
+    NoGradGuard no_grad;
+    const Tensor logits = loaded.model->forward(ids);
+    if (!flags.logits_path.empty()) io::save_npy(flags.logits_path, logits);
+    const std::int64_t n = ids.shape()[1];
+    if (n >= 2) {
+      const double loss = cross_entropy(logits.narrow(1, 0, n - 1), ids.narrow(1, 1, n - 1)).item();
+      json += fmt::format(", \"ids_loss\": {:.8f}", loss);
+    }
+  }
+  fmt::print("{{{}}}\n", json);
   return 0;
 }
 
@@ -103,15 +136,24 @@ void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& ac
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000000}));
   t->add_flag("--detect-anomaly", o.detect_anomaly,
               "Check every op's output and gradients for NaN/Inf and name the first op that produces one (slow)");
+  t->add_flag("--json", flags->json, "Print each evaluation as a JSON line (the keys of metrics.jsonl), nothing else");
   t->callback([&action, flags] { action = [flags] { return run_train(*flags); }; });
 
-  auto model_dir = std::make_shared<std::string>();
-  auto text_path = std::make_shared<std::string>();
-  auto* e = eval.add_subcommand("gpt", "Print the validation loss of a trained GPT as one JSON line");
-  e->add_option("--model", *model_dir, "Checkpoint directory")->required()->check(CLI::ExistingDirectory);
-  e->add_option("--text", *text_path, "The text it was trained on (its last 10% is the val split)")->required()
-      ->check(CLI::ExistingFile);
-  e->callback([&action, model_dir, text_path] { action = [=] { return run_eval(*model_dir, *text_path); }; });
+  auto eval_flags = std::make_shared<EvalFlags>();
+  auto* e = eval.add_subcommand("gpt", "Evaluate a trained GPT; prints one JSON line (val_loss with --text, "
+                                       "ids_loss with --ids)");
+  e->add_option("--model", eval_flags->model_dir, "Checkpoint directory")->required()->check(CLI::ExistingDirectory);
+  auto* text =
+      e->add_option("--text", eval_flags->text_path, "The text it was trained on (its last 10% is the val split)")
+          ->check(CLI::ExistingFile);
+  auto* ids = e->add_option("--ids", eval_flags->ids_path, "Token ids [batch, tokens] as .npy (int64 or int32)")
+                  ->check(CLI::ExistingFile);
+  e->add_option("--logits", eval_flags->logits_path, "Write the logits [batch, tokens, vocab] for --ids to this .npy")
+      ->needs(ids);
+  e->callback([&action, eval_flags, text, ids] {
+    if (text->count() == 0 && ids->count() == 0) throw CLI::RequiredError("--text or --ids");
+    action = [eval_flags] { return run_eval(*eval_flags); };
+  });
 
   auto prompt = std::make_shared<std::string>();
   auto sample = std::make_shared<SampleOptions>();

@@ -1,10 +1,13 @@
 // The ellipse command-line program. Exit codes: 0 success, 1 a runtime error (bad file, bad data, a
 // diverging run), 2 a usage error (unknown flag, bad value). Errors go to stderr as "ellipse: error: ...".
+// Output for machines (eval, bench, train --json) is JSON lines on stdout; progress bars appear only on a terminal and
+// use no colour, so NO_COLOR has nothing to turn off.
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
 
 #include "cli/commands.hpp"
 #include "core/error.hpp"
@@ -19,13 +22,32 @@ void prefer_passive_openmp_workers(char** argv) {
   setenv("OMP_WAIT_POLICY", "passive", 1);
   execv("/proc/self/exe", argv);
 }
+
+// Every command, at any depth, answers --help and --version and states the exit codes in its help.
+void add_conventions(CLI::App& app) {
+  app.footer("Exit status: 0 success, 1 runtime error (bad file or data, a diverging run), 2 usage error.");
+  app.set_version_flag("--version", "ellipse " ELLIPSE_VERSION);
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) add_conventions(*sub);
+}
 }  // namespace
+
+namespace ellipse::cli {
+void resolve_run_dir(std::string& out_dir, bool& resume, const std::string& resume_dir, std::string_view command,
+                     std::string_view default_dir) {
+  if (!resume_dir.empty()) {
+    if (!out_dir.empty() && std::filesystem::path(out_dir) != std::filesystem::path(resume_dir))
+      fail("{}: --resume {} continues in that directory; --out {} differs", command, resume_dir, out_dir);
+    out_dir = resume_dir;
+    resume = true;
+  }
+  if (out_dir.empty()) out_dir = default_dir;
+}
+}  // namespace ellipse::cli
 
 int main(int argc, char** argv) {
   prefer_passive_openmp_workers(argv);
   using namespace ellipse::cli;
   CLI::App app{"ellipse: a from-scratch deep learning library with elliptical attention"};
-  app.set_version_flag("--version", "ellipse 0.1.0");
   app.require_subcommand(1);
   app.fallthrough(false);
 
@@ -36,7 +58,10 @@ int main(int argc, char** argv) {
   eval->require_subcommand(1);
   add_demo_command(app, action);
   add_gpt_commands(*train, *eval, app, action);
+  add_vit_commands(*train, *eval, action);
+  add_study_commands(app, action);
   add_bench_command(app, action);
+  add_conventions(app);
 
   try {
     app.parse(argc, argv);

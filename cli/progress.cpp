@@ -32,7 +32,7 @@ void Progress::update(std::int64_t step, double elapsed_s, const std::string& de
                std::string(static_cast<std::size_t>(kWidth - filled), '.'), step, total_, detail, format_duration(eta));
     std::fflush(stderr);
     bar_drawn_ = true;
-  } else if (step % plain_every_ == 0 || step == total_) {
+  } else if (plain_every_ > 0 && (step % plain_every_ == 0 || step == total_)) {
     fmt::print("step {}/{}  {}  elapsed {}  ETA {}\n", step, total_, detail, format_duration(elapsed_s),
                format_duration(eta));
     std::fflush(stdout);

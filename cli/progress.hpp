@@ -7,7 +7,7 @@ namespace ellipse::cli {
 
 class Progress {
  public:
-  // `plain_every`: without a terminal, print a line every this many steps (and at the last step).
+  // `plain_every`: without a terminal, print a line every this many steps (and at the last step); 0: never.
   explicit Progress(std::int64_t total, std::int64_t plain_every = 100);
   ~Progress();
   // `step` done out of total; `detail` goes after the counters ("loss 2.31  12.3k tok/s").

@@ -3,7 +3,7 @@
 #include <functional>
 #include <memory>
 
-#include "core/device.hpp"
+#include "device.hpp"
 
 namespace ellipse {
 

@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "core/device.hpp"
-#include "core/dtype.hpp"
-#include "core/shape.hpp"
-#include "core/storage.hpp"
+#include "device.hpp"
+#include "dtype.hpp"
+#include "shape.hpp"
+#include "storage.hpp"
 
 namespace ellipse {
 

@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "core/random.hpp"
-#include "nn/module.hpp"
-#include "nn/optim.hpp"
+#include "../core/random.hpp"
+#include "../nn/module.hpp"
+#include "../nn/optim.hpp"
 
 namespace ellipse {
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "nn/block.hpp"
+#include "../nn/block.hpp"
 
 namespace ellipse {
 
@@ -57,7 +57,7 @@ class GPT : public nn::Module {
 
 #include <memory>
 
-#include "models/text.hpp"
+#include "text.hpp"
 
 namespace ellipse {
 

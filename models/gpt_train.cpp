@@ -1,24 +1,15 @@
 #include "models/gpt_train.hpp"
 
 #include <algorithm>
-#include <bit>
-#include <cerrno>
-#include <charconv>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <signal.h>
-#include <sstream>
-#include <unistd.h>
 
 #include "autograd/grad_mode.hpp"
 #include "autograd/ops.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
 #include "models/checkpoint.hpp"
-#include "models/training.hpp"
 #include "nn/optim.hpp"
 
 namespace ellipse {
@@ -47,36 +38,6 @@ std::string metrics_line(const EvalRecord& r) {
   json["tokens_per_s"] = r.tokens_per_s;
   json["elapsed_s"] = r.elapsed_s;
   return json.dump() + "\n";
-}
-
-// Keeps the metrics lines of steps up to `step`: a run resumed from an older checkpoint rewrites the rest.
-std::string metrics_up_to(const std::string& path, std::int64_t step) {
-  if (!std::filesystem::exists(path)) return "";
-  std::istringstream in(io::read_file(path, std::uint64_t{1} << 30));
-  std::string kept, line;
-  while (std::getline(in, line)) {
-    const auto json = nlohmann::json::parse(line, nullptr, false);
-    if (json.is_object() && json.contains("step") && json["step"].is_number_integer() &&
-        json["step"].get<std::int64_t>() <= step)
-      kept += line + "\n";
-  }
-  return kept;
-}
-
-// Removes the temporary files that a killed run's atomic writes left beside `names` in `dir`
-// (write_file_atomic names them NAME.tmp.PID.N); those of a live process are left alone.
-void remove_stale_temp_files(const std::string& dir, const std::vector<std::string>& names) {
-  std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
-    const std::string file = entry.path().filename().string();
-    for (const auto& name : names) {
-      const std::string prefix = name + ".tmp.";
-      if (!file.starts_with(prefix)) continue;
-      const long pid = std::strtol(file.c_str() + prefix.size(), nullptr, 10);
-      if (pid > 0 && pid != static_cast<long>(::getpid()) && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
-        std::filesystem::remove(entry.path(), error);
-    }
-  }
 }
 
 std::string flags_fingerprint(const GPTTrainOptions& o, std::int64_t batch) {
@@ -117,14 +78,13 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
   ELLIPSE_CHECK(o.stop_after >= 0 && o.stop_after <= o.steps, "train gpt: --stop-after {} must lie in [0, {}]",
                 o.stop_after, o.steps);
   const DetectAnomalyGuard anomaly(o.detect_anomaly || anomaly_detection_enabled());
-  const std::string config_path = o.out_dir + "/config.json", model_path = o.out_dir + "/model.safetensors",
-                    state_path = o.out_dir + "/train_state.safetensors", metrics_path = o.out_dir + "/metrics.jsonl";
+  const RunFiles files(o.out_dir);
 
   GPTConfig config;
   CharTokenizer tokenizer;
   std::vector<std::int64_t> ids;
   if (o.resume) {
-    auto saved = parse_gpt_config_json(io::read_file(config_path, 64 << 20), config_path);
+    auto saved = parse_gpt_config_json(io::read_file(files.config, 64 << 20), files.config);
     config = saved.config;
     tokenizer = std::move(saved.tokenizer);
     ELLIPSE_CHECK(config.name == o.config && config.attention == o.attention &&
@@ -155,69 +115,26 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
                                            .weight_decay = o.weight_decay});
   Generator data_gen(o.seed ^ 0x5EEDDA7Aull);
   std::int64_t start = 0;
-  std::string metrics;
-  const std::string fingerprint = flags_fingerprint(o, batch);
-  double loss_sum = 0;  // train losses since the last evaluation
-  std::int64_t loss_count = 0;
-  std::int64_t saved_step = 0;
-  // The state first: it is the commit point (see gpt_train.hpp), and model.safetensors records its step.
-  auto save = [&](std::int64_t step) {
-    save_train_state(state_path, model, optimizer,
-                     {.step = step,
-                      .generators = {{"data", data_gen.state()}, {"model", model.generator().state()}},
-                      .fields = {{"flags", fingerprint},
-                                 {"loss_sum_bits", std::to_string(std::bit_cast<std::uint64_t>(loss_sum))},
-                                 {"loss_count", std::to_string(loss_count)}}});
-    save_parameters(model_path, model, {{"step", std::to_string(step)}});
-    saved_step = step;
+  RunCheckpoints run(o.out_dir, "train gpt", flags_fingerprint(o, batch));
+  RunningMean train_loss;  // since the last evaluation
+  auto save = [&](std::int64_t step, std::string_view metrics) {
+    TrainState state{.step = step,
+                     .generators = {{"data", data_gen.state()}, {"model", model.generator().state()}},
+                     .fields = {}};
+    train_loss.save(state, "loss");
+    run.save(model, optimizer, std::move(state), metrics);
   };
   if (o.resume) {
-    // model.safetensors is validated first (load_train_state then overwrites the parameters): a damaged one is
-    // an error, not something to resume past. Its step is checked below.
-    const bool model_missing = !std::filesystem::exists(model_path);
-    const std::string model_step = model_missing ? "" : load_parameters(model_path, model)["step"];
-    TrainState state = load_train_state(state_path, model, optimizer);
-    ELLIPSE_CHECK(state.fields["flags"] == fingerprint, "train gpt: --resume {}: the run was started with flags "
-                  "'{}', now '{}'; resume with the same flags", o.out_dir, state.fields["flags"], fingerprint);
+    TrainState state = run.resume(model, optimizer);
     ELLIPSE_CHECK(state.generators.count("data") == 1 && state.generators.count("model") == 1,
-                  "{}: the generators' states are missing", state_path);
+                  "{}: the generators' states are missing", files.state);
     data_gen.set_state(state.generators["data"]);
     model.generator().set_state(state.generators["model"]);
     start = state.step;
-    // The running mean of the train loss since the last evaluation, so that the next metrics line is
-    // the same as in an uninterrupted run. Stored as the exact bits of the double.
-    auto number_field = [&](const std::string& key) {
-      const std::string& text = state.fields[key];
-      std::uint64_t value = 0;
-      const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-      ELLIPSE_CHECK(!text.empty() && error == std::errc() && end == text.data() + text.size(),
-                    "{}: field '{}' is missing or not a number", state_path, key);
-      return value;
-    };
-    loss_sum = std::bit_cast<double>(number_field("loss_sum_bits"));
-    loss_count = static_cast<std::int64_t>(number_field("loss_count"));
-    saved_step = start;
-    metrics = metrics_up_to(metrics_path, start);
-
-    // Complete a checkpoint whose writing was interrupted after the state (the commit point) was replaced:
-    // model.safetensors is then missing (the first save) or one save behind. (A model file without a step
-    // predates this check.)
-    if (model_missing || (!model_step.empty() && model_step != std::to_string(start))) {
-      std::int64_t behind = 0;
-      const auto [end, error] = std::from_chars(model_step.data(), model_step.data() + model_step.size(), behind);
-      ELLIPSE_CHECK(model_missing || (error == std::errc() && end == model_step.data() + model_step.size() &&
-                                      behind < start),
-                    "train gpt: --resume {}: model.safetensors is at step {} but train_state.safetensors at step {}; "
-                    "the checkpoint is inconsistent", o.out_dir, model_step, start);
-      save_parameters(model_path, model, {{"step", std::to_string(start)}});
-    }
+    train_loss.load(state, "loss", files.state);
   } else {
-    std::filesystem::create_directories(o.out_dir);
-    ELLIPSE_CHECK(!std::filesystem::exists(state_path) && !std::filesystem::exists(model_path),
-                  "train gpt: {} already holds a run; pass --resume to continue it or choose another --out", o.out_dir);
-    io::write_file_atomic(config_path, gpt_config_json(config, tokenizer.vocab()));
+    run.start(gpt_config_json(config, tokenizer.vocab()));
   }
-  remove_stale_temp_files(o.out_dir, {"config.json", "model.safetensors", "train_state.safetensors", "metrics.jsonl"});
 
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
@@ -232,30 +149,23 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
     optimizer.zero_grad();
     const Tensor loss = cross_entropy(model.forward(inputs), targets);
     const double loss_value = loss.item();
-    check_finite(loss_value, "train gpt: the loss", step + 1, o.out_dir, saved_step);
+    run.check_finite(loss_value, "the loss", step + 1);
     loss.backward();
-    check_finite(nn::clip_grad_norm(params, o.clip), "train gpt: the gradient norm", step + 1, o.out_dir, saved_step);
+    run.check_finite(nn::clip_grad_norm(params, o.clip), "the gradient norm", step + 1);
     optimizer.step();
-    loss_sum += loss_value;
-    ++loss_count;
+    train_loss.add(loss_value);
     tokens += batch * config.seq_len;
     const double seconds = elapsed();
     if (on_step) on_step({step + 1, o.steps, loss_value, lr, static_cast<double>(tokens) / seconds, seconds});
 
     if ((step + 1) % o.eval_every == 0 || step + 1 == o.steps) {
-      last = {step + 1, loss_sum / static_cast<double>(loss_count), evaluate_gpt(model, split.val), lr,
-              static_cast<double>(tokens) / seconds, elapsed()};
-      check_finite(last.val_loss, "train gpt: the val loss", step + 1, o.out_dir, saved_step);
-      loss_sum = 0;
-      loss_count = 0;
-      // Metrics before the checkpoint: after a crash between the two, metrics.jsonl is one line ahead of the
-      // state, and --resume drops the lines past the state's step (metrics_up_to) before it redoes them.
-      metrics += metrics_line(last);
-      io::write_file_atomic(metrics_path, metrics);
-      save(step + 1);
+      last = {step + 1, train_loss.take(), evaluate_gpt(model, split.val), lr, static_cast<double>(tokens) / seconds,
+              elapsed()};
+      run.check_finite(last.val_loss, "the val loss", step + 1);
+      save(step + 1, metrics_line(last));
       if (on_eval) on_eval(last);
     } else if (step + 1 == end) {
-      save(step + 1);  // stopped between evaluations: a checkpoint only, as the uninterrupted run has no line here
+      save(step + 1, "");  // stopped between evaluations: a checkpoint only, as the uninterrupted run has no line here
     }
   }
   return last;

@@ -4,7 +4,8 @@
 #include <optional>
 #include <string>
 
-#include "models/gpt.hpp"
+#include "gpt.hpp"
+#include "train_run.hpp"
 
 namespace ellipse {
 
@@ -27,11 +28,6 @@ struct GPTTrainOptions {
   bool detect_anomaly = false;            // name the first op that produces a NaN or Inf (slow; see grad_mode.hpp)
 };
 
-struct TrainProgress {
-  std::int64_t step = 0, steps = 0;  // step is 1-based: the number of steps done
-  double loss = 0, lr = 0, tokens_per_s = 0, elapsed_s = 0;
-};
-
 struct EvalRecord {
   std::int64_t step = 0;
   double train_loss = 0, val_loss = 0, lr = 0, tokens_per_s = 0, elapsed_s = 0;
@@ -39,12 +35,10 @@ struct EvalRecord {
 
 // Trains (or resumes), writing out_dir/{model.safetensors, config.json, train_state.safetensors,
 // metrics.jsonl} at every evaluation and at the end. Returns the last evaluation.
-// Each file is replaced atomically, and train_state.safetensors is the commit point of a checkpoint: it holds
-// everything a resume needs (parameters, moments, generators, the step). metrics.jsonl is written just before
-// it and model.safetensors (which records its step) just after, so a crash between two files leaves metrics one
-// line ahead (--resume drops lines past the state's step) or the model one checkpoint behind or missing
-// (--resume rewrites it from the state); a model ahead of the state is refused as inconsistent. A NaN or Inf
-// loss, gradient norm or val loss stops the run before it writes anything.
+// A crash or SIGKILL at any moment leaves a checkpoint that --resume continues exactly (RunCheckpoints in
+// train_run.hpp: the state is the commit point, metrics.jsonl is written before it and model.safetensors,
+// which records its step, after it). A NaN or Inf loss, gradient norm or val loss stops the run before it
+// writes anything; with detect_anomaly the error names the op that produced it.
 EvalRecord train_gpt(const GPTTrainOptions& options, const std::function<void(const TrainProgress&)>& on_step,
                      const std::function<void(const EvalRecord&)>& on_eval);
 

@@ -7,8 +7,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/random.hpp"
-#include "core/tensor.hpp"
+#include "../core/random.hpp"
+#include "../core/tensor.hpp"
 
 namespace ellipse {
 

@@ -13,8 +13,8 @@
 #include <string>
 #include <string_view>
 
-#include "core/random.hpp"
-#include "nn/layers.hpp"
+#include "../core/random.hpp"
+#include "layers.hpp"
 
 namespace ellipse::nn {
 
@@ -53,8 +53,12 @@ class Attention : public Module {
   std::int64_t heads() const { return heads_; }
   std::int64_t head_dim() const { return head_dim_; }
 
-  // Study hooks: when enabled, forward keeps the attention probabilities [B, H, N, N_keys] of its last call.
-  void keep_attention(bool on) { keep_attention_ = on; }
+  // Study hooks: when enabled, forward keeps the attention probabilities [B, H, N, N_keys] of its last call;
+  // switching them off drops what was kept.
+  void keep_attention(bool on) {
+    keep_attention_ = on;
+    if (!on) last_attention_ = {};
+  }
   const Tensor& last_attention() const { return last_attention_; }
 
  protected:

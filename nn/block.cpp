@@ -20,13 +20,19 @@ Block::Block(const BlockConfig& config, std::int64_t layer, Generator& gen, Init
 void Block::keep_activations(bool on) {
   keep_activations_ = on;
   attn_->keep_attention(on);
+  if (!on) {  // stale activations would outlive the probe that asked for them and pass for fresh ones
+    last_attention_output_ = {};
+    last_output_ = {};
+  }
 }
 
 AttentionOutput Block::forward(const Tensor& x, bool causal, const Tensor& v_prev, KVCache* cache) {
   AttentionOutput attended = attn_->forward(ln1_->forward(x), causal, v_prev, cache);
   if (keep_activations_) last_attention_output_ = attended.out.detach();
   const Tensor h = add(x, dropout_->forward(attended.out));
-  return {add(h, dropout_->forward(mlp_->forward(ln2_->forward(h)))), attended.v};
+  Tensor out = add(h, dropout_->forward(mlp_->forward(ln2_->forward(h))));
+  if (keep_activations_) last_output_ = out.detach();
+  return {std::move(out), attended.v};
 }
 
 }  // namespace ellipse::nn

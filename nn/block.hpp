@@ -1,7 +1,7 @@
 #pragma once
 // A pre-LN transformer block: x = x + attn(ln1(x)); x = x + mlp(ln2(x)).
-#include "nn/attention.hpp"
-#include "nn/layers.hpp"
+#include "attention.hpp"
+#include "layers.hpp"
 
 namespace ellipse::nn {
 
@@ -25,10 +25,12 @@ class Block : public Module {
   AttentionOutput forward(const Tensor& x, bool causal, const Tensor& v_prev = {}, KVCache* cache = nullptr);
 
   Attention& attention() const { return *attn_; }
-  // Study hooks: when enabled, forward keeps the attention probabilities (see Attention) and the
-  // attention sublayer's output (before the residual add) of its last call.
+  // Study hooks: when enabled, forward keeps the attention probabilities (see Attention), the attention
+  // sublayer's output (before the residual add) and the block's output of its last call. Switching them
+  // off drops what was kept.
   void keep_activations(bool on);
   const Tensor& last_attention_output() const { return last_attention_output_; }
+  const Tensor& last_output() const { return last_output_; }
 
  private:
   std::shared_ptr<LayerNorm> ln1_, ln2_;
@@ -36,7 +38,7 @@ class Block : public Module {
   std::shared_ptr<MLP> mlp_;
   std::shared_ptr<Dropout> dropout_;
   bool keep_activations_ = false;
-  Tensor last_attention_output_;
+  Tensor last_attention_output_, last_output_;
 };
 
 }  // namespace ellipse::nn

@@ -1,7 +1,7 @@
 #pragma once
 // Basic layers. Parameter shapes follow PyTorch (Linear weight [out, in], ...), so checkpoints carry over.
-#include "core/random.hpp"
-#include "nn/module.hpp"
+#include "../core/random.hpp"
+#include "module.hpp"
 
 namespace ellipse::nn {
 

@@ -2,7 +2,7 @@
 // AdamW, global-norm gradient clipping and the warm-up + cosine learning-rate schedule.
 #include <vector>
 
-#include "core/tensor.hpp"
+#include "../core/tensor.hpp"
 
 namespace ellipse::nn {
 

@@ -2,66 +2,26 @@
 // errors with a message on stderr (never a crash), and train -> eval -> sample on a tiny text.
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "cli_runner.hpp"
+#include "core/io/npy.hpp"
 #include "helpers.hpp"
-
-#ifndef ELLIPSE_CLI
-#error "ELLIPSE_CLI must name the ellipse binary (see tests/CMakeLists.txt)"
-#endif
 
 namespace fs = std::filesystem;
 
 namespace {
 
+using ellipse::testing::Run;
+using ellipse::testing::run_ellipse;
 using ellipse::testing::TempDir;
-
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-std::string quote(const std::string& arg) {
-  std::string out = "'";
-  for (char c : arg) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
-struct Run {
-  int status = -1;  // the exit status; 128 + n when killed by signal n
-  std::string out, err;
-};
-
-// Runs the ellipse binary with `args` (each quoted for the shell), capturing stdout and stderr.
-Run run_ellipse(const std::vector<std::string>& args) {
-  static TempDir scratch;
-  static int calls = 0;
-  const std::string out_path = scratch / (std::to_string(calls) + ".out"),
-                    err_path = scratch / (std::to_string(calls) + ".err");
-  ++calls;
-  std::string command = quote(ELLIPSE_CLI);
-  for (const auto& a : args) command.append(" ").append(quote(a));
-  command.append(" </dev/null >").append(quote(out_path)).append(" 2>").append(quote(err_path));
-  const int raw = std::system(command.c_str());
-  Run run;
-  if (raw != -1 && WIFEXITED(raw)) run.status = WEXITSTATUS(raw);
-  else if (raw != -1 && WIFSIGNALED(raw)) run.status = 128 + WTERMSIG(raw);
-  run.out = slurp(out_path);
-  run.err = slurp(err_path);
-  return run;
-}
 
 std::string joined(const std::vector<std::string>& args) {
   std::string s;
@@ -94,16 +54,22 @@ void check_fails(const std::vector<std::string>& args, int status, const std::st
 
 }  // namespace
 
-TEST_CASE("cli: --help exits 0 for the program and every subcommand") {
+TEST_CASE("cli: --help and --version exit 0 for the program and every subcommand") {
   const std::vector<std::vector<std::string>> commands{{},          {"train"},  {"train", "gpt"}, {"eval"},
                                                        {"eval", "gpt"}, {"sample"}, {"demo"},         {"bench"}};
-  for (auto args : commands) {
+  for (const auto& command : commands) {
+    auto args = command;
     args.push_back("--help");
     const Run r = run_ellipse(args);
     INFO("ellipse ", joined(args));
     INFO("stderr: ", r.err);
     CHECK(r.status == 0);
     CHECK(r.out.find("Usage") != std::string::npos);
+    CHECK(r.out.find("Exit status: 0 success") != std::string::npos);
+    args.back() = "--version";
+    const Run v = run_ellipse(args);
+    CHECK(v.status == 0);
+    CHECK(v.out.find("ellipse 0.") != std::string::npos);
   }
   const Run help = run_ellipse({"train", "gpt", "--help"});
   for (const char* flag : {"--text", "--config", "--attn", "--m-mode", "--steps", "--batch", "--lr", "--seed",
@@ -140,6 +106,8 @@ TEST_CASE("cli: usage errors exit 2 and runtime errors exit 1, with a message on
   check_fails({"train", "gpt", "--text", dir / "missing.txt"}, 2, "missing.txt");
   check_fails({"train", "gpt", "--text", text, "--resume", dir / "nowhere"}, 2, "nowhere");
   check_fails({"eval", "gpt", "--text", text}, 2, "--model");
+  check_fails({"eval", "gpt", "--model", dir.str()}, 2, "--text or --ids");
+  check_fails({"eval", "gpt", "--model", dir.str(), "--text", text, "--logits", dir / "l.npy"}, 2, "--ids");
   check_fails({"sample", "--model", dir.str()}, 2, "--prompt");
   check_fails({"sample", "--model", dir.str(), "--prompt", "a", "--tokens", "0"}, 2, "--tokens");
   check_fails({"sample", "--model", dir.str(), "--prompt", "a", "--temperature", "-1"}, 2, "--temperature");
@@ -169,6 +137,19 @@ TEST_CASE("cli: train, eval and sample a tiny checkpoint") {
   CHECK(train.out.find("val_loss") != std::string::npos);
   for (const char* file : {"model.safetensors", "config.json", "train_state.safetensors", "metrics.jsonl"})
     CHECK_MESSAGE(fs::exists(run + "/" + file), file);
+  // --json: stdout holds one JSON line per evaluation and nothing else.
+  const Run json = run_ellipse({"train", "gpt", "--text", text, "--steps", "2", "--eval-every", "1", "--batch", "2",
+                                "--out", dir / "json", "--json"});
+  INFO("--json stdout: ", json.out);
+  CHECK(json.status == 0);
+  std::istringstream lines(json.out);
+  int evaluations = 0;
+  for (std::string line; std::getline(lines, line); ++evaluations) {
+    CHECK(line.starts_with("{\"step\": "));
+    CHECK(line.find("\"val_loss\": ") != std::string::npos);
+    CHECK(line.ends_with("}"));
+  }
+  CHECK(evaluations == 2);
   // A second fresh run into the same directory is refused; --resume with another --out too.
   check_fails({"train", "gpt", "--text", text, "--steps", "2", "--out", run}, 1, "already");
   check_fails({"train", "gpt", "--text", text, "--steps", "2", "--resume", run, "--out", dir / "elsewhere"}, 1,
@@ -180,6 +161,18 @@ TEST_CASE("cli: train, eval and sample a tiny checkpoint") {
   CHECK(eval.out.find("\"attn\": \"elliptical\"") != std::string::npos);
   CHECK(eval.out.find("\"m_mode\": \"causal\"") != std::string::npos);
   CHECK(eval.out.find("\"val_loss\"") != std::string::npos);
+
+  // Token ids from another tool: logits [2, 5, vocab] to a .npy file, the next-token loss to the JSON line.
+  const std::string ids = dir / "ids.npy", logits = dir / "logits.npy";
+  ellipse::io::save_npy(ids, ellipse::from_vector<std::int64_t>({1, 2, 3, 4, 5, 6, 7, 0, 1, 2}, {2, 5}));
+  const Run eval_ids = run_ellipse({"eval", "gpt", "--model", run, "--ids", ids, "--logits", logits});
+  INFO("eval --ids stderr: ", eval_ids.err);
+  CHECK(eval_ids.status == 0);
+  CHECK(eval_ids.out.find("\"ids_loss\"") != std::string::npos);
+  CHECK(eval_ids.out.find("\"val_loss\"") == std::string::npos);
+  CHECK(ellipse::io::load_npy(logits).shape() == ellipse::Shape{2, 5, 8});
+  ellipse::io::save_npy(ids, ellipse::from_vector<double>({1, 2}, {1, 2}));
+  check_fails({"eval", "gpt", "--model", run, "--ids", ids}, 1, "integer token ids");
 
   const std::string vocab = "\n abcdef";
   // Prompt + N characters + newline; 140 + the prompt runs past the context of 128.

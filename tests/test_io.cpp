@@ -4,8 +4,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -326,6 +328,27 @@ TEST_CASE("safetensors reading: I32, offset order, padding, null metadata") {
   CHECK(parsed.metadata.empty());
 }
 
+TEST_CASE("safetensors reading: F16 and BF16 widen to f32 exactly") {
+  const std::string header = R"({"h":{"dtype":"F16","shape":[7],"data_offsets":[0,14]},)"
+                             R"("b":{"dtype":"BF16","shape":[2,2],"data_offsets":[14,22]}})";
+  // F16: 1, -2, 65504 (the largest), 2^-24 (the smallest subnormal), 2^-14 (the smallest normal), -0, inf.
+  // BF16: 1, -3.5, 2^-133 (a subnormal), 3.3895e38 (the largest).
+  const std::string data = raw<std::uint16_t>({0x3c00, 0xc000, 0x7bff, 0x0001, 0x0400, 0x8000, 0x7c00}) +
+                           raw<std::uint16_t>({0x3f80, 0xc060, 0x0001, 0x7f7f});
+  const io::SafetensorsFile parsed = io::from_safetensors(safetensors_bytes(header, data), "half");
+  REQUIRE(parsed.tensors.size() == 2);
+  const float inf = std::numeric_limits<float>::infinity();
+  check_same(parsed.tensors[0].second,
+             from_vector<float>({1.0f, -2.0f, 65504.0f, 0x1p-24f, 0x1p-14f, -0.0f, inf}, {7}));
+  CHECK(std::signbit(parsed.tensors[0].second.to_vector<float>()[5]));
+  check_same(parsed.tensors[1].second, from_vector<float>({1.0f, -3.5f, 0x1p-133f, 0x1.fep127f}, {2, 2}));
+  // A NaN stays a NaN.
+  const io::SafetensorsFile nan = io::from_safetensors(
+      safetensors_bytes(R"({"n":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}})", raw<std::uint16_t>({0x7e00})),
+      "nan");
+  CHECK(std::isnan(nan.tensors[0].second.item()));
+}
+
 TEST_CASE("safetensors rejects corrupt headers") {
   const std::string f32x2 = raw<float>({1, 2});
   auto entry = [](std::string_view name, std::string_view body) { return cat({"\"", name, "\":", body}); };
@@ -364,8 +387,8 @@ TEST_CASE("safetensors rejects corrupt headers") {
       {"missing offsets", safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2]}})", f32x2)},
       {"dtype number", safetensors_bytes(R"({"a":{"dtype":5,"shape":[2],"data_offsets":[0,8]}})", f32x2)},
       {"dtype lower case", safetensors_bytes(R"({"a":{"dtype":"f32","shape":[2],"data_offsets":[0,8]}})", f32x2)},
-      {"dtype BF16", safetensors_bytes(R"({"a":{"dtype":"BF16","shape":[4],"data_offsets":[0,8]}})", f32x2)},
-      {"dtype F16", safetensors_bytes(R"({"a":{"dtype":"F16","shape":[4],"data_offsets":[0,8]}})", f32x2)},
+      {"BF16 with F32 size", safetensors_bytes(R"({"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,8]}})", f32x2)},
+      {"F16 with F32 size", safetensors_bytes(R"({"a":{"dtype":"F16","shape":[2],"data_offsets":[0,8]}})", f32x2)},
       {"dtype U8", safetensors_bytes(R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}})", f32x2)},
       {"dtype BOOL", safetensors_bytes(R"({"a":{"dtype":"BOOL","shape":[8],"data_offsets":[0,8]}})", f32x2)},
       {"shape string", safetensors_bytes(R"({"a":{"dtype":"F32","shape":"2","data_offsets":[0,8]}})", f32x2)},
@@ -443,12 +466,12 @@ TEST_CASE("safetensors rejects corrupt headers") {
 
   // Errors name the file and the problem.
   try {
-    io::from_safetensors(safetensors_bytes(R"({"a":{"dtype":"BF16","shape":[4],"data_offsets":[0,8]}})", f32x2),
+    io::from_safetensors(safetensors_bytes(R"({"a":{"dtype":"U16","shape":[4],"data_offsets":[0,8]}})", f32x2),
                          "weights.safetensors");
     FAIL("expected an error");
   } catch (const Error& e) {
     CHECK(std::string(e.what()).find("weights.safetensors") != std::string::npos);
-    CHECK(std::string(e.what()).find("BF16") != std::string::npos);
+    CHECK(std::string(e.what()).find("U16") != std::string::npos);
   }
 }
 

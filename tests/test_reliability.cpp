@@ -28,7 +28,7 @@
 #include "models/checkpoint.hpp"
 #include "models/gpt.hpp"
 #include "models/gpt_train.hpp"
-#include "models/training.hpp"
+#include "models/train_run.hpp"
 
 #ifndef ELLIPSE_CLI
 #error "ELLIPSE_CLI must name the ellipse binary (see tests/CMakeLists.txt)"

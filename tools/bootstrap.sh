@@ -13,9 +13,9 @@ packages=(
   libcli11-dev           # the command-line program's argument parsing
   nlohmann-json3-dev     # JSON: safetensors headers, the GPT's config.json and metrics
   libfmt-dev             # error messages and printing
-  libstb-dev             # PNG writing (not used yet)
-  zlib1g-dev             # gzip-compressed data files (not used yet)
-  dataset-fashion-mnist  # a small real data set under /usr/share (not used yet)
+  libstb-dev             # PNG writing (cli/figures.cpp)
+  zlib1g-dev             # gzip: Fashion-MNIST's .gz files; decoding PNGs in tests/test_figures
+  dataset-fashion-mnist  # the ViT's data set, under /usr/share/datasets/fashion-mnist
   clang                  # the fuzz build (ELLIPSE_FUZZ=ON) ...
   libclang-rt-14-dev     # ... its libFuzzer and sanitizer runtimes ...
   libomp-14-dev          # ... and clang's OpenMP runtime

@@ -13,10 +13,9 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from torch_models import GPT, load_safetensors  # noqa: E402
+from torch_models import gpt_val_loss, load_gpt_checkpoint  # noqa: E402
 
 
 def main():
@@ -27,37 +26,17 @@ def main():
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args()
 
-    with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    vocab = config["vocab"]
-    model = GPT(len(vocab), config["n_layer"], config["d_model"], config["n_head"], config["seq_len"],
-                attn=config["attn"], m_mode=config["m_mode"]).double()
-    state = load_safetensors(os.path.join(args.model, "model.safetensors"))
-    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
-    got = {name: tuple(t.shape) for name, t in state.items()}
-    if expected != got:
-        print(f"names or shapes differ:\n  expected {expected}\n  got {got}", file=sys.stderr)
+    try:
+        model, config = load_gpt_checkpoint(args.model)
+    except ValueError as e:
+        print(e, file=sys.stderr)
         return 1
-    model.load_state_dict({k: v.double() for k, v in state.items()}, strict=True)
-    model.eval()
-
+    vocab = config["vocab"]
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
     index = {c: i for i, c in enumerate(vocab)}
     ids = torch.tensor([index[c] for c in text], dtype=torch.long)
-    val = ids[len(ids) * 9 // 10:]
-    t = config["seq_len"]
-    windows = (len(val) - 1) // t
-    total = 0.0
-    with torch.no_grad():
-        for first in range(0, windows, 32):
-            count = min(32, windows - first)
-            starts = [(first + w) * t for w in range(count)]
-            x = torch.stack([val[s:s + t] for s in starts])
-            y = torch.stack([val[s + 1:s + t + 1] for s in starts])
-            logits = model(x)
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item() * count
-    torch_loss = total / windows
+    torch_loss = gpt_val_loss(model, ids[len(ids) * 9 // 10:], config["seq_len"])
     relative = abs(torch_loss - args.ellipse_val_loss) / abs(args.ellipse_val_loss)
     ok = relative <= args.tolerance
     print(json.dumps({"model": args.model, "attn": config["attn"], "m_mode": config["m_mode"],

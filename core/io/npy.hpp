@@ -5,7 +5,7 @@
 #include <string>
 #include <string_view>
 
-#include "core/tensor.hpp"
+#include "../tensor.hpp"
 
 namespace ellipse::io {
 

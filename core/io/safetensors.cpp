@@ -126,12 +126,13 @@ Entry parse_entry(const std::string& tensor, const Json& info, std::uint64_t buf
     DType target;
     std::size_t source_itemsize;
   };
-  static constexpr Known kKnown[] = {
-      {"F32", DType::f32, 4}, {"F64", DType::f64, 8}, {"I64", DType::i64, 8}, {"I32", DType::i64, 4}};
+  static constexpr Known kKnown[] = {{"F32", DType::f32, 4}, {"F64", DType::f64, 8}, {"I64", DType::i64, 8},
+                                     {"I32", DType::i64, 4}, {"F16", DType::f32, 2},  {"BF16", DType::f32, 2}};
   const auto known = std::find_if(std::begin(kKnown), std::end(kKnown),
                                   [&](const Known& k) { return k.tag == entry.dtype; });
   ELLIPSE_CHECK(known != std::end(kKnown),
-                "safetensors '{}': tensor \"{}\" has dtype {}, which is not supported (F32, F64, I64, I32 are)",
+                "safetensors '{}': tensor \"{}\" has dtype {}, which is not supported "
+                "(F32, F64, I64, I32, F16, BF16 are)",
                 name, tensor, dtype->dump());
   entry.target = known->target;
   entry.source_itemsize = known->source_itemsize;
@@ -174,6 +175,19 @@ Entry parse_entry(const std::string& tensor, const Json& info, std::uint64_t buf
   return entry;
 }
 
+// IEEE binary16 to binary32, exactly (every half is a float): subnormals, infinities and NaNs included.
+float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
+    const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+    return sign != 0 ? -magnitude : magnitude;
+  }
+  const std::uint32_t bits = exponent == 0x1f ? sign | 0x7f800000u | (mantissa << 13)
+                                              : sign | ((exponent + 112) << 23) | (mantissa << 13);
+  return std::bit_cast<float>(bits);
+}
+
 Tensor make_tensor(const Entry& entry, std::string_view buffer) {
   Tensor t = empty(entry.shape, entry.target);
   const char* source = buffer.data() + entry.begin;
@@ -184,6 +198,15 @@ Tensor make_tensor(const Entry& entry, std::string_view buffer) {
       std::int32_t value = 0;
       std::memcpy(&value, source + i * 4, 4);
       out[i] = value;
+    }
+  } else if (entry.dtype == "F16" || entry.dtype == "BF16") {
+    // Half-precision checkpoints (PyTorch's .half() and .bfloat16()) widen to f32, the working type.
+    const bool brain = entry.dtype == "BF16";
+    auto* out = static_cast<float*>(t.raw_data());
+    for (std::size_t i = 0; i < count; ++i) {
+      std::uint16_t value = 0;
+      std::memcpy(&value, source + i * 2, 2);
+      out[i] = brain ? std::bit_cast<float>(static_cast<std::uint32_t>(value) << 16) : half_to_float(value);
     }
   } else if (count > 0) {
     std::memcpy(t.raw_data(), source, count * entry.source_itemsize);

@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/tensor.hpp"
+#include "../tensor.hpp"
 
 namespace ellipse::io {
 
@@ -26,8 +26,8 @@ std::string to_safetensors(const std::vector<std::pair<std::string, Tensor>>& te
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
-// Parses a whole file's bytes into CPU tensors. Reads F32, F64, I64 and I32 (widened to i64); other dtypes
-// are an error, and so are more than 64 dimensions. `name_for_errors` is used in every error message
+// Parses a whole file's bytes into CPU tensors. Reads F32, F64, I64, I32 (widened to i64), and F16 and BF16
+// (widened to f32); other dtypes are an error, and so are more than 64 dimensions. `name_for_errors` is used in every error message
 // (normally the path).
 SafetensorsFile from_safetensors(std::string_view bytes, const std::string& name_for_errors);
 SafetensorsFile load_safetensors(const std::string& path);

@@ -1,0 +1,426 @@
+// cli/figures: colour maps, the pixels of rendered heatmaps, the PNG bytes (decoded here with zlib), the SVG
+// line chart's text and structure, and the errors for invalid input.
+#include <doctest/doctest.h>
+#include <zlib.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "cli/figures.hpp"
+#include "core/io/file.hpp"
+#include "helpers.hpp"
+
+using namespace ellipse;
+using namespace ellipse::figures;
+using ellipse::testing::TempDir;
+
+namespace ellipse::figures {
+// Lets doctest print colours in failed checks (found by argument-dependent lookup).
+std::ostream& operator<<(std::ostream& out, const Rgb& c) {
+  return out << "rgb(" << int{c.r} << ", " << int{c.g} << ", " << int{c.b} << ")";
+}
+}  // namespace ellipse::figures
+
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+std::uint32_t be32(const std::string& bytes, std::size_t at) {
+  std::uint32_t v = 0;
+  for (std::size_t i = 0; i < 4; ++i) v = v << 8 | static_cast<unsigned char>(bytes.at(at + i));
+  return v;
+}
+
+// A minimal PNG reader for what encode_png writes (8-bit RGB, not interlaced): checks the signature, the
+// chunk sequence and CRCs, inflates the IDAT data and undoes the per-row filters.
+Image decode_png(const std::string& png) {
+  REQUIRE(png.size() > 8);
+  REQUIRE(png.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0);
+  Image image;
+  std::string compressed;
+  std::vector<std::string> chunk_types;
+  for (std::size_t at = 8; at < png.size();) {
+    const std::uint32_t length = be32(png, at);
+    const std::string type = png.substr(at + 4, 4);
+    const std::string data = png.substr(at + 8, length);
+    const auto crc = crc32(crc32(0, reinterpret_cast<const Bytef*>(type.data()), 4),
+                           reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size()));
+    CHECK(crc == be32(png, at + 8 + length));
+    chunk_types.push_back(type);
+    if (type == "IHDR") {
+      image.width = static_cast<int>(be32(data, 0));
+      image.height = static_cast<int>(be32(data, 4));
+      CHECK(static_cast<int>(data[8]) == 8);   // bit depth
+      CHECK(static_cast<int>(data[9]) == 2);   // colour type RGB
+      CHECK(static_cast<int>(data[12]) == 0);  // not interlaced
+    }
+    if (type == "IDAT") compressed += data;
+    at += 12 + length;
+  }
+  REQUIRE(!chunk_types.empty());
+  CHECK(chunk_types.front() == "IHDR");
+  CHECK(chunk_types.back() == "IEND");
+
+  const std::size_t stride = static_cast<std::size_t>(image.width) * 3;
+  std::vector<unsigned char> raw((stride + 1) * static_cast<std::size_t>(image.height));
+  uLongf raw_size = raw.size();
+  REQUIRE(uncompress(raw.data(), &raw_size, reinterpret_cast<const Bytef*>(compressed.data()), compressed.size()) ==
+          Z_OK);
+  REQUIRE(raw_size == raw.size());
+  image.rgb.resize(stride * static_cast<std::size_t>(image.height));
+  for (std::size_t y = 0; y < static_cast<std::size_t>(image.height); ++y) {
+    const unsigned filter = raw[y * (stride + 1)];
+    const unsigned char* in = &raw[y * (stride + 1) + 1];
+    std::uint8_t* out = &image.rgb[y * stride];
+    const std::uint8_t* up = y > 0 ? out - stride : nullptr;
+    for (std::size_t i = 0; i < stride; ++i) {
+      const int a = i >= 3 ? out[i - 3] : 0, b = up ? up[i] : 0, c = up && i >= 3 ? up[i - 3] : 0;
+      int predicted = 0;
+      switch (filter) {
+        case 0: predicted = 0; break;
+        case 1: predicted = a; break;
+        case 2: predicted = b; break;
+        case 3: predicted = (a + b) / 2; break;
+        case 4: {
+          const int p = a + b - c, pa = std::abs(p - a), pb = std::abs(p - b), pc = std::abs(p - c);
+          predicted = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+          break;
+        }
+        default: FAIL("unknown PNG filter ", filter);
+      }
+      out[i] = static_cast<std::uint8_t>(in[i] + predicted);
+    }
+  }
+  return image;
+}
+
+// Checks that `svg` is well-formed XML as far as this writer goes: one root element, every tag closed in
+// order, quoted attributes, and every '&' the start of one of the five predefined entities.
+void check_well_formed(const std::string& svg) {
+  std::vector<std::string> open;
+  int roots = 0;
+  for (std::size_t at = 0; at < svg.size(); ++at) {
+    const char c = svg[at];
+    if (c == '&') {
+      bool known = false;
+      for (const char* entity : {"&amp;", "&lt;", "&gt;", "&quot;", "&apos;"})
+        known = known || svg.compare(at, std::string(entity).size(), entity) == 0;
+      CHECK_MESSAGE(known, "stray '&' at ", at);
+      continue;
+    }
+    if (c == '>') FAIL("stray '>' at ", at);
+    if (c != '<') continue;
+    if (svg.compare(at, 2, "<?") == 0) {
+      at = svg.find("?>", at);
+      REQUIRE(at != std::string::npos);
+      ++at;
+      continue;
+    }
+    const std::size_t end = svg.find('>', at);
+    REQUIRE(end != std::string::npos);
+    const std::string tag = svg.substr(at + 1, end - at - 1);
+    REQUIRE(!tag.empty());
+    CHECK(std::count(tag.begin(), tag.end(), '"') % 2 == 0);
+    CHECK(tag.find('<') == std::string::npos);
+    const std::string name = tag.substr(tag[0] == '/' ? 1 : 0, tag.find_first_of(" /", 1) - (tag[0] == '/' ? 1 : 0));
+    if (tag[0] == '/') {
+      REQUIRE_MESSAGE(!open.empty(), "closing </", name, "> without an open tag");
+      CHECK(open.back() == name);
+      open.pop_back();
+    } else {
+      if (open.empty()) ++roots;
+      if (tag.back() != '/') open.push_back(name);
+    }
+    at = end;
+  }
+  CHECK(open.empty());
+  CHECK(roots == 1);
+}
+
+std::size_t count(const std::string& text, const std::string& part) {
+  std::size_t n = 0;
+  for (std::size_t at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++n;
+  return n;
+}
+
+double luma(Rgb c) { return 0.2126 * c.r + 0.7152 * c.g + 0.0722 * c.b; }
+
+}  // namespace
+
+TEST_CASE("colour maps: ends, clamping, non-finite values, rising lightness") {
+  CHECK(colormap(0) == Rgb{66, 5, 86});
+  CHECK(colormap(1) == Rgb{246, 230, 40});
+  CHECK(colormap(-3) == colormap(0));
+  CHECK(colormap(7) == colormap(1));
+  CHECK(colormap(kNaN) == kNonFiniteColour);
+  CHECK(colormap(std::numeric_limits<float>::infinity()) == kNonFiniteColour);
+  CHECK(colour_of(Colormap::viridis, 0.3f) == colormap(0.3f));
+  CHECK(colour_of(Colormap::grey, 0) == Rgb{0, 0, 0});
+  CHECK(colour_of(Colormap::grey, 1) == Rgb{255, 255, 255});
+  CHECK(colour_of(Colormap::grey, 0.5f) == Rgb{128, 128, 128});
+  CHECK(colour_of(Colormap::grey, kNaN) == kNonFiniteColour);
+  // Lightness rises along the map, so larger values always look lighter.
+  for (int i = 1; i <= 256; ++i) CHECK(luma(colormap(i / 256.0f)) > luma(colormap((i - 1) / 256.0f)) - 1.0);
+  CHECK(luma(colormap(1)) - luma(colormap(0)) > 150);
+}
+
+TEST_CASE("render_heatmap: cell squares, auto and fixed ranges, separators, non-finite cells") {
+  const Grid grid{2, 3, {0, 1, 2, 3, 4, 5}};
+  const Image image = render_heatmap(grid, {.cell_px = 3});
+  CHECK(image.width == 9);
+  CHECK(image.height == 6);
+  CHECK(image.rgb.size() == 9 * 6 * 3);
+  CHECK(image.at(0, 0) == colormap(0));    // min -> first colour
+  CHECK(image.at(8, 5) == colormap(1));    // max -> last colour
+  CHECK(image.at(6, 3) == colormap(1));    // every pixel of the cell
+  CHECK(image.at(6, 2) == colormap(0.4f));  // row 0, column 2: value 2 of 0..5
+  CHECK(image.at(3, 0) == colormap(0.2f));
+
+  const Image fixed = render_heatmap(grid, {.cell_px = 1, .range = Range{0, 10}});
+  CHECK(fixed.at(2, 1) == colormap(0.5f));
+  CHECK(render_heatmap(grid, {.cell_px = 1, .range = Range{1, 4}}).at(2, 1) == colormap(1));  // clamped
+
+  const Image separated = render_heatmap(grid, {.cell_px = 2, .separators = true});
+  CHECK(separated.width == 3 * 2 + 2);
+  CHECK(separated.height == 2 * 2 + 1);
+  CHECK(separated.at(2, 0) == kBackground);
+  CHECK(separated.at(0, 2) == kBackground);
+  CHECK(separated.at(3, 3) == colormap(0.8f));
+
+  const Image grey = render_heatmap(grid, {.map = Colormap::grey, .cell_px = 1});
+  CHECK(grey.at(0, 0) == Rgb{0, 0, 0});
+  CHECK(grey.at(2, 1) == Rgb{255, 255, 255});
+
+  // Non-finite cells are magenta and do not stretch the automatic range.
+  const Image holes = render_heatmap({1, 4, {kNaN, 1, std::numeric_limits<float>::infinity(), 3}}, {.cell_px = 1});
+  CHECK(holes.at(0, 0) == kNonFiniteColour);
+  CHECK(holes.at(2, 0) == kNonFiniteColour);
+  CHECK(holes.at(1, 0) == colormap(0));
+  CHECK(holes.at(3, 0) == colormap(1));
+  // A constant map has no range to spread over: the middle colour.
+  CHECK(render_heatmap({1, 2, {0.25f, 0.25f}}, {.cell_px = 1}).at(1, 0) == colormap(0.5f));
+}
+
+TEST_CASE("render_panel_grid: gaps, per-panel and shared ranges") {
+  const Grid low{2, 2, {0, 1, 2, 3}}, high{2, 2, {10, 11, 12, 13}};
+  const std::vector<std::vector<Grid>> panels{{low, low, low, low}, {high, high, high, high}};
+  const Image own = render_panel_grid(panels, {.cell_px = 2}, 3);
+  CHECK(own.width == 4 * 4 + 3 * 3);
+  CHECK(own.height == 2 * 4 + 3);
+  CHECK(own.at(4, 0) == kBackground);  // the gap after the first panel
+  CHECK(own.at(0, 5) == kBackground);  // the gap below it
+  CHECK(own.at(0, 7) == colormap(0));  // each panel its own range
+  CHECK(own.at(24, 10) == colormap(1));
+
+  const Image shared = render_panel_grid(panels, {.cell_px = 2, .shared_range = true}, 3);
+  CHECK(shared.at(0, 0) == colormap(0));
+  CHECK(shared.at(3, 3) == colormap(3.0f / 13));
+  CHECK(shared.at(0, 7) == colormap(10.0f / 13));
+  CHECK(shared.at(24, 10) == colormap(1));
+  const Image fixed = render_panel_grid(panels, {.cell_px = 2, .range = Range{0, 26}, .shared_range = false}, 0);
+  CHECK(fixed.width == 16);
+  CHECK(fixed.at(15, 7) == colormap(0.5f));
+}
+
+TEST_CASE("render_side_by_side: grey image, overlays scaled up to its size") {
+  const Grid image{4, 4, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}};
+  const Grid overlay{2, 2, {0, 1, 2, 3}};
+  const Image out = render_side_by_side(image, {overlay, overlay}, {.pixel_px = 2, .gap_px = 1});
+  CHECK(out.width == 3 * 8 + 2);
+  CHECK(out.height == 8);
+  CHECK(out.at(0, 0) == Rgb{0, 0, 0});
+  CHECK(out.at(7, 7) == Rgb{255, 255, 255});
+  CHECK(out.at(8, 0) == kBackground);
+  // The overlay's cell (0, 1) covers image pixels (0..1, 2..3), screen pixels 4..7 of its panel.
+  CHECK(out.at(9 + 3, 0) == colormap(0));
+  CHECK(out.at(9 + 4, 0) == colormap(1.0f / 3));
+  CHECK(out.at(9 + 7, 3) == colormap(1.0f / 3));
+  CHECK(out.at(9 + 7, 4) == colormap(1));
+  CHECK(out.at(18 + 7, 7) == colormap(1));
+
+  const Image fixed = render_side_by_side(image, {overlay}, {.pixel_px = 1, .gap_px = 0, .image_range = Range{0, 30},
+                                                             .overlay_map = Colormap::grey, .overlay_range = Range{0, 6}});
+  CHECK(fixed.at(3, 3) == Rgb{128, 128, 128});
+  CHECK(fixed.at(4 + 3, 3) == Rgb{128, 128, 128});
+  CHECK(render_side_by_side(image, {}, {.pixel_px = 1}).width == 4);
+}
+
+TEST_CASE("PNG files: signature, IHDR size, and the pixels back") {
+  TempDir dir;
+  const Grid grid{3, 5, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, kNaN}};
+  const Image expected = render_heatmap(grid, {.cell_px = 4, .separators = true});
+  write_heatmap_png(dir / "heatmap.png", grid, {.cell_px = 4, .separators = true});
+  const std::string bytes = io::read_file(dir / "heatmap.png", 1 << 20);
+  CHECK(bytes.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0);
+  CHECK(bytes.substr(12, 4) == "IHDR");
+  CHECK(be32(bytes, 16) == 5 * 4 + 4);
+  CHECK(be32(bytes, 20) == 3 * 4 + 2);
+  const Image decoded = decode_png(bytes);
+  CHECK(decoded.width == expected.width);
+  CHECK(decoded.height == expected.height);
+  CHECK(decoded.rgb == expected.rgb);
+  CHECK(encode_png(expected) == bytes);
+
+  const std::vector<std::vector<Grid>> panels(2, std::vector<Grid>(4, grid));
+  write_panel_grid_png(dir / "panels.png", panels, {.cell_px = 2}, 5);
+  CHECK(decode_png(io::read_file(dir / "panels.png", 1 << 20)).rgb == render_panel_grid(panels, {.cell_px = 2}, 5).rgb);
+
+  const Grid image{4, 4, std::vector<float>(16, 0.5f)};
+  write_side_by_side_png(dir / "side.png", image, {Grid{2, 2, {0, 1, 2, 3}}});
+  const Image side = decode_png(io::read_file(dir / "side.png", 1 << 20));
+  CHECK(side.width == 4 * 4 * 2 + 4);
+  CHECK(side.height == 16);
+
+  write_png(dir / "image.png", expected);
+  CHECK(io::read_file(dir / "image.png", 1 << 20) == bytes);
+}
+
+TEST_CASE("Tensor inputs: any strides and dtypes, thin wrappers over the Grid versions") {
+  TempDir dir;
+  const Tensor t = arange(0, 6).reshape({2, 3});
+  const Grid transposed = to_grid(t.transpose(0, 1));
+  CHECK(transposed.rows == 3);
+  CHECK(transposed.cols == 2);
+  CHECK(transposed.values == std::vector<float>{0, 3, 1, 4, 2, 5});
+  CHECK(to_grid(t.to(DType::f64)).values == std::vector<float>{0, 1, 2, 3, 4, 5});
+  CHECK(to_grid(t.to(DType::i64)).values == std::vector<float>{0, 1, 2, 3, 4, 5});
+  CHECK_ERROR(to_grid(arange(0, 6)), "to_grid", "2-D", "[6]");
+  CHECK_ERROR(to_grid(Tensor()), "to_grid", "undefined");
+
+  write_heatmap_png(dir / "t.png", t.transpose(0, 1), {.cell_px = 2});
+  CHECK(decode_png(io::read_file(dir / "t.png", 1 << 20)).rgb == render_heatmap(transposed, {.cell_px = 2}).rgb);
+
+  // [rows, cols, h, w] -> panels[r][c], e.g. layer x head attention maps.
+  const Tensor maps = arange(0, 2 * 3 * 2 * 2).reshape({2, 3, 2, 2});
+  write_panel_grid_png(dir / "maps.png", maps, {.cell_px = 1, .shared_range = true}, 1);
+  const Image panels = decode_png(io::read_file(dir / "maps.png", 1 << 20));
+  CHECK(panels.width == 3 * 2 + 2);
+  CHECK(panels.height == 2 * 2 + 1);
+  CHECK(panels.at(0, 0) == colormap(0));
+  CHECK(panels.at(3, 0) == colormap(4.0f / 23));  // panel [0][1] starts with value 4
+  CHECK(panels.at(7, 4) == colormap(1));
+  CHECK_ERROR(write_panel_grid_png(dir / "bad.png", arange(0, 4).reshape({2, 2})), "write_panel_grid_png",
+              "bad.png", "4-D");
+
+  write_side_by_side_png(dir / "side.png", arange(0, 16).reshape({4, 4}), {arange(0, 4).reshape({2, 2})},
+                         {.pixel_px = 1, .gap_px = 0});
+  const Image side = decode_png(io::read_file(dir / "side.png", 1 << 20));
+  CHECK(side.width == 8);
+  CHECK(side.at(7, 3) == colormap(1));
+  CHECK_ERROR(write_side_by_side_png(dir / "side.png", arange(0, 16).reshape({4, 4}), {arange(0, 4)}),
+              "write_side_by_side_png", "side.png", "2-D");
+}
+
+TEST_CASE("nice_ticks") {
+  CHECK(nice_ticks(0, 1, 5) == std::vector<double>{0, 0.2, 0.4, 0.6000000000000001, 0.8, 1});
+  CHECK(nice_ticks(0.03, 0.97, 5).size() == 6);
+  CHECK(nice_ticks(0, 0.3, 3).size() == 4);  // 0.3 / 0.1 rounds below 3: no extra tick
+  CHECK(nice_ticks(-7, 42, 5) == std::vector<double>{-10, 0, 10, 20, 30, 40, 50});
+  CHECK(nice_ticks(0, 12, 5) == std::vector<double>{0, 2.5, 5, 7.5, 10, 12.5});
+  CHECK(nice_ticks(100, 101, 4) == std::vector<double>{100, 100.25, 100.5, 100.75, 101});
+  CHECK_ERROR(nice_ticks(1, 1, 5), "nice_ticks", "lo < hi");
+  CHECK_ERROR(nice_ticks(0, 1, 0), "nice_ticks", "target");
+}
+
+TEST_CASE("line chart SVG: standalone, well-formed, labelled, escaped") {
+  LineChart chart;
+  chart.title = "Accuracy vs noise <sigma> & \"eps\"";
+  chart.x_label = "noise sigma";
+  chart.y_label = "accuracy";
+  chart.series = {{"standard", {0, 0.1, 0.2, 0.3}, {0.91, 0.85, 0.7, 0.52}, {0.01, 0.02, 0.02, 0.03}},
+                  {"elliptical's", {0, 0.1, 0.2, 0.3}, {0.92, 0.88, 0.76, std::nan("")}, {}}};
+  const std::string svg = render_line_chart_svg(chart);
+  check_well_formed(svg);
+  CHECK(svg.find("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"400\" viewBox=\"0 0 640 400\"") !=
+        std::string::npos);
+  CHECK(svg.find("Accuracy vs noise &lt;sigma&gt; &amp; &quot;eps&quot;") != std::string::npos);
+  CHECK(svg.find(">standard</text>") != std::string::npos);
+  CHECK(svg.find(">elliptical&apos;s</text>") != std::string::npos);
+  CHECK(svg.find(">noise sigma</text>") != std::string::npos);
+  CHECK(svg.find(">accuracy</text>") != std::string::npos);
+  CHECK(svg.find(">0.0</text>") != std::string::npos);  // x ticks: 0, 0.05, ... or 0, 0.1, ...
+  CHECK(svg.find(">0.3") != std::string::npos);
+  CHECK(count(svg, "<circle") == 4 + 0 + 1);  // series 0's markers and its legend entry
+  CHECK(count(svg, "<rect x=") >= 2 + 3 + 1);  // series 1's squares (3 finite points), legend sample
+  CHECK(count(svg, "stroke-width=\"1.2\"") == 1);  // one group of error bars
+  // The NaN ends series 1's line after three points; series 0's line has four.
+  std::vector<std::string> lines;  // the series' lines, one <path> element each
+  for (std::size_t at = svg.find("stroke-linejoin"); at != std::string::npos; at = svg.find("stroke-linejoin", at + 1))
+    lines.push_back(svg.substr(svg.rfind('<', at), at - svg.rfind('<', at)));
+  REQUIRE(lines.size() == 2);
+  CHECK(count(lines[0], "M") == 1);
+  CHECK(count(lines[0], "L") == 3);
+  CHECK(count(lines[1], "M") == 1);
+  CHECK(count(lines[1], "L") == 2);
+
+  TempDir dir;
+  write_line_chart_svg(dir / "chart.svg", chart);
+  CHECK(io::read_file(dir / "chart.svg", 1 << 20) == svg);
+
+  LineChart categorical{.title = "collapse vs layer", .x_label = "layer", .y_label = "mean cosine",
+                        .categories = {"L0", "L1", "L2", "L3"},
+                        .series = {{"", {}, {0.1, 0.3, 0.6, 0.9}, {}}}, .y_range = Range{0, 1}};
+  const std::string cat = render_line_chart_svg(categorical);
+  check_well_formed(cat);
+  for (const char* label : {">L0</text>", ">L3</text>", ">0.0</text>", ">1.0</text>"})
+    CHECK_MESSAGE(cat.find(label) != std::string::npos, label);
+  CHECK(cat.find("stroke=\"#bbb\"") == std::string::npos);  // no legend for unnamed series
+}
+
+TEST_CASE("figures: invalid input throws ellipse::Error naming the function, the file and the problem") {
+  TempDir dir;
+  const std::string path = dir / "out.png";
+  const Grid good{2, 2, {0, 1, 2, 3}};
+  CHECK_ERROR(write_heatmap_png(path, Grid{0, 3, {}}), "write_heatmap_png", "out.png", "empty", "0 x 3");
+  CHECK_ERROR(write_heatmap_png(path, Grid{2, 3, {1, 2}}), "write_heatmap_png", "out.png", "2 x 3", "2 values");
+  CHECK_ERROR(write_heatmap_png(path, good, {.cell_px = 0}), "write_heatmap_png", "cell_px", "got 0");
+  CHECK_ERROR(write_heatmap_png(path, good, {.range = Range{1, 1}}), "write_heatmap_png", "lo < hi");
+  CHECK_ERROR(write_heatmap_png(path, good, {.range = Range{0, std::nan("")}}), "write_heatmap_png", "finite");
+  CHECK_ERROR(write_heatmap_png(path, Grid{1, 100000, std::vector<float>(100000)}), "write_heatmap_png", "limit");
+  CHECK_ERROR(write_heatmap_png("", good), "write_heatmap_png", "path is empty");
+  CHECK_ERROR(write_heatmap_png(dir / "missing/out.png", good), "write_heatmap_png", "missing/out.png");
+  CHECK_ERROR(render_heatmap(Grid{2, -1, {}}, {}), "render_heatmap", "empty");
+
+  CHECK_ERROR(write_panel_grid_png(path, std::vector<std::vector<Grid>>{}), "write_panel_grid_png", "out.png", "no panels");
+  CHECK_ERROR(write_panel_grid_png(path, {{good, good}, {good}}), "write_panel_grid_png", "row 1 holds 1");
+  CHECK_ERROR(write_panel_grid_png(path, {{good, Grid{1, 2, {0, 1}}}}), "write_panel_grid_png", "panel [0][1]",
+              "1 x 2");
+  CHECK_ERROR(write_panel_grid_png(path, {{good, Grid{2, 2, {0}}}}), "write_panel_grid_png", "panel [0][1]",
+              "1 values");
+  CHECK_ERROR(write_panel_grid_png(path, {{good}}, {}, -1), "write_panel_grid_png", "gap_px", "-1");
+
+  CHECK_ERROR(write_side_by_side_png(path, Grid{28, 28, std::vector<float>(784)}, {Grid{5, 5, std::vector<float>(25)}}),
+              "write_side_by_side_png", "out.png", "overlay 0 is 5 x 5", "28 x 28");
+  CHECK_ERROR(write_side_by_side_png(path, good, {good}, {.pixel_px = -2}), "write_side_by_side_png", "pixel_px");
+  CHECK_ERROR(write_side_by_side_png(path, Grid{}, {}), "write_side_by_side_png", "the image is empty");
+  CHECK_ERROR(write_side_by_side_png(path, good, {good}, {.overlay_range = Range{2, 1}}), "overlay_range");
+
+  CHECK_ERROR(encode_png(Image{2, 2, {}}), "encode_png", "2 x 2", "0 bytes");
+  CHECK_ERROR(Image{}.at(0, 0), "Image::at", "outside");
+
+  const std::string svg = dir / "chart.svg";
+  const Series line{"a", {0, 1}, {1, 2}, {}};
+  CHECK_ERROR(write_line_chart_svg(svg, LineChart{}), "write_line_chart_svg", "chart.svg", "no series");
+  CHECK_ERROR(write_line_chart_svg(svg, {.series = {{"a", {0, 1, 2}, {1, 2}, {}}}}), "write_line_chart_svg",
+              "series 0 ('a')", "3 xs and 2 ys");
+  CHECK_ERROR(write_line_chart_svg(svg, {.series = {line, {"b", {0, 1}, {1, 2}, {0.1}}}}), "series 1 ('b')",
+              "1 spreads for 2 ys");
+  CHECK_ERROR(write_line_chart_svg(svg, {.series = {{"a", {0, 1}, {1, 2}, {0.1, -0.1}}}}), "negative");
+  CHECK_ERROR(write_line_chart_svg(svg, {.series = {{"a", {0, INFINITY}, {1, 2}, {}}}}), "non-finite x");
+  CHECK_ERROR(write_line_chart_svg(svg, {.categories = {"x", "y", "z"}, .series = {{"a", {}, {1, 2}, {}}}}),
+              "2 ys for 3 categories");
+  CHECK_ERROR(write_line_chart_svg(svg, {.categories = {"x", "y"}, .series = {line}}), "categorical");
+  CHECK_ERROR(write_line_chart_svg(svg, {.series = {line}, .y_range = Range{1, 0}}), "y_range");
+  CHECK_ERROR(write_line_chart_svg(svg, {.series = {line}, .width = 100}), "100 x 400");
+  CHECK_ERROR(write_line_chart_svg(svg, {.series = {{std::string(100, 'n'), {0, 1}, {1, 2}, {}}}}), "legend needs",
+              "names shorter");
+  LineChart crowded{.series = std::vector<Series>(10, {std::string(40, 'n'), {0, 1}, {1, 2}, {}}), .height = 200};
+  CHECK_ERROR(write_line_chart_svg(svg, crowded), "640 x 200", "make it larger");
+  CHECK_ERROR(write_line_chart_svg(dir / "missing/chart.svg", {.series = {line}}), "write_line_chart_svg",
+              "missing/chart.svg");
+}
