@@ -1,6 +1,7 @@
 // Reliability (issue 8): anomaly detection, non-finite losses, impossible allocations, bit-identical and
-// thread-independent training, checkpoints that survive SIGKILL and failed runs, and the command-line
-// program's clean failure on corrupt checkpoints and configs.
+// thread-independent training, checkpoints that survive SIGKILL and failed runs (the GPT's, and the ViT's
+// through the same shared code in models/train_run), and the command-line program's clean failure on corrupt
+// checkpoints, configs and flags.
 #include <doctest/doctest.h>
 
 #include <fcntl.h>
@@ -24,11 +25,13 @@
 
 #include "core/io/file.hpp"
 #include "core/io/safetensors.hpp"
+#include "fashion_fixture.hpp"
 #include "helpers.hpp"
 #include "models/checkpoint.hpp"
 #include "models/gpt.hpp"
 #include "models/gpt_train.hpp"
 #include "models/train_run.hpp"
+#include "models/vit_train.hpp"
 
 #ifndef ELLIPSE_CLI
 #error "ELLIPSE_CLI must name the ellipse binary (see tests/CMakeLists.txt)"
@@ -105,6 +108,7 @@ std::vector<std::string> losses(const std::string& metrics_path) {
   for (std::string line; std::getline(in, line);) {
     auto json = nlohmann::json::parse(line);
     json.erase("tokens_per_s");
+    json.erase("images_per_s");
     json.erase("elapsed_s");
     lines.push_back(json.dump());
   }
@@ -120,6 +124,33 @@ GPTTrainOptions tiny_run(const std::string& text, const std::string& out) {
   o.eval_every = 3;
   o.batch = 2;
   o.seed = 7;
+  o.out_dir = out;
+  return o;
+}
+
+// Sets the first element of one parameter in the run's saved state, as a diverged update would.
+void poison_state(const std::string& run_dir, const std::string& parameter, float value) {
+  const std::string path = run_dir + "/train_state.safetensors";
+  auto file = io::load_safetensors(path);
+  bool found = false;
+  for (auto& [name, tensor] : file.tensors) {
+    if (name != "param." + parameter) continue;
+    tensor.data<float>()[0] = value;
+    found = true;
+  }
+  REQUIRE_MESSAGE(found, parameter);
+  io::save_safetensors(path, file.tensors, file.metadata);
+}
+
+ViTTrainOptions tiny_vit_run(const std::string& data, const std::string& out) {
+  ViTTrainOptions o;
+  o.data_dir = data;
+  o.config = "vit-xs";
+  o.epochs = 2;
+  o.batch = 16;
+  o.limit_train = 64;  // 4 steps per epoch, 8 in all
+  o.limit_test = 32;
+  o.seed = 3;
   o.out_dir = out;
   return o;
 }
@@ -182,13 +213,7 @@ TEST_CASE("a NaN loss stops training, keeps the checkpoint byte for byte, and --
   o.stop_after = 3;
   train_gpt(o, nullptr, nullptr);
   // Poison one embedding row in the saved state, as a diverged update would: the next step's loss is NaN.
-  GPT model(gpt_preset("gpt-tiny", 7));
-  auto poison = [&](const std::string& parameter, float value) {
-    auto file = io::load_safetensors(out + "/train_state.safetensors");
-    for (auto& [name, tensor] : file.tensors)
-      if (name == "param." + parameter) tensor.data<float>()[0] = value;
-    io::save_safetensors(out + "/train_state.safetensors", file.tensors, file.metadata);
-  };
+  auto poison = [&](const std::string& parameter, float value) { poison_state(out, parameter, value); };
   poison("tok_emb.weight", NAN);
   const auto before = checkpoint_bytes(out);
   o.resume = true;
@@ -213,6 +238,34 @@ TEST_CASE("a NaN loss stops training, keeps the checkpoint byte for byte, and --
   CHECK(run.status == 1);
   CHECK(run.err.find("detect-anomaly: the forward of '") != std::string::npos);
   CHECK(checkpoint_bytes(out) == poisoned);
+}
+
+TEST_CASE("train_vit: a NaN loss stops it with the checkpoint unchanged; --detect-anomaly says where it came from") {
+  TempDir dir;
+  const std::string data = dir / "data";
+  ellipse::testing::write_dataset(data, 64, 32);
+  const std::string out = dir / "run";
+  ViTTrainOptions o = tiny_vit_run(data, out);
+  o.stop_after = 4;  // the end of epoch 1: a checkpoint and a metrics line
+  train_vit(o, nullptr, nullptr);
+  poison_state(out, "cls_token", NAN);  // attention spreads it to every token
+  const auto before = checkpoint_bytes(out);
+  o.resume = true;
+  o.stop_after = 0;
+  CHECK_ERROR(train_vit(o, nullptr, nullptr), "train vit: the loss became nan at step 5", "(step 4)", out,
+              "--detect-anomaly");
+  CHECK(checkpoint_bytes(out) == before);
+  o.detect_anomaly = true;
+  CHECK_ERROR(train_vit(o, nullptr, nullptr), "the loss became nan", "no op produced");
+  CHECK(checkpoint_bytes(out) == before);
+  // The command-line program: exit status 1, the message on stderr, the files unchanged.
+  const Run run = run_ellipse({"train", "vit", "--data", data, "--config", "vit-xs", "--epochs", "2", "--batch", "16",
+                               "--limit-train", "64", "--limit-test", "32", "--seed", "3", "--resume", out,
+                               "--detect-anomaly"},
+                              dir);
+  CHECK(run.status == 1);
+  CHECK(run.err.find("no op produced") != std::string::npos);
+  CHECK(checkpoint_bytes(out) == before);
 }
 
 // ---- resources ----
@@ -360,6 +413,57 @@ TEST_CASE("a checkpoint interrupted between its files is completed by --resume, 
   CHECK(checkpoint_bytes(dir / "early") == before);
 }
 
+TEST_CASE("train_vit: a checkpoint interrupted between its files is completed by --resume, never accepted "
+          "inconsistent") {
+  TempDir dir;
+  const std::string data = dir / "data";
+  ellipse::testing::write_dataset(data, 64, 32);
+  train_vit(tiny_vit_run(data, dir / "full"), nullptr, nullptr);
+  const auto finished = checkpoint_bytes(dir / "full");
+
+  // Killed after metrics.jsonl of step 8 was written but before the state was: metrics one line ahead.
+  ViTTrainOptions o = tiny_vit_run(data, dir / "partial");
+  o.stop_after = 4;
+  train_vit(o, nullptr, nullptr);
+  const std::string step4_model = read_bytes(dir / "partial/model.safetensors");
+  write_bytes(dir / "partial/metrics.jsonl", finished.at("metrics.jsonl"));
+  o.resume = true;
+  o.stop_after = 6;
+  train_vit(o, nullptr, nullptr);
+  const std::string step6_model = read_bytes(dir / "partial/model.safetensors");
+  // Killed after the state of step 6 was committed but before model.safetensors was: the model of step 4,
+  // which a resume that trains nothing (--stop-after 6) completes; and again with no model file at all.
+  write_bytes(dir / "partial/model.safetensors", step4_model);
+  CHECK(checkpoint_step(RunFiles(dir / "partial")) == 6);
+  train_vit(o, nullptr, nullptr);
+  CHECK(read_bytes(dir / "partial/model.safetensors") == step6_model);
+  fs::remove(dir / "partial/model.safetensors");
+  train_vit(o, nullptr, nullptr);
+  CHECK(read_bytes(dir / "partial/model.safetensors") == step6_model);
+  // To the end: the same files as the uninterrupted run, bit for bit (metrics without their timings).
+  o.stop_after = 0;
+  train_vit(o, nullptr, nullptr);
+  for (const char* file : {"model.safetensors", "train_state.safetensors", "config.json"}) {
+    CAPTURE(file);
+    CHECK(read_bytes(dir / "partial/" + file) == finished.at(file));
+  }
+  CHECK(losses(dir / "partial/metrics.jsonl") == losses(dir / "full/metrics.jsonl"));
+
+  // A model file ahead of the state cannot come from a crash: refused, nothing written.
+  ViTTrainOptions early = tiny_vit_run(data, dir / "early");
+  early.stop_after = 4;
+  train_vit(early, nullptr, nullptr);
+  write_bytes(dir / "early/model.safetensors", finished.at("model.safetensors"));
+  const auto before = checkpoint_bytes(dir / "early");
+  early.resume = true;
+  early.stop_after = 0;
+  CHECK_ERROR(train_vit(early, nullptr, nullptr), "model.safetensors is at step 8", "at step 4", "inconsistent");
+  CHECK(checkpoint_bytes(dir / "early") == before);
+  // A fresh run refuses a folder holding a model file, even without a state.
+  fs::remove(dir / "early/train_state.safetensors");
+  CHECK_ERROR(train_vit(tiny_vit_run(data, dir / "early"), nullptr, nullptr), "already holds a run", "--resume");
+}
+
 // ---- the command-line program on bad files ----
 
 TEST_CASE("cli: corrupt checkpoints and configs fail with status 1, a message naming the file, nothing changed") {
@@ -468,10 +572,16 @@ TEST_CASE("cli: bad flag values are usage errors (status 2), including NaN") {
       {"train", "gpt", "--text", text, "--detect-anomaly=maybe"},
       {"sample", "--model", dir.str(), "--prompt", "a", "--temperature", "nan"},
       {"sample", "--model", dir.str(), "--prompt", "a", "--top-k", "-1"},
+      {"train", "vit", "--data", dir.str(), "--lr", "nan"},
+      {"train", "vit", "--data", dir.str(), "--weight-decay", "nan"},
+      {"train", "vit", "--data", dir.str(), "--warmup-epochs", "nan"},
+      {"train", "vit", "--data", dir.str(), "--seed", "-1"},
+      {"train", "vit", "--data", dir.str(), "--detect-anomaly=maybe"},
+      {"eval", "vit", "--model", dir.str(), "--seed", "-1"},
   };
   for (auto args : bad) {
     if (args[0] == "train") {  // were a bad value accepted, the run would be short and go to the scratch folder
-      for (const char* extra : {"--config", "gpt-tiny", "--out"}) args.push_back(extra);
+      for (const char* extra : {"--config", args[1] == "gpt" ? "gpt-tiny" : "vit-xs", "--out"}) args.push_back(extra);
       args.push_back(dir / "accepted");
     }
     const Run r = run_ellipse(args, dir);
