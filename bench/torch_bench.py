@@ -1,0 +1,67 @@
+"""Times one PyTorch training step of a benchmark model, exactly as `ellipse bench` does for ellipse:
+zero grads, forward, cross-entropy, backward, AdamW (lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on
+matrices only), on random data, and prints one JSON line in `ellipse bench`'s format.
+
+    /usr/bin/python3 bench/torch_bench.py --config gpt-s --attn elliptical --steps 10 --warmup 2
+"""
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_models as tm  # noqa: E402
+
+VOCAB = 65  # as `ellipse bench`: Tiny Shakespeare's character count
+
+
+def build(config, attn):
+    p = tm.GPT_PRESETS[config]
+    model = tm.GPT(VOCAB, p["n_layer"], p["d_model"], p["n_head"], p["seq_len"], attn=attn, m_mode="causal")
+    ids = torch.randint(0, VOCAB, (p["batch"], p["seq_len"]))
+    targets = torch.randint(0, VOCAB, (p["batch"], p["seq_len"]))
+    return model, ids, targets, lambda logits: logits.reshape(-1, VOCAB), targets.reshape(-1)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="gpt-s")
+    parser.add_argument("--attn", default="standard", choices=["standard", "elliptical"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)  # the same thread count as ellipse's OpenMP pool
+    model, inputs, _, flat_logits, flat_targets = build(args.config, args.attn)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=1e-3, betas=(0.9, 0.99))
+    times = []
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(flat_logits(model(inputs)), flat_targets)
+        loss.backward()
+        optimizer.step()
+        loss_value = loss.item()
+        ms = (time.perf_counter() - start) * 1e3
+        if i >= args.warmup:
+            times.append(ms)
+    times.sort()
+    median = times[len(times) // 2]
+    params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"config": args.config, "attn": args.attn, "device": "cpu", "impl": "pytorch",
+                      "params": params, "step_ms": round(median, 2), "step_ms_min": round(times[0], 2),
+                      "loss": round(loss_value, 4),
+                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
