@@ -19,8 +19,10 @@ import torch_models as tm  # noqa: E402
 VOCAB = 65  # as `ellipse bench`: Tiny Shakespeare's character count
 
 
-def build(config, attn):
-    p = tm.GPT_PRESETS[config]
+def build(config, attn, batch):
+    p = dict(tm.GPT_PRESETS[config])
+    if batch:
+        p["batch"] = batch
     model = tm.GPT(VOCAB, p["n_layer"], p["d_model"], p["n_head"], p["seq_len"], attn=attn, m_mode="causal")
     ids = torch.randint(0, VOCAB, (p["batch"], p["seq_len"]))
     targets = torch.randint(0, VOCAB, (p["batch"], p["seq_len"]))
@@ -33,11 +35,12 @@ def main():
     parser.add_argument("--attn", default="standard", choices=["standard", "elliptical"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=0, help="batch size (0: the config's)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)  # the same thread count as ellipse's OpenMP pool
-    model, inputs, _, flat_logits, flat_targets = build(args.config, args.attn)
+    model, inputs, _, flat_logits, flat_targets = build(args.config, args.attn, args.batch)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -57,7 +60,7 @@ def main():
     median = times[len(times) // 2]
     params = sum(p.numel() for p in model.parameters())
     print(json.dumps({"config": args.config, "attn": args.attn, "device": "cpu", "impl": "pytorch",
-                      "params": params, "step_ms": round(median, 2), "step_ms_min": round(times[0], 2),
+                      "params": params, "batch": inputs.shape[0], "step_ms": round(median, 2), "step_ms_min": round(times[0], 2),
                       "loss": round(loss_value, 4),
                       "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
           flush=True)

@@ -16,7 +16,7 @@ namespace {
 
 struct BenchFlags {
   std::string config = "gpt-s", attn = "both", device = "cpu";
-  std::int64_t steps = 20, warmup = 3;
+  std::int64_t steps = 20, warmup = 3, batch = 0;  // batch 0: the preset's
   std::uint64_t seed = 0;
 };
 
@@ -31,6 +31,7 @@ void bench_gpt(const BenchFlags& flags, nn::AttentionKind attention) {
   constexpr std::int64_t kVocab = 65;  // Tiny Shakespeare's character count: the parameter counts of the issues
   GPTConfig config = gpt_preset(flags.config, kVocab);
   config.attention = attention;
+  if (flags.batch > 0) config.batch = flags.batch;
   GPT model(config, flags.seed);
   ELLIPSE_CHECK(device.is_cpu(), "bench: device {} is not supported by this build yet", device.str());
   nn::AdamW optimizer(model.parameters(), {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.99, .weight_decay = 0.1});
@@ -51,10 +52,11 @@ void bench_gpt(const BenchFlags& flags, nn::AttentionKind attention) {
   }
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
-  fmt::print("{{\"config\": \"{}\", \"attn\": \"{}\", \"device\": \"{}\", \"params\": {}, \"step_ms\": {:.2f}, "
-             "\"step_ms_min\": {:.2f}, \"tokens_per_s\": {:.0f}, \"loss\": {:.4f}, \"peak_rss_mib\": {:.1f}}}\n",
-             config.name, nn::attention_kind_name(attention), device.str(), model.parameter_count(), median, times[0],
-             static_cast<double>(config.batch * config.seq_len) / median * 1e3, loss_value, peak_rss_mib());
+  fmt::print("{{\"config\": \"{}\", \"attn\": \"{}\", \"device\": \"{}\", \"params\": {}, \"batch\": {}, "
+             "\"step_ms\": {:.2f}, \"step_ms_min\": {:.2f}, \"tokens_per_s\": {:.0f}, \"loss\": {:.4f}, "
+             "\"peak_rss_mib\": {:.1f}}}\n",
+             config.name, nn::attention_kind_name(attention), device.str(), model.parameter_count(), config.batch,
+             median, times[0], static_cast<double>(config.batch * config.seq_len) / median * 1e3, loss_value, peak_rss_mib());
   std::fflush(stdout);
 }
 
@@ -78,6 +80,8 @@ void add_bench_command(CLI::App& app, Action& action) {
       ->capture_default_str();
   b->add_option("--warmup", flags->warmup, "Untimed steps first")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{100000}))->capture_default_str();
+  b->add_option("--batch", flags->batch, "Batch size (0: the config's)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 20))->capture_default_str();
   b->add_option("--seed", flags->seed, "Random seed")->capture_default_str();
   b->callback([&action, flags] { action = [flags] { return run_bench(*flags); }; });
 }

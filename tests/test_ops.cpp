@@ -1635,7 +1635,8 @@ TEST_CASE("matmul: f32 products larger than the GEMM's blocks, in every layout, 
   };
   const std::vector<std::pair<std::string, std::pair<Tensor, Tensor>>> layouts = {
       {"contiguous", {a32, b32}},
-      {"transposed", {a32.transpose(0, 1).contiguous().transpose(0, 1), b32.transpose(0, 1).contiguous().transpose(0, 1)}},
+      {"transposed",
+       {a32.transpose(0, 1).contiguous().transpose(0, 1), b32.transpose(0, 1).contiguous().transpose(0, 1)}},
       {"strided", {every_other(a32), every_other(b32)}},
   };
   for (const auto& [name, operands] : layouts) {

@@ -36,23 +36,31 @@ PackBuffers& pack_buffers() {
 }
 
 // a[0:mc, 0:kc] into panels of kMR rows: panel p holds, for each depth index, its kMR values (zero past mc).
-void pack_a(std::int64_t mc, std::int64_t kc, const float* a, std::int64_t a_row, std::int64_t a_col, float* dst) {
+// (pack_a and pack_b are not inlined so that profiles show them apart from the micro-kernel.)
+__attribute__((noinline)) void pack_a(std::int64_t mc, std::int64_t kc, const float* a, std::int64_t a_row,
+                                      std::int64_t a_col, float* dst) {
   for (std::int64_t i0 = 0; i0 < mc; i0 += kMR) {
     const std::int64_t rows = std::min(kMR, mc - i0);
     float* panel = dst + i0 * kc;
-    for (std::int64_t i = 0; i < kMR; ++i) {
-      if (i >= rows) {
-        for (std::int64_t p = 0; p < kc; ++p) panel[p * kMR + i] = 0.0f;
-        continue;
-      }
-      const float* row = a + (i0 + i) * a_row;
-      for (std::int64_t p = 0; p < kc; ++p) panel[p * kMR + i] = row[p * a_col];
+    const float* block = a + i0 * a_row;
+    if (rows < kMR) {
+      for (std::int64_t p = 0; p < kc; ++p)
+        for (std::int64_t i = 0; i < kMR; ++i) panel[p * kMR + i] = i < rows ? block[i * a_row + p * a_col] : 0.0f;
+    } else if (a_row == 1) {  // columns of a are contiguous: each depth index copies kMR adjacent values
+      for (std::int64_t p = 0; p < kc; ++p)
+        for (std::int64_t i = 0; i < kMR; ++i) panel[p * kMR + i] = block[p * a_col + i];
+    } else {  // kMR rows read side by side, so each of their cache lines is used while it is in L1
+      const float* row[kMR];
+      for (std::int64_t i = 0; i < kMR; ++i) row[i] = block + i * a_row;
+      for (std::int64_t p = 0; p < kc; ++p)
+        for (std::int64_t i = 0; i < kMR; ++i) panel[p * kMR + i] = row[i][p * a_col];
     }
   }
 }
 
 // b[0:kc, 0:nc] into panels of kNR columns: panel q holds, for each depth index, its kNR values (zero past nc).
-void pack_b(std::int64_t kc, std::int64_t nc, const float* b, std::int64_t b_row, std::int64_t b_col, float* dst) {
+__attribute__((noinline)) void pack_b(std::int64_t kc, std::int64_t nc, const float* b, std::int64_t b_row,
+                                      std::int64_t b_col, float* dst) {
   for (std::int64_t j0 = 0; j0 < nc; j0 += kNR) {
     const std::int64_t cols = std::min(kNR, nc - j0);
     float* panel = dst + j0 * kc;
