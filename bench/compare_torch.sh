@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=5 steps=5 warmup=2 build=build
-configs="gpt-s:standard gpt-s:elliptical gpt-m:standard:8 gpt-m:elliptical:8"
+configs="gpt-s:standard gpt-s:elliptical vit-s:standard vit-s:elliptical gpt-m:standard:8 gpt-m:elliptical:8"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -35,10 +35,12 @@ for ((round = 1; round <= rounds; ++round)); do
     batch_flag=()
     [[ -n "${batch:-}" ]] && batch_flag=(--batch "$batch")
     echo "round $round/$rounds: $config $attn ${batch:+batch $batch}" >&2
-    echo "ellipse $entry $("$build"/ellipse bench --config "$config" --attn "$attn" --steps "$steps" --warmup "$warmup" \
-      "${batch_flag[@]}")" >>"$results"
-    echo "pytorch $entry $("$python" bench/torch_bench.py --config "$config" --attn "$attn" --steps "$steps" \
-      --warmup "$warmup" "${batch_flag[@]}")" >>"$results"
+    # (assigned first, so that a failing run stops the script)
+    line=$("$build"/ellipse bench --config "$config" --attn "$attn" --steps "$steps" --warmup "$warmup" "${batch_flag[@]}")
+    echo "ellipse $entry $line" >>"$results"
+    line=$("$python" bench/torch_bench.py --config "$config" --attn "$attn" --steps "$steps" --warmup "$warmup" \
+      "${batch_flag[@]}")
+    echo "pytorch $entry $line" >>"$results"
   done
 done
 python3 - "$results" "$rounds" "$steps" <<'PY'
@@ -53,7 +55,7 @@ print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 for entry, sides in runs.items():
     med = {impl: statistics.median(r["step_ms"] for r in rs) for impl, rs in sides.items()}
     rss = {impl: max(r["peak_rss_mib"] for r in rs) for impl, rs in sides.items()}
-    first = sides["ellipse"][0]
+    first = sides["pytorch"][0]  # the same configuration; `ellipse bench` does not print the batch
     print(f"| {first['config']} | {first['attn']} | {first['batch']} | {med['ellipse']:.1f} | {med['pytorch']:.1f} | "
           f"{med['ellipse'] / med['pytorch']:.3f} | {rss['ellipse']:.0f} | {rss['pytorch']:.0f} |")
 PY

@@ -3,6 +3,8 @@ zero grads, forward, cross-entropy, backward, AdamW (lr 1e-3, betas (0.9, 0.99),
 matrices only), on random data, and prints one JSON line in `ellipse bench`'s format.
 
     /usr/bin/python3 bench/torch_bench.py --config gpt-s --attn elliptical --steps 10 --warmup 2
+
+gpt-* use the causal estimator of the elliptical metric, vit-* the sequence one, as ellipse's models do.
 """
 import argparse
 import json
@@ -20,13 +22,17 @@ VOCAB = 65  # as `ellipse bench`: Tiny Shakespeare's character count
 
 
 def build(config, attn, batch):
+    """The model, its input batch and targets, as `ellipse bench` makes them (random data)."""
+    if config in tm.VIT_PRESETS:
+        p = dict(tm.VIT_PRESETS[config])
+        batch = batch or p["batch"]
+        model = tm.ViT(p["n_layer"], p["d_model"], p["n_head"], attn=attn, m_mode="sequence")
+        return model, torch.rand(batch, 28, 28), torch.randint(0, 10, (batch,))
     p = dict(tm.GPT_PRESETS[config])
-    if batch:
-        p["batch"] = batch
+    batch = batch or p["batch"]
     model = tm.GPT(VOCAB, p["n_layer"], p["d_model"], p["n_head"], p["seq_len"], attn=attn, m_mode="causal")
-    ids = torch.randint(0, VOCAB, (p["batch"], p["seq_len"]))
-    targets = torch.randint(0, VOCAB, (p["batch"], p["seq_len"]))
-    return model, ids, targets, lambda logits: logits.reshape(-1, VOCAB), targets.reshape(-1)
+    ids = torch.randint(0, VOCAB, (batch, p["seq_len"]))
+    return model, ids, torch.randint(0, VOCAB, (batch, p["seq_len"]))
 
 
 def main():
@@ -40,7 +46,7 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)  # the same thread count as ellipse's OpenMP pool
-    model, inputs, _, flat_logits, flat_targets = build(args.config, args.attn, args.batch)
+    model, inputs, targets = build(args.config, args.attn, args.batch)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -49,7 +55,8 @@ def main():
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(flat_logits(model(inputs)), flat_targets)
+        logits = model(inputs)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         loss.backward()
         optimizer.step()
         loss_value = loss.item()

@@ -105,6 +105,42 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x))
 
 
+VIT_PRESETS = {
+    "vit-s": dict(n_layer=6, d_model=128, n_head=4, batch=128),
+    "vit-xs": dict(n_layer=4, d_model=64, n_head=4, batch=128),
+}
+
+
+class ViT(nn.Module):
+    """28x28 images, 4x4 patches in row-major order (pixels row-major inside a patch), class token first,
+    no causal mask, the head on the class token after ln_f."""
+
+    def __init__(self, n_layer, d_model, n_head, image=28, patch=4, classes=10, attn="standard", m_mode="sequence"):
+        super().__init__()
+        self.patch = patch
+        tokens = (image // patch) ** 2 + 1
+        self.patch_emb = nn.Linear(patch * patch, d_model)
+        self.cls_token = nn.Parameter(torch.zeros(d_model))
+        self.pos_emb = nn.Parameter(torch.zeros(tokens, d_model))
+        self.blocks = nn.ModuleList(Block(d_model, n_head, i, attn, m_mode) for i in range(n_layer))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, classes, bias=False)
+        for name, p in self.named_parameters():  # as ellipse's ViT: N(0, 0.02), zero biases, unit LN gains
+            if name.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif p.dim() >= 2 or name == "cls_token":
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, images):
+        b, side, p = images.shape[0], images.shape[1] // self.patch, self.patch
+        patches = images.reshape(b, side, p, side, p).permute(0, 1, 3, 2, 4).reshape(b, side * side, p * p)
+        x = torch.cat([self.cls_token.expand(b, 1, -1), self.patch_emb(patches)], dim=1) + self.pos_emb
+        v = None
+        for block in self.blocks:
+            x, v = block(x, False, v)
+        return self.head(self.ln_f(x[:, 0]))
+
+
 # ---- safetensors without the safetensors package (PyTorch 1.13 ships none) ----
 
 _DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32}

@@ -1,5 +1,5 @@
 // `ellipse bench`: times one training step (zero grads, forward, cross-entropy, backward, AdamW) of a
-// benchmark model on random data and prints one JSON line per configuration.
+// benchmark model (gpt-s, gpt-m, vit-s, vit-xs) on random data and prints one JSON line per configuration.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -9,6 +9,7 @@
 #include "cli/commands.hpp"
 #include "ellipse.hpp"
 #include "models/gpt.hpp"
+#include "models/vit.hpp"
 
 namespace ellipse::cli {
 
@@ -16,7 +17,7 @@ namespace {
 
 struct BenchFlags {
   std::string config = "gpt-s", attn = "both", device = "cpu";
-  std::int64_t steps = 20, warmup = 3, batch = 0;  // batch 0: the preset's
+  std::int64_t steps = 20, warmup = 3, batch = 0;
   std::uint64_t seed = 0;
 };
 
@@ -26,43 +27,72 @@ double peak_rss_mib() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
-void bench_gpt(const BenchFlags& flags, nn::AttentionKind attention) {
-  const Device device = Device::parse(flags.device);
-  constexpr std::int64_t kVocab = 65;  // Tiny Shakespeare's character count: the parameter counts of the issues
-  GPTConfig config = gpt_preset(flags.config, kVocab);
-  config.attention = attention;
-  if (flags.batch > 0) config.batch = flags.batch;
-  GPT model(config, flags.seed);
-  ELLIPSE_CHECK(device.is_cpu(), "bench: device {} is not supported by this build yet", device.str());
-  nn::AdamW optimizer(model.parameters(), {.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.99, .weight_decay = 0.1});
-  Generator gen(flags.seed + 1);
-  const Tensor inputs = randint({config.batch, config.seq_len}, kVocab, gen);
-  const Tensor targets = randint({config.batch, config.seq_len}, kVocab, gen);
+// Times `step` (one training step returning its loss) and prints the JSON line of the configuration.
+void time_steps(const BenchFlags& flags, std::string_view config, nn::AttentionKind attention, const nn::Module& model,
+                std::int64_t items_per_step, const std::function<double()>& step) {
   std::vector<double> times;
   double loss_value = 0;
   for (std::int64_t i = 0; i < flags.warmup + flags.steps; ++i) {
     const auto start = std::chrono::steady_clock::now();
-    optimizer.zero_grad();
-    const Tensor loss = cross_entropy(model.forward(inputs), targets);
-    loss.backward();
-    optimizer.step();
-    loss_value = loss.item();
+    loss_value = step();
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     if (i >= flags.warmup) times.push_back(ms);
   }
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
-  fmt::print("{{\"config\": \"{}\", \"attn\": \"{}\", \"device\": \"{}\", \"params\": {}, \"batch\": {}, "
-             "\"step_ms\": {:.2f}, \"step_ms_min\": {:.2f}, \"tokens_per_s\": {:.0f}, \"loss\": {:.4f}, "
-             "\"peak_rss_mib\": {:.1f}}}\n",
-             config.name, nn::attention_kind_name(attention), device.str(), model.parameter_count(), config.batch,
-             median, times[0], static_cast<double>(config.batch * config.seq_len) / median * 1e3, loss_value, peak_rss_mib());
+  fmt::print("{{\"config\": \"{}\", \"attn\": \"{}\", \"device\": \"{}\", \"params\": {}, \"step_ms\": {:.2f}, "
+             "\"step_ms_min\": {:.2f}, \"items_per_s\": {:.0f}, \"loss\": {:.4f}, \"peak_rss_mib\": {:.1f}}}\n",
+             config, nn::attention_kind_name(attention), flags.device, model.parameter_count(), median, times[0],
+             static_cast<double>(items_per_step) / median * 1e3, loss_value, peak_rss_mib());
   std::fflush(stdout);
 }
 
+// One step: zero grads, forward, cross-entropy, backward, AdamW.
+double train_step(nn::AdamW& optimizer, const std::function<Tensor()>& forward, const Tensor& targets) {
+  optimizer.zero_grad();
+  const Tensor loss = cross_entropy(forward(), targets);
+  loss.backward();
+  optimizer.step();
+  return loss.item();
+}
+
+constexpr nn::AdamWOptions kBenchAdamW{.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.99, .weight_decay = 0.1};
+
+void bench_gpt(const BenchFlags& flags, nn::AttentionKind attention) {
+  constexpr std::int64_t kVocab = 65;  // Tiny Shakespeare's character count: the parameter counts of the issues
+  GPTConfig config = gpt_preset(flags.config, kVocab);
+  config.attention = attention;
+  if (flags.batch > 0) config.batch = flags.batch;
+  GPT model(config, flags.seed);
+  nn::AdamW optimizer(model.parameters(), kBenchAdamW);
+  Generator gen(flags.seed + 1);
+  const Tensor inputs = randint({config.batch, config.seq_len}, kVocab, gen);
+  const Tensor targets = randint({config.batch, config.seq_len}, kVocab, gen);
+  time_steps(flags, config.name, attention, model, config.batch * config.seq_len,
+             [&] { return train_step(optimizer, [&] { return model.forward(inputs); }, targets); });
+}
+
+void bench_vit(const BenchFlags& flags, nn::AttentionKind attention) {
+  ViTConfig config = vit_preset(flags.config);
+  config.attention = attention;
+  if (flags.batch > 0) config.batch = flags.batch;
+  ViT model(config, flags.seed);
+  nn::AdamW optimizer(model.parameters(), kBenchAdamW);
+  Generator gen(flags.seed + 1);
+  const Tensor images = uniform({config.batch, config.image, config.image}, 0, 1, gen);
+  const Tensor targets = randint({config.batch}, config.classes, gen);
+  time_steps(flags, config.name, attention, model, config.batch,
+             [&] { return train_step(optimizer, [&] { return model.forward(images); }, targets); });
+}
+
 int run_bench(const BenchFlags& flags) {
-  if (flags.attn != "elliptical") bench_gpt(flags, nn::AttentionKind::standard);
-  if (flags.attn != "standard") bench_gpt(flags, nn::AttentionKind::elliptical);
+  ELLIPSE_CHECK(Device::parse(flags.device).is_cpu(), "bench: device {} is not supported by this build yet",
+                flags.device);
+  const bool vit = flags.config.starts_with("vit");
+  for (const auto attention : {nn::AttentionKind::standard, nn::AttentionKind::elliptical}) {
+    if (flags.attn != "both" && flags.attn != nn::attention_kind_name(attention)) continue;
+    vit ? bench_vit(flags, attention) : bench_gpt(flags, attention);
+  }
   return 0;
 }
 
@@ -71,7 +101,7 @@ int run_bench(const BenchFlags& flags) {
 void add_bench_command(CLI::App& app, Action& action) {
   auto flags = std::make_shared<BenchFlags>();
   auto* b = app.add_subcommand("bench", "Time training steps of a benchmark model; one JSON line per configuration");
-  b->add_option("--config", flags->config, "Benchmark model")->check(CLI::IsMember({"gpt-s", "gpt-m"}))
+  b->add_option("--config", flags->config, "Benchmark model")->check(CLI::IsMember({"gpt-s", "gpt-m", "vit-s", "vit-xs"}))
       ->capture_default_str();
   b->add_option("--attn", flags->attn, "Attention")->check(CLI::IsMember({"standard", "elliptical", "both"}))
       ->capture_default_str();
@@ -80,8 +110,8 @@ void add_bench_command(CLI::App& app, Action& action) {
       ->capture_default_str();
   b->add_option("--warmup", flags->warmup, "Untimed steps first")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{100000}))->capture_default_str();
-  b->add_option("--batch", flags->batch, "Batch size (0: the config's)")
-      ->check(CLI::Range(std::int64_t{0}, std::int64_t{1} << 20))->capture_default_str();
+  b->add_option("--batch", flags->batch, "Batch size (default: the config's)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{65536}));
   b->add_option("--seed", flags->seed, "Random seed")->capture_default_str();
   b->callback([&action, flags] { action = [flags] { return run_bench(*flags); }; });
 }

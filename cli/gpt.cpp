@@ -1,6 +1,5 @@
 // `ellipse train gpt`, `ellipse eval gpt` and `ellipse sample`: the character GPT from the command line.
 #include <cstdio>
-#include <filesystem>
 #include <fmt/format.h>
 
 #include "cli/commands.hpp"
@@ -24,19 +23,13 @@ int run_train(TrainFlags flags) {
   o.attention = nn::parse_attention_kind(flags.attn);
   if (!flags.m_mode.empty()) o.metric = nn::parse_metric_mode(flags.m_mode);
   if (flags.batch > 0) o.batch = flags.batch;
-  if (!flags.resume.empty()) {
-    if (!o.out_dir.empty() && std::filesystem::path(o.out_dir) != std::filesystem::path(flags.resume))
-      fail("train gpt: --resume {} continues in that directory; --out {} differs", flags.resume, o.out_dir);
-    o.out_dir = flags.resume;
-    o.resume = true;
-  }
-  if (o.out_dir.empty()) o.out_dir = "runs/gpt";
+  resolve_run_dir(o.out_dir, o.resume, flags.resume, "train gpt", "runs/gpt");
   Progress progress(o.steps, 50);
   const EvalRecord last = train_gpt(
       o,
       [&](const TrainProgress& p) {
         progress.update(p.step, p.elapsed_s,
-                        fmt::format("loss {:.4f}  lr {:.2e}  {:.0f} tok/s", p.loss, p.lr, p.tokens_per_s));
+                        fmt::format("loss {:.4f}  lr {:.2e}  {:.0f} tok/s", p.loss, p.lr, p.items_per_s));
       },
       [&](const EvalRecord& r) {
         progress.line(fmt::format("eval step {}: train_loss {:.4f}  val_loss {:.4f}  ({:.0f} tok/s, {})", r.step,

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
 
 #include "cli/commands.hpp"
 #include "core/error.hpp"
@@ -21,6 +22,19 @@ void prefer_passive_openmp_workers(char** argv) {
 }
 }  // namespace
 
+namespace ellipse::cli {
+void resolve_run_dir(std::string& out_dir, bool& resume, const std::string& resume_dir, std::string_view command,
+                     std::string_view default_dir) {
+  if (!resume_dir.empty()) {
+    if (!out_dir.empty() && std::filesystem::path(out_dir) != std::filesystem::path(resume_dir))
+      fail("{}: --resume {} continues in that directory; --out {} differs", command, resume_dir, out_dir);
+    out_dir = resume_dir;
+    resume = true;
+  }
+  if (out_dir.empty()) out_dir = default_dir;
+}
+}  // namespace ellipse::cli
+
 int main(int argc, char** argv) {
   prefer_passive_openmp_workers(argv);
   using namespace ellipse::cli;
@@ -36,6 +50,7 @@ int main(int argc, char** argv) {
   eval->require_subcommand(1);
   add_demo_command(app, action);
   add_gpt_commands(*train, *eval, app, action);
+  add_vit_commands(*train, *eval, action);
   add_bench_command(app, action);
 
   try {

@@ -1,14 +1,9 @@
 #include "models/gpt_train.hpp"
 
 #include <algorithm>
-#include <bit>
-#include <charconv>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "autograd/grad_mode.hpp"
 #include "autograd/ops.hpp"
@@ -43,20 +38,6 @@ std::string metrics_line(const EvalRecord& r) {
   json["tokens_per_s"] = r.tokens_per_s;
   json["elapsed_s"] = r.elapsed_s;
   return json.dump() + "\n";
-}
-
-// Keeps the metrics lines of steps up to `step`: a run resumed from an older checkpoint rewrites the rest.
-std::string metrics_up_to(const std::string& path, std::int64_t step) {
-  if (!std::filesystem::exists(path)) return "";
-  std::istringstream in(io::read_file(path, std::uint64_t{1} << 30));
-  std::string kept, line;
-  while (std::getline(in, line)) {
-    const auto json = nlohmann::json::parse(line, nullptr, false);
-    if (json.is_object() && json.contains("step") && json["step"].is_number_integer() &&
-        json["step"].get<std::int64_t>() <= step)
-      kept += line + "\n";
-  }
-  return kept;
 }
 
 std::string flags_fingerprint(const GPTTrainOptions& o, std::int64_t batch) {
@@ -96,14 +77,13 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
                 "train gpt: steps ({}), eval-every ({}) and lr ({}) must be positive", o.steps, o.eval_every, o.lr);
   ELLIPSE_CHECK(o.stop_after >= 0 && o.stop_after <= o.steps, "train gpt: --stop-after {} must lie in [0, {}]",
                 o.stop_after, o.steps);
-  const std::string config_path = o.out_dir + "/config.json", model_path = o.out_dir + "/model.safetensors",
-                    state_path = o.out_dir + "/train_state.safetensors", metrics_path = o.out_dir + "/metrics.jsonl";
+  const RunFiles files(o.out_dir);
 
   GPTConfig config;
   CharTokenizer tokenizer;
   std::vector<std::int64_t> ids;
   if (o.resume) {
-    auto saved = parse_gpt_config_json(io::read_file(config_path, 64 << 20), config_path);
+    auto saved = parse_gpt_config_json(io::read_file(files.config, 64 << 20), files.config);
     config = saved.config;
     tokenizer = std::move(saved.tokenizer);
     ELLIPSE_CHECK(config.name == o.config && config.attention == o.attention &&
@@ -136,46 +116,29 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
   std::int64_t start = 0;
   std::string metrics;
   const std::string fingerprint = flags_fingerprint(o, batch);
-  double loss_sum = 0;  // train losses since the last evaluation
-  std::int64_t loss_count = 0;
+  RunningMean train_loss;  // since the last evaluation
   auto save = [&](std::int64_t step) {
-    save_parameters(model_path, model);
-    save_train_state(state_path, model, optimizer,
-                     {.step = step,
-                      .generators = {{"data", data_gen.state()}, {"model", model.generator().state()}},
-                      .fields = {{"flags", fingerprint},
-                                 {"loss_sum_bits", std::to_string(std::bit_cast<std::uint64_t>(loss_sum))},
-                                 {"loss_count", std::to_string(loss_count)}}});
+    save_parameters(files.model, model);
+    TrainState state{.step = step,
+                     .generators = {{"data", data_gen.state()}, {"model", model.generator().state()}},
+                     .fields = {{"flags", fingerprint}}};
+    train_loss.save(state, "loss");
+    save_train_state(files.state, model, optimizer, state);
   };
   if (o.resume) {
-    TrainState state = load_train_state(state_path, model, optimizer);
+    TrainState state = load_train_state(files.state, model, optimizer);
     ELLIPSE_CHECK(state.fields["flags"] == fingerprint, "train gpt: --resume {}: the run was started with flags "
                   "'{}', now '{}'; resume with the same flags", o.out_dir, state.fields["flags"], fingerprint);
     ELLIPSE_CHECK(state.generators.count("data") == 1 && state.generators.count("model") == 1,
-                  "{}: the generators' states are missing", state_path);
+                  "{}: the generators' states are missing", files.state);
     data_gen.set_state(state.generators["data"]);
     model.generator().set_state(state.generators["model"]);
     start = state.step;
-    // The running mean of the train loss since the last evaluation, so that the next metrics line is
-    // the same as in an uninterrupted run. Stored as the exact bits of the double.
-    auto number_field = [&](const std::string& key) {
-      const std::string& text = state.fields[key];
-      std::uint64_t value = 0;
-      const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-      ELLIPSE_CHECK(!text.empty() && error == std::errc() && end == text.data() + text.size(),
-                    "{}: field '{}' is missing or not a number", state_path, key);
-      return value;
-    };
-    loss_sum = std::bit_cast<double>(number_field("loss_sum_bits"));
-    loss_count = static_cast<std::int64_t>(number_field("loss_count"));
-    metrics = metrics_up_to(metrics_path, start);
+    train_loss.load(state, "loss", files.state);
+    metrics = metrics_up_to(files.metrics, start);
   } else {
-    std::filesystem::create_directories(o.out_dir);
-    ELLIPSE_CHECK(!std::filesystem::exists(state_path), "train gpt: {} already holds a run; pass --resume to continue "
-                  "it or choose another --out", o.out_dir);
-    io::write_file_atomic(config_path, gpt_config_json(config, tokenizer.vocab()));
+    start_run(files, gpt_config_json(config, tokenizer.vocab()), "train gpt");
   }
-
 
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
@@ -195,20 +158,17 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
     loss.backward();
     nn::clip_grad_norm(params, o.clip);
     optimizer.step();
-    loss_sum += loss_value;
-    ++loss_count;
+    train_loss.add(loss_value);
     tokens += batch * config.seq_len;
     const double seconds = elapsed();
     if (on_step) on_step({step + 1, o.steps, loss_value, lr, static_cast<double>(tokens) / seconds, seconds});
 
     if ((step + 1) % o.eval_every == 0 || step + 1 == o.steps) {
-      last = {step + 1, loss_sum / static_cast<double>(loss_count), evaluate_gpt(model, split.val), lr,
-              static_cast<double>(tokens) / seconds, elapsed()};
-      loss_sum = 0;
-      loss_count = 0;
+      last = {step + 1, train_loss.take(), evaluate_gpt(model, split.val), lr, static_cast<double>(tokens) / seconds,
+              elapsed()};
       save(step + 1);  // checkpoint first: metrics never name a step that has no checkpoint
       metrics += metrics_line(last);
-      io::write_file_atomic(metrics_path, metrics);
+      io::write_file_atomic(files.metrics, metrics);
       if (on_eval) on_eval(last);
     } else if (step + 1 == end) {
       save(step + 1);  // stopped between evaluations: a checkpoint only, as the uninterrupted run has no line here

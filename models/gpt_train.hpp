@@ -5,6 +5,7 @@
 #include <string>
 
 #include "models/gpt.hpp"
+#include "models/train_run.hpp"
 
 namespace ellipse {
 
@@ -24,11 +25,6 @@ struct GPTTrainOptions {
   std::string out_dir;                    // checkpoints and metrics.jsonl
   bool resume = false;                    // continue the run saved in out_dir
   std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
-};
-
-struct TrainProgress {
-  std::int64_t step = 0, steps = 0;  // step is 1-based: the number of steps done
-  double loss = 0, lr = 0, tokens_per_s = 0, elapsed_s = 0;
 };
 
 struct EvalRecord {

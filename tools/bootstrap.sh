@@ -14,8 +14,8 @@ packages=(
   nlohmann-json3-dev     # JSON: safetensors headers, the GPT's config.json and metrics
   libfmt-dev             # error messages and printing
   libstb-dev             # PNG writing (not used yet)
-  zlib1g-dev             # gzip-compressed data files (not used yet)
-  dataset-fashion-mnist  # a small real data set under /usr/share (not used yet)
+  zlib1g-dev             # gzip: Fashion-MNIST's .gz files
+  dataset-fashion-mnist  # the ViT's data set, under /usr/share/datasets/fashion-mnist
 )
 
 missing=()

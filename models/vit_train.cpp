@@ -1,0 +1,370 @@
+#include "models/vit_train.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <numeric>
+
+#include "autograd/grad_mode.hpp"
+#include "autograd/ops.hpp"
+#include "core/error.hpp"
+#include "core/io/file.hpp"
+#include "nn/optim.hpp"
+
+namespace ellipse {
+
+namespace {
+
+// Salts that keep the data order, the augmentation and the model's own stream independent.
+constexpr std::uint64_t kOrderSalt = 0x0DE5'0DE5'0DE5'0DE5ull, kAugmentSalt = 0xA116'A116'A116'A116ull;
+constexpr std::int64_t kMaxShift = 2;
+
+// The training order of one epoch: a permutation that depends on (seed, epoch) only, so that a resumed
+// run needs no generator state to continue it.
+std::vector<std::int64_t> epoch_order(std::int64_t n, std::uint64_t seed, std::int64_t epoch) {
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  Generator gen(mix64(seed ^ kOrderSalt, static_cast<std::uint64_t>(epoch)));
+  for (std::int64_t i = n - 1; i > 0; --i) std::swap(order[i], order[gen.integer(i + 1)]);
+  return order;
+}
+
+// The images at `indices` as a batch [n, S, S]; with `augment`, each is shifted by up to kMaxShift
+// pixels in each direction (zeros enter) and flipped left-right with probability 1/2.
+Tensor gather_images(const Tensor& images, const std::int64_t* indices, std::int64_t n, Generator* augment) {
+  const std::int64_t side = images.shape()[1], area = side * side;
+  const float* source = images.data<float>();
+  std::vector<float> batch(static_cast<std::size_t>(n * area), 0.0f);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float* image = source + indices[i] * area;
+    float* out = batch.data() + i * area;
+    if (!augment) {
+      std::copy(image, image + area, out);
+      continue;
+    }
+    const std::int64_t dy = augment->integer(2 * kMaxShift + 1) - kMaxShift;
+    const std::int64_t dx = augment->integer(2 * kMaxShift + 1) - kMaxShift;
+    const bool flip = augment->integer(2) == 1;
+    for (std::int64_t y = 0; y < side; ++y) {
+      const std::int64_t sy = y + dy;
+      if (sy < 0 || sy >= side) continue;
+      for (std::int64_t x = 0; x < side; ++x) {
+        const std::int64_t sx = (flip ? side - 1 - x : x) + dx;
+        if (sx >= 0 && sx < side) out[y * side + x] = image[sy * side + sx];
+      }
+    }
+  }
+  return from_vector(batch, {n, side, side});
+}
+
+Tensor gather_labels(const Tensor& labels, const std::int64_t* indices, std::int64_t n) {
+  const std::int64_t* source = labels.data<std::int64_t>();
+  std::vector<std::int64_t> batch(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) batch[static_cast<std::size_t>(i)] = source[indices[i]];
+  return from_vector(batch, {n});
+}
+
+LabeledImages first_items(const LabeledImages& data, std::int64_t limit) {
+  if (limit <= 0 || limit >= data.size()) return data;
+  return {.images = narrow(data.images, 0, 0, limit), .labels = narrow(data.labels, 0, 0, limit)};
+}
+
+std::string metrics_line(const ViTEvalRecord& r) {
+  nlohmann::ordered_json json;
+  json["step"] = r.step;
+  json["epoch"] = r.epoch;
+  json["train_loss"] = r.train_loss;
+  json["test_loss"] = r.test_loss;
+  json["test_acc"] = r.test_acc;
+  json["lr"] = r.lr;
+  json["images_per_s"] = r.images_per_s;
+  json["elapsed_s"] = r.elapsed_s;
+  return json.dump() + "\n";
+}
+
+std::string flags_fingerprint(const ViTTrainOptions& o, std::int64_t batch) {
+  return fmt::format("epochs={} batch={} lr={} final_lr={} warmup_epochs={} betas=({},{}) wd={} clip={} seed={} "
+                     "augment={} limit_train={} limit_test={}", o.epochs, batch, o.lr, o.final_lr, o.warmup_epochs,
+                     o.beta1, o.beta2, o.weight_decay, o.clip, o.seed, o.augment, o.limit_train, o.limit_test);
+}
+
+// While alive, the model's parameters need no gradient: an attack differentiates with respect to the
+// input only, and skips the weight gradients' GEMMs.
+class FrozenParameters {
+ public:
+  explicit FrozenParameters(nn::Module& model) : parameters_(model.parameters()) {
+    for (auto& p : parameters_) p.requires_grad_(false);
+  }
+  ~FrozenParameters() {
+    for (auto& p : parameters_) p.requires_grad_(true);
+  }
+  FrozenParameters(const FrozenParameters&) = delete;
+  FrozenParameters& operator=(const FrozenParameters&) = delete;
+
+ private:
+  std::vector<Tensor> parameters_;
+};
+
+// The gradient of the summed cross-entropy with respect to the images, as a flat vector.
+std::vector<float> input_gradient(ViT& model, const std::vector<float>& pixels, const Shape& shape,
+                                  const Tensor& labels) {
+  Tensor images = from_vector(pixels, shape);
+  images.requires_grad_(true);
+  const Tensor loss = cross_entropy(model.forward(images), labels);
+  loss.backward();
+  return images.grad().to_vector<float>();
+}
+
+float sign(float g) { return static_cast<float>((g > 0) - (g < 0)); }
+
+// Applies the perturbation to one batch of clean pixels.
+std::vector<float> perturb(ViT& model, const std::vector<float>& clean, const Shape& shape, const Tensor& labels,
+                           const Perturbation& p, Generator& gen) {
+  using Kind = Perturbation::Kind;
+  std::vector<float> x = clean;
+  auto clip01 = [](float v) { return std::clamp(v, 0.0f, 1.0f); };
+  const auto eps = static_cast<float>(p.size);
+  switch (p.kind) {
+    case Kind::none:
+      break;
+    case Kind::gaussian:
+      for (auto& v : x) v = clip01(v + static_cast<float>(p.size * gen.normal()));
+      break;
+    case Kind::fgsm: {
+      const auto grad = input_gradient(model, x, shape, labels);
+      for (std::size_t i = 0; i < x.size(); ++i) x[i] = clip01(x[i] + eps * sign(grad[i]));
+      break;
+    }
+    case Kind::pgd: {
+      const auto step = static_cast<float>(p.step_size > 0 ? p.step_size : p.size / 4);
+      for (auto& v : x) v = clip01(v + static_cast<float>((2 * gen.uniform() - 1) * p.size));  // random start
+      for (std::int64_t s = 0; s < p.steps; ++s) {
+        const auto grad = input_gradient(model, x, shape, labels);
+        for (std::size_t i = 0; i < x.size(); ++i)
+          x[i] = clip01(std::clamp(x[i] + step * sign(grad[i]), clean[i] - eps, clean[i] + eps));
+      }
+      break;
+    }
+  }
+  return x;
+}
+
+// A number or a fraction such as 8/255.
+double parse_amount(std::string_view text, std::string_view context) {
+  auto number = [&](std::string_view part) {
+    std::size_t used = 0;
+    double value = 0;
+    try {
+      value = std::stod(std::string(part), &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    ELLIPSE_CHECK(!part.empty() && used == part.size() && std::isfinite(value), "{}: '{}' is not a number",
+                  context, text);
+    return value;
+  };
+  const auto slash = text.find('/');
+  if (slash == std::string_view::npos) return number(text);
+  const double denominator = number(text.substr(slash + 1));
+  ELLIPSE_CHECK(denominator != 0, "{}: '{}' divides by zero", context, text);
+  return number(text.substr(0, slash)) / denominator;
+}
+
+}  // namespace
+
+Perturbation Perturbation::parse(std::string_view text) {
+  const auto colon = text.find(':');
+  ELLIPSE_CHECK(colon != std::string_view::npos, "perturbation '{}': expected gaussian:SIGMA, fgsm:EPS or "
+                "pgd:EPS[,STEPS[,STEP]]", text);
+  const std::string_view kind = text.substr(0, colon);
+  std::vector<std::string_view> args;
+  for (std::string_view rest = text.substr(colon + 1);;) {
+    const auto comma = rest.find(',');
+    args.push_back(rest.substr(0, comma));
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  const std::string context = fmt::format("perturbation '{}'", text);
+  Perturbation p;
+  p.size = parse_amount(args[0], context);
+  ELLIPSE_CHECK(p.size >= 0 && p.size <= 1, "{}: the size {} must lie in [0, 1] (pixels are in [0, 1])", context,
+                p.size);
+  if (kind == "gaussian" || kind == "fgsm") {
+    ELLIPSE_CHECK(args.size() == 1, "{}: {} takes one number", context, kind);
+    p.kind = kind == "gaussian" ? Kind::gaussian : Kind::fgsm;
+    return p;
+  }
+  ELLIPSE_CHECK(kind == "pgd", "{}: unknown kind '{}'; expected gaussian, fgsm or pgd", context, kind);
+  ELLIPSE_CHECK(args.size() <= 3, "{}: pgd takes EPS[,STEPS[,STEP]]", context);
+  p.kind = Kind::pgd;
+  if (args.size() >= 2) {
+    const double steps = parse_amount(args[1], context);
+    ELLIPSE_CHECK(steps >= 1 && steps <= 10000 && steps == std::floor(steps), "{}: STEPS must be an integer in "
+                  "[1, 10000]", context);
+    p.steps = static_cast<std::int64_t>(steps);
+  }
+  if (args.size() == 3) {
+    p.step_size = parse_amount(args[2], context);
+    ELLIPSE_CHECK(p.step_size > 0 && p.step_size <= 1, "{}: STEP must lie in (0, 1]", context);
+  }
+  return p;
+}
+
+std::string Perturbation::str() const {
+  switch (kind) {
+    case Kind::none: return "clean";
+    case Kind::gaussian: return fmt::format("gaussian:{}", size);
+    case Kind::fgsm: return fmt::format("fgsm:{}", size);
+    case Kind::pgd: return fmt::format("pgd:{},{},{}", size, steps, step_size > 0 ? step_size : size / 4);
+  }
+  return "";
+}
+
+Accuracy evaluate_vit(ViT& model, const LabeledImages& all, const Perturbation& perturbation, std::int64_t limit,
+                      std::int64_t batch) {
+  ELLIPSE_CHECK(batch > 0 && limit >= 0, "eval vit: batch ({}) must be positive and limit ({}) not negative", batch,
+                limit);
+  const LabeledImages data = first_items(all, limit);
+  ELLIPSE_CHECK(data.size() > 0, "eval vit: no images to evaluate");
+  const bool was_training = model.training();
+  model.eval();
+  const bool attack = perturbation.kind == Perturbation::Kind::fgsm || perturbation.kind == Perturbation::Kind::pgd;
+  std::optional<FrozenParameters> frozen;
+  if (attack) frozen.emplace(model);
+  Generator gen(perturbation.seed);
+  const Tensor images = contiguous(data.images);
+  const std::int64_t side = images.shape()[1], n = data.size();
+  double loss_sum = 0;
+  std::int64_t correct = 0;
+  for (std::int64_t first = 0; first < n; first += batch) {
+    const std::int64_t count = std::min(batch, n - first);
+    const Shape shape{count, side, side};
+    const Tensor labels = narrow(data.labels, 0, first, count);
+    const float* begin = images.data<float>() + first * side * side;
+    const std::vector<float> clean(begin, begin + count * side * side);
+    const std::vector<float> pixels = perturb(model, clean, shape, labels, perturbation, gen);
+    NoGradGuard no_grad;
+    const Tensor logits = model.forward(from_vector(pixels, shape));
+    loss_sum += cross_entropy(logits, labels).item() * static_cast<double>(count);
+    const auto scores = logits.to_vector<float>();
+    const auto targets = labels.to_vector<std::int64_t>();
+    const std::int64_t classes = logits.shape()[1];
+    for (std::int64_t i = 0; i < count; ++i) {
+      const float* row = scores.data() + i * classes;
+      correct += (std::max_element(row, row + classes) - row) == targets[static_cast<std::size_t>(i)];
+    }
+  }
+  model.train(was_training);
+  return {.accuracy = static_cast<double>(correct) / static_cast<double>(n),
+          .loss = loss_sum / static_cast<double>(n),
+          .count = n};
+}
+
+ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const TrainProgress&)>& on_step,
+                        const std::function<void(const ViTEvalRecord&)>& on_eval) {
+  ELLIPSE_CHECK(!o.out_dir.empty(), "train vit: an output directory is required");
+  ELLIPSE_CHECK(o.epochs > 0 && o.lr > 0 && o.final_lr >= 0 && o.warmup_epochs >= 0 && o.clip > 0 &&
+                    o.limit_train >= 0 && o.limit_test >= 0 && o.stop_after >= 0,
+                "train vit: epochs ({}), lr ({}) and clip ({}) must be positive; final lr ({}), warm-up ({}), limits "
+                "({}, {}) and stop-after ({}) not negative", o.epochs, o.lr, o.clip, o.final_lr, o.warmup_epochs,
+                o.limit_train, o.limit_test, o.stop_after);
+  const RunFiles files(o.out_dir);
+  ViTConfig config;
+  if (o.resume) {
+    config = parse_vit_config_json(io::read_file(files.config, 1 << 20), files.config);
+    ELLIPSE_CHECK(config.name == o.config && config.attention == o.attention &&
+                      config.metric == o.metric.value_or(config.metric),
+                  "train vit: --resume {} holds a {} model with {} attention ({}), but the flags ask for {} with {} "
+                  "attention", o.out_dir, config.name, nn::attention_kind_name(config.attention),
+                  nn::metric_mode_name(config.metric), o.config, nn::attention_kind_name(o.attention));
+  } else {
+    config = vit_preset(o.config);
+    config.attention = o.attention;
+    config.metric = o.metric.value_or(nn::MetricMode::sequence);
+  }
+  const std::int64_t batch = o.batch.value_or(config.batch);
+  const LabeledImages train = first_items(load_fashion_mnist(o.data_dir, "train"), o.limit_train);
+  const LabeledImages test = first_items(load_fashion_mnist(o.data_dir, "test"), o.limit_test);
+  const std::int64_t steps_per_epoch = train.size() / batch, steps = steps_per_epoch * o.epochs;
+  ELLIPSE_CHECK(steps_per_epoch > 0, "train vit: {} training images are fewer than one batch of {}", train.size(),
+                batch);
+  ELLIPSE_CHECK(o.stop_after <= steps, "train vit: --stop-after {} is past the run's last step {}", o.stop_after,
+                steps);
+  const auto warmup = static_cast<std::int64_t>(std::llround(o.warmup_epochs * static_cast<double>(steps_per_epoch)));
+
+  ViT model(config, o.seed);
+  model.train();
+  nn::AdamW optimizer(model.parameters(), {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = 1e-8,
+                                           .weight_decay = o.weight_decay});
+  const std::string fingerprint = flags_fingerprint(o, batch);
+  RunningMean train_loss;
+  std::int64_t start = 0;
+  std::string metrics;
+  if (o.resume) {
+    TrainState state = load_train_state(files.state, model, optimizer);
+    ELLIPSE_CHECK(state.fields["flags"] == fingerprint, "train vit: --resume {}: the run was started with flags "
+                  "'{}', now '{}'; resume with the same flags", o.out_dir, state.fields["flags"], fingerprint);
+    ELLIPSE_CHECK(state.generators.count("model") == 1, "{}: the model generator's state is missing", files.state);
+    model.generator().set_state(state.generators["model"]);
+    start = state.step;
+    train_loss.load(state, "loss", files.state);
+    metrics = metrics_up_to(files.metrics, start);
+  } else {
+    start_run(files, vit_config_json(config), "train vit");
+  }
+  auto save = [&](std::int64_t step) {
+    save_parameters(files.model, model);
+    TrainState state{.step = step, .generators = {{"model", model.generator().state()}}, .fields = {{"flags", fingerprint}}};
+    train_loss.save(state, "loss");
+    save_train_state(files.state, model, optimizer, state);
+  };
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  const std::int64_t end = o.stop_after > 0 ? o.stop_after : steps;
+  const auto params = model.parameters();
+  const Tensor train_images = contiguous(train.images), train_labels = contiguous(train.labels);
+  std::vector<std::int64_t> order;
+  std::int64_t images_seen = 0;
+  ViTEvalRecord last;
+  for (std::int64_t step = start; step < end; ++step) {
+    const std::int64_t epoch = step / steps_per_epoch, position = step % steps_per_epoch;
+    if (order.empty() || position == 0) order = epoch_order(train.size(), o.seed, epoch);
+    const double lr = nn::warmup_cosine_lr(step, warmup, steps, o.lr, o.final_lr);
+    optimizer.set_lr(lr);
+    Generator augment_gen(mix64(o.seed ^ kAugmentSalt, static_cast<std::uint64_t>(step)));
+    const std::int64_t* indices = order.data() + position * batch;
+    const Tensor images = gather_images(train_images, indices, batch, o.augment ? &augment_gen : nullptr);
+    const Tensor labels = gather_labels(train_labels, indices, batch);
+    optimizer.zero_grad();
+    const Tensor loss = cross_entropy(model.forward(images), labels);
+    const double loss_value = loss.item();
+    ELLIPSE_CHECK(std::isfinite(loss_value), "train vit: the loss became {} at step {}; stopping. The last good "
+                  "checkpoint in {} is kept", loss_value, step + 1, o.out_dir);
+    loss.backward();
+    nn::clip_grad_norm(params, o.clip);
+    optimizer.step();
+    train_loss.add(loss_value);
+    images_seen += batch;
+    const double seconds = elapsed();
+    if (on_step) on_step({step + 1, steps, loss_value, lr, static_cast<double>(images_seen) / seconds, seconds});
+
+    if ((step + 1) % steps_per_epoch == 0) {
+      const Accuracy result = evaluate_vit(model, test);
+      last = {.step = step + 1, .epoch = epoch + 1, .train_loss = train_loss.take(), .test_loss = result.loss,
+              .test_acc = result.accuracy, .lr = lr, .images_per_s = static_cast<double>(images_seen) / seconds,
+              .elapsed_s = elapsed()};
+      save(step + 1);  // checkpoint first: metrics never name a step that has no checkpoint
+      metrics += metrics_line(last);
+      io::write_file_atomic(files.metrics, metrics);
+      if (on_eval) on_eval(last);
+    } else if (step + 1 == end) {
+      save(step + 1);
+    }
+  }
+  return last;
+}
+
+}  // namespace ellipse

@@ -1,0 +1,66 @@
+#pragma once
+// Training and evaluation of the ViT on Fashion-MNIST (what `ellipse train|eval vit` run), including
+// evaluation under Gaussian noise and under FGSM and PGD attacks in pixel space.
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "models/fashion_mnist.hpp"
+#include "models/train_run.hpp"
+#include "models/vit.hpp"
+
+namespace ellipse {
+
+struct ViTTrainOptions {
+  std::string data_dir{kFashionMnistDir};
+  std::string config = "vit-s";
+  nn::AttentionKind attention = nn::AttentionKind::standard;
+  std::optional<nn::MetricMode> metric;  // default: sequence
+  std::int64_t epochs = 10;               // the schedule's length
+  std::optional<std::int64_t> batch;      // default: the preset's
+  double lr = 1e-3;                       // peak, after warm-up
+  double final_lr = 1e-5;                 // where the cosine ends
+  double warmup_epochs = 1;
+  double beta1 = 0.9, beta2 = 0.999, weight_decay = 0.05, clip = 1.0;
+  bool augment = false;                   // random shifts of up to 2 pixels and horizontal flips
+  std::uint64_t seed = 0;
+  std::int64_t limit_train = 0;           // > 0: train on the first N images only
+  std::int64_t limit_test = 0;            // > 0: evaluate on the first N test images only
+  std::string out_dir;
+  bool resume = false;
+  std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
+};
+
+struct ViTEvalRecord {
+  std::int64_t step = 0, epoch = 0;
+  double train_loss = 0, test_loss = 0, test_acc = 0, lr = 0, images_per_s = 0, elapsed_s = 0;
+};
+
+// Trains (or resumes), evaluating and checkpointing after every epoch (model.safetensors, config.json,
+// train_state.safetensors, metrics.jsonl in out_dir). Returns the last evaluation.
+ViTEvalRecord train_vit(const ViTTrainOptions& options, const std::function<void(const TrainProgress&)>& on_step,
+                        const std::function<void(const ViTEvalRecord&)>& on_eval);
+
+// How test images are contaminated before classification. Pixels stay in [0, 1].
+struct Perturbation {
+  enum class Kind { none, gaussian, fgsm, pgd } kind = Kind::none;
+  double size = 0;          // sigma (gaussian) or the L-infinity budget eps (fgsm, pgd)
+  std::int64_t steps = 20;  // pgd
+  double step_size = 0;     // pgd; 0 means size / 4
+  std::uint64_t seed = 0;   // gaussian noise and pgd's random start
+
+  // "gaussian:SIGMA", "fgsm:EPS", "pgd:EPS[,STEPS[,STEP]]"; EPS may be a fraction such as 8/255.
+  static Perturbation parse(std::string_view text);
+  std::string str() const;
+};
+
+struct Accuracy {
+  double accuracy = 0, loss = 0;
+  std::int64_t count = 0;
+};
+// Accuracy and mean cross-entropy on the first `limit` items of `data` (all when 0), perturbed as asked.
+// The attacks differentiate the loss with respect to the input pixels through the autograd.
+Accuracy evaluate_vit(ViT& model, const LabeledImages& data, const Perturbation& perturbation = {},
+                      std::int64_t limit = 0, std::int64_t batch = 500);
+
+}  // namespace ellipse
