@@ -84,22 +84,26 @@ __attribute__((noinline)) void pack_b(std::int64_t kc, std::int64_t nc, const fl
   }
 }
 
-// c[0:rows, 0:cols] (+)= one kMR x kNR tile: the packed a panel times the packed b panel over depth kc.
-__attribute__((target("avx512f"))) void micro_kernel(std::int64_t kc, const float* pa, const float* pb, float* c,
-                                                     std::int64_t ldc, bool accumulate, std::int64_t rows,
-                                                     std::int64_t cols) {
+// c[0:rows, 0:cols] (+)= one kMR x kNR tile: kMR rows of a times the packed b panel over depth kc. The
+// rows of a come from a packed panel, or with kDirectA straight from a row-major a with row stride lda
+// (packing those would be a transpose, as costly as the tile's arithmetic when b is narrow).
+template <bool kDirectA>
+__attribute__((target("avx512f"))) void micro_kernel(std::int64_t kc, const float* pa, std::int64_t lda,
+                                                     const float* pb, float* c, std::int64_t ldc, bool accumulate,
+                                                     std::int64_t rows, std::int64_t cols) {
   __m512 acc[kMR][2];
 #pragma GCC unroll 12
   for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  // Direct rows are addressed from three bases, four rows each (base + r * lda fits x86 addressing).
+  const float* base[3] = {pa, pa + 4 * lda, pa + 8 * lda};
   for (std::int64_t p = 0; p < kc; ++p) {
     const __m512 b0 = _mm512_load_ps(pb), b1 = _mm512_load_ps(pb + 16);
 #pragma GCC unroll 12
     for (int i = 0; i < kMR; ++i) {
-      const __m512 ai = _mm512_set1_ps(pa[i]);
+      const __m512 ai = _mm512_set1_ps(kDirectA ? base[i / 4][(i % 4) * lda + p] : pa[p * kMR + i]);
       acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
     }
-    pa += kMR;
     pb += kNR;
   }
   // Column masks for a tile cut by the right edge of c; rows past the bottom edge are not stored.
@@ -132,13 +136,25 @@ void sgemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, const float* a
       const std::int64_t kc = std::min(kKC, k - pc);
       pack_b(kc, nc, b + pc * b_row + jc * b_col, b_row, b_col, pb);
       const bool add = accumulate || pc > 0;  // later depth slices add to the first one's result
+      const bool direct_a = a_col == 1;
       for (std::int64_t ic = 0; ic < m; ic += kMC) {
         const std::int64_t mc = std::min(kMC, m - ic);
-        pack_a(mc, kc, a + ic * a_row + pc * a_col, a_row, a_col, pa);
+        const float* a_block = a + ic * a_row + pc * a_col;
+        // Direct rows need no packing, except a last panel of fewer than kMR rows (padded with zeros).
+        const std::int64_t packed_from = direct_a ? mc / kMR * kMR : 0;
+        if (packed_from < mc)
+          pack_a(mc - packed_from, kc, a_block + packed_from * a_row, a_row, a_col, pa + packed_from * kc);
         for (std::int64_t jr = 0; jr < nc; jr += kNR) {
+          const std::int64_t cols = std::min(kNR, nc - jr);
+          float* c_panel = c + ic * ldc + jc + jr;
           for (std::int64_t ir = 0; ir < mc; ir += kMR) {
-            micro_kernel(kc, pa + ir * kc, pb + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc, add,
-                         std::min(kMR, mc - ir), std::min(kNR, nc - jr));
+            if (ir < packed_from) {
+              micro_kernel<true>(kc, a_block + ir * a_row, a_row, pb + jr * kc, c_panel + ir * ldc, ldc, add, kMR,
+                                 cols);
+            } else {
+              micro_kernel<false>(kc, pa + ir * kc, 0, pb + jr * kc, c_panel + ir * ldc, ldc, add,
+                                  std::min(kMR, mc - ir), cols);
+            }
           }
         }
       }
