@@ -67,6 +67,51 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tenso
   });
 }
 
+void CpuBackend::scaled_softmax(const Tensor& x, const Tensor& y, std::int64_t rows, std::int64_t nq, std::int64_t n,
+                                double scale, bool causal) {
+  dispatch_floating(x.dtype(), "scaled_softmax", [&](auto tag) {
+    using T = decltype(tag);
+    const T s = static_cast<T>(scale);
+    parallel_for(rows, n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t r = begin; r < end; ++r) {
+        const T* in = x.data<T>() + r * n;
+        T* out = y.data<T>() + r * n;
+        // Only the visible prefix is read and exponentiated; the masked rest is written as 0.
+        const std::int64_t visible = causal ? r % nq + n - nq + 1 : n;
+        T max = -std::numeric_limits<T>::infinity();
+        for (std::int64_t j = 0; j < visible; ++j) max = std::max(max, s * in[j]);
+        if (max == -std::numeric_limits<T>::infinity()) max = T(0);  // as softmax: an all -inf row is NaN
+        T total = 0;
+        for (std::int64_t j = 0; j < visible; ++j) {
+          out[j] = cpu::exp_fast(s * in[j] - max);
+          total += out[j];
+        }
+        const T inv = T(1) / total;
+        for (std::int64_t j = 0; j < visible; ++j) out[j] *= inv;
+        for (std::int64_t j = visible; j < n; ++j) out[j] = T(0);
+      }
+    });
+  });
+}
+
+void CpuBackend::scaled_softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t rows,
+                                         std::int64_t n, double scale) {
+  dispatch_floating(y.dtype(), "scaled_softmax_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T s = static_cast<T>(scale);
+    parallel_for(rows, 2 * n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t r = begin; r < end; ++r) {
+        const T* yv = y.data<T>() + r * n;
+        const T* g = gy.data<T>() + r * n;
+        T* out = gx.data<T>() + r * n;
+        T dot = 0;
+        for (std::int64_t j = 0; j < n; ++j) dot += g[j] * yv[j];
+        for (std::int64_t j = 0; j < n; ++j) out[j] = s * yv[j] * (g[j] - dot);
+      }
+    });
+  });
+}
+
 void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
                             const Tensor& mean, const Tensor& rstd) {
   dispatch_floating(x.dtype(), "layer_norm", [&](auto tag) {
