@@ -86,6 +86,10 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 // ---- neural-network ops (autograd/ops/nn.cpp) ----
 Tensor softmax(const Tensor& x, std::int64_t axis);
 Tensor log_softmax(const Tensor& x, std::int64_t axis);
+// Attention's probabilities in one pass: softmax over the last axis of scale * x. With `causal`, x is
+// [..., Nq, Nk] with Nk >= Nq and query i sees keys j <= i + Nk - Nq only (the others get probability 0):
+// softmax(masked_fill(x * scale, mask, -inf), -1) without the mask, the scaled copy and the fill.
+Tensor scaled_softmax(const Tensor& x, double scale, bool causal);
 // Normalises over the last axis; weight and bias have that axis' size.
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
 Tensor embedding(const Tensor& weight, const Tensor& ids);  // weight [V, n], ids i64 of any shape -> [..., n]

@@ -76,6 +76,14 @@ class Backend {
   virtual void softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t outer,
                                 std::int64_t n, std::int64_t inner, bool log) = 0;
 
+  // Softmax of scale * x along the contiguous rows of x [rows, n] into y. With `causal`, row r is query
+  // r % nq of a block of nq rows and keeps columns j <= r % nq + n - nq (n >= nq); the others get 0.
+  virtual void scaled_softmax(const Tensor& x, const Tensor& y, std::int64_t rows, std::int64_t nq, std::int64_t n,
+                              double scale, bool causal) = 0;
+  // gx = scale * y * (gy - sum(gy * y)) per row, from y = scaled_softmax(x) and gy; all [rows, n] contiguous.
+  virtual void scaled_softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t rows,
+                                       std::int64_t n, double scale) = 0;
+
   // Layer norm over the last axis of contiguous x [rows, n]; weight and bias [n]. Saves mean and rstd [rows].
   virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
                           const Tensor& mean, const Tensor& rstd) = 0;

@@ -1,7 +1,6 @@
 #include "nn/attention.hpp"
 
 #include <cmath>
-#include <limits>
 
 #include "autograd/grad_mode.hpp"
 #include "autograd/ops.hpp"
@@ -54,7 +53,6 @@ AttentionOutput Attention::forward(const Tensor& x, bool causal, const Tensor& v
   const Tensor heads = permute(view(qkv_->forward(x), {batch, n, 3, heads_, head_dim_}), {2, 0, 3, 1, 4});
   const Tensor q = select(heads, 0, 0), k_new = select(heads, 0, 1), v = select(heads, 0, 2);
 
-  const std::int64_t past = cache ? cache->length() : 0;
   const Tensor metric = query_metric(v, v_prev, cache);  // before the cache grows: it reads the past length
   Tensor k = k_new, values = v;
   if (cache) {
@@ -64,13 +62,9 @@ AttentionOutput Attention::forward(const Tensor& x, bool causal, const Tensor& v
     cache->v = values.detach();
   }
   const Tensor q_scaled = metric.defined() ? mul(q, metric) : q;
-  Tensor scores = mul(matmul(q_scaled, transpose(k, -1, -2)), 1.0 / std::sqrt(static_cast<double>(head_dim_)));
-  if (causal) {
-    // Query i (absolute position past + i) sees keys 0 .. past + i.
-    const Tensor mask = narrow(causal_mask(past + n, x.device()), 0, past, n);
-    scores = masked_fill(scores, mask, -std::numeric_limits<double>::infinity());
-  }
-  const Tensor probs = softmax(scores, -1);
+  // With a causal mask, query i (absolute position past + i, past = cached tokens) sees keys 0 .. past + i.
+  const Tensor probs = scaled_softmax(matmul(q_scaled, transpose(k, -1, -2)),
+                                      1.0 / std::sqrt(static_cast<double>(head_dim_)), causal);
   if (keep_attention_) last_attention_ = probs.detach();
   const Tensor out = reshape(permute(matmul(probs, values), {0, 2, 1, 3}), {batch, n, dim});
   return {proj_->forward(out), v};

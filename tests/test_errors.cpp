@@ -156,6 +156,8 @@ TEST_CASE("concat and split") {
   CHECK_ERROR(split(f32({2, 5}), {6, -1}, 1), "split", "-1");
   CHECK_ERROR(split(f32({2, 5}), {1, 1}, 2), "split", "axis 2");
   CHECK_ERROR(split(f32({}), {1}, 0), "split", "0-dimensional");
+  CHECK_ERROR(scaled_softmax(f32({4, 3}), 1.0, true), "scaled_softmax", "keys", "[4, 3]");
+  CHECK_ERROR(scaled_softmax(f32({3}), 1.0, true), "scaled_softmax", "causal", "[3]");
 }
 
 TEST_CASE("axes out of range or repeated") {

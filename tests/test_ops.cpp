@@ -40,7 +40,7 @@ const std::vector<std::string> kRequiredOps = {
     "reshape", "view", "permute", "transpose", "narrow", "slice", "select", "expand", "unsqueeze", "squeeze",
     "contiguous", "clone", "to_dtype",
     // The rest of the public op set.
-    "equal", "sum_to",
+    "equal", "sum_to", "scaled_softmax",
 };
 // clang-format on
 
@@ -227,6 +227,21 @@ Host ref_softmax(const Host& x, std::int64_t axis, bool log) {
       for (std::int64_t j = 0; j < l.n; ++j)
         out.v[at_j(j)] = log ? x.v[at_j(j)] - m - std::log(total) : std::exp(x.v[at_j(j)] - m) / total;
     }
+  return out;
+}
+
+// softmax(masked_fill(scale * x, mask, -inf), -1) with the causal mask aligned to the last key.
+Host ref_scaled_softmax(const Host& x, double scale, bool causal) {
+  Host out = x;
+  const std::int64_t n = x.shape.back(), nq = causal ? x.shape[x.shape.size() - 2] : 1;
+  for (std::int64_t r = 0; r < count(x.shape) / n; ++r) {
+    const std::int64_t visible = causal ? r % nq + n - nq + 1 : n;
+    auto at = [&](std::int64_t j) { return static_cast<std::size_t>(r * n + j); };
+    double m = -INFINITY, total = 0;
+    for (std::int64_t j = 0; j < visible; ++j) m = std::max(m, scale * x.v[at(j)]);
+    for (std::int64_t j = 0; j < visible; ++j) total += std::exp(scale * x.v[at(j)] - m);
+    for (std::int64_t j = 0; j < n; ++j) out.v[at(j)] = j < visible ? std::exp(scale * x.v[at(j)] - m) / total : 0.0;
+  }
   return out;
 }
 
@@ -892,6 +907,30 @@ std::vector<OpTest> op_table() {
   // ---- neural-network ops ----
   add_entry(softmax_test("softmax", false));
   add_entry(softmax_test("log_softmax", true));
+  add_entry({"scaled_softmax", true, [](Generator& gen) {
+               struct S {
+                 Shape shape;
+                 Layout layout;
+                 double scale;
+                 bool causal;
+                 bool large = false;
+               };
+               const std::vector<S> ss = {
+                   {{3, 5}, Layout::contiguous, 0.5, false},      {{4, 4}, Layout::contiguous, 1.0, true},
+                   {{2, 3, 5}, Layout::strided, -0.7, true},      {{2, 3, 4}, Layout::transposed, 0.3, true},
+                   {{6}, Layout::contiguous, 2.0, false},         {{2, 0, 4}, Layout::contiguous, 1.0, true},
+                   {{8, 64, 96}, Layout::contiguous, 0.2, true, true},
+               };
+               std::vector<Case> cases;
+               for (const auto& s : ss) {
+                 cases.push_back(make_case(
+                     {F(s.shape, normal_values(gen, s.shape, 2.0), s.layout)},
+                     [s](const Tensors& x) { return scaled_softmax(x[0], s.scale, s.causal); },
+                     [s](const Hosts& x) { return ref_scaled_softmax(x[0], s.scale, s.causal); },
+                     fmt::format("scale {} causal {}", s.scale, s.causal), !s.large));
+               }
+               return cases;
+             }});
 
   add_entry({"layer_norm", true, [](Generator& gen) {
                struct L {
@@ -1617,4 +1656,41 @@ TEST_CASE("kernels give the same results on one thread and on all threads") {
     CHECK(worst <= 1e-12);
   }
   MESSAGE("threads: ", threads);
+}
+
+TEST_CASE("matmul: f32 products larger than the GEMM's blocks, in every layout, on one thread and on all") {
+  // The table's matmul cases fit inside one block of the CPU GEMM; these cross every block boundary (rows
+  // past 2 x 192, depth past 2 x 256, columns past 768, none a multiple of the 12 x 32 register tile) with
+  // transposed and step-2 strided operands, against the f64 product, and must not depend on the threads.
+  Generator gen(5);
+  const std::int64_t m = 389, k = 517, n = 801;
+  const Tensor a64 = randn({m, k}, gen, DType::f64), b64 = randn({k, n}, gen, DType::f64);
+  const Tensor expected = matmul(a64, b64);
+  const Tensor a32 = a64.to(DType::f32), b32 = b64.to(DType::f32);
+  // x as the even columns of a twice-as-wide matrix: a step-2 view that is neither row- nor column-major.
+  auto every_other = [](const Tensor& x) {
+    const std::int64_t rows = x.shape()[0], cols = x.shape()[1];
+    return concat({unsqueeze(x, 2), unsqueeze(x, 2)}, 2).reshape({rows, 2 * cols}).slice(1, 0, 2 * cols, 2);
+  };
+  const std::vector<std::pair<std::string, std::pair<Tensor, Tensor>>> layouts = {
+      {"contiguous", {a32, b32}},
+      {"transposed",
+       {a32.transpose(0, 1).contiguous().transpose(0, 1), b32.transpose(0, 1).contiguous().transpose(0, 1)}},
+      {"strided", {every_other(a32), every_other(b32)}},
+  };
+  for (const auto& [name, operands] : layouts) {
+    INFO("layout ", name);
+    const Tensor threaded = matmul(operands.first, operands.second);
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    const Tensor single = matmul(operands.first, operands.second);
+    omp_set_num_threads(threads);
+    const auto got = threaded.to_vector<float>(), one = single.to_vector<float>();
+    const auto want = expected.to_vector<double>();
+    double worst = 0;
+    for (std::size_t i = 0; i < want.size(); ++i)
+      worst = std::max(worst, std::abs(static_cast<double>(got[i]) - want[i]) / (1.0 + std::abs(want[i])));
+    CHECK(worst < 1e-4);  // f32 rounding over 517 terms
+    CHECK(got == one);  // each element is summed by one thread, in the same order
+  }
 }

@@ -45,6 +45,24 @@ std::int64_t check_ids(std::string_view op, const Tensor& ids, std::int64_t boun
 Tensor softmax(const Tensor& x, std::int64_t axis) { return softmax_impl("softmax", x, axis, false); }
 Tensor log_softmax(const Tensor& x, std::int64_t axis) { return softmax_impl("log_softmax", x, axis, true); }
 
+Tensor scaled_softmax(const Tensor& x, double scale, bool causal) {
+  detail::check_defined("scaled_softmax", {&x});
+  detail::check_floating("scaled_softmax", x);
+  ELLIPSE_CHECK(x.dim() >= (causal ? 2 : 1), "scaled_softmax: expected {}, got shape {}",
+                causal ? "[..., queries, keys] for a causal mask" : "at least one dimension", to_string(x.shape()));
+  const std::int64_t n = x.shape().back(), nq = causal ? x.shape()[x.dim() - 2] : 1;
+  ELLIPSE_CHECK(!causal || n >= nq, "scaled_softmax: a causal mask needs at least as many keys as queries, got {}",
+                to_string(x.shape()));
+  const std::int64_t rows = n == 0 ? 0 : x.numel() / n;
+  Tensor y = empty(x.shape(), x.dtype(), x.device());
+  backend_for(x.device()).scaled_softmax(contiguous(x.detach()), y, rows, nq, n, scale, causal);
+  return record("scaled_softmax", y, {x}, [y = y.detach(), rows, n, scale](const Tensor& g, const std::vector<bool>&) {
+    Tensor gx = empty(g.shape(), g.dtype(), g.device());
+    backend_for(g.device()).scaled_softmax_backward(y, contiguous(g), gx, rows, n, scale);
+    return std::vector{gx};
+  });
+}
+
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
   Backend& backend = detail::same_device_and_dtype("layer_norm", {&x, &weight, &bias});
   detail::check_floating("layer_norm", x);

@@ -38,6 +38,10 @@ class CpuBackend final : public Backend {
                bool log) override;
   void softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t outer, std::int64_t n,
                         std::int64_t inner, bool log) override;
+  void scaled_softmax(const Tensor& x, const Tensor& y, std::int64_t rows, std::int64_t nq, std::int64_t n,
+                      double scale, bool causal) override;
+  void scaled_softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t rows, std::int64_t n,
+                               double scale) override;
   void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
                   const Tensor& mean, const Tensor& rstd) override;
   void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,

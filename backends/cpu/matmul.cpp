@@ -1,11 +1,13 @@
-// CPU kernel: (batched) matrix products on OpenBLAS. Transposed views go to BLAS as transposes, and a
-// batch that shares one right-hand matrix (a Linear layer) becomes a single large GEMM.
+// CPU kernel: (batched) matrix products, f32 on the backend's own AVX-512 GEMM where the processor has it
+// (backends/cpu/sgemm.cpp), everything else on OpenBLAS. Transposed views are read in place, and a batch
+// that shares one right-hand matrix (a Linear layer) becomes a single large GEMM.
 #include <cblas.h>
 
 #include <optional>
 
 #include "backends/cpu/cpu_backend.hpp"
 #include "backends/cpu/parallel.hpp"
+#include "backends/cpu/sgemm.hpp"
 
 namespace ellipse {
 
@@ -52,28 +54,38 @@ void CpuBackend::matmul(const Tensor& a_in, const Tensor& b_in, const Tensor& ou
       if (!accumulate) fill(out, 0.0);
       return;
     }
-    // Operands BLAS cannot read in place (neither row- nor column-major) are copied once.
+    // The own GEMM reads any strides; for BLAS, operands it cannot read in place (neither row- nor
+    // column-major) are copied once.
+    const bool own = std::is_same_v<T, float> && cpu::sgemm_available();
     auto readable = [&](const Tensor& t) {
       const auto& s = t.strides();
       const auto& shape = t.shape();
-      return as_gemm_operand(shape[nd - 2], shape[nd - 1], s[nd - 2], s[nd - 1]) ? t : t.contiguous();
+      return own || as_gemm_operand(shape[nd - 2], shape[nd - 1], s[nd - 2], s[nd - 1]) ? t : t.contiguous();
     };
     const Tensor a = readable(a_in), b = readable(b_in);
     const auto& sa = a.strides();
     const auto& sb = b.strides();
-    const GemmOperand opa = *as_gemm_operand(m, k, sa[nd - 2], sa[nd - 1]);
-    const GemmOperand opb = *as_gemm_operand(k, n, sb[nd - 2], sb[nd - 1]);
+    // One product of `rows` rows of a (element strides a_row, a_col) with b into contiguous c.
+    auto product = [&](std::int64_t rows, std::int64_t a_row, std::int64_t a_col, const T* pa, const T* pb, T* pc) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (own) {
+          cpu::sgemm(rows, n, k, pa, a_row, a_col, pb, sb[nd - 2], sb[nd - 1], pc, n, accumulate);
+          return;
+        }
+      }
+      gemm<T>(*as_gemm_operand(rows, k, a_row, a_col), *as_gemm_operand(k, n, sb[nd - 2], sb[nd - 1]), rows, n, k, pa,
+              pb, pc, beta);
+    };
 
     const std::int64_t batch = out.numel() / (m * n);
     bool b_shared = true;
     for (std::size_t d = 0; d + 2 < nd; ++d) b_shared = b_shared && (b.shape()[d] == 1 || sb[d] == 0);
     if (batch > 1 && b_shared && a.is_contiguous()) {  // [batch * m, k] @ [k, n] in one call
-      gemm<T>(GemmOperand{CblasNoTrans, k}, opb, batch * m, n, k, a.data<T>(), b.data<T>(), out.data<T>(),
-              beta);
+      product(batch * m, k, 1, a.data<T>(), b.data<T>(), out.data<T>());
       return;
     }
-    // Many small products (attention heads) run one per thread, each GEMM single-threaded (OpenBLAS's
-    // OpenMP build does so inside a parallel region); large ones use OpenBLAS's own threads in turn.
+    // Many small products (attention heads) run one per thread, each GEMM single-threaded (ours and
+    // OpenBLAS's OpenMP build do so inside a parallel region); large ones use all threads in turn.
     constexpr std::int64_t kSmallGemmFlops = std::int64_t{1} << 22;
     const bool one_per_thread = batch > 1 && m * n * k <= kSmallGemmFlops && batch * m * n * k >= cpu::kParallelGrain;
 #pragma omp parallel for schedule(static) if (one_per_thread)
@@ -85,7 +97,7 @@ void CpuBackend::matmul(const Tensor& a_in, const Tensor& b_in, const Tensor& ou
         offset_a += index * sa[d];
         offset_b += index * sb[d];
       }
-      gemm<T>(opa, opb, m, n, k, a.data<T>() + offset_a, b.data<T>() + offset_b, out.data<T>() + i * m * n, beta);
+      product(m, sa[nd - 2], sa[nd - 1], a.data<T>() + offset_a, b.data<T>() + offset_b, out.data<T>() + i * m * n);
     }
   });
 }

@@ -12,6 +12,52 @@ namespace ellipse {
 using cpu::dispatch_floating;
 using cpu::parallel_for;
 
+namespace {
+
+// Row reductions in 16 interleaved partial results: GCC vectorises those, while a single running sum or
+// maximum is a dependency chain it keeps scalar (floating-point addition is not reassociated for it).
+constexpr std::int64_t kLanes = 16;
+
+template <class T, class F>
+T lane_sum(std::int64_t n, F term) {
+  T partial[kLanes] = {};
+  std::int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (std::int64_t l = 0; l < kLanes; ++l) partial[l] += term(j + l);
+  T total = 0;
+  for (; j < n; ++j) total += term(j);
+  for (std::int64_t l = 0; l < kLanes; ++l) total += partial[l];
+  return total;
+}
+
+template <class T, class F>
+T lane_max(std::int64_t n, F term) {
+  T partial[kLanes];
+  std::fill_n(partial, kLanes, -std::numeric_limits<T>::infinity());
+  std::int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (std::int64_t l = 0; l < kLanes; ++l) partial[l] = std::max(partial[l], term(j + l));
+  T best = -std::numeric_limits<T>::infinity();
+  for (; j < n; ++j) best = std::max(best, term(j));
+  for (std::int64_t l = 0; l < kLanes; ++l) best = std::max(best, partial[l]);
+  return best;
+}
+
+// One row of scaled_softmax: only the `visible` prefix is read and exponentiated, the rest is written as
+// 0. (A function of its own with unaliased pointers: inlined into the kernel's loop, GCC 12 left the
+// exponentials scalar.)
+template <class T>
+void scaled_softmax_row(const T* __restrict in, T* __restrict out, std::int64_t visible, std::int64_t n, T s) {
+  T max = lane_max<T>(visible, [in, s](std::int64_t j) { return s * in[j]; });
+  if (max == -std::numeric_limits<T>::infinity()) max = T(0);  // as softmax: an all -inf row is NaN
+  for (std::int64_t j = 0; j < visible; ++j) out[j] = cpu::exp_fast(s * in[j] - max);
+  const T inv = T(1) / lane_sum<T>(visible, [out](std::int64_t j) { return out[j]; });
+  for (std::int64_t j = 0; j < visible; ++j) out[j] *= inv;
+  for (std::int64_t j = visible; j < n; ++j) out[j] = T(0);
+}
+
+}  // namespace
+
 void CpuBackend::softmax(const Tensor& x, const Tensor& y, std::int64_t outer, std::int64_t n, std::int64_t inner,
                          bool log) {
   dispatch_floating(x.dtype(), "softmax", [&](auto tag) {
@@ -62,6 +108,36 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& gy, const Tenso
           const std::int64_t i = j * inner;
           out[i] = log ? g[i] - cpu::exp_fast(yv[i]) * dot : yv[i] * (g[i] - dot);
         }
+      }
+    });
+  });
+}
+
+void CpuBackend::scaled_softmax(const Tensor& x, const Tensor& y, std::int64_t rows, std::int64_t nq, std::int64_t n,
+                                double scale, bool causal) {
+  dispatch_floating(x.dtype(), "scaled_softmax", [&](auto tag) {
+    using T = decltype(tag);
+    const T s = static_cast<T>(scale);
+    parallel_for(rows, n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t r = begin; r < end; ++r) {
+        scaled_softmax_row(x.data<T>() + r * n, y.data<T>() + r * n, causal ? r % nq + n - nq + 1 : n, n, s);
+      }
+    });
+  });
+}
+
+void CpuBackend::scaled_softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t rows,
+                                         std::int64_t n, double scale) {
+  dispatch_floating(y.dtype(), "scaled_softmax_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const T s = static_cast<T>(scale);
+    parallel_for(rows, 2 * n, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t r = begin; r < end; ++r) {
+        const T* yv = y.data<T>() + r * n;
+        const T* g = gy.data<T>() + r * n;
+        T* out = gx.data<T>() + r * n;
+        const T dot = lane_sum<T>(n, [g, yv](std::int64_t j) { return g[j] * yv[j]; });
+        for (std::int64_t j = 0; j < n; ++j) out[j] = s * yv[j] * (g[j] - dot);
       }
     });
   });
