@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "core/error.hpp"
+#include "models/fashion_mnist.hpp"
 #include "models/text.hpp"
 
 namespace ellipse::fuzz {
@@ -30,6 +31,28 @@ inline void check_text(std::string_view bytes) {
   if (text.empty()) return;
   const CharTokenizer tokenizer = CharTokenizer::from_text(text);
   if (tokenizer.decode(tokenizer.encode(text)) != text) std::abort();
+}
+
+// The IDX loader (Fashion-MNIST): the bytes are gunzipped with a small limit (or taken as they are when they
+// are not gzip), then parsed as images and as labels, and what is accepted must be consistent.
+inline void check_idx(std::string_view bytes) {
+  std::string raw;
+  try {
+    raw = gunzip(bytes, "fuzz", std::uint64_t{1} << 22);
+  } catch (const Error&) {
+    raw = std::string(bytes);
+  }
+  try {
+    const IdxImages images = parse_idx_images(raw, "fuzz");
+    if (images.count <= 0 || images.pixels.size() != static_cast<std::size_t>(images.count * images.rows * images.cols))
+      std::abort();
+  } catch (const Error&) {
+  }
+  try {
+    for (const std::int64_t label : parse_idx_labels(raw, "fuzz", kFashionMnistClasses))
+      if (label < 0 || label >= kFashionMnistClasses) std::abort();
+  } catch (const Error&) {
+  }
 }
 
 }  // namespace ellipse::fuzz
