@@ -1,5 +1,7 @@
 #include "autograd/engine.hpp"
 
+#include <cmath>
+#include <string>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -12,6 +14,79 @@ namespace ellipse {
 
 namespace {
 thread_local bool grad_mode_enabled = true;
+thread_local bool anomaly_mode_enabled = false;
+
+// What non-finite values a tensor holds (integer tensors hold none).
+struct NonFinite {
+  bool nan = false, inf = false;
+};
+
+template <class T>
+NonFinite scan_host(const Tensor& t) {
+  NonFinite found;
+  const T* base = t.data<T>();
+  const Shape& shape = t.shape();
+  const Strides& strides = t.strides();
+  // An odometer over the indices, so that any strided view (expanded, transposed) is read in place.
+  std::vector<std::int64_t> index(shape.size(), 0);
+  std::int64_t position = 0;
+  for (std::int64_t n = t.numel(); n > 0; --n) {
+    const T value = base[position];
+    found.nan = found.nan || std::isnan(value);
+    found.inf = found.inf || std::isinf(value);
+    for (std::size_t axis = shape.size(); axis-- > 0;) {
+      position += strides[axis];
+      if (++index[axis] < shape[axis]) break;
+      position -= strides[axis] * shape[axis];
+      index[axis] = 0;
+    }
+  }
+  return found;
+}
+
+NonFinite scan(const Tensor& t) {
+  if (!t.defined() || !is_floating(t.dtype()) || t.numel() == 0) return {};
+  // Copying another device's tensor to the host runs an op: keep that op from checking itself.
+  DetectAnomalyGuard off(false);
+  const Tensor host = t.device().is_cpu() ? t : t.detach().to(Device::cpu());
+  return host.dtype() == DType::f32 ? scan_host<float>(host) : scan_host<double>(host);
+}
+
+std::string shapes_of(const std::vector<Tensor>& tensors) {
+  std::string text;
+  for (const auto& t : tensors) {
+    if (!text.empty()) text += ", ";
+    text += t.defined() ? to_string(t.shape()) : "none";
+  }
+  return text;
+}
+
+// Throws when an op turned inputs without NaN (Inf) into an output with one.
+void check_forward(std::string_view op, const Tensor& output, const std::vector<Tensor>& inputs) {
+  const NonFinite out = scan(output);
+  if (!out.nan && !out.inf) return;
+  NonFinite in;
+  for (const auto& input : inputs) {
+    const NonFinite found = scan(input);
+    in.nan = in.nan || found.nan;
+    in.inf = in.inf || found.inf;
+  }
+  if ((out.nan && !in.nan) || (out.inf && !in.inf))
+    fail("detect-anomaly: the forward of '{}' produced {} (output {} from inputs {})", op, out.nan ? "NaN" : "Inf",
+         to_string(output.shape()), shapes_of(inputs));
+}
+
+// Throws when a backward rule turned a gradient without NaN (Inf) into input gradients with one.
+void check_backward(const Node& node, const Tensor& grad_output, const std::vector<Tensor>& grads) {
+  const NonFinite upstream = scan(grad_output);
+  for (std::size_t i = 0; i < grads.size(); ++i) {
+    const NonFinite found = scan(grads[i]);
+    if ((found.nan && !upstream.nan) || (found.inf && !upstream.inf))
+      fail("detect-anomaly: the backward of '{}' produced {} in the gradient of input {} (shape {}; inputs {}, "
+           "output gradient {})", node.op, found.nan ? "NaN" : "Inf", i, to_string(grads[i].shape()),
+           shapes_of(node.inputs), to_string(grad_output.shape()));
+  }
+}
 
 // Tensors with a grad_fn reachable from root, every tensor after all tensors that consume it. Holds
 // owning pointers: freeing a node's inputs during the sweep must not free tensors still to be visited.
@@ -65,8 +140,12 @@ Node::~Node() {
 
 bool grad_enabled() { return grad_mode_enabled; }
 void set_grad_enabled(bool enabled) { grad_mode_enabled = enabled; }
+bool anomaly_detection_enabled() { return anomaly_mode_enabled; }
+void set_anomaly_detection(bool enabled) { anomaly_mode_enabled = enabled; }
 
 Tensor record(std::string_view op, Tensor output, std::vector<Tensor> inputs, BackwardFn backward) {
+  // Before the early returns: evaluation under NoGradGuard is checked too.
+  if (anomaly_mode_enabled) check_forward(op, output, inputs);
   if (!grad_enabled()) return output;
   bool any = false;
   for (const auto& input : inputs) any = any || (input.defined() && input.requires_grad());
@@ -112,9 +191,15 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
 
     std::vector<bool> needs(node.inputs.size());
     for (std::size_t i = 0; i < needs.size(); ++i) needs[i] = node.inputs[i].defined() && node.inputs[i].requires_grad();
-    std::vector<Tensor> grads = node.backward(grad_output, needs);
+    std::vector<Tensor> grads;
+    {
+      // The ops inside a rule are not checked one by one: check_backward below names the rule's op instead.
+      DetectAnomalyGuard inside_rule(false);
+      grads = node.backward(grad_output, needs);
+    }
     ELLIPSE_CHECK(grads.size() == node.inputs.size(), "backward of '{}' returned {} gradients for {} inputs", node.op,
                   grads.size(), node.inputs.size());
+    if (anomaly_mode_enabled) check_backward(node, grad_output, grads);
     for (std::size_t i = 0; i < grads.size(); ++i) {
       if (!needs[i] || !grads[i].defined()) continue;
       const Tensor& input = node.inputs[i];

@@ -112,7 +112,7 @@ void add_bench_command(CLI::App& app, Action& action) {
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{100000}))->capture_default_str();
   b->add_option("--batch", flags->batch, "Batch size (default: the config's)")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{65536}));
-  b->add_option("--seed", flags->seed, "Random seed")->capture_default_str();
+  b->add_option("--seed", flags->seed, "Random seed")->check(CLI::NonNegativeNumber)->capture_default_str();
   b->callback([&action, flags] { action = [flags] { return run_bench(*flags); }; });
 }
 

@@ -2,6 +2,7 @@
 // Each file in cli/ registers its subcommands here; the chosen one's action runs after parsing.
 #include <CLI/CLI.hpp>
 
+#include <cmath>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -9,6 +10,17 @@
 namespace ellipse::cli {
 
 using Action = std::function<int()>;
+
+// CLI::Range lets "nan" through (every comparison with NaN is false); add this check to floating options.
+inline CLI::Validator not_nan() {
+  return CLI::Validator(
+      [](std::string& text) {
+        double value = 0;
+        return CLI::detail::lexical_cast(text, value) && std::isnan(value) ? std::string("NaN is not allowed")
+                                                                            : std::string();
+      },
+      "");
+}
 
 void add_demo_command(CLI::App& app, Action& action);
 // `train gpt`, `eval gpt`, `sample` (train and eval are shared with other models: pass their parents).

@@ -73,6 +73,9 @@ int run_eval(const EvalFlags& flags) {
     const std::u32string text =
         decode_utf8(io::read_file(flags.text_path, std::uint64_t{1} << 31), flags.text_path);
     const TextSplit split = split_train_val(loaded.tokenizer.encode(text));
+    ELLIPSE_CHECK(static_cast<std::int64_t>(split.val.size()) > config.seq_len,
+                  "eval gpt: {}: its val part (the last 10%) has {} characters, too few for one window of {} "
+                  "(+1 target)", flags.text_path, split.val.size(), config.seq_len);
     json += fmt::format(", \"val_loss\": {:.8f}", evaluate_gpt(*loaded.model, split.val));
   }
   if (!flags.ids_path.empty()) {
@@ -111,7 +114,8 @@ void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& ac
   GPTTrainOptions& o = flags->options;
   t->add_option("--text", o.text_path, "UTF-8 text file (first 90% train, last 10% val)")->required()
       ->check(CLI::ExistingFile);
-  t->add_option("--config", o.config, "Model size")->check(CLI::IsMember({"gpt-s", "gpt-m"}))->capture_default_str();
+  t->add_option("--config", o.config, "Model size (gpt-tiny: for tests)")
+      ->check(CLI::IsMember({"gpt-s", "gpt-m", "gpt-tiny"}))->capture_default_str();
   t->add_option("--attn", flags->attn, "Attention")->check(CLI::IsMember({"standard", "elliptical"}))
       ->capture_default_str();
   t->add_option("--m-mode", flags->m_mode, "Estimator of the elliptical metric (default causal)")
@@ -120,14 +124,18 @@ void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& ac
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000000}))->capture_default_str();
   t->add_option("--batch", flags->batch, "Batch size (default: the config's)")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{65536}));
-  t->add_option("--lr", o.lr, "Peak learning rate")->check(CLI::Range(1e-9, 10.0))->capture_default_str();
-  t->add_option("--seed", o.seed, "Random seed (initialisation and data order)")->capture_default_str();
+  t->add_option("--lr", o.lr, "Peak learning rate")->check(CLI::Range(1e-9, 10.0))->check(not_nan())
+      ->capture_default_str();
+  t->add_option("--seed", o.seed, "Random seed (initialisation and data order)")->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   t->add_option("--eval-every", o.eval_every, "Evaluate and checkpoint every N steps")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000000}))->capture_default_str();
   t->add_option("--out", o.out_dir, "Output directory (default runs/gpt)");
   t->add_option("--resume", flags->resume, "Continue the run saved in this directory")->check(CLI::ExistingDirectory);
   t->add_option("--stop-after", o.stop_after, "Save and stop after this step, as an interruption would")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000000}));
+  t->add_flag("--detect-anomaly", o.detect_anomaly,
+              "Check every op's output and gradients for NaN/Inf and name the first op that produces one (slow)");
   t->add_flag("--json", flags->json, "Print each evaluation as a JSON line (the keys of metrics.jsonl), nothing else");
   t->callback([&action, flags] { action = [flags] { return run_train(*flags); }; });
 
@@ -156,10 +164,10 @@ void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& ac
   s->add_option("--tokens", sample->tokens, "Characters to generate")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{10000000}))->capture_default_str();
   s->add_option("--temperature", sample->temperature, "Sampling temperature (0: greedy)")
-      ->check(CLI::Range(0.0, 100.0))->capture_default_str();
+      ->check(CLI::Range(0.0, 100.0))->check(not_nan())->capture_default_str();
   s->add_option("--top-k", sample->top_k, "Sample among the k most likely (0: all)")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{1000000}))->capture_default_str();
-  s->add_option("--seed", sample->seed, "Random seed")->capture_default_str();
+  s->add_option("--seed", sample->seed, "Random seed")->check(CLI::NonNegativeNumber)->capture_default_str();
   s->callback([&action, sample_dir, prompt, sample] {
     action = [=] { return run_sample(*sample_dir, *prompt, *sample); };
   });

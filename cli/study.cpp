@@ -227,12 +227,13 @@ RunResult study_run(const StudyFlags& flags, const StudyPreset& preset, nn::Atte
   if (options.resume && std::filesystem::exists(seconds_path))
     seconds_before = std::stod(io::read_file(seconds_path, 64));
   const auto last_record = [&]() -> std::optional<ordered_json> {
-    const std::string lines = metrics_up_to(files.metrics, std::numeric_limits<std::int64_t>::max());
+    // Up to the committed checkpoint: a run killed between its metrics line and its state is one line ahead.
+    const std::string lines = metrics_up_to(files.metrics, checkpoint_step(files));
     const auto newline = lines.rfind('\n', lines.size() >= 2 ? lines.size() - 2 : 0);
     if (lines.empty()) return std::nullopt;
     return ordered_json::parse(lines.substr(newline == std::string::npos ? 0 : newline + 1));
   };
-  const auto finished = last_record();
+  const auto finished = options.resume ? last_record() : std::nullopt;
   if (options.resume && finished && finished->value("epoch", std::int64_t{-1}) == preset.epochs) {
     fmt::print("{}: finished earlier, reusing {}\n", name, options.out_dir);
     result.test_acc = finished->value("test_acc", 0.0);

@@ -104,13 +104,15 @@ void add_vit_commands(CLI::App& train, CLI::App& eval, Action& action) {
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}))->capture_default_str();
   t->add_option("--batch", flags->batch, "Batch size (default: the config's, 128)")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{65536}));
-  t->add_option("--lr", o.lr, "Peak learning rate")->check(CLI::Range(1e-9, 10.0))->capture_default_str();
+  t->add_option("--lr", o.lr, "Peak learning rate")->check(CLI::Range(1e-9, 10.0))->check(not_nan())
+      ->capture_default_str();
   t->add_option("--warmup-epochs", o.warmup_epochs, "Linear warm-up, in epochs")->check(CLI::Range(0.0, 1000.0))
-      ->capture_default_str();
+      ->check(not_nan())->capture_default_str();
   t->add_option("--weight-decay", o.weight_decay, "AdamW's decoupled weight decay")->check(CLI::Range(0.0, 10.0))
-      ->capture_default_str();
+      ->check(not_nan())->capture_default_str();
   t->add_flag("--augment", o.augment, "Random shifts of up to 2 pixels and horizontal flips");
-  t->add_option("--seed", o.seed, "Random seed (initialisation and data order)")->capture_default_str();
+  t->add_option("--seed", o.seed, "Random seed (initialisation and data order)")->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   t->add_option("--limit-train", o.limit_train, "Train on the first N images only")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000000}));
   t->add_option("--limit-test", o.limit_test, "Evaluate on the first N test images only")
@@ -119,6 +121,8 @@ void add_vit_commands(CLI::App& train, CLI::App& eval, Action& action) {
   t->add_option("--resume", flags->resume, "Continue the run saved in this directory")->check(CLI::ExistingDirectory);
   t->add_option("--stop-after", o.stop_after, "Save and stop after this step, as an interruption would")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000000}));
+  t->add_flag("--detect-anomaly", o.detect_anomaly,
+              "Check every op's output and gradients for NaN/Inf and name the first op that produces one (slow)");
   t->callback([&action, flags] { action = [flags] { return run_train(*flags); }; });
 
   auto eval_flags = std::make_shared<EvalFlags>();
@@ -132,7 +136,8 @@ void add_vit_commands(CLI::App& train, CLI::App& eval, Action& action) {
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000000}));
   e->add_option("--batch", eval_flags->batch, "Images per forward pass")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{65536}))->capture_default_str();
-  e->add_option("--seed", eval_flags->seed, "Seed of the noise and of PGD's random start")->capture_default_str();
+  e->add_option("--seed", eval_flags->seed, "Seed of the noise and of PGD's random start")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
   e->callback([&action, eval_flags] { action = [eval_flags] { return run_eval(*eval_flags); }; });
 }
 

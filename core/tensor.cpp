@@ -152,8 +152,12 @@ Tensor empty(const Shape& shape, DType dtype, Device device) {
   // Guard against absurd shapes before multiplying sizes into an overflow.
   std::int64_t n = 1;
   for (auto d : shape) {
-    ELLIPSE_CHECK(d == 0 || n <= (INT64_MAX / 8) / d, "empty: shape {} has too many elements to allocate",
-                  to_string(shape));
+    if (d != 0 && n > (INT64_MAX / 8) / d) {
+      long double bytes = static_cast<long double>(itemsize(dtype));
+      for (auto e : shape) bytes *= static_cast<long double>(e);
+      fail("empty: shape {} of {} would need {:.3g} bytes, more than can be addressed", to_string(shape),
+           dtype_name(dtype), static_cast<double>(bytes));
+    }
     n *= d;
   }
   auto impl = std::make_shared<TensorImpl>();

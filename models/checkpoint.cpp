@@ -66,17 +66,19 @@ constexpr std::string_view kGeneratorPrefix = "generator.";
 
 }  // namespace
 
-void save_parameters(const std::string& path, const nn::Module& module) {
+void save_parameters(const std::string& path, const nn::Module& module,
+                     const std::map<std::string, std::string>& metadata) {
   NamedTensors tensors;
   for (const auto& [name, param] : module.named_parameters()) tensors.emplace_back(name, param.detach().to(DType::f32));
-  io::save_safetensors(path, tensors);
+  io::save_safetensors(path, tensors, metadata);
 }
 
-void load_parameters(const std::string& path, nn::Module& module) {
+std::map<std::string, std::string> load_parameters(const std::string& path, nn::Module& module) {
   const auto file = io::load_safetensors(path);
   const auto source = by_name(file);
   reject_unknown(path, source, {""}, module);
   assign_parameters(path, source, "", module);
+  return file.metadata;
 }
 
 void save_train_state(const std::string& path, const nn::Module& module, const nn::AdamW& optimizer,

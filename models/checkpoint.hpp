@@ -12,11 +12,13 @@
 
 namespace ellipse {
 
-// Writes every parameter of `module` as F32 to `path`.
-void save_parameters(const std::string& path, const nn::Module& module);
+// Writes every parameter of `module` as F32 to `path`, with optional string metadata (a trainer's step).
+void save_parameters(const std::string& path, const nn::Module& module,
+                     const std::map<std::string, std::string>& metadata = {});
 // Loads `path` into `module`: every parameter must be present with its exact shape, and nothing else.
-// On any mismatch the module is left unchanged and the error names the file and the tensor.
-void load_parameters(const std::string& path, nn::Module& module);
+// On any mismatch the module is left unchanged and the error names the file and the tensor. Returns the
+// file's metadata.
+std::map<std::string, std::string> load_parameters(const std::string& path, nn::Module& module);
 
 // Everything a run needs to continue bit for bit: parameters, AdamW moments, the step, and the state
 // of each named generator, plus free-form string fields (the run's flags).

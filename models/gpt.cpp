@@ -18,8 +18,15 @@ GPTConfig gpt_preset(std::string_view name, std::int64_t vocab) {
     config.n_head = 6;
     config.seq_len = 256;
     config.batch = 64;
+  } else if (name == "gpt-tiny") {  // for smoke tests, kill tests and valgrind: a step takes milliseconds
+    config.name = "gpt-tiny";
+    config.n_layer = 2;
+    config.d_model = 32;
+    config.n_head = 2;
+    config.seq_len = 32;
+    config.batch = 4;
   } else {
-    fail("gpt: unknown config '{}'; expected gpt-s or gpt-m", name);
+    fail("gpt: unknown config '{}'; expected gpt-s, gpt-m or gpt-tiny", name);
   }
   return config;
 }
@@ -142,6 +149,15 @@ GPTCheckpointConfig parse_gpt_config_json(std::string_view text, const std::stri
   const std::string attn = string_field("attn"), m_mode = string_field("m_mode");
   config.attention = checked("attn", [&] { return nn::parse_attention_kind(attn); });
   config.metric = checked("m_mode", [&] { return nn::parse_metric_mode(m_mode); });
+  // Each key is within its bounds, but together they could still ask for terabytes: bound the parameters
+  // (embeddings, head, and per block 12 d^2 + 13 d) before anything is allocated.
+  constexpr long double kMaxParameters = 4e9;
+  const auto d = static_cast<long double>(config.d_model);
+  const long double parameters = d * (2.0L * static_cast<long double>(config.vocab) +
+                                      static_cast<long double>(config.seq_len) + 2.0L) +
+                                 static_cast<long double>(config.n_layer) * (12.0L * d * d + 13.0L * d);
+  ELLIPSE_CHECK(parameters <= kMaxParameters, "{}: the model would have {:.3g} parameters, more than the limit of {:.3g}",
+                path, static_cast<double>(parameters), static_cast<double>(kMaxParameters));
   if (json.contains("dropout")) {
     ELLIPSE_CHECK(json["dropout"].is_number() && json["dropout"].get<double>() >= 0 && json["dropout"].get<double>() < 1,
                   "{}: 'dropout' must be a number in [0, 1)", path);

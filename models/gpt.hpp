@@ -23,7 +23,8 @@ struct GPTConfig {
   nn::MetricMode metric = nn::MetricMode::causal;
 };
 
-// "gpt-s" (L=4, d=128, H=4, T=128, batch 16) or "gpt-m" (L=6, d=384, H=6, T=256, batch 64).
+// "gpt-s" (L=4, d=128, H=4, T=128, batch 16), "gpt-m" (L=6, d=384, H=6, T=256, batch 64) or "gpt-tiny"
+// (L=2, d=32, H=2, T=32, batch 4; for tests).
 GPTConfig gpt_preset(std::string_view name, std::int64_t vocab);
 
 class GPT : public nn::Module {

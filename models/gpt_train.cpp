@@ -77,6 +77,7 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
                 "train gpt: steps ({}), eval-every ({}) and lr ({}) must be positive", o.steps, o.eval_every, o.lr);
   ELLIPSE_CHECK(o.stop_after >= 0 && o.stop_after <= o.steps, "train gpt: --stop-after {} must lie in [0, {}]",
                 o.stop_after, o.steps);
+  const DetectAnomalyGuard anomaly(o.detect_anomaly || anomaly_detection_enabled());
   const RunFiles files(o.out_dir);
 
   GPTConfig config;
@@ -114,30 +115,25 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
                                            .weight_decay = o.weight_decay});
   Generator data_gen(o.seed ^ 0x5EEDDA7Aull);
   std::int64_t start = 0;
-  std::string metrics;
-  const std::string fingerprint = flags_fingerprint(o, batch);
+  RunCheckpoints run(o.out_dir, "train gpt", flags_fingerprint(o, batch));
   RunningMean train_loss;  // since the last evaluation
-  auto save = [&](std::int64_t step) {
-    save_parameters(files.model, model);
+  auto save = [&](std::int64_t step, std::string_view metrics) {
     TrainState state{.step = step,
                      .generators = {{"data", data_gen.state()}, {"model", model.generator().state()}},
-                     .fields = {{"flags", fingerprint}}};
+                     .fields = {}};
     train_loss.save(state, "loss");
-    save_train_state(files.state, model, optimizer, state);
+    run.save(model, optimizer, std::move(state), metrics);
   };
   if (o.resume) {
-    TrainState state = load_train_state(files.state, model, optimizer);
-    ELLIPSE_CHECK(state.fields["flags"] == fingerprint, "train gpt: --resume {}: the run was started with flags "
-                  "'{}', now '{}'; resume with the same flags", o.out_dir, state.fields["flags"], fingerprint);
+    TrainState state = run.resume(model, optimizer);
     ELLIPSE_CHECK(state.generators.count("data") == 1 && state.generators.count("model") == 1,
                   "{}: the generators' states are missing", files.state);
     data_gen.set_state(state.generators["data"]);
     model.generator().set_state(state.generators["model"]);
     start = state.step;
     train_loss.load(state, "loss", files.state);
-    metrics = metrics_up_to(files.metrics, start);
   } else {
-    start_run(files, gpt_config_json(config, tokenizer.vocab()), "train gpt");
+    run.start(gpt_config_json(config, tokenizer.vocab()));
   }
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -153,10 +149,9 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
     optimizer.zero_grad();
     const Tensor loss = cross_entropy(model.forward(inputs), targets);
     const double loss_value = loss.item();
-    ELLIPSE_CHECK(std::isfinite(loss_value), "train gpt: the loss became {} at step {}; stopping. The last good "
-                  "checkpoint in {} is kept", loss_value, step + 1, o.out_dir);
+    run.check_finite(loss_value, "the loss", step + 1);
     loss.backward();
-    nn::clip_grad_norm(params, o.clip);
+    run.check_finite(nn::clip_grad_norm(params, o.clip), "the gradient norm", step + 1);
     optimizer.step();
     train_loss.add(loss_value);
     tokens += batch * config.seq_len;
@@ -166,12 +161,11 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
     if ((step + 1) % o.eval_every == 0 || step + 1 == o.steps) {
       last = {step + 1, train_loss.take(), evaluate_gpt(model, split.val), lr, static_cast<double>(tokens) / seconds,
               elapsed()};
-      save(step + 1);  // checkpoint first: metrics never name a step that has no checkpoint
-      metrics += metrics_line(last);
-      io::write_file_atomic(files.metrics, metrics);
+      run.check_finite(last.val_loss, "the val loss", step + 1);
+      save(step + 1, metrics_line(last));
       if (on_eval) on_eval(last);
     } else if (step + 1 == end) {
-      save(step + 1);  // stopped between evaluations: a checkpoint only, as the uninterrupted run has no line here
+      save(step + 1, "");  // stopped between evaluations: a checkpoint only, as the uninterrupted run has no line here
     }
   }
   return last;

@@ -25,6 +25,7 @@ struct GPTTrainOptions {
   std::string out_dir;                    // checkpoints and metrics.jsonl
   bool resume = false;                    // continue the run saved in out_dir
   std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
+  bool detect_anomaly = false;            // name the first op that produces a NaN or Inf (slow; see grad_mode.hpp)
 };
 
 struct EvalRecord {
@@ -34,6 +35,10 @@ struct EvalRecord {
 
 // Trains (or resumes), writing out_dir/{model.safetensors, config.json, train_state.safetensors,
 // metrics.jsonl} at every evaluation and at the end. Returns the last evaluation.
+// A crash or SIGKILL at any moment leaves a checkpoint that --resume continues exactly (RunCheckpoints in
+// train_run.hpp: the state is the commit point, metrics.jsonl is written before it and model.safetensors,
+// which records its step, after it). A NaN or Inf loss, gradient norm or val loss stops the run before it
+// writes anything; with detect_anomaly the error names the op that produced it.
 EvalRecord train_gpt(const GPTTrainOptions& options, const std::function<void(const TrainProgress&)>& on_step,
                      const std::function<void(const EvalRecord&)>& on_eval);
 

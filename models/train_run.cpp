@@ -1,21 +1,96 @@
 #include "models/train_run.hpp"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <bit>
+#include <cerrno>
 #include <charconv>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "autograd/grad_mode.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
+#include "core/io/safetensors.hpp"
 
 namespace ellipse {
 
 void start_run(const RunFiles& files, std::string_view config_json, std::string_view command) {
   std::filesystem::create_directories(files.dir);
-  ELLIPSE_CHECK(!std::filesystem::exists(files.state), "{}: {} already holds a run; pass --resume to continue it or "
-                "choose another --out", command, files.dir);
+  ELLIPSE_CHECK(!std::filesystem::exists(files.state) && !std::filesystem::exists(files.model), "{}: {} already holds "
+                "a run; pass --resume to continue it or choose another --out", command, files.dir);
+  remove_stale_temp_files(files);
   io::write_file_atomic(files.config, config_json);
+}
+
+void save_checkpoint(const RunFiles& files, const nn::Module& model, const nn::AdamW& optimizer,
+                     const TrainState& state) {
+  save_train_state(files.state, model, optimizer, state);  // the commit point
+  save_parameters(files.model, model, {{"step", std::to_string(state.step)}});
+}
+
+TrainState resume_checkpoint(const RunFiles& files, nn::Module& model, nn::AdamW& optimizer) {
+  // model.safetensors first (load_train_state then overwrites the parameters): a damaged one is an error.
+  const bool model_missing = !std::filesystem::exists(files.model);
+  const std::string model_step = model_missing ? "" : load_parameters(files.model, model)["step"];
+  TrainState state = load_train_state(files.state, model, optimizer);
+  // A checkpoint whose writing was interrupted after the state was replaced: model.safetensors is then missing
+  // (the first save) or one save behind. (A model file without a step predates this check.)
+  if (model_missing || (!model_step.empty() && model_step != std::to_string(state.step))) {
+    std::int64_t behind = 0;
+    const auto [end, error] = std::from_chars(model_step.data(), model_step.data() + model_step.size(), behind);
+    ELLIPSE_CHECK(model_missing ||
+                      (error == std::errc() && end == model_step.data() + model_step.size() && behind < state.step),
+                  "{}: model.safetensors is at step {} but train_state.safetensors at step {}; the checkpoint is "
+                  "inconsistent", files.dir, model_step, state.step);
+    save_parameters(files.model, model, {{"step", std::to_string(state.step)}});
+  }
+  remove_stale_temp_files(files);
+  return state;
+}
+
+std::int64_t checkpoint_step(const RunFiles& files) {
+  const auto metadata = io::load_safetensors(files.state).metadata;
+  const auto found = metadata.find("step");
+  std::int64_t step = -1;
+  if (found != metadata.end()) {
+    const std::string& text = found->second;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), step);
+    if (error != std::errc() || end != text.data() + text.size()) step = -1;
+  }
+  ELLIPSE_CHECK(step >= 0, "{}: metadata field 'step' is missing or not a step count", files.state);
+  return step;
+}
+
+void remove_stale_temp_files(const RunFiles& files) {
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(files.dir, error)) {
+    const std::string file = entry.path().filename().string();
+    for (const std::string& path : {files.config, files.model, files.state, files.metrics}) {
+      const std::string prefix = std::filesystem::path(path).filename().string() + ".tmp.";
+      if (!file.starts_with(prefix)) continue;
+      const long pid = std::strtol(file.c_str() + prefix.size(), nullptr, 10);
+      if (pid > 0 && pid != static_cast<long>(::getpid()) && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
+        std::filesystem::remove(entry.path(), error);
+    }
+  }
+}
+
+void check_finite(double value, std::string_view what, std::int64_t step, const std::string& out_dir,
+                  std::int64_t saved_step) {
+  if (std::isfinite(value)) return;
+  const std::string kept = saved_step > 0 ? fmt::format("The last good checkpoint (step {}) in {} is kept", saved_step,
+                                                        out_dir)
+                                          : fmt::format("No checkpoint was written to {}", out_dir);
+  // With anomaly detection on, an op that made the NaN or Inf would have thrown first.
+  const std::string hint = anomaly_detection_enabled()
+                               ? "no op produced it from finite inputs, so it was already in the parameters or the data"
+                               : "rerun with --detect-anomaly to find the op that produced it";
+  fail("{} became {} at step {}; stopping. {}; {}", what, value, step, kept, hint);
 }
 
 std::string metrics_up_to(const std::string& path, std::int64_t step) {
@@ -57,6 +132,35 @@ void RunningMean::save(TrainState& state, const std::string& key) const {
 void RunningMean::load(const TrainState& state, const std::string& key, const std::string& path) {
   sum_ = std::bit_cast<double>(state_number(state, key + "_sum_bits", path));
   count_ = static_cast<std::int64_t>(state_number(state, key + "_count", path));
+}
+
+RunCheckpoints::RunCheckpoints(const std::string& dir, std::string command, std::string fingerprint)
+    : files_(dir), command_(std::move(command)), fingerprint_(std::move(fingerprint)) {}
+
+TrainState RunCheckpoints::resume(nn::Module& model, nn::AdamW& optimizer) {
+  TrainState state = resume_checkpoint(files_, model, optimizer);
+  ELLIPSE_CHECK(state.fields["flags"] == fingerprint_, "{}: --resume {}: the run was started with flags '{}', now "
+                "'{}'; resume with the same flags", command_, files_.dir, state.fields["flags"], fingerprint_);
+  saved_step_ = state.step;
+  metrics_ = metrics_up_to(files_.metrics, state.step);
+  return state;
+}
+
+void RunCheckpoints::save(const nn::Module& model, const nn::AdamW& optimizer, TrainState state,
+                          std::string_view metrics_line) {
+  // Metrics before the checkpoint: after a crash between the two, metrics.jsonl is one line ahead of the state,
+  // and resume() drops the lines past the state's step before the run redoes them.
+  if (!metrics_line.empty()) {
+    metrics_ += metrics_line;
+    io::write_file_atomic(files_.metrics, metrics_);
+  }
+  state.fields["flags"] = fingerprint_;
+  save_checkpoint(files_, model, optimizer, state);
+  saved_step_ = state.step;
+}
+
+void RunCheckpoints::check_finite(double value, std::string_view what, std::int64_t step) const {
+  ellipse::check_finite(value, fmt::format("{}: {}", command_, what), step, files_.dir, saved_step_);
 }
 
 }  // namespace ellipse

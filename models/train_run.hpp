@@ -1,6 +1,7 @@
 #pragma once
-// What the trainers (train_gpt, train_vit) share: the files of a run directory, metrics.jsonl, the
-// progress they report, and a running mean that survives a checkpoint bit for bit.
+// What the trainers (train_gpt, train_vit) share: the files of a run directory, checkpoints that survive a
+// crash or SIGKILL at any moment, metrics.jsonl, the stop on a NaN or Inf, the progress they report, and a
+// running mean that survives a checkpoint bit for bit.
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -25,9 +26,37 @@ struct RunFiles {
   std::string dir, config, model, state, metrics;
 };
 
-// Starts a fresh run: creates the directory, refuses one that already holds a run (naming `command` and
-// --resume), and writes config.json.
+// Starts a fresh run: creates the directory, refuses one that already holds a run (a model.safetensors or
+// train_state.safetensors; the error names `command` and --resume), removes the temporary files a killed run
+// left (remove_stale_temp_files), and writes config.json.
 void start_run(const RunFiles& files, std::string_view config_json, std::string_view command);
+
+// Checkpoints. Each file is replaced atomically, and train_state.safetensors is the commit point: it holds
+// everything a resume needs (parameters, AdamW moments, generators, the step). model.safetensors is written
+// after it and records its step in its metadata, so a crash between the two leaves the model one checkpoint
+// behind or missing, which resume_checkpoint completes from the state. (A trainer writes metrics.jsonl just
+// before the state: a crash there leaves metrics one line ahead, and a resume drops the lines past the state's
+// step; see RunCheckpoints.)
+void save_checkpoint(const RunFiles& files, const nn::Module& model, const nn::AdamW& optimizer,
+                     const TrainState& state);
+// Loads the checkpoint into `model` and `optimizer` and returns the state. model.safetensors is validated
+// first, so a damaged one is an error rather than something to resume past; one that is missing or behind the
+// state is rewritten from it, one ahead of it (which no crash can leave) is refused as inconsistent. Also
+// removes stale temporary files.
+TrainState resume_checkpoint(const RunFiles& files, nn::Module& model, nn::AdamW& optimizer);
+// The step of the committed checkpoint (train_state.safetensors), read without a model.
+std::int64_t checkpoint_step(const RunFiles& files);
+// Removes the temporary files that a killed run's atomic writes left beside the run's files
+// (io::write_file_atomic names them NAME.tmp.PID.N); those of a live process are left alone.
+void remove_stale_temp_files(const RunFiles& files);
+
+// Throws an ellipse::Error when `value` (`what`: "train gpt: the loss", "... the gradient norm", ...) is NaN or
+// Inf at `step` (1-based), saying which checkpoint in `out_dir` is kept (the one of `saved_step`, or none when
+// it is 0) and, unless anomaly detection is on, to rerun with --detect-anomaly. Trainers call it before they
+// write anything, so the last good checkpoint is kept; with DetectAnomalyGuard held for the whole run
+// (--detect-anomaly) the error names the op that produced the first NaN or Inf instead.
+void check_finite(double value, std::string_view what, std::int64_t step, const std::string& out_dir,
+                  std::int64_t saved_step);
 
 // The metrics lines of steps up to `step`: a run resumed from an older checkpoint rewrites the rest.
 std::string metrics_up_to(const std::string& path, std::int64_t step);
@@ -50,6 +79,29 @@ class RunningMean {
  private:
   double sum_ = 0;
   std::int64_t count_ = 0;
+};
+
+// One run's checkpoints and metrics as a trainer drives them: start() or resume(), then save() at every
+// evaluation (with its metrics line) and when stopped between evaluations (without). The flags' fingerprint is
+// stored in every state and must match on resume; `command` ("train gpt") prefixes the errors.
+class RunCheckpoints {
+ public:
+  RunCheckpoints(const std::string& dir, std::string command, std::string fingerprint);
+  const RunFiles& files() const { return files_; }
+  std::int64_t saved_step() const { return saved_step_; }  // 0 before the first checkpoint
+
+  void start(std::string_view config_json) { start_run(files_, config_json, command_); }
+  // resume_checkpoint, the flags check, and metrics.jsonl's lines up to the state's step.
+  TrainState resume(nn::Module& model, nn::AdamW& optimizer);
+  // Appends `metrics_line` (unless empty) to metrics.jsonl and writes it, then save_checkpoint at state.step.
+  void save(const nn::Module& model, const nn::AdamW& optimizer, TrainState state, std::string_view metrics_line = {});
+  // check_finite for this run: `what` is prefixed with the command.
+  void check_finite(double value, std::string_view what, std::int64_t step) const;
+
+ private:
+  RunFiles files_;
+  std::string command_, fingerprint_, metrics_;
+  std::int64_t saved_step_ = 0;
 };
 
 }  // namespace ellipse

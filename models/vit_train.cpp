@@ -281,6 +281,7 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
                 "train vit: epochs ({}), lr ({}) and clip ({}) must be positive; final lr ({}), warm-up ({}), limits "
                 "({}, {}) and stop-after ({}) not negative", o.epochs, o.lr, o.clip, o.final_lr, o.warmup_epochs,
                 o.limit_train, o.limit_test, o.stop_after);
+  const DetectAnomalyGuard anomaly(o.detect_anomaly || anomaly_detection_enabled());
   const RunFiles files(o.out_dir);
   ViTConfig config;
   if (o.resume) {
@@ -309,29 +310,24 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
   model.train();
   nn::AdamW optimizer(model.parameters(), {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = 1e-8,
                                            .weight_decay = o.weight_decay});
-  const std::string fingerprint = flags_fingerprint(o, batch);
-  RunningMean train_loss;
+  RunCheckpoints run(o.out_dir, "train vit", flags_fingerprint(o, batch));
+  RunningMean train_loss;  // since the last evaluation
   std::int64_t start = 0;
-  std::string metrics;
   if (o.resume) {
-    TrainState state = load_train_state(files.state, model, optimizer);
-    ELLIPSE_CHECK(state.fields["flags"] == fingerprint, "train vit: --resume {}: the run was started with flags "
-                  "'{}', now '{}'; resume with the same flags", o.out_dir, state.fields["flags"], fingerprint);
+    TrainState state = run.resume(model, optimizer);
     ELLIPSE_CHECK(state.generators.count("model") == 1, "{}: the model generator's state is missing", files.state);
     model.generator().set_state(state.generators["model"]);
     start = state.step;
     train_loss.load(state, "loss", files.state);
-    metrics = metrics_up_to(files.metrics, start);
     ELLIPSE_CHECK(start < steps, "train vit: --resume {}: the run already finished (step {} of {}); nothing to do",
                   o.out_dir, start, steps);
   } else {
-    start_run(files, vit_config_json(config), "train vit");
+    run.start(vit_config_json(config));
   }
-  auto save = [&](std::int64_t step) {
-    save_parameters(files.model, model);
-    TrainState state{.step = step, .generators = {{"model", model.generator().state()}}, .fields = {{"flags", fingerprint}}};
+  auto save = [&](std::int64_t step, std::string_view metrics) {
+    TrainState state{.step = step, .generators = {{"model", model.generator().state()}}, .fields = {}};
     train_loss.save(state, "loss");
-    save_train_state(files.state, model, optimizer, state);
+    run.save(model, optimizer, std::move(state), metrics);
   };
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -354,10 +350,9 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
     optimizer.zero_grad();
     const Tensor loss = cross_entropy(model.forward(images), labels);
     const double loss_value = loss.item();
-    ELLIPSE_CHECK(std::isfinite(loss_value), "train vit: the loss became {} at step {}; stopping. The last good "
-                  "checkpoint in {} is kept", loss_value, step + 1, o.out_dir);
+    run.check_finite(loss_value, "the loss", step + 1);
     loss.backward();
-    nn::clip_grad_norm(params, o.clip);
+    run.check_finite(nn::clip_grad_norm(params, o.clip), "the gradient norm", step + 1);
     optimizer.step();
     train_loss.add(loss_value);
     images_seen += batch;
@@ -366,15 +361,14 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
 
     if ((step + 1) % steps_per_epoch == 0) {
       const Accuracy result = evaluate_vit(model, test);
+      run.check_finite(result.loss, "the test loss", step + 1);
       last = {.step = step + 1, .epoch = epoch + 1, .train_loss = train_loss.take(), .test_loss = result.loss,
               .test_acc = result.accuracy, .lr = lr, .images_per_s = static_cast<double>(images_seen) / seconds,
               .elapsed_s = elapsed()};
-      save(step + 1);  // checkpoint first: metrics never name a step that has no checkpoint
-      metrics += metrics_line(last);
-      io::write_file_atomic(files.metrics, metrics);
+      save(step + 1, metrics_line(last));
       if (on_eval) on_eval(last);
     } else if (step + 1 == end) {
-      save(step + 1);
+      save(step + 1, "");  // stopped between evaluations: a checkpoint only, as the uninterrupted run has no line here
     }
   }
   return last;

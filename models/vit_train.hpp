@@ -29,6 +29,7 @@ struct ViTTrainOptions {
   std::string out_dir;
   bool resume = false;
   std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
+  bool detect_anomaly = false;            // name the first op that produces a NaN or Inf (slow; see grad_mode.hpp)
 };
 
 struct ViTEvalRecord {
@@ -37,7 +38,9 @@ struct ViTEvalRecord {
 };
 
 // Trains (or resumes), evaluating and checkpointing after every epoch (model.safetensors, config.json,
-// train_state.safetensors, metrics.jsonl in out_dir). Returns the last evaluation.
+// train_state.safetensors, metrics.jsonl in out_dir). Returns the last evaluation. Checkpoints survive a crash
+// or SIGKILL at any moment, and a NaN or Inf loss, gradient norm or test loss stops the run before it writes
+// anything, as in train_gpt (RunCheckpoints in train_run.hpp).
 ViTEvalRecord train_vit(const ViTTrainOptions& options, const std::function<void(const TrainProgress&)>& on_step,
                         const std::function<void(const ViTEvalRecord&)>& on_eval);
 

@@ -16,6 +16,10 @@ packages=(
   libstb-dev             # PNG writing (cli/figures.cpp)
   zlib1g-dev             # gzip: Fashion-MNIST's .gz files; decoding PNGs in tests/test_figures
   dataset-fashion-mnist  # the ViT's data set, under /usr/share/datasets/fashion-mnist
+  clang                  # the fuzz build (ELLIPSE_FUZZ=ON) ...
+  libclang-rt-14-dev     # ... its libFuzzer and sanitizer runtimes ...
+  libomp-14-dev          # ... and clang's OpenMP runtime
+  valgrind               # CI's memcheck of a short training run
 )
 
 missing=()

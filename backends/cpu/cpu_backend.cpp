@@ -1,5 +1,7 @@
 #include "backends/cpu/cpu_backend.hpp"
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -17,6 +19,12 @@ CpuBackend& cpu_backend() {
 // time, and fresh large blocks cost page faults (glibc maps and unmaps them on every call).
 std::shared_ptr<Storage> CpuBackend::allocate(std::size_t bytes) {
   constexpr std::size_t kAlignment = 64;  // a cache line; also what AVX-512 loads like
+  // More than the machine's memory can only fail or, where the kernel overcommits, succeed and get the process
+  // killed when the pages are touched: refuse it here with the size in the message.
+  static const auto physical = static_cast<std::size_t>(::sysconf(_SC_PHYS_PAGES)) *
+                               static_cast<std::size_t>(::sysconf(_SC_PAGE_SIZE));
+  ELLIPSE_CHECK(bytes <= physical, "allocate: cannot allocate {} bytes on the cpu, more than the machine's {} bytes "
+                "of memory", bytes, physical);
   const std::size_t rounded = std::max<std::size_t>(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
   void* data = nullptr;
   {
