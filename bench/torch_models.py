@@ -108,7 +108,7 @@ class GPT(nn.Module):
 
 VIT_PRESETS = {
     "vit-s": dict(n_layer=6, d_model=128, n_head=4, batch=128),
-    "vit-xs": dict(n_layer=4, d_model=64, n_head=4, batch=128),
+    "vit-xs": dict(n_layer=4, d_model=32, n_head=4, batch=128),
 }
 
 

@@ -166,16 +166,16 @@ int run_inspect(const InspectFlags& flags) {
 
 struct StudyPreset {
   std::string config;
-  std::int64_t epochs;
+  std::int64_t epochs, batch;
   bool augment;
   std::int64_t attack_images;  // FGSM and PGD run on the first N test images
   std::int64_t probe_images;   // collapse, redundancy and m are averaged over the first N test images
 };
 
 StudyPreset study_preset(const std::string& name) {
-  if (name == "quick") return {.config = "vit-xs", .epochs = 3, .augment = false, .attack_images = 500,
+  if (name == "quick") return {.config = "vit-xs", .epochs = 5, .batch = 64, .augment = false, .attack_images = 500,
                                .probe_images = 500};
-  if (name == "full") return {.config = "vit-s", .epochs = 30, .augment = true, .attack_images = 10000,
+  if (name == "full") return {.config = "vit-s", .epochs = 30, .batch = 128, .augment = true, .attack_images = 10000,
                               .probe_images = 2000};
   fail("study vit: unknown preset '{}'; expected quick or full", name);
 }
@@ -213,6 +213,7 @@ RunResult study_run(const StudyFlags& flags, const StudyPreset& preset, nn::Atte
   options.config = preset.config;
   options.attention = attention;
   options.epochs = preset.epochs;
+  options.batch = preset.batch;
   options.augment = preset.augment;
   options.seed = seed;
   options.out_dir = flags.out_dir + "/runs/" + name;
@@ -446,12 +447,12 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
   const auto& el = summary["elliptical"];
   std::string md = fmt::format(
       "# Standard vs elliptical attention: ViT on Fashion-MNIST\n\n"
-      "Preset `{}`: {} trained {} epochs{}, {} seed(s) (0..{}), identical data order per seed. Clean accuracy "
+      "Preset `{}`: {} trained {} epochs of batch {}{}, {} seed(s) (0..{}), identical data order per seed. Clean accuracy "
       "and noise on all {} test images; FGSM and PGD-20 (step eps/4, random start) on the first {}; collapse, head "
       "redundancy and m averaged over the first {}. Command: `ellipse study vit --preset {} --seeds {} --out {}`. "
       "Values are mean ± sample standard deviation over seeds (± 0 with one seed).\n\n"
       "| metric | standard | elliptical |\n|---|---|---|\n",
-      flags.preset, preset.config, preset.epochs, preset.augment ? " with augmentation" : "", flags.seeds,
+      flags.preset, preset.config, preset.epochs, preset.batch, preset.augment ? " with augmentation" : "", flags.seeds,
       flags.seeds - 1, test_images, std::min(test_images, preset.attack_images),
       std::min(test_images, preset.probe_images), flags.preset, flags.seeds, flags.out_dir);
   md += fmt::format("| clean test accuracy (%) | {} | {} |\n", percent(st["test_acc"]), percent(el["test_acc"]));
@@ -527,6 +528,7 @@ int run_study_vit(const StudyFlags& flags) {
   summary["seeds"] = flags.seeds;
   summary["config"] = preset.config;
   summary["epochs"] = preset.epochs;
+  summary["batch"] = preset.batch;
   summary["standard"] = summarize(results[nn::AttentionKind::standard]);
   summary["elliptical"] = summarize(results[nn::AttentionKind::elliptical]);
   io::write_file_atomic(flags.out_dir + "/summary.json", summary.dump(2) + "\n");
@@ -556,7 +558,7 @@ void add_study_commands(CLI::App& app, Action& action) {
   study->require_subcommand(1);
   auto flags = std::make_shared<StudyFlags>();
   auto* v = study->add_subcommand("vit", "The ViT on Fashion-MNIST: accuracy, robustness, collapse, redundancy, m");
-  v->add_option("--preset", flags->preset, "quick (vit-xs, 3 epochs) or full (vit-s, 30 epochs, augmented)")
+  v->add_option("--preset", flags->preset, "quick (vit-xs, 5 epochs) or full (vit-s, 30 epochs, augmented)")
       ->check(CLI::IsMember({"quick", "full"}))->capture_default_str();
   v->add_option("--seeds", flags->seeds, "Seeds per attention kind (0..N-1)")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100}))->capture_default_str();

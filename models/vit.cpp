@@ -16,7 +16,7 @@ ViTConfig vit_preset(std::string_view name) {
   if (name == "vit-xs") {
     config.name = "vit-xs";
     config.n_layer = 4;
-    config.d_model = 64;
+    config.d_model = 32;
     return config;
   }
   fail("vit: unknown config '{}'; expected vit-s or vit-xs", name);

@@ -598,7 +598,8 @@ TEST_CASE("cli: study vit --preset quick on synthetic files: summary, report, fi
   CHECK(summary["preset"] == "quick");
   CHECK(summary["seeds"] == 1);
   CHECK(summary["config"] == "vit-xs");
-  CHECK(summary["epochs"] == 3);
+  CHECK(summary["epochs"] == 5);
+  CHECK(summary["batch"] == 64);
   auto keys_of = [](const Json& j) {
     std::vector<std::string> keys;
     for (const auto& item : j.items()) keys.push_back(item.key());
@@ -651,7 +652,7 @@ TEST_CASE("cli: study vit --preset quick on synthetic files: summary, report, fi
       last = line;
       ++count;
     }
-    CHECK(count == 3);
+    CHECK(count == 5);  // one line per epoch
     CHECK(Json::parse(last)["test_acc"].get<double>() == acc);
   }
 

@@ -297,11 +297,11 @@ TEST_CASE("vit: presets, parameter count, names and shapes are the checkpoint fo
   const ViTConfig xs = vit_preset("vit-xs");
   CHECK(xs.name == "vit-xs");
   CHECK(xs.n_layer == 4);
-  CHECK(xs.d_model == 64);
+  CHECK(xs.d_model == 32);
   CHECK(xs.n_head == 4);
   CHECK(xs.tokens() == 50);
   // The count from the shapes: embeddings, 4 blocks of (2 LayerNorms, qkv, proj, MLP), ln_f and the head.
-  const std::int64_t d = 64, block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d);
+  const std::int64_t d = 32, block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d);
   CHECK(ViT(xs).parameter_count() == (16 * d + d) + d + 50 * d + 4 * block + 2 * d + 10 * d);
   CHECK_ERROR(vit_preset("vit-m"), "vit-m", "vit-s", "vit-xs");
 
