@@ -84,6 +84,7 @@ Tensor GPT::run(const Tensor& ids, std::vector<nn::KVCache>* caches) {
 
 #include "core/io/file.hpp"
 #include "models/checkpoint.hpp"
+#include "models/config_json.hpp"
 
 namespace ellipse {
 
@@ -104,51 +105,25 @@ std::string gpt_config_json(const GPTConfig& config, std::u32string_view vocab) 
 }
 
 GPTCheckpointConfig parse_gpt_config_json(std::string_view text, const std::string& path) {
-  const auto json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  ELLIPSE_CHECK(json.is_object(), "{}: not a JSON object", path);
-  auto field = [&](const char* key) -> const nlohmann::json& {
-    ELLIPSE_CHECK(json.contains(key), "{}: key '{}' is missing", path, key);
-    return json.at(key);
-  };
-  auto string_field = [&](const char* key) {
-    const auto& value = field(key);
-    ELLIPSE_CHECK(value.is_string(), "{}: '{}' must be a string", path, key);
-    return value.get<std::string>();
-  };
-  auto int_field = [&](const char* key, std::int64_t low, std::int64_t high) {
-    const auto& value = field(key);
-    ELLIPSE_CHECK(value.is_number_integer(), "{}: '{}' must be an integer", path, key);
-    const auto number = value.get<std::int64_t>();
-    ELLIPSE_CHECK(number >= low && number <= high, "{}: '{}' is {}, expected {} to {}", path, key, number, low, high);
-    return number;
-  };
-  ELLIPSE_CHECK(string_field("model") == "gpt", "{}: 'model' is '{}', expected 'gpt'", path, string_field("model"));
+  const detail::ConfigJson json(text, path);
+  ELLIPSE_CHECK(json.string("model") == "gpt", "{}: 'model' is '{}', expected 'gpt'", path, json.string("model"));
   GPTConfig config;
-  config.name = string_field("config");
-  config.n_layer = int_field("n_layer", 1, 256);
-  config.d_model = int_field("d_model", 1, 65536);
-  config.n_head = int_field("n_head", 1, 4096);
+  config.name = json.string("config");
+  config.n_layer = json.integer("n_layer", 1, 256);
+  config.d_model = json.integer("d_model", 1, 65536);
+  config.n_head = json.integer("n_head", 1, 4096);
   ELLIPSE_CHECK(config.d_model % config.n_head == 0, "{}: d_model {} is not a multiple of n_head {}", path,
                 config.d_model, config.n_head);
-  config.seq_len = int_field("seq_len", 1, 1 << 20);
-  // The parsers below name the value but not the file: their errors are re-raised with the path and key.
-  auto checked = [&](const char* key, auto&& parse) {
-    try {
-      return parse();
-    } catch (const Error& e) {
-      fail("{}: '{}': {}", path, key, e.what());
-    }
-  };
-  const std::u32string vocab = decode_utf8(string_field("vocab"), path + " ('vocab')");
-  CharTokenizer tokenizer = checked("vocab", [&] { return CharTokenizer::from_vocab(vocab); });
+  config.seq_len = json.integer("seq_len", 1, 1 << 20);
+  CharTokenizer tokenizer = json.parsed(
+      "vocab", [](const std::string& vocab) { return CharTokenizer::from_vocab(decode_utf8(vocab, "the vocabulary")); });
   config.vocab = tokenizer.size();
-  if (json.contains("vocab_size")) {
-    ELLIPSE_CHECK(int_field("vocab_size", 1, 1 << 24) == config.vocab, "{}: 'vocab_size' disagrees with the {} "
+  if (json.has("vocab_size")) {
+    ELLIPSE_CHECK(json.integer("vocab_size", 1, 1 << 24) == config.vocab, "{}: 'vocab_size' disagrees with the {} "
                   "characters of 'vocab'", path, config.vocab);
   }
-  const std::string attn = string_field("attn"), m_mode = string_field("m_mode");
-  config.attention = checked("attn", [&] { return nn::parse_attention_kind(attn); });
-  config.metric = checked("m_mode", [&] { return nn::parse_metric_mode(m_mode); });
+  config.attention = json.parsed("attn", nn::parse_attention_kind);
+  config.metric = json.parsed("m_mode", nn::parse_metric_mode);
   // Each key is within its bounds, but together they could still ask for terabytes: bound the parameters
   // (embeddings, head, and per block 12 d^2 + 13 d) before anything is allocated.
   constexpr long double kMaxParameters = 4e9;
@@ -158,11 +133,7 @@ GPTCheckpointConfig parse_gpt_config_json(std::string_view text, const std::stri
                                  static_cast<long double>(config.n_layer) * (12.0L * d * d + 13.0L * d);
   ELLIPSE_CHECK(parameters <= kMaxParameters, "{}: the model would have {:.3g} parameters, more than the limit of {:.3g}",
                 path, static_cast<double>(parameters), static_cast<double>(kMaxParameters));
-  if (json.contains("dropout")) {
-    ELLIPSE_CHECK(json["dropout"].is_number() && json["dropout"].get<double>() >= 0 && json["dropout"].get<double>() < 1,
-                  "{}: 'dropout' must be a number in [0, 1)", path);
-    config.dropout = json["dropout"].get<double>();
-  }
+  if (json.has("dropout")) config.dropout = json.number("dropout", 0, 1);
   return {config, std::move(tokenizer)};
 }
 
