@@ -90,6 +90,17 @@ Tensor log_softmax(const Tensor& x, std::int64_t axis);
 // [..., Nq, Nk] with Nk >= Nq and query i sees keys j <= i + Nk - Nq only (the others get probability 0):
 // softmax(masked_fill(x * scale, mask, -inf), -1) without the mask, the scaled copy and the fill.
 Tensor scaled_softmax(const Tensor& x, double scale, bool causal);
+// Elliptical attention's metric m from this layer's and the previous layer's value heads v, v_prev
+// [B, H, N, dh], in one pass: s = the mean over tokens of |v - v_prev| (with `causal`, the prefix mean over
+// tokens 0..i for query row i), m = s / max(max_d s, 1e-12). For incremental decoding, past_sum [B, H, 1, dh]
+// is the sum of |v - v_prev| over `past` earlier tokens (undefined when past is 0). Returns m ([B, H, 1, dh],
+// or [B, H, N, dh] with `causal`) and the running sum including these tokens. A stop-gradient by definition:
+// neither output carries a graph.
+struct EllipticalMetric {
+  Tensor metric, sum;
+};
+EllipticalMetric elliptical_metric(const Tensor& v, const Tensor& v_prev, bool causal, const Tensor& past_sum = {},
+                                   std::int64_t past = 0);
 // Normalises over the last axis; weight and bias have that axis' size.
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
 Tensor embedding(const Tensor& weight, const Tensor& ids);  // weight [V, n], ids i64 of any shape -> [..., n]

@@ -84,6 +84,13 @@ class Backend {
   virtual void scaled_softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t rows,
                                        std::int64_t n, double scale) = 0;
 
+  // Elliptical attention's metric. v and v_prev [B, H, N, dh] (any strides, unit stride along dh): per (b, h),
+  // sum = past_sum + sum_n |v[n] - v_prev[n]| (past_sum [B, H, 1, dh] contiguous, or undefined for 0) into sum
+  // [B, H, 1, dh]; m = s / max_d s with s = sum / (past + N) into metric [B, H, 1, dh], or with `causal` the
+  // prefix means s_i = (past_sum + sum_{n <= i} |...|) / (past + i + 1) into metric [B, H, N, dh] (contiguous).
+  virtual void elliptical_metric(const Tensor& v, const Tensor& v_prev, const Tensor& past_sum, std::int64_t past,
+                                 bool causal, const Tensor& metric, const Tensor& sum) = 0;
+
   // Layer norm over the last axis of contiguous x [rows, n]; weight and bias [n]. Saves mean and rstd [rows].
   virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
                           const Tensor& mean, const Tensor& rstd) = 0;

@@ -84,36 +84,21 @@ Tensor EllipticalAttention::query_metric(const Tensor& v, const Tensor& v_prev, 
   ELLIPSE_CHECK(v_prev.shape() == v.shape(), "EllipticalAttention: previous layer's values {} differ from this "
                 "layer's {}", to_string(v_prev.shape()), to_string(v.shape()));
   NoGradGuard stop_gradient;  // m is a constant: no gradient reaches v or v_prev through it
-  last_metric_ = estimate_metric(abs(sub(v.detach(), v_prev.detach())), cache);
+  last_metric_ = estimate_metric(v.detach(), v_prev.detach(), cache);
   return last_metric_;
 }
 
-Tensor EllipticalAttention::estimate_metric(const Tensor& abs_diff, KVCache* cache) {
-  const Shape& shape = abs_diff.shape();  // [B, H, N, dh]
-  switch (mode_) {
-    case MetricMode::sequence: {
-      if (!cache) return normalize_metric(mean(abs_diff, {2}, true));
-      // Decoding: the mean over every token seen so far, the cached ones included.
-      const Tensor total = sum(abs_diff, {2}, true);
-      const Tensor all = cache->abs_diff_sum.defined() ? add(cache->abs_diff_sum, total) : total;
-      cache->abs_diff_sum = all;
-      return normalize_metric(div(all, static_cast<double>(cache->length() + shape[2])));
-    }
-    case MetricMode::causal: {
-      // s_i = (past sum + sum_{n <= i} |v_n - v_prev_n|) / (past + i + 1)
-      Tensor running = cumsum(abs_diff, 2);
-      const std::int64_t past = cache ? cache->length() : 0;
-      if (cache && cache->abs_diff_sum.defined()) running = add(running, cache->abs_diff_sum);
-      if (cache) cache->abs_diff_sum = narrow(running, 2, shape[2] - 1, 1).contiguous();
-      const Tensor counts = arange(static_cast<double>(past + 1), static_cast<double>(past + shape[2] + 1), 1.0,
-                                   abs_diff.dtype(), abs_diff.device());
-      return normalize_metric(div(running, reshape(counts, {shape[2], 1})));
-    }
-    case MetricMode::random:
-      return normalize_metric(uniform({shape[0], shape[1], 1, shape[3]}, 0.0, 1.0, *gen_, abs_diff.dtype(),
-                                      abs_diff.device()));
+Tensor EllipticalAttention::estimate_metric(const Tensor& v, const Tensor& v_prev, KVCache* cache) {
+  if (mode_ == MetricMode::random) {
+    const Shape& shape = v.shape();  // [B, H, N, dh]
+    return normalize_metric(uniform({shape[0], shape[1], 1, shape[3]}, 0.0, 1.0, *gen_, v.dtype(), v.device()));
   }
-  return {};
+  // sequence: the mean over every token (while decoding, the cached ones too); causal: the prefix means.
+  const bool causal = mode_ == MetricMode::causal;
+  EllipticalMetric m = cache ? elliptical_metric(v, v_prev, causal, cache->abs_diff_sum, cache->length())
+                             : elliptical_metric(v, v_prev, causal);
+  if (cache) cache->abs_diff_sum = std::move(m.sum);
+  return m.metric;
 }
 
 }  // namespace ellipse::nn

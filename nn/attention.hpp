@@ -33,7 +33,7 @@ MetricMode parse_metric_mode(std::string_view text);        // "sequence" | "cau
 // Keys and values of the tokens seen so far, for incremental decoding; one per attention layer.
 struct KVCache {
   Tensor k, v;            // [B, H, t, dh]
-  Tensor abs_diff_sum;    // causal elliptical only: sum over cached tokens of |v - v_prev|, [B, H, 1, dh]
+  Tensor abs_diff_sum;    // elliptical only: sum over cached tokens of |v - v_prev|, [B, H, 1, dh]
   std::int64_t length() const { return k.defined() ? k.shape()[2] : 0; }
 };
 
@@ -83,8 +83,9 @@ class EllipticalAttention : public Attention {
 
  protected:
   Tensor query_metric(const Tensor& v, const Tensor& v_prev, KVCache* cache) override;
-  // The metric from per-token |v - v_prev| [B, H, N, dh]; override to try another estimator.
-  virtual Tensor estimate_metric(const Tensor& abs_diff, KVCache* cache);
+  // The metric from this layer's and the previous layer's value heads [B, H, N, dh] (detached, called under
+  // NoGradGuard); override to try another estimator.
+  virtual Tensor estimate_metric(const Tensor& v, const Tensor& v_prev, KVCache* cache);
 
  private:
   MetricMode mode_;

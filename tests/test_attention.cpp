@@ -277,6 +277,69 @@ TEST_CASE("attention: standard and elliptical layers match a double-loop referen
   }
 }
 
+// The fused op against the estimators written with ops (mean or cumsum of |v - v_prev|, then the max
+// normalisation), on strided views of one qkv-like buffer as the layer passes them, with running sums.
+TEST_CASE("elliptical_metric: equals the composition of ops, with and without earlier tokens, f32 and f64") {
+  for (DType dtype : {DType::f32, DType::f64}) {
+    CAPTURE(dtype_name(dtype));
+    Generator gen(7);
+    constexpr std::int64_t kB = 2, kH = 3, kN = 9, kDh = 5;
+    // v and v_prev as select()s of [B, N, 2, H, dh] buffers permuted to [2, B, H, N, dh]: inner stride 1,
+    // the others not contiguous.
+    const Tensor both = permute(randn({kB, kN, 2, kH, kDh}, gen, dtype), {2, 0, 3, 1, 4});
+    const Tensor v = select(both, 0, 0), v_prev = select(both, 0, 1);
+    REQUIRE(!v.is_contiguous());
+    const Tensor abs_diff = abs(sub(v, v_prev));
+    const Tensor past_sum = abs(randn({kB, kH, 1, kDh}, gen, dtype));
+    constexpr std::int64_t kPast = 4;
+    const double tolerance = dtype == DType::f32 ? 1e-6 : 1e-12;
+    for (bool causal : {false, true}) {
+      CAPTURE(causal);
+      for (bool with_past : {false, true}) {
+        CAPTURE(with_past);
+        const std::int64_t past = with_past ? kPast : 0;
+        Tensor running = causal ? cumsum(abs_diff, 2) : sum(abs_diff, {2}, true);
+        if (with_past) running = add(running, past_sum);
+        const Tensor counts =
+            causal ? reshape(arange(static_cast<double>(past + 1), static_cast<double>(past + kN + 1), 1.0, dtype),
+                             {kN, 1})
+                   : full({1}, static_cast<double>(past + kN), dtype);
+        const Tensor expected = nn::normalize_metric(div(running, counts));
+        const EllipticalMetric m =
+            with_past ? elliptical_metric(v, v_prev, causal, past_sum, past) : elliptical_metric(v, v_prev, causal);
+        CHECK(m.metric.shape() == Shape{kB, kH, causal ? kN : 1, kDh});
+        CHECK(max_abs_diff(m.metric, expected) < tolerance);
+        const Tensor expected_sum = with_past ? add(sum(abs_diff, {2}, true), past_sum) : sum(abs_diff, {2}, true);
+        CHECK(max_abs_diff(m.sum, expected_sum) < tolerance * 10);
+      }
+    }
+    // A view with another inner stride (dh transposed with N) gives the same as its contiguous copy.
+    const Tensor vt = transpose(contiguous(transpose(v, 2, 3)), 2, 3);
+    REQUIRE(vt.strides()[3] != 1);
+    CHECK(max_abs_diff(elliptical_metric(vt, v_prev, true).metric, elliptical_metric(v, v_prev, true).metric) == 0.0);
+  }
+  // Identical values: s = 0 everywhere, and m is 0 rather than NaN.
+  const Tensor v = ones({1, 1, 3, 4});
+  CHECK(max_abs_diff(elliptical_metric(v, v, true).metric, zeros({1, 1, 3, 4})) == 0.0);
+}
+
+TEST_CASE("elliptical_metric: is a stop-gradient and rejects bad shapes, dtypes and running sums") {
+  const Tensor v = ones({2, 2, 3, 4}).requires_grad_(true);
+  const EllipticalMetric m = elliptical_metric(v, zeros({2, 2, 3, 4}), false);
+  CHECK(!m.metric.requires_grad());
+  CHECK(!m.sum.requires_grad());
+  CHECK_ERROR(elliptical_metric(ones({2, 3, 4}), ones({2, 3, 4}), false), "elliptical_metric", "[2, 3, 4]",
+              "[B, H, N, dh]");
+  CHECK_ERROR(elliptical_metric(ones({2, 2, 3, 4}), ones({2, 2, 4, 4}), true), "elliptical_metric", "[2, 2, 4, 4]");
+  CHECK_ERROR(elliptical_metric(ones({1, 1, 2, 2}), ones({1, 1, 2, 2}, DType::f64), true), "elliptical_metric",
+              "dtypes");
+  CHECK_ERROR(elliptical_metric(ones({1, 1, 2, 2}), ones({1, 1, 2, 2}), true, ones({1, 1, 2, 2}), 3),
+              "elliptical_metric", "past_sum", "[1, 1, 1, 2]");
+  CHECK_ERROR(elliptical_metric(ones({1, 1, 2, 2}), ones({1, 1, 2, 2}), true, {}, 3), "elliptical_metric", "past 3");
+  CHECK_ERROR(elliptical_metric(ones({1, 1, 2, 2}), ones({1, 1, 2, 2}), true, ones({1, 1, 1, 2}), 0),
+              "elliptical_metric", "past 0");
+}
+
 TEST_CASE("attention: an elliptical layer without v_prev is standard attention (layer 0)") {
   constexpr int kD = 4, kHeads = 2;
   const Tensor x = from_vector(pattern(2 * 3 * kD, 4, 3, 0.2), {2, 3, kD}).to(DType::f32);
@@ -323,7 +386,7 @@ class FixedMetricAttention : public nn::EllipticalAttention {
       : EllipticalAttention(dim, heads, nn::MetricMode::sequence), m_(std::move(m)) {}
 
  protected:
-  Tensor estimate_metric(const Tensor&, nn::KVCache*) override { return m_; }
+  Tensor estimate_metric(const Tensor&, const Tensor&, nn::KVCache*) override { return m_; }
 
  private:
   Tensor m_;

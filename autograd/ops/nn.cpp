@@ -1,5 +1,6 @@
-// Neural-network ops with their own kernels: softmax, log_softmax, layer_norm, embedding, cross_entropy,
-// and dropout (a mask from the backend times the input).
+// Neural-network ops with their own kernels: softmax, log_softmax, scaled_softmax, elliptical_metric (no
+// gradient: a stop-gradient by definition), layer_norm, embedding, cross_entropy, and dropout (a mask from
+// the backend times the input).
 #include <optional>
 
 #include "autograd/ops/common.hpp"
@@ -61,6 +62,33 @@ Tensor scaled_softmax(const Tensor& x, double scale, bool causal) {
     backend_for(g.device()).scaled_softmax_backward(y, contiguous(g), gx, rows, n, scale);
     return std::vector{gx};
   });
+}
+
+EllipticalMetric elliptical_metric(const Tensor& v, const Tensor& v_prev, bool causal, const Tensor& past_sum,
+                                   std::int64_t past) {
+  constexpr std::string_view op = "elliptical_metric";
+  Backend& backend = detail::same_device_and_dtype(op, {&v, &v_prev});
+  detail::check_floating(op, v);
+  ELLIPSE_CHECK(v.dim() == 4 && v.shape() == v_prev.shape(),
+                "{}: expected value heads v and v_prev of one shape [B, H, N, dh], got {} and {}", op,
+                to_string(v.shape()), to_string(v_prev.shape()));
+  const Shape& shape = v.shape();
+  const Shape sum_shape{shape[0], shape[1], 1, shape[3]};
+  ELLIPSE_CHECK(past >= 0 && past_sum.defined() == (past > 0),
+                "{}: a running sum goes with a positive count of earlier tokens, got past {} and {} sum", op, past,
+                past_sum.defined() ? "a" : "no");
+  if (past_sum.defined()) {
+    detail::same_device_and_dtype(op, {&v, &past_sum});
+    ELLIPSE_CHECK(past_sum.shape() == sum_shape, "{}: expected past_sum {}, got {}", op, to_string(sum_shape),
+                  to_string(past_sum.shape()));
+  }
+  // The kernel reads rows along dh in place; views with another inner stride are copied first.
+  auto unit_inner = [](const Tensor& t) { return t.strides()[3] == 1 ? t.detach() : contiguous(t.detach()); };
+  EllipticalMetric result{.metric = empty(causal ? shape : sum_shape, v.dtype(), v.device()),
+                          .sum = empty(sum_shape, v.dtype(), v.device())};
+  backend.elliptical_metric(unit_inner(v), unit_inner(v_prev), past_sum.defined() ? contiguous(past_sum.detach()) : Tensor{},
+                            past, causal, result.metric, result.sum);
+  return result;
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {

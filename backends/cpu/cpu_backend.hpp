@@ -42,6 +42,8 @@ class CpuBackend final : public Backend {
                       double scale, bool causal) override;
   void scaled_softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t rows, std::int64_t n,
                                double scale) override;
+  void elliptical_metric(const Tensor& v, const Tensor& v_prev, const Tensor& past_sum, std::int64_t past, bool causal,
+                         const Tensor& metric, const Tensor& sum) override;
   void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,
                   const Tensor& mean, const Tensor& rstd) override;
   void layer_norm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,

@@ -1,4 +1,5 @@
-// CPU kernels: softmax, layer norm, embedding, cross-entropy (forward and backward).
+// CPU kernels: softmax, elliptical attention's metric, layer norm, embedding, cross-entropy (forward and
+// backward).
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -138,6 +139,46 @@ void CpuBackend::scaled_softmax_backward(const Tensor& y, const Tensor& gy, cons
         T* out = gx.data<T>() + r * n;
         const T dot = lane_sum<T>(n, [g, yv](std::int64_t j) { return g[j] * yv[j]; });
         for (std::int64_t j = 0; j < n; ++j) out[j] = s * yv[j] * (g[j] - dot);
+      }
+    });
+  });
+}
+
+namespace {
+
+// out = s / max(max_d s, 1e-12) with s = total / count: one row of m.
+template <class T>
+void write_metric_row(const T* total, T count, std::int64_t dh, T* out) {
+  for (std::int64_t d = 0; d < dh; ++d) out[d] = total[d] / count;
+  const T largest = std::max(lane_max<T>(dh, [out](std::int64_t d) { return out[d]; }), T(1e-12));
+  for (std::int64_t d = 0; d < dh; ++d) out[d] /= largest;
+}
+
+}  // namespace
+
+void CpuBackend::elliptical_metric(const Tensor& v, const Tensor& v_prev, const Tensor& past_sum, std::int64_t past,
+                                   bool causal, const Tensor& metric, const Tensor& sum) {
+  dispatch_floating(v.dtype(), "elliptical_metric", [&](auto tag) {
+    using T = decltype(tag);
+    const Shape& shape = v.shape();
+    const std::int64_t heads = shape[1], n = shape[2], dh = shape[3];
+    const Strides &vs = v.strides(), &ps = v_prev.strides();
+    parallel_for(shape[0] * heads, 3 * n * dh, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t bh = begin; bh < end; ++bh) {
+        const std::int64_t b = bh / heads, h = bh % heads;
+        const T* cur = v.data<T>() + b * vs[0] + h * vs[1];
+        const T* prev = v_prev.data<T>() + b * ps[0] + h * ps[1];
+        T* total = sum.data<T>() + bh * dh;
+        if (past_sum.defined()) std::copy_n(past_sum.data<T>() + bh * dh, dh, total);
+        else std::fill_n(total, dh, T(0));
+        T* m = metric.data<T>() + bh * (causal ? n : 1) * dh;
+        for (std::int64_t i = 0; i < n; ++i) {
+          const T* c = cur + i * vs[2];
+          const T* p = prev + i * ps[2];
+          for (std::int64_t d = 0; d < dh; ++d) total[d] += std::abs(c[d] - p[d]);
+          if (causal) write_metric_row(total, static_cast<T>(past + i + 1), dh, m + i * dh);
+        }
+        if (!causal) write_metric_row(total, static_cast<T>(past + n), dh, m);
       }
     });
   });
