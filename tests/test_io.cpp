@@ -18,34 +18,13 @@
 #include "core/io/npy.hpp"
 #include "core/io/safetensors.hpp"
 #include "core/tensor.hpp"
+#include "helpers.hpp"
 
 using namespace ellipse;
 namespace fs = std::filesystem;
+using testing::TempDir;
 
 namespace {
-
-// A fresh directory per test case, removed afterwards.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("ellipse_test_io_" + std::to_string(::getpid()) + "_" + std::to_string(counter.fetch_add(1)));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-  std::vector<std::string> names() const {
-    std::vector<std::string> out;
-    for (const auto& entry : fs::directory_iterator(path)) out.push_back(entry.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-};
 
 std::string le_u64(std::uint64_t value) {
   std::string out;
@@ -142,7 +121,7 @@ bool parses_or_rejects(F&& parse) {
 
 TEST_CASE("read_file and write_file_atomic") {
   TempDir dir;
-  const std::string path = dir.file("data.bin");
+  const std::string path = dir / "data.bin";
   std::string payload = "hello";
   payload.push_back('\0');
   payload += "\xff world";
@@ -170,33 +149,25 @@ TEST_CASE("read_file and write_file_atomic") {
 
 TEST_CASE("read_file errors name the file") {
   TempDir dir;
-  const std::string missing = dir.file("missing.bin");
-  auto message_of = [](auto&& f) -> std::string {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "(no error)";
-  };
-  const std::string no_file = message_of([&] { io::read_file(missing, 10); });
+  const std::string missing = dir / "missing.bin";
+  const std::string no_file = testing::error_message([&] { io::read_file(missing, 10); });
   CHECK(no_file.find(missing) != std::string::npos);
   CHECK(no_file.find("No such file") != std::string::npos);
 
-  const std::string big = dir.file("big.bin");
+  const std::string big = dir / "big.bin";
   io::write_file_atomic(big, std::string(100, 'x'));
-  const std::string too_big = message_of([&] { io::read_file(big, 99); });
+  const std::string too_big = testing::error_message([&] { io::read_file(big, 99); });
   CHECK(too_big.find(big) != std::string::npos);
   CHECK(too_big.find("99") != std::string::npos);
 
-  const std::string not_regular = message_of([&] { io::read_file(dir.path.string(), 10); });
-  CHECK(not_regular.find(dir.path.string()) != std::string::npos);
+  const std::string not_regular = testing::error_message([&] { io::read_file(dir.str(), 10); });
+  CHECK(not_regular.find(dir.str()) != std::string::npos);
 }
 
 TEST_CASE("write_file_atomic failures leave no temp file and no change") {
   TempDir dir;
   // The target is a non-empty directory: the rename fails after the temp file was written.
-  const std::string blocked = dir.file("blocked");
+  const std::string blocked = dir / "blocked";
   fs::create_directories(blocked + "/inside");
   try {
     io::write_file_atomic(blocked, "data");
@@ -209,7 +180,7 @@ TEST_CASE("write_file_atomic failures leave no temp file and no change") {
   CHECK(fs::is_directory(blocked + "/inside"));
 
   // The directory does not exist: the temp file cannot even be created.
-  const std::string nowhere = dir.file("no/such/dir/file.bin");
+  const std::string nowhere = dir / "no/such/dir/file.bin";
   try {
     io::write_file_atomic(nowhere, "data");
     FAIL("expected an error");
@@ -222,8 +193,8 @@ TEST_CASE("write_file_atomic failures leave no temp file and no change") {
 
 TEST_CASE("a failed save leaves the existing file byte-identical") {
   TempDir dir;
-  const std::string st_path = dir.file("model.safetensors");
-  const std::string npy_path = dir.file("array.npy");
+  const std::string st_path = dir / "model.safetensors";
+  const std::string npy_path = dir / "array.npy";
   io::save_safetensors(st_path, sample_tensors(), {{"step", "1"}});
   io::save_npy(npy_path, from_vector<float>({1, 2, 3}, {3}));
   const std::string st_before = io::read_file(st_path, 1 << 20);
@@ -258,7 +229,7 @@ TEST_CASE("safetensors round trip of every dtype and layout, with metadata") {
   TempDir dir;
   const auto tensors = sample_tensors();
   const std::map<std::string, std::string> metadata{{"format", "pt"}, {"note", "ünïcode \"quoted\"\n"}, {"", ""}};
-  const std::string path = dir.file("all.safetensors");
+  const std::string path = dir / "all.safetensors";
   io::save_safetensors(path, tensors, metadata);
 
   const io::SafetensorsFile loaded = io::load_safetensors(path);
@@ -326,6 +297,40 @@ TEST_CASE("safetensors reading: I32, offset order, padding, null metadata") {
   CHECK(parsed.tensors[2].first == "none");
   CHECK(parsed.tensors[2].second.shape() == Shape{0, 5});
   CHECK(parsed.metadata.empty());
+}
+
+TEST_CASE("safetensors writing I32: golden bytes, round trip, range check, floats untouched") {
+  const Tensor ids = from_vector<std::int64_t>({-2147483648LL, -1, 0, 7, 2147483647LL}, {5});
+  const Tensor w = from_vector<float>({1.0f}, {1});
+  // 112 bytes of JSON = 0x70, already a multiple of 8: no padding.
+  const std::string header = R"({"ids":{"dtype":"I32","shape":[5],"data_offsets":[0,20]},)"
+                             R"("w":{"dtype":"F32","shape":[1],"data_offsets":[20,24]}})";
+  REQUIRE(header.size() == 112);
+  const std::string expected = bytes_of({0x70, 0, 0, 0, 0, 0, 0, 0}) + header +
+                               raw<std::int32_t>({-2147483647 - 1, -1, 0, 7, 2147483647}) + raw<float>({1.0f});
+  CHECK(io::to_safetensors({{"ids", ids}, {"w", w}}, {}, io::IntegerFormat::i32) == expected);
+
+  // Strided i64 input (every other element) and a file on disk: read back as the same i64 values.
+  TempDir dir;
+  const Tensor strided = narrow(reshape(arange(0, 12, 1, DType::i64), {6, 2}), 1, 0, 1);
+  io::save_safetensors(dir / "ids.safetensors", {{"ids", ids}, {"strided", strided}}, {{"k", "v"}},
+                       io::IntegerFormat::i32);
+  const io::SafetensorsFile loaded = io::load_safetensors(dir / "ids.safetensors");
+  REQUIRE(loaded.tensors.size() == 2);
+  check_same(loaded.tensors[0].second, ids);
+  check_same(loaded.tensors[1].second, strided.contiguous());
+  CHECK(loaded.metadata.at("k") == "v");
+
+  // A value beyond 32 bits names the tensor and the value, and leaves an existing file as it was.
+  const std::string before = io::read_file(dir / "ids.safetensors", 1 << 20);
+  const Tensor big = from_vector<std::int64_t>({1, 2147483648LL}, {2});
+  CHECK_ERROR(io::to_safetensors({{"big", big}}, {}, io::IntegerFormat::i32), "to_safetensors", "\"big\"",
+              "2147483648", "flat index 1", "I32");
+  CHECK_ERROR(io::save_safetensors(dir / "ids.safetensors", {{"big", big}}, {}, io::IntegerFormat::i32),
+              "ids.safetensors", "2147483648");
+  CHECK(io::read_file(dir / "ids.safetensors", 1 << 20) == before);
+  // The default stays I64, which holds it.
+  check_same(io::from_safetensors(io::to_safetensors({{"big", big}}), "big").tensors[0].second, big);
 }
 
 TEST_CASE("safetensors reading: F16 and BF16 widen to f32 exactly") {
@@ -504,7 +509,7 @@ TEST_CASE("safetensors: every truncation and random byte flips") {
 
 TEST_CASE("load_safetensors names the path") {
   TempDir dir;
-  const std::string path = dir.file("bad.safetensors");
+  const std::string path = dir / "bad.safetensors";
   io::write_file_atomic(path, "\x01\x02");
   try {
     io::load_safetensors(path);
@@ -512,7 +517,7 @@ TEST_CASE("load_safetensors names the path") {
   } catch (const Error& e) {
     CHECK(std::string(e.what()).find(path) != std::string::npos);
   }
-  CHECK_THROWS_AS(io::load_safetensors(dir.file("missing.safetensors")), Error);
+  CHECK_THROWS_AS(io::load_safetensors(dir / "missing.safetensors"), Error);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -522,7 +527,7 @@ TEST_CASE("npy round trip of every dtype and layout") {
   TempDir dir;
   for (const auto& [name, tensor] : sample_tensors()) {
     CAPTURE(name);
-    const std::string path = dir.file(name + ".npy");
+    const std::string path = dir / (name + ".npy");
     io::save_npy(path, tensor);
     const std::string bytes = io::read_file(path, 1 << 20);
     CHECK(bytes == io::to_npy(tensor));
@@ -694,7 +699,7 @@ TEST_CASE("npy: every truncation and random byte flips") {
 
 TEST_CASE("load_npy names the path") {
   TempDir dir;
-  const std::string path = dir.file("bad.npy");
+  const std::string path = dir / "bad.npy";
   io::write_file_atomic(path, "\x93NUMPY\x01");
   try {
     io::load_npy(path);
@@ -702,5 +707,5 @@ TEST_CASE("load_npy names the path") {
   } catch (const Error& e) {
     CHECK(std::string(e.what()).find(path) != std::string::npos);
   }
-  CHECK_THROWS_AS(io::load_npy(dir.file("missing.npy")), Error);
+  CHECK_THROWS_AS(io::load_npy(dir / "missing.npy"), Error);
 }

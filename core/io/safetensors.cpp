@@ -26,13 +26,46 @@ constexpr std::size_t kMaxRank = 64;                     // far beyond any real 
 constexpr int kMaxJsonDepth = 8;                         // a valid header nests 3 deep
 constexpr std::string_view kMetadataKey = "__metadata__";
 
-std::string_view format_dtype(DType dtype) {
+std::string_view format_dtype(DType dtype, IntegerFormat integers) {
   switch (dtype) {
     case DType::f32: return "F32";
     case DType::f64: return "F64";
-    case DType::i64: return "I64";
+    case DType::i64: return integers == IntegerFormat::i32 ? "I32" : "I64";
   }
   return "?";
+}
+
+bool narrowed(const Tensor& t, IntegerFormat integers) {
+  return t.dtype() == DType::i64 && integers == IntegerFormat::i32;
+}
+
+// Bytes per element in the file.
+std::size_t stored_itemsize(const Tensor& t, IntegerFormat integers) {
+  return narrowed(t, integers) ? sizeof(std::int32_t) : itemsize(t.dtype());
+}
+
+void check_fits_i32(const std::string& name, const Tensor& host) {
+  const std::int64_t* values = host.data<std::int64_t>();
+  for (std::int64_t i = 0; i < host.numel(); ++i)
+    ELLIPSE_CHECK(values[i] >= std::numeric_limits<std::int32_t>::min() &&
+                      values[i] <= std::numeric_limits<std::int32_t>::max(),
+                  "to_safetensors: tensor \"{}\" holds {} at flat index {}, which does not fit the requested I32", name,
+                  values[i], i);
+}
+
+void append_data(std::string& out, const Tensor& host, IntegerFormat integers) {
+  if (narrowed(host, integers)) {
+    const std::int64_t* values = host.data<std::int64_t>();
+    const std::size_t start = out.size();
+    out.resize(start + static_cast<std::size_t>(host.numel()) * sizeof(std::int32_t));
+    for (std::int64_t i = 0; i < host.numel(); ++i) {
+      const auto value = static_cast<std::int32_t>(values[i]);  // in range: check_fits_i32 ran first
+      std::memcpy(out.data() + start + static_cast<std::size_t>(i) * sizeof value, &value, sizeof value);
+    }
+    return;
+  }
+  const auto bytes = static_cast<std::size_t>(host.numel()) * itemsize(host.dtype());
+  if (bytes > 0) out.append(static_cast<const char*>(host.raw_data()), bytes);
 }
 
 std::uint64_t read_u64_le(std::string_view bytes) {
@@ -217,7 +250,7 @@ Tensor make_tensor(const Entry& entry, std::string_view buffer) {
 }  // namespace
 
 std::string to_safetensors(const std::vector<std::pair<std::string, Tensor>>& tensors,
-                           const std::map<std::string, std::string>& metadata) {
+                           const std::map<std::string, std::string>& metadata, IntegerFormat integers) {
   Json header = Json::object();
   if (!metadata.empty()) {
     Json meta = Json::object();
@@ -237,9 +270,10 @@ std::string to_safetensors(const std::vector<std::pair<std::string, Tensor>>& te
     ELLIPSE_CHECK(tensor.shape().size() <= kMaxRank, "to_safetensors: tensor \"{}\" has {} dimensions, more than {}",
                   name, tensor.dim(), kMaxRank);
     Tensor contiguous_host = tensor.to(Device::cpu()).contiguous();
-    const auto bytes = static_cast<std::uint64_t>(contiguous_host.numel()) * itemsize(tensor.dtype());
+    if (narrowed(contiguous_host, integers)) check_fits_i32(name, contiguous_host);
+    const auto bytes = static_cast<std::uint64_t>(contiguous_host.numel()) * stored_itemsize(tensor, integers);
     Json entry = Json::object();
-    entry["dtype"] = format_dtype(tensor.dtype());
+    entry["dtype"] = format_dtype(tensor.dtype(), integers);
     entry["shape"] = tensor.shape();
     entry["data_offsets"] = {offset, offset + bytes};
     header[name] = std::move(entry);
@@ -262,19 +296,16 @@ std::string to_safetensors(const std::vector<std::pair<std::string, Tensor>>& te
   out.reserve(8 + text.size() + static_cast<std::size_t>(offset));
   append_u64_le(out, text.size());
   out += text;
-  for (const auto& t : host) {
-    const auto bytes = static_cast<std::size_t>(t.numel()) * itemsize(t.dtype());
-    if (bytes > 0) out.append(static_cast<const char*>(t.raw_data()), bytes);
-  }
+  for (const auto& t : host) append_data(out, t, integers);
   return out;
 }
 
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+                      const std::map<std::string, std::string>& metadata, IntegerFormat integers) {
   // Serialise fully before touching the file, so a bad input leaves the old file alone.
   std::string bytes;
   try {
-    bytes = to_safetensors(tensors, metadata);
+    bytes = to_safetensors(tensors, metadata, integers);
   } catch (const Error& e) {
     fail("save_safetensors '{}': {}", path, e.what());
   }
