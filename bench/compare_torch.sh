@@ -2,7 +2,8 @@
 # ellipse vs PyTorch, one training step (zero grads, forward, cross-entropy, backward, AdamW), timed in
 # the same run: each round runs every configuration once with ellipse and once with PyTorch, alternating,
 # so that load from other processes falls on both. Prints per configuration the medians over the rounds
-# of each side's median step time, their ratio (ellipse / PyTorch; below 1 is faster) and peak RSS.
+# of each side's median step time, their ratio (ellipse / PyTorch; below 1 is faster) and peak RSS, then
+# for each model timed with both attention kinds the ratio elliptical / standard on each side.
 #
 #   bench/compare_torch.sh [--rounds 5] [--steps 5] [--warmup 2] [--build build] [--configs "gpt-s:standard ..."]
 #
@@ -58,4 +59,20 @@ for entry, sides in runs.items():
     first = sides["pytorch"][0]  # the same configuration; `ellipse bench` does not print the batch
     print(f"| {first['config']} | {first['attn']} | {first['batch']} | {med['ellipse']:.1f} | {med['pytorch']:.1f} | "
           f"{med['ellipse'] / med['pytorch']:.3f} | {rss['ellipse']:.0f} | {rss['pytorch']:.0f} |")
+
+# What elliptical attention costs over standard, per configuration that ran both, on each side.
+by_model = {}
+for entry, sides in runs.items():
+    config, attn, *batch = entry.split(":")
+    by_model.setdefault((config, tuple(batch)), {})[attn] = sides
+pairs = {key: kinds for key, kinds in by_model.items() if {"standard", "elliptical"} <= kinds.keys()}
+if pairs:
+    print()
+    print("| config | batch | ellipse elliptical / standard | PyTorch elliptical / standard |")
+    print("| --- | ---: | ---: | ---: |")
+    for (config, _), kinds in pairs.items():
+        ratio = {impl: statistics.median(r["step_ms"] for r in kinds["elliptical"][impl]) /
+                 statistics.median(r["step_ms"] for r in kinds["standard"][impl]) for impl in ("ellipse", "pytorch")}
+        print(f"| {config} | {kinds['standard']['pytorch'][0]['batch']} | {ratio['ellipse']:.3f} | "
+              f"{ratio['pytorch']:.3f} |")
 PY
