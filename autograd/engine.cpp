@@ -109,6 +109,18 @@ std::vector<std::shared_ptr<TensorImpl>> topological_order(const std::shared_ptr
   return {order.rbegin(), order.rend()};
 }
 
+// Whether t is the only handle on its memory and covers it once (not an expanded, stride-0 view), so that
+// adding into it in place changes nothing else.
+bool owns_buffer(const Tensor& t) {
+  return t.impl().use_count() == 1 && t.storage().use_count() == 1 && t.is_contiguous();
+}
+
+void free_node(Node& node) {
+  node.backward = nullptr;
+  node.accumulate = nullptr;
+  node.inputs.clear();
+}
+
 // Leaf gradients accumulate in place (micrograd's rule: never assign). The first one is copied, since the
 // gradient handed over may alias a buffer that backward still uses.
 void accumulate_leaf(const Tensor& leaf, const Tensor& grad) {
@@ -191,6 +203,15 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
 
     std::vector<bool> needs(node.inputs.size());
     for (std::size_t i = 0; i < needs.size(); ++i) needs[i] = node.inputs[i].defined() && node.inputs[i].requires_grad();
+    if (node.accumulate && needs.size() == 1 && needs[0] && node.inputs[0].grad_fn() && !anomaly_mode_enabled) {
+      const Tensor& input = node.inputs[0];
+      Tensor& slot = pending[input.impl().get()];
+      if (!slot.defined()) slot = zeros(input.shape(), input.dtype(), input.device());
+      else if (!owns_buffer(slot)) slot = slot.clone();  // another rule's output may alias a live tensor
+      node.accumulate(grad_output, slot);
+      if (!retain_graph) free_node(node);
+      continue;
+    }
     std::vector<Tensor> grads;
     {
       // The ops inside a rule are not checked one by one: check_backward below names the rule's op instead.
@@ -212,10 +233,7 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
         accumulate_leaf(input, grads[i]);
       }
     }
-    if (!retain_graph) {
-      node.backward = nullptr;
-      node.inputs.clear();
-    }
+    if (!retain_graph) free_node(node);
   }
 }
 

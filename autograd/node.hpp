@@ -12,10 +12,16 @@ namespace ellipse {
 // Tensor where there is none). needs_grad[i] says whether input i wants one, so rules can skip work.
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output, const std::vector<bool>& needs_grad)>;
 
+// For a view that picks part of its one input (slice): adds grad_output into that part of input_grad, the
+// input's whole gradient, in place. Lets the engine give the parts of one tensor (q, k and v of one qkv
+// output) one gradient buffer instead of a zero-filled full-size gradient each that are then summed.
+using AccumulateFn = std::function<void(const Tensor& grad_output, const Tensor& input_grad)>;
+
 struct Node {
   std::string_view op;          // the op's name, for error messages and anomaly reports
   std::vector<Tensor> inputs;   // kept alive until backward has run (or forever with retain_graph)
   BackwardFn backward;          // empty once the graph has been freed
+  AccumulateFn accumulate;      // optional; backward must give the same result (it serves leaves and anomaly mode)
   ~Node();                      // frees the graph behind it iteratively (see engine.cpp)
 };
 

@@ -66,12 +66,22 @@ Tensor record_view(std::string_view op, const Tensor& x, Tensor view, BackwardFn
   return record(op, std::move(view), {x}, std::move(backward));
 }
 
-// The gradient of a view that picks part of x: zeros of x's shape with `grad` written into the same part.
+// Records a view that picks part of x (make_part(x) == view). Its gradient is the view's gradient written
+// into that part of zeros of x's shape; the engine adds it straight into x's gradient instead where it can
+// (Node::accumulate), so that several parts of one tensor share one gradient buffer.
 template <class MakePart>
-Tensor scatter_into_zeros(const Shape& shape, const Tensor& grad, MakePart make_part) {
-  Tensor full_grad = zeros(shape, grad.dtype(), grad.device());
-  backend_for(grad.device()).copy(grad, make_part(full_grad));
-  return full_grad;
+Tensor record_part_view(std::string_view op, const Tensor& x, Tensor view, MakePart make_part) {
+  Tensor out = record_view(op, x, std::move(view), [shape = x.shape(), make_part](const Tensor& g,
+                                                                                  const std::vector<bool>&) {
+    Tensor full_grad = zeros(shape, g.dtype(), g.device());
+    backend_for(g.device()).copy(g, make_part(full_grad));
+    return std::vector{full_grad};
+  });
+  if (out.grad_fn())
+    out.grad_fn()->accumulate = [make_part](const Tensor& g, const Tensor& input_grad) {
+      make_part(input_grad).add_(g);
+    };
+  return out;
 }
 
 }  // namespace
@@ -137,13 +147,8 @@ Tensor slice(const Tensor& x, std::int64_t axis_in, std::int64_t start, std::int
   shape[axis] = (end - start + step - 1) / step;
   strides[axis] *= step;
   const std::int64_t offset = x.offset() + start * x.strides()[axis];
-  const Shape old = x.shape();
-  return record_view("slice", x, make_view(x, shape, strides, offset),
-                     [old, axis, start, end, step](const Tensor& g, const std::vector<bool>&) {
-                       return std::vector{scatter_into_zeros(old, g, [&](const Tensor& full) {
-                         return slice(full, axis, start, end, step);
-                       })};
-                     });
+  return record_part_view("slice", x, make_view(x, shape, strides, offset),
+                          [axis, start, end, step](const Tensor& full) { return slice(full, axis, start, end, step); });
 }
 
 Tensor narrow(const Tensor& x, std::int64_t axis, std::int64_t start, std::int64_t length) {
