@@ -82,6 +82,8 @@ Tensor cumsum(const Tensor& x, std::int64_t axis);
 // ---- linear algebra (autograd/ops/matmul.cpp) ----
 // 1-D, 2-D and batched: [..., M, K] @ [..., K, N] with the batch dims broadcast.
 Tensor matmul(const Tensor& a, const Tensor& b);
+// A linear layer, PyTorch's layout: x [..., in] @ weight[out, in]^T + bias [out] (bias may be undefined).
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = {});
 
 // ---- neural-network ops (autograd/ops/nn.cpp) ----
 Tensor softmax(const Tensor& x, std::int64_t axis);

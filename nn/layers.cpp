@@ -29,8 +29,7 @@ Linear::Linear(std::int64_t in_features, std::int64_t out_features, bool bias, G
 Tensor Linear::forward(const Tensor& x) const {
   ELLIPSE_CHECK(x.defined() && x.dim() >= 1 && x.shape().back() == in_features(),
                 "Linear: expected input [..., {}], got {}", in_features(), shape_text(x));
-  const Tensor y = matmul(x, transpose(weight_, 0, 1));
-  return bias_.defined() ? add(y, bias_) : y;
+  return linear(x, weight_, bias_);
 }
 
 Embedding::Embedding(std::int64_t num, std::int64_t dim, Generator& gen, Init init) {

@@ -39,6 +39,14 @@ TEST_CASE("matmul: operands that do not chain") {
   CHECK_ERROR(matmul(f32({}), f32({3})), "matmul", "[]", "[3]");
 }
 
+TEST_CASE("linear: input, weight and bias that do not fit") {
+  CHECK_ERROR(linear(f32({2, 3}), f32({5, 4}), f32({5})), "linear", "[2, 3]", "[5, 4]", "[..., in]");
+  CHECK_ERROR(linear(f32({2, 4}), f32({4}), f32({5})), "linear", "[4]", "[out, in]");
+  CHECK_ERROR(linear(f32({2, 4}), f32({5, 4}), f32({4})), "linear", "bias [5]", "[4]");
+  CHECK_ERROR(linear(f32({2, 4}), f32({5, 4}), f64({5})), "linear", "f32", "f64");
+  CHECK_ERROR(linear(f32({}), f32({5, 4})), "linear", "[]");
+}
+
 TEST_CASE("mixed dtypes") {
   CHECK_ERROR(add(f32({2, 3}), f64({2, 3})), "add", "f32", "f64", "[2, 3]");
   CHECK_ERROR(mul(f64({3}), f32({2, 3})), "mul", "f64", "f32", "[3]", "[2, 3]");

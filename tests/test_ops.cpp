@@ -40,7 +40,7 @@ const std::vector<std::string> kRequiredOps = {
     "reshape", "view", "permute", "transpose", "narrow", "slice", "select", "expand", "unsqueeze", "squeeze",
     "contiguous", "clone", "to_dtype",
     // The rest of the public op set.
-    "equal", "sum_to", "scaled_softmax",
+    "equal", "sum_to", "scaled_softmax", "linear",
 };
 // clang-format on
 
@@ -864,6 +864,41 @@ std::vector<OpTest> op_table() {
                      {F(m.a, normal_values(gen, m.a), m.la), F(m.b, normal_values(gen, m.b), m.lb)},
                      [](const Tensors& x) { return matmul(x[0], x[1]); },
                      [](const Hosts& x) { return ref_matmul(x[0], x[1]); }, "", !m.large));
+               }
+               return cases;
+             }});
+
+  // ---- linear: x W^T + b, the bias added inside the GEMM ----
+  add_entry({"linear", true, [](Generator& gen) {
+               struct L {
+                 Shape x;
+                 Layout lx;
+                 Layout lw;
+                 bool bias;
+                 bool large = false;
+               };
+               const std::vector<L> ls = {
+                   {{3, 4}, Layout::contiguous, Layout::contiguous, true},
+                   {{2, 3, 4}, Layout::transposed, Layout::transposed, true},
+                   {{2, 3, 4}, Layout::strided, Layout::contiguous, false},
+                   {{4}, Layout::contiguous, Layout::strided, true},
+                   {{3, 0}, Layout::contiguous, Layout::contiguous, true},  // in = 0: the bias alone
+                   {{0, 4}, Layout::contiguous, Layout::contiguous, true},  // no rows
+                   {{4, 64, 48}, Layout::contiguous, Layout::contiguous, true, true},
+               };
+               std::vector<Case> cases;
+               for (const auto& l : ls) {
+                 const Shape w{5, l.x.back()}, b{5};
+                 std::vector<Input> inputs{F(l.x, normal_values(gen, l.x), l.lx), F(w, normal_values(gen, w), l.lw)};
+                 if (l.bias) inputs.push_back(F(b, normal_values(gen, b), Layout::contiguous));
+                 cases.push_back(make_case(
+                     std::move(inputs),
+                     [](const Tensors& x) { return linear(x[0], x[1], x.size() > 2 ? x[2] : Tensor{}); },
+                     [](const Hosts& x) {
+                       const Host product = ref_matmul(x[0], ref_permute(x[1], {1, 0}));
+                       return x.size() > 2 ? ref_binary(product, x[2], std::plus<>()) : product;
+                     },
+                     l.bias ? "with bias" : "no bias", !l.large));
                }
                return cases;
              }});

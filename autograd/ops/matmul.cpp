@@ -1,4 +1,4 @@
-// Matrix products: 1-D, 2-D and batched with broadcast batch dims.
+// Matrix products: 1-D, 2-D and batched with broadcast batch dims; linear layers (x W^T + b).
 #include "autograd/ops/common.hpp"
 
 namespace ellipse {
@@ -40,6 +40,39 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
       }
     }
     return std::vector{ga, gb};
+  });
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  constexpr std::string_view op = "linear";
+  Backend& backend = detail::same_device_and_dtype(op, {&x, &weight});
+  detail::check_floating(op, x);
+  ELLIPSE_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.shape().back() == weight.shape()[1],
+                "{}: expected input [..., in] and weight [out, in], got {} and {}", op, to_string(x.shape()),
+                to_string(weight.shape()));
+  if (!bias.defined()) return matmul(x, transpose(weight, 0, 1));
+  detail::same_device_and_dtype(op, {&x, &bias});
+  const std::int64_t in = weight.shape()[1], out_features = weight.shape()[0];
+  ELLIPSE_CHECK(bias.shape() == Shape{out_features}, "{}: expected bias [{}] for weight {}, got {}", op, out_features,
+                to_string(weight.shape()), to_string(bias.shape()));
+  std::int64_t rows = 1;
+  for (std::int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.shape()[d];
+  Shape shape = x.shape();
+  shape.back() = out_features;
+  Tensor out = empty(shape, x.dtype(), x.device());
+  // The GEMM adds into the bias rows: one pass over the output instead of a product and then a sum.
+  const Tensor out_rows = out.view({rows, out_features});
+  backend.copy(bias.detach().expand({rows, out_features}), out_rows);
+  backend.matmul(reshape(x.detach(), {rows, in}), transpose(weight.detach(), 0, 1), out_rows, /*accumulate=*/true);
+
+  return record(op, out, {x, weight, bias}, [x = x.detach(), weight = weight.detach(), rows, in, out_features](
+                                                const Tensor& g, const std::vector<bool>& needs) {
+    const Tensor g_rows = reshape(g, {rows, out_features});
+    Tensor gx, gw, gb;
+    if (needs[0]) gx = matmul(g, weight);
+    if (needs[1]) gw = matmul(transpose(g_rows, 0, 1), reshape(x, {rows, in}));
+    if (needs[2]) gb = sum(g_rows, {0});
+    return std::vector{gx, gw, gb};
   });
 }
 
