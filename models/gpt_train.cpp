@@ -92,6 +92,8 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
                   "train gpt: --resume {} holds a {} model with {} attention ({}), but the flags ask for {} with {} "
                   "attention", o.out_dir, config.name, nn::attention_kind_name(config.attention),
                   nn::metric_mode_name(config.metric), o.config, nn::attention_kind_name(o.attention));
+    // config.json does not record the preset's training batch; without --batch the run used the preset's.
+    config.batch = gpt_preset(config.name, tokenizer.size()).batch;
     ids = read_text_ids(o.text_path, &tokenizer, nullptr);
   } else {
     CharTokenizer built;
