@@ -28,8 +28,9 @@ void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& ac
 // `train vit`, `eval vit`.
 void add_vit_commands(CLI::App& train, CLI::App& eval, Action& action);
 void add_inspect_command(CLI::App& app, Action& action);
-// `study vit` (pass the parent `study` command).
+// `study vit` and `study gpt` (pass the parent `study` command).
 void add_study_vit_command(CLI::App& study, Action& action);
+void add_study_gpt_command(CLI::App& study, Action& action);
 void add_bench_command(CLI::App& app, Action& action);
 
 // Settles a training command's output directory: --resume DIR continues there (an --out that differs is

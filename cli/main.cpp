@@ -63,6 +63,7 @@ int main(int argc, char** argv) {
   auto* study = app.add_subcommand("study", "Train standard and elliptical attention side by side and compare them");
   study->require_subcommand(1);
   add_study_vit_command(*study, action);
+  add_study_gpt_command(*study, action);
   add_bench_command(app, action);
   add_conventions(app);
 
