@@ -302,8 +302,8 @@ int run_study_gpt(const StudyFlags& flags) {
   ELLIPSE_CHECK(!std::filesystem::exists(flags.out_dir + "/summary.json"), "study gpt: {} already holds a study; "
                 "choose another --out", flags.out_dir);
   ELLIPSE_CHECK(std::filesystem::is_regular_file(flags.text_path), "study gpt: --data {}: no such file; pass a UTF-8 "
-                "text file (the default, {}, is Tiny Shakespeare as the README's set-up places it)", flags.text_path,
-                kDefaultText);
+                "text file with --data FILE (the default, {}, is where the README's commands read Tiny Shakespeare "
+                "from, relative to the working directory)", flags.text_path, kDefaultText);
 
   // The text as train_gpt reads it: the vocabulary of the whole text, the last 10% as val.
   ValText val;
