@@ -27,8 +27,10 @@ void add_demo_command(CLI::App& app, Action& action);
 void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& action);
 // `train vit`, `eval vit`.
 void add_vit_commands(CLI::App& train, CLI::App& eval, Action& action);
-// `inspect`, `study vit`.
-void add_study_commands(CLI::App& app, Action& action);
+void add_inspect_command(CLI::App& app, Action& action);
+// `study vit` and `study gpt` (pass the parent `study` command).
+void add_study_vit_command(CLI::App& study, Action& action);
+void add_study_gpt_command(CLI::App& study, Action& action);
 void add_bench_command(CLI::App& app, Action& action);
 
 // Settles a training command's output directory: --resume DIR continues there (an --out that differs is

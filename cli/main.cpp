@@ -59,7 +59,11 @@ int main(int argc, char** argv) {
   add_demo_command(app, action);
   add_gpt_commands(*train, *eval, app, action);
   add_vit_commands(*train, *eval, action);
-  add_study_commands(app, action);
+  add_inspect_command(app, action);
+  auto* study = app.add_subcommand("study", "Train standard and elliptical attention side by side and compare them");
+  study->require_subcommand(1);
+  add_study_vit_command(*study, action);
+  add_study_gpt_command(*study, action);
   add_bench_command(app, action);
   add_conventions(app);
 

@@ -48,23 +48,30 @@ std::string flags_fingerprint(const GPTTrainOptions& o, std::int64_t batch) {
 }  // namespace
 
 double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& ids, std::int64_t batch) {
+  return evaluate_gpt(model, ids, ids, batch);
+}
+
+double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& context, const std::vector<std::int64_t>& targets,
+                    std::int64_t batch) {
+  ELLIPSE_CHECK(context.size() == targets.size(), "eval: the context has {} tokens but the targets {}; expected the "
+                "same length", context.size(), targets.size());
   const std::int64_t t = model.config().seq_len;
-  const std::int64_t windows = (static_cast<std::int64_t>(ids.size()) - 1) / t;
-  ELLIPSE_CHECK(windows > 0, "eval: {} tokens are fewer than one window of {} (+1 target)", ids.size(), t);
+  const std::int64_t windows = (static_cast<std::int64_t>(context.size()) - 1) / t;
+  ELLIPSE_CHECK(windows > 0, "eval: {} tokens are fewer than one window of {} (+1 target)", context.size(), t);
   NoGradGuard no_grad;
   const bool was_training = model.training();
   model.eval();
   double total = 0;
   for (std::int64_t first = 0; first < windows; first += batch) {
     const std::int64_t count = std::min(batch, windows - first);
-    std::vector<std::int64_t> inputs, targets;
+    std::vector<std::int64_t> inputs, next;
     for (std::int64_t w = first; w < first + count; ++w) {
-      const auto begin = ids.begin() + static_cast<std::ptrdiff_t>(w * t);
-      inputs.insert(inputs.end(), begin, begin + t);
-      targets.insert(targets.end(), begin + 1, begin + t + 1);
+      const auto offset = static_cast<std::ptrdiff_t>(w * t);
+      inputs.insert(inputs.end(), context.begin() + offset, context.begin() + offset + t);
+      next.insert(next.end(), targets.begin() + offset + 1, targets.begin() + offset + t + 1);
     }
     const Tensor logits = model.forward(from_vector(inputs, {count, t}));
-    total += cross_entropy(logits, from_vector(targets, {count, t})).item() * static_cast<double>(count);
+    total += cross_entropy(logits, from_vector(next, {count, t})).item() * static_cast<double>(count);
   }
   model.train(was_training);
   return total / static_cast<double>(windows);
@@ -92,6 +99,8 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
                   "train gpt: --resume {} holds a {} model with {} attention ({}), but the flags ask for {} with {} "
                   "attention", o.out_dir, config.name, nn::attention_kind_name(config.attention),
                   nn::metric_mode_name(config.metric), o.config, nn::attention_kind_name(o.attention));
+    // config.json does not record the preset's training batch; without --batch the run used the preset's.
+    config.batch = gpt_preset(config.name, tokenizer.size()).batch;
     ids = read_text_ids(o.text_path, &tokenizer, nullptr);
   } else {
     CharTokenizer built;

@@ -45,6 +45,11 @@ EvalRecord train_gpt(const GPTTrainOptions& options, const std::function<void(co
 // Mean cross-entropy over the non-overlapping windows of seq_len tokens of `ids` from its start (inputs
 // [i, i+T), targets [i+1, i+T+1)); the last partial window is dropped.
 double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& ids, std::int64_t batch = 32);
+// The same windows with the model reading one stream and predicting another of the same length: inputs
+// context[i, i+T), targets targets[i+1, i+T+1). evaluate_gpt(model, ids) is evaluate_gpt(model, ids, ids);
+// `ellipse study gpt` passes a corrupted text as the context and the clean text as the targets.
+double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& context, const std::vector<std::int64_t>& targets,
+                    std::int64_t batch = 32);
 
 struct SampleOptions {
   std::int64_t tokens = 200;

@@ -1,6 +1,8 @@
 #include "models/text.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <numeric>
 #include <set>
 
 #include "core/error.hpp"
@@ -126,6 +128,31 @@ std::pair<Tensor, Tensor> sample_windows(const std::vector<std::int64_t>& ids, s
                    ids.begin() + static_cast<std::ptrdiff_t>(start) + seq_len + 1);
   }
   return {from_vector(inputs, {batch, seq_len}), from_vector(targets, {batch, seq_len})};
+}
+
+std::vector<std::int64_t> corrupt_characters(const std::vector<std::int64_t>& ids, double fraction, std::int64_t vocab,
+                                             std::uint64_t seed) {
+  ELLIPSE_CHECK(fraction >= 0 && fraction <= 1, "corrupt_characters: fraction {} is not in [0, 1]", fraction);
+  ELLIPSE_CHECK(vocab >= 2, "corrupt_characters: a vocabulary of {} character(s) has no other character to put in",
+                vocab);
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    ELLIPSE_CHECK(ids[i] >= 0 && ids[i] < vocab, "corrupt_characters: id {} at position {} is out of range [0, {})",
+                  ids[i], i, vocab);
+  const auto n = static_cast<std::int64_t>(ids.size());
+  const auto count = static_cast<std::int64_t>(std::llround(fraction * static_cast<double>(n)));
+  Generator gen(seed);
+  // The first `count` entries of a partial Fisher-Yates shuffle are a uniform sample without replacement.
+  std::vector<std::int64_t> positions(static_cast<std::size_t>(n));
+  std::iota(positions.begin(), positions.end(), std::int64_t{0});
+  std::vector<std::int64_t> out = ids;
+  for (std::int64_t i = 0; i < count; ++i) {
+    std::swap(positions[static_cast<std::size_t>(i)], positions[static_cast<std::size_t>(i + gen.integer(n - i))]);
+    auto& id = out[static_cast<std::size_t>(positions[static_cast<std::size_t>(i)])];
+    // Uniform over the vocab - 1 other characters: skip over the original.
+    const std::int64_t drawn = gen.integer(vocab - 1);
+    id = drawn >= id ? drawn + 1 : drawn;
+  }
+  return out;
 }
 
 }  // namespace ellipse

@@ -45,4 +45,12 @@ TextSplit split_train_val(const std::vector<std::int64_t>& ids);
 std::pair<Tensor, Tensor> sample_windows(const std::vector<std::int64_t>& ids, std::int64_t batch, std::int64_t seq_len,
                                          Generator& gen);
 
+// Character noise for robustness tests (`ellipse study gpt`): a copy of `ids` in which exactly
+// round(fraction * ids.size()) positions, chosen uniformly without replacement, are each replaced by a character
+// drawn uniformly from the other vocab - 1 characters of the vocabulary (so every chosen position changes).
+// Deterministic: the same arguments give the same result. Needs ids in [0, vocab), vocab >= 2 and fraction in
+// [0, 1].
+std::vector<std::int64_t> corrupt_characters(const std::vector<std::int64_t>& ids, double fraction, std::int64_t vocab,
+                                             std::uint64_t seed);
+
 }  // namespace ellipse

@@ -155,6 +155,20 @@ TEST_CASE("cli: train, eval and sample a tiny checkpoint") {
   check_fails({"train", "gpt", "--text", text, "--steps", "2", "--resume", run, "--out", dir / "elsewhere"}, 1,
               "elsewhere");
 
+  // A gpt-tiny run (the preset's batch is 4, which config.json does not record) resumes without --batch.
+  const std::string tiny = dir / "tiny";
+  const std::vector<std::string> tiny_flags{"train", "gpt", "--text", text, "--config", "gpt-tiny", "--steps", "4",
+                                            "--eval-every", "2"};
+  auto with = [&](std::vector<std::string> args, const std::vector<std::string>& more) {
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+  };
+  REQUIRE(run_ellipse(with(tiny_flags, {"--stop-after", "2", "--out", tiny})).status == 0);
+  const Run tiny_resume = run_ellipse(with(tiny_flags, {"--resume", tiny}));
+  INFO("gpt-tiny --resume stderr: ", tiny_resume.err);
+  CHECK(tiny_resume.status == 0);
+  CHECK(tiny_resume.out.find("done: step 4") != std::string::npos);
+
   const Run eval = run_ellipse({"eval", "gpt", "--model", run, "--text", text});
   INFO("eval stderr: ", eval.err);
   CHECK(eval.status == 0);

@@ -24,6 +24,7 @@
 #include "models/gpt.hpp"
 #include "models/vit.hpp"
 #include "nn/analysis.hpp"
+#include "study_fixture.hpp"
 
 using namespace ellipse;
 using namespace ellipse::testing;  // TempDir, the synthetic data set, run_ellipse
@@ -98,8 +99,6 @@ std::pair<std::uint32_t, std::uint32_t> png_size(const std::string& path) {
   };
   return {be32(16), be32(20)};
 }
-
-Json read_json(const std::string& path) { return Json::parse(read_bytes(path)); }
 
 std::vector<nn::Block*> blocks_of(auto& model, std::int64_t layers) {
   std::vector<nn::Block*> blocks;
@@ -386,42 +385,6 @@ ViTConfig write_vit_checkpoint(const std::string& dir, nn::AttentionKind attenti
   save_parameters(dir + "/model.safetensors", model);
   write_bytes(dir + "/config.json", vit_config_json(config));
   return config;
-}
-
-// "abc bad cab ..." over the letters a-f, space and newline.
-std::string pattern_text(std::size_t length) {
-  const std::string words[] = {"abc ", "bad ", "cab\n", "dace ", "face ", "bead\n"};
-  std::string text;
-  for (std::size_t i = 0; text.size() < length; ++i) text += words[(i * 7 + i / 3) % 6];
-  return text;
-}
-
-void check_rows_sum_to_one(const Vec& maps, std::int64_t rows, std::int64_t cols) {
-  double worst = 0;
-  for (std::int64_t r = 0; r < rows; ++r) {
-    double total = 0;
-    for (std::int64_t c = 0; c < cols; ++c) total += maps[static_cast<std::size_t>(r * cols + c)];
-    worst = std::max(worst, std::abs(total - 1));
-  }
-  CHECK(worst < 1e-5);
-}
-
-struct Bad {
-  std::vector<std::string> args;
-  int status;
-  std::vector<std::string> messages;
-};
-
-void check_bad(const std::vector<Bad>& bad) {
-  for (const auto& b : bad) {
-    std::string joined;
-    for (const auto& a : b.args) joined += a + " ";
-    CAPTURE(joined);
-    const Run run = run_ellipse(b.args);
-    INFO(run.err);
-    CHECK(run.status == b.status);
-    for (const auto& m : b.messages) CHECK_MESSAGE(run.err.find(m) != std::string::npos, m);
-  }
 }
 
 }  // namespace

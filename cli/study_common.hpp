@@ -1,0 +1,119 @@
+#pragma once
+// What `ellipse inspect`, `study vit` and `study gpt` share: the figures drawn from a model's attention
+// layers (attention maps, the class token's attention, the metric m), statistics over seeds, the parts of
+// a study's summary and report that do not depend on the model (per-layer collapse and head redundancy,
+// training time, verdict lines, the layer charts), and the training runs that a study reuses or resumes
+// after an interruption.
+//
+// A study compares named variants (e.g. "standard" and "elliptical"): summary.json holds one object per
+// variant under its name, and the report's table one column per variant, in the order given.
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cli/figures.hpp"
+#include "core/tensor.hpp"
+#include "nn/analysis.hpp"
+
+namespace ellipse::cli::study {
+
+using nlohmann::ordered_json;
+
+template <typename Model>
+std::vector<nn::Block*> blocks_of(Model& model, std::int64_t layers) {
+  std::vector<nn::Block*> blocks;
+  for (std::int64_t i = 0; i < layers; ++i) blocks.push_back(&model.block(static_cast<std::size_t>(i)));
+  return blocks;
+}
+
+// ---- figures of one model on one input ----
+
+// Writes {prefix}attention.npy [L, H, N, N] and {prefix}attention.png (rows: layers, columns: heads) of batch
+// item 0, after a forward pass with the blocks' study hooks on; returns the maps.
+Tensor write_attention(const std::string& dir, const std::vector<nn::Block*>& blocks, const std::string& prefix);
+
+// The class token's attention over the patch grid, beside the image: {prefix}class_attention_layer{L}.png, the
+// image and then one side x side map per head (each on its own colour scale). maps: [L, H, N, N].
+void write_class_attention(const std::string& dir, const Tensor& image, const Tensor& maps, std::int64_t side,
+                           const std::string& prefix);
+
+// m per elliptical layer and head: {prefix}metric.json, and {prefix}metric.png with one row per (layer, head)
+// and one column per coordinate (rows in layer-major order; standard layers have none). Writes nothing for a
+// model without elliptical layers. Returns the JSON (an empty array then).
+ordered_json write_metric(const std::string& dir, const nn::LayerStudy& study, const std::string& prefix);
+
+// {"collapse_attn": [...], "collapse_block": [...], "head_redundancy": [...]} of one study.
+ordered_json layer_json(const nn::LayerStudy& study);
+
+// ---- statistics over seeds ----
+
+struct Stat {
+  double mean = 0, std = 0;  // std: the sample standard deviation; 0 for a single value
+};
+Stat stat_of(const std::vector<double>& values);
+// {"mean", "std", "values"}.
+ordered_json stat_json(const std::vector<double>& values);
+// per_seed[seed][i] -> {keys[i]: stat_json over seeds}.
+ordered_json keyed_stats(const std::vector<std::vector<double>>& per_seed, const std::vector<std::string>& keys);
+// Adds collapse_attn, collapse_block and head_redundancy ({"mean": [per layer], "std": [per layer]}) over seeds.
+void add_layer_stats(ordered_json& variant, const std::vector<nn::LayerStudy>& per_seed);
+
+double mean_of(const ordered_json& stat);
+double std_of(const ordered_json& stat);
+
+// ---- the report ----
+
+// "| metric | standard | elliptical |\n|---|---|---|\n" for variants {"standard", "elliptical"}.
+std::string table_header(const std::vector<std::string>& variants);
+// "| label | cells[0] | cells[1] |\n".
+std::string table_row(const std::string& label, const std::vector<std::string>& cells);
+// The rows that every study has: collapse (attention and block output) and head redundancy per layer (means
+// over seeds), and the training time.
+std::string layer_and_time_rows(const ordered_json& summary, const std::vector<std::string>& variants);
+
+// How a verdict prints a difference: multiplied by `scale`, with `decimals`, followed by `unit`.
+struct VerdictUnit {
+  double scale = 1;
+  int decimals = 2;
+  std::string unit;
+};
+// One honest sentence comparing a statistic of `variant` with `baseline`, e.g.
+// "- Clean accuracy: elliptical +0.20 points vs standard (one seed, so no spread to judge it by)."; the
+// difference counts as clear only when it exceeds twice the larger seed spread.
+std::string verdict(const std::string& what, const std::string& variant, const ordered_json& variant_stat,
+                    const std::string& baseline, const ordered_json& baseline_stat, std::int64_t seeds,
+                    const VerdictUnit& unit);
+// Collapse of the block outputs (one line per variant other than the baseline) and head redundancy (one line
+// for all variants), each as a mean over layers.
+std::string layer_conclusions(const ordered_json& summary, const std::vector<std::string>& variants,
+                              const std::string& baseline);
+
+// ---- figures of a study ----
+
+// A series over categories: the clean value `summary_variant[clean_key]` first, then
+// `summary_variant[keyed_key][k]` for each k in keys; each a statistic, multiplied by `scale`, with its
+// seed spread as the error bar.
+figures::Series clean_and_keyed_series(const ordered_json& summary_variant, const std::string& clean_key,
+                                       const std::string& keyed_key, const std::vector<std::string>& keys,
+                                       double scale, const std::string& label);
+// collapse_vs_layer.svg and head_redundancy_vs_layer.svg in `dir`, one line per variant (two for collapse:
+// the attention and the block output).
+void write_layer_charts(const std::string& dir, const ordered_json& summary, const std::vector<std::string>& variants);
+
+// ---- training runs that survive an interruption ----
+
+struct StudyTraining {
+  ordered_json last_record;  // the run's last metrics.jsonl line (up to its committed checkpoint)
+  double train_seconds = 0;  // the training time, summed over the parts of an interrupted run
+};
+
+// One training run of a study, in `run_dir`. A run that finished earlier (its last metrics line has
+// `done_key` == `done_value`, e.g. "epoch" 5 or "step" 2000) is reused, printing "NAME: finished earlier,
+// reusing DIR"; otherwise `train(resume)` runs the trainer, resuming when the directory holds a checkpoint.
+// The time of each part is added up in run_dir/train_seconds.txt.
+StudyTraining train_or_reuse(const std::string& name, const std::string& run_dir, const std::string& done_key,
+                             std::int64_t done_value, const std::function<void(bool resume)>& train);
+
+}  // namespace ellipse::cli::study

@@ -1,0 +1,347 @@
+// `ellipse study gpt` (docs/study.md): the character corruption (corrupt_characters), the val loss with a
+// context stream and a target stream (evaluate_gpt), and the command end to end with the smoke preset on a
+// small patterned text: summary, report, figures, continuing an interrupted study, and its errors.
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "autograd/grad_mode.hpp"
+#include "autograd/ops.hpp"
+#include "cli_runner.hpp"
+#include "core/io/npy.hpp"
+#include "figure_checks.hpp"
+#include "helpers.hpp"
+#include "models/checkpoint.hpp"
+#include "models/gpt_train.hpp"
+#include "models/text.hpp"
+#include "study_fixture.hpp"
+
+using namespace ellipse;
+using namespace ellipse::testing;
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+using Ids = std::vector<std::int64_t>;
+
+namespace {
+
+// n ids cycling through 0..vocab-1 with a stride, so that every character occurs.
+Ids cycling_ids(std::size_t n, std::int64_t vocab) {
+  Ids ids(n);
+  for (std::size_t i = 0; i < n; ++i) ids[i] = static_cast<std::int64_t>((i * 3 + i / 7) % static_cast<std::size_t>(vocab));
+  return ids;
+}
+
+std::vector<std::size_t> changed_positions(const Ids& a, const Ids& b) {
+  std::vector<std::size_t> at;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (a[i] != b[i]) at.push_back(i);
+  return at;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------
+// corrupt_characters
+
+TEST_CASE("corrupt_characters: exactly round(p N) positions change, to other vocabulary characters") {
+  const std::int64_t vocab = 7;
+  for (const std::size_t n : {std::size_t{1000}, std::size_t{333}, std::size_t{3}}) {
+    const Ids clean = cycling_ids(n, vocab);
+    for (const double p : {0.0, 0.015, 0.05, 0.1, 0.5, 1.0}) {
+      CAPTURE(n);
+      CAPTURE(p);
+      const Ids corrupted = corrupt_characters(clean, p, vocab, 42);
+      REQUIRE(corrupted.size() == n);
+      // Every chosen position gets a different character, so the changed positions are the chosen ones.
+      CHECK(changed_positions(clean, corrupted).size() ==
+            static_cast<std::size_t>(std::llround(p * static_cast<double>(n))));
+      for (const auto id : corrupted) CHECK((id >= 0 && id < vocab));
+    }
+  }
+  // Rounding: 0.5 * 3 = 1.5 rounds to 2; 0.015 * 100 = 1.5 rounds to 2 as well.
+  CHECK(changed_positions(cycling_ids(3, 7), corrupt_characters(cycling_ids(3, 7), 0.5, 7, 1)).size() == 2);
+  CHECK(changed_positions(cycling_ids(100, 7), corrupt_characters(cycling_ids(100, 7), 0.015, 7, 1)).size() == 2);
+  // Two characters: a changed position can only hold the other one.
+  const Ids binary = cycling_ids(200, 2);
+  const Ids flipped = corrupt_characters(binary, 1.0, 2, 3);
+  for (std::size_t i = 0; i < binary.size(); ++i) CHECK(flipped[i] == 1 - binary[i]);
+}
+
+TEST_CASE("corrupt_characters: deterministic per seed; positions and replacements uniform") {
+  const Ids clean = cycling_ids(60000, 7);
+  const Ids a = corrupt_characters(clean, 0.1, 7, 5);
+  CHECK(corrupt_characters(clean, 0.1, 7, 5) == a);
+  const Ids b = corrupt_characters(clean, 0.1, 7, 6);
+  CHECK(b != a);
+  CHECK(changed_positions(clean, b) != changed_positions(clean, a));
+
+  // 6000 positions: about half in each half of the text (sd 39), and each of the 6 other characters about a
+  // sixth of the replacements of a given original (1000 each, sd 29); 6 sd of slack.
+  const auto positions = changed_positions(clean, a);
+  const auto first_half = std::count_if(positions.begin(), positions.end(), [](std::size_t i) { return i < 30000; });
+  CHECK(std::abs(static_cast<double>(first_half) - 3000.0) < 6 * 39);
+  std::array<std::array<int, 7>, 7> counts{};  // [original][replacement]
+  for (const auto i : positions) ++counts[static_cast<std::size_t>(clean[i])][static_cast<std::size_t>(a[i])];
+  for (std::size_t from = 0; from < 7; ++from) {
+    int total = 0;
+    for (std::size_t to = 0; to < 7; ++to) total += counts[from][to];
+    CHECK(counts[from][from] == 0);
+    for (std::size_t to = 0; to < 7; ++to)
+      if (to != from) CHECK(std::abs(counts[from][to] - total / 6.0) < 6 * std::sqrt(total / 6.0));
+  }
+}
+
+TEST_CASE("corrupt_characters: bad arguments name the function and the problem") {
+  const Ids ids{0, 1, 2};
+  CHECK_ERROR(corrupt_characters(ids, 1.5, 3, 0), "corrupt_characters", "1.5", "[0, 1]");
+  CHECK_ERROR(corrupt_characters(ids, -0.1, 3, 0), "corrupt_characters", "-0.1");
+  CHECK_ERROR(corrupt_characters(ids, std::nan(""), 3, 0), "corrupt_characters", "nan");
+  CHECK_ERROR(corrupt_characters({0, 0}, 0.5, 1, 0), "corrupt_characters", "vocabulary of 1");
+  CHECK_ERROR(corrupt_characters(ids, 0.5, 2, 0), "corrupt_characters", "id 2 at position 2", "[0, 2)");
+  CHECK(corrupt_characters({}, 0.5, 3, 0).empty());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// evaluate_gpt with a context and a target stream
+
+TEST_CASE("evaluate_gpt(context, targets): the windows read the context and predict the targets") {
+  GPTConfig config = gpt_preset("gpt-tiny", 7);  // T = 32
+  config.attention = nn::AttentionKind::elliptical;
+  GPT model(config, 3);
+  const std::int64_t t = config.seq_len;
+  const Ids clean = cycling_ids(static_cast<std::size_t>(3 * t + 5), 7);  // 3 windows; 4 ids left over
+  const Ids context = corrupt_characters(clean, 0.2, 7, 9);
+
+  CHECK(evaluate_gpt(model, clean) == evaluate_gpt(model, clean, clean));
+  // The same mean by hand: window w reads context[wT, wT + T) and predicts clean[wT + 1, wT + T + 1).
+  double expected = 0;
+  {
+    NoGradGuard no_grad;
+    for (std::int64_t w = 0; w < 3; ++w) {
+      const auto at = static_cast<std::ptrdiff_t>(w * t);
+      const Tensor logits = model.forward(from_vector(Ids(context.begin() + at, context.begin() + at + t), {1, t}));
+      expected += cross_entropy(logits, from_vector(Ids(clean.begin() + at + 1, clean.begin() + at + t + 1), {1, t}))
+                      .item() / 3;
+    }
+  }
+  const double mixed = evaluate_gpt(model, context, clean, 2);
+  CHECK(mixed == doctest::Approx(expected).epsilon(1e-6));
+  CHECK(mixed != evaluate_gpt(model, clean, clean));
+  CHECK(mixed != evaluate_gpt(model, clean, context));
+  // Context beyond the last window's inputs is never read (position 3T is only ever a target).
+  Ids longer = context;
+  longer[static_cast<std::size_t>(3 * t)] = (longer[static_cast<std::size_t>(3 * t)] + 1) % 7;
+  CHECK(evaluate_gpt(model, longer, clean, 2) == mixed);
+
+  CHECK_ERROR(evaluate_gpt(model, context, Ids(clean.begin(), clean.end() - 1)), "eval", "the same length");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// ellipse study gpt
+
+namespace {
+
+const std::vector<std::string> kAllVariants{"standard", "elliptical", "elliptical-sequence", "elliptical-random"};
+const std::vector<std::string> kCorruptionKeys{"0.015", "0.05", "0.1"};
+
+std::vector<std::string> keys_of(const Json& j) {
+  std::vector<std::string> keys;
+  for (const auto& item : j.items()) keys.push_back(item.key());
+  std::sort(keys.begin(), keys.end());
+  return keys;
+}
+
+// The one value of a statistic over a single seed (its mean, with no spread).
+double single_value(const Json& stat) {
+  const auto values = stat.at("values").get<std::vector<double>>();
+  REQUIRE(values.size() == 1);
+  CHECK(stat["mean"].get<double>() == values[0]);
+  CHECK(stat["std"].get<double>() == 0.0);
+  return values[0];
+}
+
+// The val split of `text_path`, as the study reads it.
+struct Val {
+  CharTokenizer tokenizer;
+  Ids ids;
+};
+Val val_split(const std::string& text_path) {
+  const std::u32string text = decode_utf8(read_bytes(text_path), text_path);
+  Val val{CharTokenizer::from_text(text), {}};
+  val.ids = split_train_val(val.tokenizer.encode(text)).val;
+  return val;
+}
+
+}  // namespace
+
+TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun continues; errors") {
+  TempDir dir;
+  const std::string text = dir / "text.txt", out = dir / "study";
+  // 4000 characters: a val part of 400, 12 windows of gpt-tiny's 32.
+  write_bytes(text, pattern_text(4000).substr(0, 4000));
+  const Run run = run_ellipse({"study", "gpt", "--preset", "smoke", "--m-modes", "random,causal,sequence", "--data",
+                               text, "--out", out});
+  INFO(run.err);
+  REQUIRE(run.status == 0);
+
+  const std::string summary_text = read_bytes(out + "/summary.json");
+  const Json summary = Json::parse(summary_text);
+  CHECK(summary["preset"] == "smoke");
+  CHECK(summary["seeds"] == 1);
+  CHECK(summary["config"] == "gpt-tiny");
+  CHECK(summary["steps"] == 20);
+  CHECK(summary["variants"].get<std::vector<std::string>>() == kAllVariants);  // in this order, whatever the flag's
+
+  const Val val = val_split(text);
+  const double uniform_loss = std::log(static_cast<double>(val.tokenizer.size()));
+  for (const auto& variant : kAllVariants) {
+    CAPTURE(variant);
+    const Json& v = summary[variant];
+    CHECK(keys_of(v) == std::vector<std::string>{"collapse_attn", "collapse_block", "corrupted", "head_redundancy",
+                                                 "train_seconds", "val_loss"});
+    // Twenty steps barely move a model from its start near the uniform guess; corrupting more never helps
+    // much (a tolerance for the random variant, whose m changes between passes).
+    const double clean = single_value(v["val_loss"]);
+    CHECK((clean > 0.5 * uniform_loss && clean < 1.5 * uniform_loss));
+    CHECK(keys_of(v["corrupted"]) == kCorruptionKeys);
+    for (const auto& key : kCorruptionKeys) {
+      const double corrupted = single_value(v["corrupted"][key]);
+      CHECK((std::isfinite(corrupted) && corrupted > clean - 0.01 && corrupted < 2 * uniform_loss));
+    }
+    for (const char* per_layer : {"collapse_attn", "collapse_block", "head_redundancy"}) {
+      CAPTURE(per_layer);
+      const auto means = v[per_layer]["mean"].get<std::vector<double>>();
+      CHECK(means.size() == 2);  // gpt-tiny has 2 layers
+      CHECK(v[per_layer]["std"].get<std::vector<double>>() == std::vector<double>(2, 0.0));
+      for (double m : means) CHECK((std::isfinite(m) && m >= -1 - 1e-9 && (per_layer[0] == 'h' ? m >= 0 : m <= 1 + 1e-9)));
+    }
+    CHECK(single_value(v["train_seconds"]) > 0);
+  }
+
+  // The numbers recomputed here from the saved standard model: the clean val loss over the val windows (also
+  // the trainer's last evaluation), and the corrupted ones with the corrupted text (seeded by mix64(seed, index
+  // of p)) as the context and the clean text as the targets.
+  {
+    const std::string run_dir = out + "/runs/standard-seed0";
+    LoadedGPT loaded = load_gpt(run_dir);
+    const Json& standard = summary["standard"];
+    CHECK(standard["val_loss"]["mean"].get<double>() == doctest::Approx(evaluate_gpt(*loaded.model, val.ids)).epsilon(1e-9));
+    const std::string metrics = read_bytes(run_dir + "/metrics.jsonl");
+    const Json last = Json::parse(metrics.substr(metrics.rfind('\n', metrics.size() - 2) + 1));
+    CHECK(last["step"] == 20);
+    CHECK(last["val_loss"].get<double>() == doctest::Approx(standard["val_loss"]["mean"].get<double>()).epsilon(1e-9));
+    const std::vector<double> fractions{0.015, 0.05, 0.1};
+    for (std::size_t i = 0; i < fractions.size(); ++i) {
+      const Ids context = corrupt_characters(val.ids, fractions[i], val.tokenizer.size(), mix64(0, i));
+      CHECK(standard["corrupted"][kCorruptionKeys[i]]["mean"].get<double>() ==
+            doctest::Approx(evaluate_gpt(*loaded.model, context, val.ids)).epsilon(1e-9));
+    }
+  }
+
+  const std::string report = read_bytes(out + "/report.md");
+  CHECK(report.find("| metric | standard | elliptical | elliptical-sequence | elliptical-random |\n|---|---|---|---|---|\n") !=
+        std::string::npos);
+  const std::vector<std::string> rows{"| clean val loss |", "| val loss, p = 0.015 corrupted |",
+                                      "| val loss, p = 0.05 corrupted |", "| val loss, p = 0.1 corrupted |",
+                                      "| collapse, attention output, per layer |", "| collapse, block output, per layer |",
+                                      "| head redundancy (L2), per layer |", "| training time (s) |"};
+  for (const auto& r : rows) {
+    CAPTURE(r);
+    const auto at = report.find("\n" + r);
+    CHECK(at != std::string::npos);
+    CHECK(report.find("\n" + r, at + 1) == std::string::npos);
+  }
+  CHECK(report.find("Note on `elliptical-sequence`") != std::string::npos);
+  CHECK(report.find("not a fair comparison") != std::string::npos);
+  CHECK(report.find("Note on `elliptical-random`") != std::string::npos);
+  CHECK(report.find("--m-modes sequence,random") != std::string::npos);
+  CHECK(report.find("Clean val loss (lower is better): elliptical ") != std::string::npos);
+
+  // Every figure: the charts name each variant; the PNGs decode to the sizes their layout gives.
+  const std::string figures = out + "/figures/";
+  for (const char* name : {"val_loss_vs_corruption.svg", "collapse_vs_layer.svg", "head_redundancy_vs_layer.svg"}) {
+    CAPTURE(name);
+    const std::string svg = read_bytes(figures + name);
+    check_well_formed(svg);
+    for (const auto& variant : kAllVariants) CHECK(svg.find(">" + variant) != std::string::npos);
+  }
+  CHECK(read_bytes(figures + "val_loss_vs_corruption.svg").find(">0 (clean)<") != std::string::npos);
+  for (const auto& variant : kAllVariants) {
+    CAPTURE(variant);
+    // The sample line is the val text's first 32 characters (the context length): 2 layers x 2 heads of 32 x 32.
+    const Tensor maps = io::load_npy(figures + variant + "_attention.npy");
+    REQUIRE(maps.shape() == Shape{2, 2, 32, 32});
+    const auto values = to_dtype(maps, DType::f64).to_vector<double>();
+    check_rows_sum_to_one(values, 2 * 2 * 32, 32);
+    double above = 0;
+    for (std::int64_t panel = 0; panel < 4; ++panel)
+      for (std::int64_t i = 0; i < 32; ++i)
+        for (std::int64_t j = i + 1; j < 32; ++j) above += std::abs(values[static_cast<std::size_t>((panel * 32 + i) * 32 + j)]);
+    CHECK(above == 0.0);
+    const figures::Image attention = decode_png(read_bytes(figures + variant + "_attention.png"));
+    CHECK(attention.width == 2 * 32 * 6 + 4);
+    CHECK(attention.height == 2 * 32 * 6 + 4);
+    if (variant == "standard") {
+      CHECK_FALSE(fs::exists(figures + "standard_metric.png"));
+      continue;
+    }
+    // Layer 1 is elliptical: one 12 px row per head (2), one column per coordinate (16), 1 px separators.
+    const figures::Image metric = decode_png(read_bytes(figures + variant + "_metric.png"));
+    CHECK(metric.width == 16 * 12 + 15);
+    CHECK(metric.height == 2 * 12 + 1);
+    CHECK(read_json(figures + variant + "_metric.json").size() == 1);
+  }
+
+  // Refused: an existing study, bad flags (2), a missing text (1, naming the file, creating nothing).
+  check_bad({
+      {{"study", "gpt", "--preset", "smoke", "--data", text, "--out", out}, 1, {"study gpt", "already holds a study"}},
+      {{"study", "gpt", "--preset", "bogus", "--data", text, "--out", dir / "s1"}, 2, {"--preset"}},
+      {{"study", "gpt", "--m-modes", "bogus", "--data", text, "--out", dir / "s2"}, 2, {"--m-modes", "bogus"}},
+      {{"study", "gpt", "--m-modes", "sequence,bogus", "--data", text, "--out", dir / "s3"}, 2, {"--m-modes"}},
+      {{"study", "gpt", "--seeds", "0", "--data", text, "--out", dir / "s4"}, 2, {"--seeds"}},
+      {{"study", "gpt", "--preset", "smoke", "--data", dir / "missing.txt", "--out", dir / "s5"}, 1,
+       {"study gpt", "--data", "missing.txt"}},
+  });
+  CHECK(read_bytes(out + "/summary.json") == summary_text);
+  for (const char* s : {"s1", "s2", "s3", "s4", "s5"}) CHECK_FALSE(fs::exists(dir / s));
+
+  // An interrupted study continues: the standard run stopped halfway (as `train gpt --stop-after` leaves it)
+  // resumes, the same model results; then, with its summary gone, a rerun reuses both finished runs.
+  const std::string again = dir / "again";
+  const Run half = run_ellipse({"train", "gpt", "--text", text, "--config", "gpt-tiny", "--steps", "20", "--eval-every",
+                                "10", "--stop-after", "10", "--out", again + "/runs/standard-seed0"});
+  INFO(half.err);
+  REQUIRE(half.status == 0);
+  const Run resumed = run_ellipse({"study", "gpt", "--preset", "smoke", "--data", text, "--out", again});
+  INFO(resumed.err);
+  REQUIRE(resumed.status == 0);
+  CHECK(resumed.out.find("finished earlier") == std::string::npos);
+  const Json resumed_summary = read_json(again + "/summary.json");
+  CHECK(resumed_summary["variants"].get<std::vector<std::string>>() == std::vector<std::string>{"standard", "elliptical"});
+  for (const char* variant : {"standard", "elliptical"}) {
+    CAPTURE(variant);
+    CHECK(resumed_summary[variant]["val_loss"] == summary[variant]["val_loss"]);
+    CHECK(resumed_summary[variant]["corrupted"] == summary[variant]["corrupted"]);
+  }
+  fs::remove(again + "/summary.json");
+  const Run reused = run_ellipse({"study", "gpt", "--preset", "smoke", "--data", text, "--out", again});
+  INFO(reused.err);
+  REQUIRE(reused.status == 0);
+  for (const char* variant : {"standard", "elliptical"})
+    CHECK(reused.out.find(fmt::format("{}-seed0: finished earlier, reusing {}/runs/{}-seed0", variant, again,
+                                      variant)) != std::string::npos);
+  const Json reused_summary = read_json(again + "/summary.json");
+  for (const char* variant : {"standard", "elliptical"}) {
+    CAPTURE(variant);
+    CHECK(reused_summary[variant]["val_loss"] == resumed_summary[variant]["val_loss"]);
+    CHECK(reused_summary[variant]["train_seconds"] == resumed_summary[variant]["train_seconds"]);
+  }
+}
