@@ -163,7 +163,7 @@ Tensor record(std::string_view op, Tensor output, std::vector<Tensor> inputs, Ba
   for (const auto& input : inputs) any = any || (input.defined() && input.requires_grad());
   if (!any) return output;
   output.impl()->requires_grad = true;
-  output.impl()->grad_fn = std::make_shared<Node>(Node{op, std::move(inputs), std::move(backward)});
+  output.impl()->grad_fn = std::make_shared<Node>(Node{op, std::move(inputs), std::move(backward), {}});
   return output;
 }
 
