@@ -282,4 +282,36 @@ StudyTraining train_or_reuse(const std::string& name, const std::string& run_dir
   return result;
 }
 
+MeasurementCache::MeasurementCache(std::string path) : path_(std::move(path)) {
+  if (!std::filesystem::exists(path_)) return;
+  try {
+    values_ = ordered_json::parse(io::read_file(path_, std::uint64_t{1} << 26));
+  } catch (const ordered_json::exception& e) {
+    fail("study: {} is not valid JSON ({}); delete it to measure the run again", path_, e.what());
+  }
+  ELLIPSE_CHECK(values_.is_object(), "study: {} holds no JSON object; delete it to measure the run again", path_);
+}
+
+void MeasurementCache::bad_entry(const std::string& key) const {
+  fail("study: {} holds a malformed '{}'; delete the file to measure the run again", path_, key);
+}
+
+void MeasurementCache::save() const { io::write_file_atomic(path_, values_.dump(2) + "\n"); }
+
 }  // namespace ellipse::cli::study
+
+namespace ellipse::nn {
+
+void to_json(nlohmann::ordered_json& json, const LayerStudy& study) {
+  json = {{"collapse_attn", study.collapse_attn}, {"collapse_block", study.collapse_block},
+          {"head_redundancy", study.head_redundancy}, {"mean_metric", study.mean_metric}};
+}
+
+void from_json(const nlohmann::ordered_json& json, LayerStudy& study) {
+  json.at("collapse_attn").get_to(study.collapse_attn);
+  json.at("collapse_block").get_to(study.collapse_block);
+  json.at("head_redundancy").get_to(study.head_redundancy);
+  json.at("mean_metric").get_to(study.mean_metric);
+}
+
+}  // namespace ellipse::nn

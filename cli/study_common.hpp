@@ -3,7 +3,7 @@
 // layers (attention maps, the class token's attention, the metric m), statistics over seeds, the parts of
 // a study's summary and report that do not depend on the model (per-layer collapse and head redundancy,
 // training time, verdict lines, the layer charts), and the training runs that a study reuses or resumes
-// after an interruption.
+// after an interruption, with the measurements taken on them.
 //
 // A study compares named variants (e.g. "standard" and "elliptical"): summary.json holds one object per
 // variant under its name, and the report's table one column per variant, in the order given.
@@ -11,6 +11,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cli/figures.hpp"
@@ -115,5 +116,49 @@ struct StudyTraining {
 // The time of each part is added up in run_dir/train_seconds.txt.
 StudyTraining train_or_reuse(const std::string& name, const std::string& run_dir, const std::string& done_key,
                              std::int64_t done_value, const std::function<void(bool resume)>& train);
+
+// ---- measurements that survive an interruption ----
+
+// One run's measurements by name, in a JSON file that is rewritten (atomically) after each new one. A study
+// stopped during its evaluations takes up where it stopped, and a run directory that holds this file with
+// every measurement needs neither its checkpoint nor its model: long presets can be finished in parts, on
+// different days or machines. Delete the file to measure again.
+class MeasurementCache {
+ public:
+  // Reads `path` when it exists; a file that is not a JSON object is an error naming it.
+  explicit MeasurementCache(std::string path);
+
+  // The value stored under `key`, or measure()'s result, stored first.
+  template <typename T, typename Measure>
+  T get(const std::string& key, Measure&& measure) {
+    if (const auto found = values_.find(key); found != values_.end()) {
+      try {
+        return found->template get<T>();
+      } catch (const ordered_json::exception&) {
+        bad_entry(key);
+      }
+    }
+    T value = std::forward<Measure>(measure)();
+    values_[key] = value;
+    save();
+    return value;
+  }
+
+ private:
+  [[noreturn]] void bad_entry(const std::string& key) const;
+  void save() const;
+  std::string path_;
+  ordered_json values_ = ordered_json::object();
+};
+
+}  // namespace ellipse::cli::study
+
+namespace ellipse::nn {
+// For MeasurementCache (found by argument-dependent lookup).
+void to_json(nlohmann::ordered_json& json, const LayerStudy& study);
+void from_json(const nlohmann::ordered_json& json, LayerStudy& study);
+}  // namespace ellipse::nn
+
+namespace ellipse::cli::study {
 
 }  // namespace ellipse::cli::study

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <optional>
 
 #include "autograd/grad_mode.hpp"
@@ -81,56 +82,71 @@ RunResult study_run(const StudyFlags& flags, const StudyPreset& preset, const st
   options.augment = preset.augment;
   options.seed = seed;
   options.out_dir = flags.out_dir + "/runs/" + name;
+  // Training and each measurement are cached in the run directory: the model is loaded only for what is missing.
+  MeasurementCache cache(options.out_dir + "/study.json");
+  std::optional<StudyTraining> trained;
+  auto training = [&]() -> const StudyTraining& {
+    if (!trained) trained = train_or_reuse(name, options.out_dir, "epoch", preset.epochs, [&](bool resume) {
+      options.resume = resume;
+      std::optional<Progress> bar;
+      train_vit(
+          options,
+          [&](const TrainProgress& p) {
+            if (!bar) bar.emplace(p.steps, 100);
+            bar->update(p.step, p.elapsed_s, fmt::format("{}  loss {:.4f}  {:.0f} img/s", name, p.loss, p.items_per_s));
+          },
+          [&](const ViTEvalRecord& r) {
+            bar->line(fmt::format("{} epoch {}: test_acc {:.2f}%", name, r.epoch, 100 * r.test_acc));
+          });
+    });
+    return *trained;
+  };
   RunResult result;
-  const StudyTraining trained = train_or_reuse(name, options.out_dir, "epoch", preset.epochs, [&](bool resume) {
-    options.resume = resume;
-    std::optional<Progress> bar;
-    train_vit(
-        options,
-        [&](const TrainProgress& p) {
-          if (!bar) bar.emplace(p.steps, 100);
-          bar->update(p.step, p.elapsed_s, fmt::format("{}  loss {:.4f}  {:.0f} img/s", name, p.loss, p.items_per_s));
-        },
-        [&](const ViTEvalRecord& r) {
-          bar->line(fmt::format("{} epoch {}: test_acc {:.2f}%", name, r.epoch, 100 * r.test_acc));
-        });
-  });
-  result.test_acc = trained.last_record.value("test_acc", 0.0);
-  result.train_seconds = trained.train_seconds;
+  result.test_acc = cache.get<double>("test_acc", [&] { return training().last_record.value("test_acc", 0.0); });
+  result.train_seconds = cache.get<double>("train_seconds", [&] { return training().train_seconds; });
 
-  auto model = load_vit(options.out_dir);
+  std::unique_ptr<ViT> loaded_model;
+  auto model = [&]() -> ViT& {
+    if (!loaded_model) loaded_model = load_vit(options.out_dir);
+    return *loaded_model;
+  };
+  auto accuracy = [&](const std::string& key, const Perturbation& perturbation, std::int64_t limit) {
+    return cache.get<double>(key, [&] { return evaluate_vit(model(), test, perturbation, limit).accuracy; });
+  };
   for (double sigma : kNoiseSigmas)
-    result.noise.push_back(
-        evaluate_vit(*model, test, {.kind = Perturbation::Kind::gaussian, .size = sigma, .seed = seed}).accuracy);
+    result.noise.push_back(accuracy(fmt::format("noise {}", sigma),
+                                    {.kind = Perturbation::Kind::gaussian, .size = sigma, .seed = seed}, test.size()));
   for (int eps : kEpsilon255) {
     const double size = eps / 255.0;
-    result.fgsm.push_back(
-        evaluate_vit(*model, test, {.kind = Perturbation::Kind::fgsm, .size = size}, preset.attack_images).accuracy);
-    result.pgd.push_back(
-        evaluate_vit(*model, test, {.kind = Perturbation::Kind::pgd, .size = size, .seed = seed}, preset.attack_images)
-            .accuracy);
+    result.fgsm.push_back(accuracy("fgsm " + eps_label(eps), {.kind = Perturbation::Kind::fgsm, .size = size},
+                                   preset.attack_images));
+    result.pgd.push_back(accuracy("pgd " + eps_label(eps),
+                                  {.kind = Perturbation::Kind::pgd, .size = size, .seed = seed}, preset.attack_images));
   }
-  const auto blocks = blocks_of(*model, model->config().n_layer);
-  {
+  result.layers = cache.get<nn::LayerStudy>("layers", [&] {
     NoGradGuard no_grad;
-    nn::BlockProbe probe(blocks);
+    nn::BlockProbe probe(blocks_of(model(), model().config().n_layer));
     const std::int64_t probe_images = std::min(preset.probe_images, test.size());
     for (std::int64_t first = 0; first < probe_images; first += 250) {
-      model->forward(narrow(test.images, 0, first, std::min<std::int64_t>(250, probe_images - first)));
+      model().forward(narrow(test.images, 0, first, std::min<std::int64_t>(250, probe_images - first)));
       probe.collect();
     }
-    result.layers = probe.result();
-  }
+    return probe.result();
+  });
   if (draw) {  // attention maps of the first test image, and m (after `probe` is gone: probes must not overlap)
-    NoGradGuard no_grad;
-    const std::string figures_dir = flags.out_dir + "/figures";
-    const std::string prefix = variant + "_";
-    write_metric(figures_dir, result.layers, prefix);
-    nn::BlockProbe one(blocks);
-    const Tensor image = narrow(test.images, 0, 0, 1);
-    model->forward(image);
-    const Tensor maps = write_attention(figures_dir, blocks, prefix);
-    write_class_attention(figures_dir, select(image, 0, 0), maps, model->config().patches_per_side(), prefix);
+    cache.get<bool>("figures", [&] {
+      NoGradGuard no_grad;
+      const std::string figures_dir = flags.out_dir + "/figures";
+      const std::string prefix = variant + "_";
+      write_metric(figures_dir, result.layers, prefix);
+      const auto blocks = blocks_of(model(), model().config().n_layer);
+      nn::BlockProbe one(blocks);
+      const Tensor image = narrow(test.images, 0, 0, 1);
+      model().forward(image);
+      const Tensor maps = write_attention(figures_dir, blocks, prefix);
+      write_class_attention(figures_dir, select(image, 0, 0), maps, model().config().patches_per_side(), prefix);
+      return true;
+    });
   }
   fmt::print("{}: test_acc {:.2f}%  noise {}  fgsm {}  pgd {}  ({})\n", name, 100 * result.test_acc,
              fmt::join(result.noise, " "), fmt::join(result.fgsm, " "), fmt::join(result.pgd, " "),

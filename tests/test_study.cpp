@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -673,4 +674,37 @@ TEST_CASE("cli: study vit --preset quick on synthetic files: summary, report, fi
   });
   CHECK(read_bytes(out + "/summary.json") == summary_text);
   CHECK_FALSE(fs::exists(dir / "s0"));
+
+  // The runs keep their measurements in study.json: a study resumed from its run directories measures only
+  // what is missing (the standard run's PGD at 8/255, with its model) and needs no model or checkpoint for the
+  // rest (the elliptical run's are gone). Seeded attacks make the result the same summary, byte for byte.
+  const std::string again = dir / "again";
+  fs::create_directories(again);
+  fs::copy(out + "/runs", again + "/runs", fs::copy_options::recursive);
+  fs::copy(out + "/figures", again + "/figures", fs::copy_options::recursive);
+  const std::string standard_cache = again + "/runs/standard-seed0/study.json";
+  Json cached = read_json(standard_cache);
+  REQUIRE(cached.contains("pgd 8/255"));
+  CHECK(cached["test_acc"].get<double>() == summary["standard"]["test_acc"]["mean"].get<double>());
+  cached.erase("pgd 8/255");
+  std::ofstream(standard_cache) << cached.dump();
+  for (const char* file : {"model.safetensors", "train_state.safetensors"})
+    REQUIRE(fs::remove(again + "/runs/elliptical-seed0/" + file));
+  const Run resumed = run_ellipse({"study", "vit", "--preset", "quick", "--data", data, "--out", again});
+  INFO(resumed.err);
+  REQUIRE(resumed.status == 0);
+  CHECK(read_bytes(again + "/summary.json") == summary_text);
+  CHECK(read_json(standard_cache).contains("pgd 8/255"));
+
+  // A damaged cache is an error that names it, not a silent re-measurement.
+  const std::string damaged = dir / "damaged";
+  fs::create_directories(damaged);
+  fs::copy(again + "/runs", damaged + "/runs", fs::copy_options::recursive);
+  std::ofstream(damaged + "/runs/standard-seed0/study.json") << "{\"test_acc\": [";
+  check_bad({{{"study", "vit", "--preset", "quick", "--data", data, "--out", damaged}, 1,
+              {"runs/standard-seed0/study.json", "not valid JSON"}}});
+  std::ofstream(damaged + "/runs/standard-seed0/study.json") << "{\"test_acc\": \"high\"}";
+  check_bad({{{"study", "vit", "--preset", "quick", "--data", data, "--out", damaged}, 1,
+              {"runs/standard-seed0/study.json", "malformed 'test_acc'"}}});
+  CHECK_FALSE(fs::exists(damaged + "/summary.json"));
 }
