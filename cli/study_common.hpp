@@ -158,7 +158,3 @@ namespace ellipse::nn {
 void to_json(nlohmann::ordered_json& json, const LayerStudy& study);
 void from_json(const nlohmann::ordered_json& json, LayerStudy& study);
 }  // namespace ellipse::nn
-
-namespace ellipse::cli::study {
-
-}  // namespace ellipse::cli::study
