@@ -92,6 +92,18 @@ Tensor log_softmax(const Tensor& x, std::int64_t axis);
 // [..., Nq, Nk] with Nk >= Nq and query i sees keys j <= i + Nk - Nq only (the others get probability 0):
 // softmax(masked_fill(x * scale, mask, -inf), -1) without the mask, the scaled copy and the fill.
 Tensor scaled_softmax(const Tensor& x, double scale, bool causal);
+// Attention in one op, without the [Nq, Nk] scores or probabilities in memory: per batch element and head,
+// softmax(scale * (q * m) k^T) v, with q [B, H, Nq, dh], k and v [B, H, Nk, dh] (Nk >= 1; any strides), giving
+// [B, H, Nq, dh]. The metric m is undefined (m = 1) or broadcasts to [B, H, 1, dh] (one per head, shared by the
+// queries) or to q's shape (one per query row). m is a constant: no gradient reaches it, and q's gradient is m
+// times that of q * m. `causal` is scaled_softmax's rule (Nk >= Nq): query i sees keys j <= i + Nk - Nq, i.e.
+// Nk - Nq cached keys and its own prefix. Equals matmul(scaled_softmax(matmul(q * m, transpose(k, -1, -2)),
+// scale, causal), v) up to rounding. Kernels: see fused_attention_supported.
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric,
+                                    double scale, bool causal);
+// Whether scaled_dot_product_attention has kernels for this device, dtype and head dim: on the CPU for f32
+// and f64 and any head dim, on CUDA for f32 and head dims up to 128.
+bool fused_attention_supported(Device device, DType dtype, std::int64_t head_dim);
 // Elliptical attention's metric m from this layer's and the previous layer's value heads v, v_prev
 // [B, H, N, dh], in one pass: s = the mean over tokens of |v - v_prev| (with `causal`, the prefix mean over
 // tokens 0..i for query row i), m = s / max(max_d s, 1e-12). For incremental decoding, past_sum [B, H, 1, dh]

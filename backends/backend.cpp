@@ -1,7 +1,11 @@
 #include "backends/backend.hpp"
 
 #include "backends/cpu/cpu_backend.hpp"
+#include "backends/kernel_helpers.hpp"
 #include "core/error.hpp"
+#ifdef ELLIPSE_HAS_CUDA
+#include "backends/cuda/cuda_backend.hpp"
+#endif
 
 namespace ellipse {
 
@@ -10,11 +14,23 @@ Backend& backend_for(Device device) {
     case DeviceType::cpu:
       return cpu_backend();
     case DeviceType::cuda:
+#ifdef ELLIPSE_HAS_CUDA
+      return cuda_backend(device.index);
+#else
       break;
+#endif
   }
-  fail("device {}: this build of ellipse has no CUDA backend: its kernels are not written yet (issue 5); "
-       "only the cpu device is available",
+  fail("device {}: this build of ellipse has no CUDA backend (configured without nvcc and cuBLAS, or with "
+       "-DELLIPSE_CUDA=OFF); only the cpu device is available",
        device.str());
+}
+
+void Backend::set_tf32(bool on) {
+  ELLIPSE_CHECK(!on, "tf32: device {} has no TF32 mode (a CUDA option)", device().str());
+}
+
+void fail_not_floating(std::string_view op, DType dtype) {
+  fail("{}: expected a floating dtype (f32 or f64), got {}", op, dtype_name(dtype));
 }
 
 }  // namespace ellipse

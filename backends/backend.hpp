@@ -44,6 +44,13 @@ class Backend {
   // Host <-> device transfer of `bytes` bytes. The CPU backend just copies.
   virtual void copy_from_host(void* device_dst, const void* host_src, std::size_t bytes) = 0;
   virtual void copy_to_host(void* host_dst, const void* device_src, std::size_t bytes) = 0;
+  // Waits until all queued work has finished (for timing); the CPU runs everything before returning.
+  virtual void synchronize() {}
+  // Bytes held by live tensors, at most since the last reset_peak_memory (0 where nothing is counted).
+  virtual std::size_t peak_memory_bytes() const { return 0; }
+  virtual void reset_peak_memory() {}
+  // TF32 tensor-core products (CUDA; about 10 mantissa bits). Backends without it refuse `true`.
+  virtual void set_tf32(bool on);
 
   // out[i] = value.
   virtual void fill(const Tensor& out, double value) = 0;
@@ -83,6 +90,21 @@ class Backend {
   // gx = scale * y * (gy - sum(gy * y)) per row, from y = scaled_softmax(x) and gy; all [rows, n] contiguous.
   virtual void scaled_softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t rows,
                                        std::int64_t n, double scale) = 0;
+
+  // Fused attention, per (b, h): out = softmax(S) v with S = scale * (q * m) k^T, without storing S. q and out
+  // are contiguous [B, H, Nq, dh], k and v contiguous [B, H, Nk, dh] (Nk >= 1). metric is undefined (m = 1) or
+  // contiguous [B, H, rows, dh] with rows 1 (broadcast over the queries) or Nq (one m per query row). With
+  // `causal` (Nk >= Nq), query i sees keys j <= i + Nk - Nq only, as scaled_softmax's rule. Also writes lse
+  // [B, H, Nq] (contiguous), the natural log-sum-exp of each row of S over the keys it sees, for the backward.
+  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric, double scale,
+                         bool causal, const Tensor& out, const Tensor& lse) = 0;
+  // Gradients of attention() from gout (contiguous, out's shape), recomputing P = exp(S - lse) from the forward's
+  // out and lse: with D_i = gout_i . out_i and dS = P * (gout v^T - D), gv = P^T gout, gk = scale * dS^T (q * m)
+  // and gq = scale * m * (dS k). m is a constant (it gets no gradient). gq, gk, gv (contiguous, the shapes of q,
+  // k, v) are overwritten.
+  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric,
+                                  const Tensor& out, const Tensor& lse, const Tensor& gout, double scale, bool causal,
+                                  const Tensor& gq, const Tensor& gk, const Tensor& gv) = 0;
 
   // Elliptical attention's metric. v and v_prev [B, H, N, dh] (any strides, unit stride along dh): per (b, h),
   // sum = past_sum + sum_n |v[n] - v_prev[n]| (past_sum [B, H, 1, dh] contiguous, or undefined for 0) into sum

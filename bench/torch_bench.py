@@ -43,34 +43,46 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=0, help="batch size (0: the config's)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--tf32", action="store_true", help="TF32 tensor-core matrix products (CUDA)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)  # the same thread count as ellipse's OpenMP pool
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32  # fp32 products stay fp32 unless asked
     model, inputs, targets = build(args.config, args.attn, args.batch)
+    model, inputs, targets = model.to(device), inputs.to(device), targets.to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=1e-3, betas=(0.9, 0.99))
     times = []
     for i in range(args.warmup + args.steps):
+        if gpu and i == args.warmup:
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         logits = model(inputs)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         loss.backward()
         optimizer.step()
-        loss_value = loss.item()
+        loss_value = loss.item()  # waits for the step's kernels on a GPU
         ms = (time.perf_counter() - start) * 1e3
         if i >= args.warmup:
             times.append(ms)
     times.sort()
     median = times[len(times) // 2]
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"config": args.config, "attn": args.attn, "device": "cpu", "impl": "pytorch",
-                      "params": params, "batch": inputs.shape[0], "step_ms": round(median, 2), "step_ms_min": round(times[0], 2),
-                      "loss": round(loss_value, 4),
-                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
-          flush=True)
+    result = {"config": args.config, "attn": args.attn, "device": args.device, "impl": "pytorch", "params": params,
+              "batch": inputs.shape[0], "step_ms": round(median, 2), "step_ms_min": round(times[0], 2),
+              "loss": round(loss_value, 4),
+              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if gpu:
+        result["tf32"] = args.tf32
+        result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -61,12 +61,20 @@ AttentionOutput Attention::forward(const Tensor& x, bool causal, const Tensor& v
     cache->k = k.detach();
     cache->v = values.detach();
   }
-  const Tensor q_scaled = metric.defined() ? mul(q, metric) : q;
   // With a causal mask, query i (absolute position past + i, past = cached tokens) sees keys 0 .. past + i.
-  const Tensor probs = scaled_softmax(matmul(q_scaled, transpose(k, -1, -2)),
-                                      1.0 / std::sqrt(static_cast<double>(head_dim_)), causal);
-  if (keep_attention_) last_attention_ = probs.detach();
-  const Tensor out = reshape(permute(matmul(probs, values), {0, 2, 1, 3}), {batch, n, dim});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  Tensor heads_out;  // [B, H, N, dh]
+  // On CUDA the fused op never stores the [N, N_keys] probabilities. The CPU keeps the explicit path (its
+  // speed is tuned and parity tests pin its results), as does a layer that keeps its probabilities.
+  if (!x.device().is_cpu() && !keep_attention_ && fused_attention_supported(x.device(), x.dtype(), head_dim_)) {
+    heads_out = scaled_dot_product_attention(q, k, values, metric, scale, causal);
+  } else {
+    const Tensor q_scaled = metric.defined() ? mul(q, metric) : q;
+    const Tensor probs = scaled_softmax(matmul(q_scaled, transpose(k, -1, -2)), scale, causal);
+    if (keep_attention_) last_attention_ = probs.detach();
+    heads_out = matmul(probs, values);
+  }
+  const Tensor out = reshape(permute(heads_out, {0, 2, 1, 3}), {batch, n, dim});
   return {proj_->forward(out), v};
 }
 

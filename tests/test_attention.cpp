@@ -1,11 +1,13 @@
 // Multi-head attention, standard and elliptical (issue 3; docs/elliptical-attention.md): the layer against
 // an independent double-precision reference, gradients and the stop-gradient on the metric m, causality
-// of the three metric estimators inside a GPT, the random ablation, and incremental decoding.
+// of the three metric estimators inside a GPT, the random ablation, incremental decoding, and the fused
+// attention op against the explicit path, alone and inside the layer, on every device.
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -614,5 +616,192 @@ TEST_CASE("attention: cached decoding equals the full forward for standard and c
     std::vector<nn::KVCache> caches;
     model.forward_cached(input, caches);
     CHECK_ERROR(model.forward_cached(narrow(input, 1, 0, 3), caches), "gpt", "10", "12");
+  }
+}
+
+// ---- 6. the fused op ------------------------------------------------------------------------------------
+
+namespace {
+
+// softmax(scale * (q * m) k^T) v with the explicit ops, as the layer computes it on the CPU.
+Tensor explicit_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& m, double scale,
+                          bool causal) {
+  return matmul(scaled_softmax(matmul(m.defined() ? mul(q, m) : q, transpose(k, -1, -2)), scale, causal), v);
+}
+
+// max |a - b| / max(1, max |b|)
+double relative_diff(const Tensor& a, const Tensor& b) {
+  const Vec values = b.to_vector<double>();
+  double largest = 1;
+  for (double x : values) largest = std::max(largest, std::abs(x));
+  return max_abs_diff(a, b) / largest;
+}
+
+}  // namespace
+
+TEST_CASE("scaled_dot_product_attention: equals scaled_softmax and matmul, forward and backward, on every device") {
+  struct Case {
+    std::int64_t batch, heads, nq, nk, dh;
+    std::int64_t metric_rows;  // 0: standard attention; 1: one m per head; nq: one m per query row
+    bool causal;
+  };
+  const std::vector<Case> cases = {
+      {2, 2, 5, 5, 4, 0, false},   {2, 2, 5, 5, 4, 0, true},   {2, 3, 6, 6, 8, 1, false},
+      {2, 3, 6, 6, 8, 6, true},    {1, 2, 3, 7, 4, 3, true},   {1, 2, 3, 7, 4, 0, false},  // fewer queries than keys
+      {1, 2, 7, 7, 16, 1, true},   {2, 2, 70, 70, 24, 70, true},  // odd sizes; several tiles, a padded head dim
+      {1, 1, 1, 33, 64, 1, true},  // one new token after 32 cached ones
+  };
+  for (const auto& d : testing::available_devices()) {
+    for (DType dtype : {DType::f32, DType::f64}) {
+      if (dtype == DType::f64 && !d.has_f64) continue;
+      const double tolerance = dtype == DType::f32 ? 2e-5 : 1e-12;
+      for (const Case& c : cases) {
+        CAPTURE(d.device.str());
+        CAPTURE(dtype_name(dtype));
+        CAPTURE(c.nq);
+        CAPTURE(c.nk);
+        CAPTURE(c.dh);
+        CAPTURE(c.metric_rows);
+        CAPTURE(c.causal);
+        Generator gen(11);
+        // q is a permuted view, as the layer's q is a view of its qkv projection.
+        const Tensor q_base = randn({c.batch, c.nq, c.heads, c.dh}, gen, dtype).to(d.device).requires_grad_();
+        const Tensor k = randn({c.batch, c.heads, c.nk, c.dh}, gen, dtype).to(d.device).requires_grad_();
+        const Tensor v = randn({c.batch, c.heads, c.nk, c.dh}, gen, dtype).to(d.device).requires_grad_();
+        const Shape metric_shape{c.batch, c.heads, c.metric_rows, c.dh};
+        const Tensor m = c.metric_rows ? uniform(metric_shape, 0.2, 1.0, gen, dtype).to(d.device) : Tensor{};
+        const Tensor direction = randn({c.batch, c.heads, c.nq, c.dh}, gen, dtype).to(d.device);
+        const double scale = 1.0 / std::sqrt(static_cast<double>(c.dh));
+        using AttentionFn = Tensor (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, bool);
+        // The output and the gradients of sum(out * direction) with respect to q, k and v.
+        auto run = [&](AttentionFn attention) {
+          for (Tensor t : {q_base, k, v}) t.zero_grad();
+          const Tensor out = attention(permute(q_base, {0, 2, 1, 3}), k, v, m, scale, c.causal);
+          sum(mul(out, direction)).backward();
+          return std::vector<Tensor>{out.detach(), q_base.grad(), k.grad(), v.grad()};
+        };
+        const auto fused = run(scaled_dot_product_attention), expected = run(explicit_attention);
+        for (std::size_t i = 0; i < fused.size(); ++i) {
+          CAPTURE(i);  // out, gq, gk, gv
+          REQUIRE(fused[i].defined());
+          CHECK(fused[i].device() == d.device);
+          CHECK(relative_diff(fused[i], expected[i]) < tolerance);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("scaled_dot_product_attention: m is a constant; bad shapes, dtypes and sizes are named") {
+  Generator gen(4);
+  const Tensor q = randn({1, 2, 3, 4}, gen).requires_grad_(), k = randn({1, 2, 5, 4}, gen);
+  const Tensor m = full({1, 2, 1, 4}, 0.5).requires_grad_();
+  sum(scaled_dot_product_attention(q, k, k, m, 0.5, true)).backward();
+  CHECK(q.grad().defined());
+  CHECK_FALSE(m.grad().defined());
+
+  constexpr const char* op = "scaled_dot_product_attention";
+  CHECK_ERROR(scaled_dot_product_attention(ones({2, 3, 4}), k, k, {}, 1.0, false), op, "[2, 3, 4]", "[B, H, Nq, dh]");
+  CHECK_ERROR(scaled_dot_product_attention(q, k, ones({1, 2, 6, 4}), {}, 1.0, false), op, "[1, 2, 6, 4]");
+  CHECK_ERROR(scaled_dot_product_attention(q, ones({1, 2, 5, 3}), ones({1, 2, 5, 3}), {}, 1.0, false), op,
+              "[1, 2, 5, 3]");
+  CHECK_ERROR(scaled_dot_product_attention(ones({1, 2, 6, 4}), k, k, {}, 1.0, true), op, "causal", "[1, 2, 6, 4]",
+              "[1, 2, 5, 4]");
+  CHECK_ERROR(scaled_dot_product_attention(q, ones({1, 2, 0, 4}), ones({1, 2, 0, 4}), {}, 1.0, false), op,
+              "at least one key", "[1, 2, 0, 4]");
+  CHECK_ERROR(scaled_dot_product_attention(q, k, k, ones({1, 2, 2, 4}), 1.0, false), op, "[1, 2, 2, 4]");
+  CHECK_ERROR(scaled_dot_product_attention(q, k, k, ones({2, 2, 1, 4}), 1.0, false), op, "metric", "[2, 2, 1, 4]");
+  CHECK_ERROR(scaled_dot_product_attention(q, k.to(DType::f64), k, {}, 1.0, false), op, "dtypes");
+  CHECK_ERROR(scaled_dot_product_attention(q, k, k, ones({1, 2, 1, 4}, DType::f64), 1.0, false), op, "dtypes");
+  CHECK_ERROR(scaled_dot_product_attention(ones({1, 1, 1, 1}, DType::i64), ones({1, 1, 1, 1}, DType::i64),
+                                           ones({1, 1, 1, 1}, DType::i64), {}, 1.0, false),
+              op, "i64");
+  // The kernels: any floating dtype and head dim on the CPU; f32 and head dims up to 128 on CUDA.
+  CHECK(fused_attention_supported(Device::cpu(), DType::f64, 512));
+  CHECK_FALSE(fused_attention_supported(Device::cpu(), DType::i64, 64));
+  CHECK(fused_attention_supported(Device::cuda(), DType::f32, 128));
+  CHECK_FALSE(fused_attention_supported(Device::cuda(), DType::f32, 129));
+  CHECK_FALSE(fused_attention_supported(Device::cuda(), DType::f64, 64));
+}
+
+namespace {
+
+std::unique_ptr<nn::Attention> make_layer(nn::AttentionKind kind, nn::MetricMode mode, std::int64_t dim,
+                                          std::int64_t heads, Generator& gen) {
+  if (kind == nn::AttentionKind::standard) return std::make_unique<nn::Attention>(dim, heads, gen);
+  return std::make_unique<nn::EllipticalAttention>(dim, heads, mode, gen);
+}
+
+const std::vector<std::pair<nn::AttentionKind, nn::MetricMode>> kLayerKinds = {
+    {nn::AttentionKind::standard, nn::MetricMode::causal},
+    {nn::AttentionKind::elliptical, nn::MetricMode::sequence},
+    {nn::AttentionKind::elliptical, nn::MetricMode::causal},
+};
+
+}  // namespace
+
+TEST_CASE("attention: a layer's outputs and gradients are the same on its fused and its explicit path") {
+  // Keeping the probabilities forces the explicit path; without them a CUDA layer takes the fused op. (On the
+  // CPU both runs are explicit: the op itself is checked against the explicit path above.)
+  constexpr std::int64_t kD = 32, kHeads = 2, kN = 9, kBatch = 2;
+  for (const auto& d : testing::available_devices()) {
+    for (auto [kind, mode] : kLayerKinds) {
+      for (bool causal : {false, true}) {
+        CAPTURE(d.device.str());
+        CAPTURE(nn::attention_kind_name(kind));
+        CAPTURE(nn::metric_mode_name(mode));
+        CAPTURE(causal);
+        Generator gen(23);
+        const auto layer = make_layer(kind, mode, kD, kHeads, gen);
+        layer->to(d.device);
+        Tensor x = randn({kBatch, kN, kD}, gen).to(d.device).requires_grad_();
+        const Tensor v_prev = randn({kBatch, kHeads, kN, kD / kHeads}, gen).to(d.device);
+        const Tensor direction = randn({kBatch, kN, kD}, gen).to(d.device);
+        // The output and the gradients of sum(out * direction) with respect to x and every parameter.
+        auto run = [&](bool keep_probabilities) {
+          layer->keep_attention(keep_probabilities);
+          layer->zero_grad();
+          x.zero_grad();
+          const Tensor out = layer->forward(x, causal, v_prev).out;
+          sum(mul(out, direction)).backward();
+          std::vector<Tensor> results{out.detach(), x.grad()};
+          for (const Tensor& p : layer->parameters()) results.push_back(p.grad());
+          return results;
+        };
+        const auto fused = run(false), explicit_path = run(true);
+        for (std::size_t i = 0; i < fused.size(); ++i) {
+          CAPTURE(i);  // out, gx, then the parameters' gradients
+          REQUIRE(fused[i].defined());
+          CHECK(relative_diff(fused[i], explicit_path[i]) < 2e-5);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("attention: a layer decoding with a cache equals its full forward, on every device") {
+  constexpr std::int64_t kD = 32, kHeads = 2, kN = 9, kBatch = 2;
+  for (const auto& d : testing::available_devices()) {
+    for (auto [kind, mode] : kLayerKinds) {
+      if (mode == nn::MetricMode::sequence) continue;  // not causal, so not equal by design (see section 5)
+      CAPTURE(d.device.str());
+      CAPTURE(nn::attention_kind_name(kind));
+      Generator gen(29);
+      const auto layer = make_layer(kind, mode, kD, kHeads, gen);
+      layer->to(d.device);
+      const Tensor x = randn({kBatch, kN, kD}, gen).to(d.device);
+      const Tensor v_prev = randn({kBatch, kHeads, kN, kD / kHeads}, gen).to(d.device);
+      NoGradGuard no_grad;
+      const Tensor full = layer->forward(x, true, v_prev).out;
+      nn::KVCache cache;
+      std::vector<Tensor> pieces;
+      std::int64_t at = 0;
+      for (std::int64_t size : {3, 1, 5}) {  // the new queries see the cached keys and their own prefix
+        pieces.push_back(layer->forward(narrow(x, 1, at, size), true, narrow(v_prev, 2, at, size), &cache).out);
+        at += size;
+      }
+      CHECK(cache.length() == kN);
+      CHECK(relative_diff(concat(pieces, 1), full) < 1e-5);
+    }
   }
 }

@@ -1,6 +1,6 @@
-// Neural-network ops with their own kernels: softmax, log_softmax, scaled_softmax, elliptical_metric (no
-// gradient: a stop-gradient by definition), layer_norm, embedding, cross_entropy, and dropout (a mask from
-// the backend times the input).
+// Neural-network ops with their own kernels: softmax, log_softmax, scaled_softmax, scaled_dot_product_attention,
+// elliptical_metric (no gradient: a stop-gradient by definition), layer_norm, embedding, cross_entropy, and
+// dropout (a mask from the backend times the input).
 #include <optional>
 
 #include "autograd/ops/common.hpp"
@@ -8,6 +8,10 @@
 namespace ellipse {
 
 namespace {
+
+// The largest head dim that the CUDA attention kernels are instantiated for (backends/cuda/attention.cu); they
+// take f32 only.
+constexpr std::int64_t kCudaAttentionMaxHeadDim = 128;
 
 Tensor softmax_impl(std::string_view op, const Tensor& x, std::int64_t axis_in, bool log) {
   detail::check_defined(op, {&x});
@@ -62,6 +66,52 @@ Tensor scaled_softmax(const Tensor& x, double scale, bool causal) {
     backend_for(g.device()).scaled_softmax_backward(y, contiguous(g), gx, rows, n, scale);
     return std::vector{gx};
   });
+}
+
+bool fused_attention_supported(Device device, DType dtype, std::int64_t head_dim) {
+  if (device.is_cpu()) return is_floating(dtype);
+  return dtype == DType::f32 && head_dim <= kCudaAttentionMaxHeadDim;
+}
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric,
+                                    double scale, bool causal) {
+  constexpr std::string_view op = "scaled_dot_product_attention";
+  Backend& backend = detail::same_device_and_dtype(op, {&q, &k, &v});
+  detail::check_floating(op, q);
+  ELLIPSE_CHECK(q.dim() == 4 && k.dim() == 4 && k.shape() == v.shape() && k.shape()[0] == q.shape()[0] &&
+                    k.shape()[1] == q.shape()[1] && k.shape()[3] == q.shape()[3],
+                "{}: expected q [B, H, Nq, dh] and k, v [B, H, Nk, dh], got q {}, k {} and v {}", op,
+                to_string(q.shape()), to_string(k.shape()), to_string(v.shape()));
+  const std::int64_t nq = q.shape()[2], nk = k.shape()[2], head_dim = q.shape()[3];
+  ELLIPSE_CHECK(nk > 0 && head_dim > 0, "{}: needs at least one key and one feature per head, got k {}", op,
+                to_string(k.shape()));
+  ELLIPSE_CHECK(!causal || nk >= nq, "{}: a causal mask needs at least as many keys as queries, got q {} and k {}", op,
+                to_string(q.shape()), to_string(k.shape()));
+  ELLIPSE_CHECK(fused_attention_supported(q.device(), q.dtype(), head_dim),
+                "{}: no kernel for {} on {} with head dim {} (CUDA's take f32 and head dims up to {})", op,
+                dtype_name(q.dtype()), q.device().str(), head_dim, kCudaAttentionMaxHeadDim);
+  Tensor m;  // as the kernels take it: [B, H, 1, dh] when shared by the queries, else q's shape
+  if (metric.defined()) {
+    detail::same_device_and_dtype(op, {&q, &metric});
+    const bool per_row = metric.dim() >= 2 && metric.shape()[metric.dim() - 2] != 1;
+    Shape shape = q.shape();
+    if (!per_row) shape[2] = 1;
+    ELLIPSE_CHECK(metric.dim() <= 4 && broadcast_shapes(metric.shape(), shape, op) == shape,
+                  "{}: metric {} broadcasts to neither {} nor q {}", op, to_string(metric.shape()),
+                  to_string(Shape{q.shape()[0], q.shape()[1], 1, head_dim}), to_string(q.shape()));
+    m = contiguous(expand(metric.detach(), shape));
+  }
+  const Tensor qc = contiguous(q.detach()), kc = contiguous(k.detach()), vc = contiguous(v.detach());
+  Tensor out = empty(q.shape(), q.dtype(), q.device());
+  const Tensor lse = empty({q.shape()[0], q.shape()[1], nq}, q.dtype(), q.device());
+  backend.attention(qc, kc, vc, m, scale, causal, out, lse);
+  auto backward = [qc, kc, vc, m, out = out.detach(), lse, scale, causal](const Tensor& g, const std::vector<bool>&) {
+    Tensor gq = empty(qc.shape(), qc.dtype(), qc.device());
+    Tensor gk = empty(kc.shape(), kc.dtype(), kc.device()), gv = empty(vc.shape(), vc.dtype(), vc.device());
+    backend_for(g.device()).attention_backward(qc, kc, vc, m, out, lse, contiguous(g), scale, causal, gq, gk, gv);
+    return std::vector{gq, gk, gv};
+  };
+  return record(op, out, {q, k, v}, std::move(backward));
 }
 
 EllipticalMetric elliptical_metric(const Tensor& v, const Tensor& v_prev, bool causal, const Tensor& past_sum,

@@ -1,6 +1,6 @@
 #pragma once
 // The CPU backend: OpenBLAS for matrix products, OpenMP loops for everything else. One file per op family
-// (elementwise.cpp, reduce.cpp, matmul.cpp, nn.cpp) holds the kernels declared here.
+// (elementwise.cpp, reduce.cpp, matmul.cpp, nn.cpp, attention.cpp) holds the kernels declared here.
 #include <mutex>
 #include <unordered_map>
 
@@ -42,6 +42,11 @@ class CpuBackend final : public Backend {
                       double scale, bool causal) override;
   void scaled_softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t rows, std::int64_t n,
                                double scale) override;
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric, double scale, bool causal,
+                 const Tensor& out, const Tensor& lse) override;
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric, const Tensor& out,
+                          const Tensor& lse, const Tensor& gout, double scale, bool causal, const Tensor& gq,
+                          const Tensor& gk, const Tensor& gv) override;
   void elliptical_metric(const Tensor& v, const Tensor& v_prev, const Tensor& past_sum, std::int64_t past, bool causal,
                          const Tensor& metric, const Tensor& sum) override;
   void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const Tensor& y,

@@ -8,8 +8,6 @@
 
 namespace ellipse {
 
-using cpu::dispatch_any;
-using cpu::dispatch_floating;
 using cpu::for_each_strided;
 
 namespace {

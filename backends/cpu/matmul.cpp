@@ -44,7 +44,7 @@ void gemm(GemmOperand a, GemmOperand b, std::int64_t m, std::int64_t n, std::int
 }  // namespace
 
 void CpuBackend::matmul(const Tensor& a_in, const Tensor& b_in, const Tensor& out, bool accumulate) {
-  cpu::dispatch_floating(out.dtype(), "matmul", [&](auto tag) {
+  dispatch_floating(out.dtype(), "matmul", [&](auto tag) {
     using T = decltype(tag);
     const std::size_t nd = out.shape().size();
     const std::int64_t m = out.shape()[nd - 2], n = out.shape()[nd - 1], k = a_in.shape()[nd - 1];

@@ -10,7 +10,6 @@
 
 namespace ellipse {
 
-using cpu::dispatch_floating;
 using cpu::parallel_for;
 
 namespace {

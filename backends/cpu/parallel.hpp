@@ -1,40 +1,19 @@
 #pragma once
-// Loop helpers shared by the CPU kernels: dtype dispatch, a parallel-for and a strided N-operand loop.
+// Loop helpers shared by the CPU kernels: a parallel-for and a strided N-operand loop.
 #include <omp.h>
 
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <string_view>
 #include <utility>
 
-#include "core/error.hpp"
+#include "backends/kernel_helpers.hpp"
 #include "core/tensor.hpp"
 
 namespace ellipse::cpu {
 
 // Below this many elements of work a loop runs on one thread: forking costs more than it saves.
 inline constexpr std::int64_t kParallelGrain = 1 << 15;
-
-// Calls f(T{}) with T the C++ type of a floating dtype.
-template <class F>
-void dispatch_floating(DType dtype, std::string_view op, F&& f) {
-  switch (dtype) {
-    case DType::f32: f(float{}); return;
-    case DType::f64: f(double{}); return;
-    case DType::i64: break;
-  }
-  fail("{}: expected a floating dtype (f32 or f64), got {}", op, dtype_name(dtype));
-}
-
-template <class F>
-void dispatch_any(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::f32: f(float{}); return;
-    case DType::f64: f(double{}); return;
-    case DType::i64: f(std::int64_t{}); return;
-  }
-}
 
 // Runs body(begin, end) over [0, n) split into contiguous chunks, one per thread, when the total work
 // (n * cost_per_item elements) is worth it.
@@ -62,21 +41,9 @@ void for_each_strided(const Shape& shape, const std::array<const Strides*, sizeo
                       T*... bases) {
   constexpr std::size_t N = sizeof...(T);
   if (numel(shape) == 0) return;
-  // Coalesce: drop size-1 axes and merge an axis into the previous one when every operand is dense across them.
-  Shape dims;
-  std::array<Strides, N> st;
-  for (std::size_t d = 0; d < shape.size(); ++d) {
-    if (shape[d] == 1) continue;
-    bool merge = !dims.empty();
-    for (std::size_t k = 0; k < N && merge; ++k) merge = st[k].back() == (*strides[k])[d] * shape[d];
-    if (merge) {
-      dims.back() *= shape[d];
-      for (std::size_t k = 0; k < N; ++k) st[k].back() = (*strides[k])[d];
-    } else {
-      dims.push_back(shape[d]);
-      for (std::size_t k = 0; k < N; ++k) st[k].push_back((*strides[k])[d]);
-    }
-  }
+  const Coalesced<N> coalesced = coalesce(shape, strides);
+  const Shape& dims = coalesced.dims;
+  const std::array<Strides, N>& st = coalesced.strides;
   if (dims.empty()) {  // a single element
     f(*bases...);
     return;

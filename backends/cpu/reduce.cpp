@@ -9,7 +9,7 @@ namespace ellipse {
 
 void CpuBackend::reduce(ReduceOp op, const Tensor& x, const Tensor& out, std::int64_t outer, std::int64_t n,
                         std::int64_t inner) {
-  cpu::dispatch_floating(x.dtype(), "reduce", [&](auto tag) {
+  dispatch_floating(x.dtype(), "reduce", [&](auto tag) {
     using T = decltype(tag);
     const T* src = x.data<T>();
     T* dst = out.data<T>();
@@ -59,7 +59,7 @@ void CpuBackend::reduce(ReduceOp op, const Tensor& x, const Tensor& out, std::in
 
 void CpuBackend::cumsum(const Tensor& x, const Tensor& out, std::int64_t outer, std::int64_t n, std::int64_t inner,
                         bool reverse) {
-  cpu::dispatch_floating(x.dtype(), "cumsum", [&](auto tag) {
+  dispatch_floating(x.dtype(), "cumsum", [&](auto tag) {
     using T = decltype(tag);
     const T* src = x.data<T>();
     T* dst = out.data<T>();

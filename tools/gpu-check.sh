@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# One script for anyone with an NVIDIA GPU: configures and builds ellipse with the CUDA backend, runs the
+# CUDA tests (every op against the CPU, the fused attention against the explicit path), times training
+# steps of ellipse and PyTorch on the same GPU in the same run, and prints a short table last.
+#
+#   tools/gpu-check.sh [--build DIR] [--arch 90] [--steps 20] [--warmup 5] [--skip-bench]
+#
+# PyTorch (with CUDA) is the peer of the benchmark: python3 must import torch (override with PYTHON=...).
+# The build needs what the README lists (fmt, nlohmann-json, zlib, CLI11, doctest, OpenBLAS) and nvcc.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=build-gpu arch=90 steps=20 warmup=5 bench=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --build) build=$2; shift 2 ;;
+    --arch) arch=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    --warmup) warmup=$2; shift 2 ;;
+    --skip-bench) bench=0; shift ;;
+    *) echo "usage: $0 [--build DIR] [--arch SM] [--steps N] [--warmup N] [--skip-bench]" >&2; exit 2 ;;
+  esac
+done
+python=${PYTHON:-python3}
+log_dir=${OUT:-$build}/gpu-check
+mkdir -p "$log_dir"
+summary=()
+
+card=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+echo "gpu-check: ${card:-no GPU visible to nvidia-smi}"
+
+start=$SECONDS
+if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DELLIPSE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
+       >"$log_dir/configure.log" 2>&1 ||
+   ! cmake --build "$build" -j"$(nproc)" --target ellipse_cli test_ops test_attention test_tensor test_gpt test_device \
+       >"$log_dir/build.log" 2>&1; then
+  for log in "$log_dir/configure.log" "$log_dir/build.log"; do [[ -f "$log" ]] && tail -40 "$log"; done
+  echo "gpu-check: the build failed (logs in $log_dir)"
+  exit 1
+fi
+summary+=("| build | ok | $((SECONDS - start)) s |")
+
+# The CUDA tests: each program lists the devices it ran on; a skipped CUDA device is a failure here.
+for test in test_ops test_attention test_tensor test_gpt test_device; do
+  start=$SECONDS
+  "$build/tests/$test" >"$log_dir/$test.log" 2>&1
+  status=$?
+  if grep -q "SKIPPED device cuda" "$log_dir/$test.log"; then status="skipped-cuda"; fi
+  result=$([[ "$status" == 0 ]] && echo ok || echo "FAILED ($status)")
+  summary+=("| $test | $result | $((SECONDS - start)) s |")
+  [[ "$result" == ok ]] || grep -E "ERROR|FAILED|SKIPPED|threw" "$log_dir/$test.log" | head -40
+done
+
+rows=()
+if [[ $bench == 1 ]]; then
+  # config:attn[:flag], alternating ellipse and PyTorch per configuration.
+  for entry in gpt-s:standard gpt-s:elliptical vit-s:standard vit-s:elliptical gpt-m:standard gpt-m:elliptical \
+               gpt-m:standard:tf32; do
+    IFS=: read -r config attn mode <<<"$entry"
+    extra=()
+    [[ "$mode" == tf32 ]] && extra=(--tf32)
+    ours=$("$build/ellipse" bench --device cuda --config "$config" --attn "$attn" --steps "$steps" \
+           --warmup "$warmup" "${extra[@]}" 2>>"$log_dir/bench.log" | tail -1)
+    theirs=$("$python" bench/torch_bench.py --device cuda --config "$config" --attn "$attn" --steps "$steps" \
+             --warmup "$warmup" "${extra[@]}" 2>>"$log_dir/bench.log" | tail -1)
+    echo "ellipse $entry $ours" >>"$log_dir/bench.jsonl"
+    echo "pytorch $entry $theirs" >>"$log_dir/bench.jsonl"
+    rows+=("$("$python" - "$entry" "$ours" "$theirs" <<'PY'
+import json, sys
+entry, ours, theirs = sys.argv[1], sys.argv[2], sys.argv[3]
+def parse(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+a, b = parse(ours), parse(theirs)
+if not a or not b:
+    print(f"| {entry} | failed: see bench.log | | | | |")
+else:
+    print(f"| {entry} | {a['step_ms']:.2f} | {b['step_ms']:.2f} | {a['step_ms'] / b['step_ms']:.3f} | "
+          f"{a.get('peak_gpu_mib', float('nan')):.0f} | {b.get('peak_gpu_mib', float('nan')):.0f} |")
+PY
+)")
+  done
+fi
+
+echo
+echo "gpu-check on ${card:-?}"
+echo "| stage | result | time |"
+echo "| --- | --- | ---: |"
+printf '%s\n' "${summary[@]}"
+if [[ ${#rows[@]} -gt 0 ]]; then
+  echo
+  echo "median step ms over $steps steps after $warmup warm-up; ratio = ellipse / PyTorch (below 1: faster)"
+  echo "| config:attn | ellipse ms | PyTorch ms | ratio | ellipse peak MiB | PyTorch peak MiB |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+  printf '%s\n' "${rows[@]}"
+fi
