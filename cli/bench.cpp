@@ -1,11 +1,13 @@
 // `ellipse bench`: times one training step (zero grads, forward, cross-entropy, backward, AdamW) of a
 // benchmark model (gpt-s, gpt-m, vit-s, vit-xs) on random data and prints one JSON line per configuration.
+// On a GPU each step is timed to the end of its last kernel, and the line adds the device's peak memory.
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <fmt/format.h>
 
+#include "backends/backend.hpp"
 #include "cli/commands.hpp"
 #include "ellipse.hpp"
 #include "models/gpt.hpp"
@@ -16,7 +18,9 @@ namespace ellipse::cli {
 namespace {
 
 struct BenchFlags {
-  std::string config = "gpt-s", attn = "both", device = "cpu";
+  std::string config = "gpt-s", attn = "both";
+  Device device;
+  bool tf32 = false;
   std::int64_t steps = 20, warmup = 3, batch = 0;
   std::uint64_t seed = 0;
 };
@@ -30,20 +34,32 @@ double peak_rss_mib() {
 // Times `step` (one training step returning its loss) and prints the JSON line of the configuration.
 void time_steps(const BenchFlags& flags, std::string_view config, nn::AttentionKind attention, const nn::Module& model,
                 std::int64_t items_per_step, const std::function<double()>& step) {
+  Backend& backend = backend_for(flags.device);
+  // Kernels may still run when a step returns: wait for them before each reading of the clock.
+  auto now = [&] {
+    backend.synchronize();
+    return std::chrono::steady_clock::now();
+  };
   std::vector<double> times;
   double loss_value = 0;
   for (std::int64_t i = 0; i < flags.warmup + flags.steps; ++i) {
-    const auto start = std::chrono::steady_clock::now();
+    if (i == flags.warmup) backend.reset_peak_memory();  // the peak of the timed steps only
+    const auto start = now();
     loss_value = step();
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    const double ms = std::chrono::duration<double, std::milli>(now() - start).count();
     if (i >= flags.warmup) times.push_back(ms);
   }
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
+  // The CPU's memory is the process's peak RSS; a GPU's is what its backend counted for tensors.
+  const std::string device_memory =
+      flags.device.is_cpu() ? ""
+                            : fmt::format(", \"peak_gpu_mib\": {:.1f}",
+                                          static_cast<double>(backend.peak_memory_bytes()) / (1024.0 * 1024.0));
   fmt::print("{{\"config\": \"{}\", \"attn\": \"{}\", \"device\": \"{}\", \"params\": {}, \"step_ms\": {:.2f}, "
-             "\"step_ms_min\": {:.2f}, \"items_per_s\": {:.0f}, \"loss\": {:.4f}, \"peak_rss_mib\": {:.1f}}}\n",
-             config, nn::attention_kind_name(attention), flags.device, model.parameter_count(), median, times[0],
-             static_cast<double>(items_per_step) / median * 1e3, loss_value, peak_rss_mib());
+             "\"step_ms_min\": {:.2f}, \"items_per_s\": {:.0f}, \"loss\": {:.4f}, \"peak_rss_mib\": {:.1f}{}}}\n",
+             config, nn::attention_kind_name(attention), flags.device.str(), model.parameter_count(), median, times[0],
+             static_cast<double>(items_per_step) / median * 1e3, loss_value, peak_rss_mib(), device_memory);
   std::fflush(stdout);
 }
 
@@ -64,10 +80,11 @@ void bench_gpt(const BenchFlags& flags, nn::AttentionKind attention) {
   config.attention = attention;
   if (flags.batch > 0) config.batch = flags.batch;
   GPT model(config, flags.seed);
+  model.to(flags.device);
   nn::AdamW optimizer(model.parameters(), kBenchAdamW);
   Generator gen(flags.seed + 1);
-  const Tensor inputs = randint({config.batch, config.seq_len}, kVocab, gen);
-  const Tensor targets = randint({config.batch, config.seq_len}, kVocab, gen);
+  const Tensor inputs = randint({config.batch, config.seq_len}, kVocab, gen, flags.device);
+  const Tensor targets = randint({config.batch, config.seq_len}, kVocab, gen, flags.device);
   time_steps(flags, config.name, attention, model, config.batch * config.seq_len,
              [&] { return train_step(optimizer, [&] { return model.forward(inputs); }, targets); });
 }
@@ -77,17 +94,17 @@ void bench_vit(const BenchFlags& flags, nn::AttentionKind attention) {
   config.attention = attention;
   if (flags.batch > 0) config.batch = flags.batch;
   ViT model(config, flags.seed);
+  model.to(flags.device);
   nn::AdamW optimizer(model.parameters(), kBenchAdamW);
   Generator gen(flags.seed + 1);
-  const Tensor images = uniform({config.batch, config.image, config.image}, 0, 1, gen);
-  const Tensor targets = randint({config.batch}, config.classes, gen);
+  const Tensor images = uniform({config.batch, config.image, config.image}, 0, 1, gen, DType::f32, flags.device);
+  const Tensor targets = randint({config.batch}, config.classes, gen, flags.device);
   time_steps(flags, config.name, attention, model, config.batch,
              [&] { return train_step(optimizer, [&] { return model.forward(images); }, targets); });
 }
 
 int run_bench(const BenchFlags& flags) {
-  ELLIPSE_CHECK(Device::parse(flags.device).is_cpu(), "bench: device {} is not supported by this build yet",
-                flags.device);
+  use_device(flags.device, flags.tf32);
   const bool vit = flags.config.starts_with("vit");
   for (const auto attention : {nn::AttentionKind::standard, nn::AttentionKind::elliptical}) {
     if (flags.attn != "both" && flags.attn != nn::attention_kind_name(attention)) continue;
@@ -105,7 +122,8 @@ void add_bench_command(CLI::App& app, Action& action) {
       ->capture_default_str();
   b->add_option("--attn", flags->attn, "Attention")->check(CLI::IsMember({"standard", "elliptical", "both"}))
       ->capture_default_str();
-  b->add_option("--device", flags->device, "Device")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  add_device_option(*b, flags->device);
+  add_tf32_flag(*b, flags->tf32);
   b->add_option("--steps", flags->steps, "Timed steps")->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}))
       ->capture_default_str();
   b->add_option("--warmup", flags->warmup, "Untimed steps first")

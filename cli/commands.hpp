@@ -7,6 +7,8 @@
 #include <string>
 #include <string_view>
 
+#include "core/device.hpp"
+
 namespace ellipse::cli {
 
 using Action = std::function<int()>;
@@ -21,6 +23,14 @@ inline CLI::Validator not_nan() {
       },
       "");
 }
+
+// --device into `device`: cpu, cuda or cuda:N; any other name is a usage error.
+CLI::Option* add_device_option(CLI::App& command, Device& device);
+// --tf32 into `on`, for use_device.
+CLI::Option* add_tf32_flag(CLI::App& command, bool& on);
+// Every command with --device calls this before any work: an unusable device (no CUDA backend in this build,
+// no GPU) fails with the backend's reason (exit 1). With `tf32` (--tf32), turns on TF32 matrix products there.
+void use_device(Device device, bool tf32 = false);
 
 void add_demo_command(CLI::App& app, Action& action);
 // `train gpt`, `eval gpt`, `sample` (train and eval are shared with other models: pass their parents).

@@ -19,7 +19,7 @@ struct TrainFlags {
   GPTTrainOptions options;
   std::string attn = "standard", m_mode, resume;
   std::int64_t batch = 0;
-  bool json = false;
+  bool json = false, tf32 = false;
 };
 
 // One evaluation as a JSON line, with the keys of metrics.jsonl.
@@ -31,6 +31,7 @@ std::string eval_json(const EvalRecord& r) {
 
 int run_train(TrainFlags flags) {
   GPTTrainOptions& o = flags.options;
+  use_device(o.device, flags.tf32);
   o.attention = nn::parse_attention_kind(flags.attn);
   if (!flags.m_mode.empty()) o.metric = nn::parse_metric_mode(flags.m_mode);
   if (flags.batch > 0) o.batch = flags.batch;
@@ -61,10 +62,12 @@ int run_train(TrainFlags flags) {
 
 struct EvalFlags {
   std::string model_dir, text_path, ids_path, logits_path;
+  Device device;
 };
 
 int run_eval(const EvalFlags& flags) {
-  LoadedGPT loaded = load_gpt(flags.model_dir);
+  use_device(flags.device);
+  LoadedGPT loaded = load_gpt(flags.model_dir, flags.device);
   const GPTConfig& config = loaded.model->config();
   std::string json = fmt::format("\"model\": \"gpt\", \"config\": \"{}\", \"attn\": \"{}\", \"m_mode\": \"{}\"",
                                  config.name, nn::attention_kind_name(config.attention),
@@ -86,11 +89,12 @@ int run_eval(const EvalFlags& flags) {
                   "eval gpt: --ids {}: expected integer token ids of shape [batch, tokens], got {} {}",
                   flags.ids_path, dtype_name(ids.dtype()), to_string(ids.shape()));
     NoGradGuard no_grad;
-    const Tensor logits = loaded.model->forward(ids);
+    const Tensor device_ids = ids.to(flags.device);
+    const Tensor logits = loaded.model->forward(device_ids);
     if (!flags.logits_path.empty()) io::save_npy(flags.logits_path, logits);
     const std::int64_t n = ids.shape()[1];
     if (n >= 2) {
-      const double loss = cross_entropy(logits.narrow(1, 0, n - 1), ids.narrow(1, 1, n - 1)).item();
+      const double loss = cross_entropy(logits.narrow(1, 0, n - 1), device_ids.narrow(1, 1, n - 1)).item();
       json += fmt::format(", \"ids_loss\": {:.8f}", loss);
     }
   }
@@ -98,11 +102,18 @@ int run_eval(const EvalFlags& flags) {
   return 0;
 }
 
-int run_sample(const std::string& model_dir, const std::string& prompt, const SampleOptions& options) {
-  LoadedGPT loaded = load_gpt(model_dir);
-  const std::u32string prompt_text = decode_utf8(prompt, "--prompt");
-  const std::u32string text = sample_gpt(*loaded.model, loaded.tokenizer, prompt_text, options);
-  fmt::print("{}{}\n", prompt, encode_utf8(text));
+struct SampleFlags {
+  std::string model_dir, prompt;
+  SampleOptions options;
+  Device device;
+};
+
+int run_sample(const SampleFlags& flags) {
+  use_device(flags.device);
+  LoadedGPT loaded = load_gpt(flags.model_dir, flags.device);
+  const std::u32string prompt_text = decode_utf8(flags.prompt, "--prompt");
+  const std::u32string text = sample_gpt(*loaded.model, loaded.tokenizer, prompt_text, flags.options);
+  fmt::print("{}{}\n", flags.prompt, encode_utf8(text));
   return 0;
 }
 
@@ -126,6 +137,8 @@ void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& ac
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{65536}));
   t->add_option("--lr", o.lr, "Peak learning rate")->check(CLI::Range(1e-9, 10.0))->check(not_nan())
       ->capture_default_str();
+  t->add_option("--dropout", o.dropout, "Dropout on attention and MLP outputs while training")
+      ->check(CLI::Range(0.0, 0.95))->check(not_nan())->capture_default_str();
   t->add_option("--seed", o.seed, "Random seed (initialisation and data order)")->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   t->add_option("--eval-every", o.eval_every, "Evaluate and checkpoint every N steps")
@@ -137,6 +150,8 @@ void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& ac
   t->add_flag("--detect-anomaly", o.detect_anomaly,
               "Check every op's output and gradients for NaN/Inf and name the first op that produces one (slow)");
   t->add_flag("--json", flags->json, "Print each evaluation as a JSON line (the keys of metrics.jsonl), nothing else");
+  add_device_option(*t, o.device);
+  add_tf32_flag(*t, flags->tf32);
   t->callback([&action, flags] { action = [flags] { return run_train(*flags); }; });
 
   auto eval_flags = std::make_shared<EvalFlags>();
@@ -150,27 +165,25 @@ void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& ac
                   ->check(CLI::ExistingFile);
   e->add_option("--logits", eval_flags->logits_path, "Write the logits [batch, tokens, vocab] for --ids to this .npy")
       ->needs(ids);
+  add_device_option(*e, eval_flags->device);
   e->callback([&action, eval_flags, text, ids] {
     if (text->count() == 0 && ids->count() == 0) throw CLI::RequiredError("--text or --ids");
     action = [eval_flags] { return run_eval(*eval_flags); };
   });
 
-  auto prompt = std::make_shared<std::string>();
-  auto sample = std::make_shared<SampleOptions>();
-  auto sample_dir = std::make_shared<std::string>();
+  auto sample = std::make_shared<SampleFlags>();
   auto* s = app.add_subcommand("sample", "Continue a prompt with a trained GPT");
-  s->add_option("--model", *sample_dir, "Checkpoint directory")->required()->check(CLI::ExistingDirectory);
-  s->add_option("--prompt", *prompt, "Text to continue")->required();
-  s->add_option("--tokens", sample->tokens, "Characters to generate")
+  s->add_option("--model", sample->model_dir, "Checkpoint directory")->required()->check(CLI::ExistingDirectory);
+  s->add_option("--prompt", sample->prompt, "Text to continue")->required();
+  s->add_option("--tokens", sample->options.tokens, "Characters to generate")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{10000000}))->capture_default_str();
-  s->add_option("--temperature", sample->temperature, "Sampling temperature (0: greedy)")
+  s->add_option("--temperature", sample->options.temperature, "Sampling temperature (0: greedy)")
       ->check(CLI::Range(0.0, 100.0))->check(not_nan())->capture_default_str();
-  s->add_option("--top-k", sample->top_k, "Sample among the k most likely (0: all)")
+  s->add_option("--top-k", sample->options.top_k, "Sample among the k most likely (0: all)")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{1000000}))->capture_default_str();
-  s->add_option("--seed", sample->seed, "Random seed")->check(CLI::NonNegativeNumber)->capture_default_str();
-  s->callback([&action, sample_dir, prompt, sample] {
-    action = [=] { return run_sample(*sample_dir, *prompt, *sample); };
-  });
+  s->add_option("--seed", sample->options.seed, "Random seed")->check(CLI::NonNegativeNumber)->capture_default_str();
+  add_device_option(*s, sample->device);
+  s->callback([&action, sample] { action = [sample] { return run_sample(*sample); }; });
 }
 
 }  // namespace ellipse::cli

@@ -24,9 +24,11 @@ using study::ordered_json;
 struct InspectFlags {
   std::string model_dir, out_dir, text, data_dir{kFashionMnistDir};
   std::int64_t image = -1;
+  Device device;
 };
 
 int run_inspect(const InspectFlags& flags) {
+  use_device(flags.device);
   const std::string config_path = flags.model_dir + "/config.json";
   const auto config = nlohmann::json::parse(io::read_file(config_path, 1 << 20), nullptr, false);
   ELLIPSE_CHECK(config.is_object() && config.contains("model") && config["model"].is_string(),
@@ -37,14 +39,14 @@ int run_inspect(const InspectFlags& flags) {
   ordered_json summary;
   if (kind == "vit") {
     ELLIPSE_CHECK(flags.image >= 0 && flags.text.empty(), "inspect: {} holds a ViT: pass --image K", flags.model_dir);
-    auto model = load_vit(flags.model_dir);
+    auto model = load_vit(flags.model_dir, flags.device);
     const LabeledImages test = load_fashion_mnist(flags.data_dir, "test");
     ELLIPSE_CHECK(flags.image < test.size(), "inspect: --image {} is out of range; the test set has {} images",
                   flags.image, test.size());
     const Tensor image = narrow(test.images, 0, flags.image, 1);
     const auto blocks = study::blocks_of(*model, model->config().n_layer);
     nn::BlockProbe probe(blocks);
-    const Tensor logits = model->forward(image);
+    const Tensor logits = model->forward(image.to(flags.device));
     probe.collect();
     const Tensor maps = study::write_attention(flags.out_dir, blocks, "");
     study::write_class_attention(flags.out_dir, select(image, 0, 0), maps, model->config().patches_per_side(), "");
@@ -61,14 +63,14 @@ int run_inspect(const InspectFlags& flags) {
   } else if (kind == "gpt") {
     ELLIPSE_CHECK(!flags.text.empty() && flags.image < 0, "inspect: {} holds a GPT: pass --text STR",
                   flags.model_dir);
-    LoadedGPT loaded = load_gpt(flags.model_dir);
+    LoadedGPT loaded = load_gpt(flags.model_dir, flags.device);
     const auto ids = loaded.tokenizer.encode(decode_utf8(flags.text, "--text"));
     const auto n = static_cast<std::int64_t>(ids.size());
     ELLIPSE_CHECK(n >= 2 && n <= loaded.model->config().seq_len, "inspect: --text has {} characters; expected 2 to "
                   "the context length {}", n, loaded.model->config().seq_len);
     const auto blocks = study::blocks_of(*loaded.model, loaded.model->config().n_layer);
     nn::BlockProbe probe(blocks);
-    loaded.model->forward(from_vector(ids, {1, n}));
+    loaded.model->forward(from_vector(ids, {1, n}, flags.device));
     probe.collect();
     study::write_attention(flags.out_dir, blocks, "");
     summary["text"] = flags.text;
@@ -97,6 +99,7 @@ void add_inspect_command(CLI::App& app, Action& action) {
   image->excludes(text);
   i->add_option("--data", inspect->data_dir, "ViT: directory of the Fashion-MNIST .gz files")->capture_default_str();
   i->add_option("--out", inspect->out_dir, "Output directory")->required();
+  add_device_option(*i, inspect->device);
   i->callback([&action, inspect] { action = [inspect] { return run_inspect(*inspect); }; });
 }
 

@@ -9,6 +9,7 @@
 #include <exception>
 #include <filesystem>
 
+#include "backends/backend.hpp"
 #include "cli/commands.hpp"
 #include "core/error.hpp"
 
@@ -32,6 +33,35 @@ void add_conventions(CLI::App& app) {
 }  // namespace
 
 namespace ellipse::cli {
+CLI::Option* add_device_option(CLI::App& command, Device& device) {
+  const CLI::Validator device_name(
+      [](std::string& text) {
+        try {
+          Device::parse(text);
+          return std::string();
+        } catch (const Error& e) {
+          return std::string(e.what());
+        }
+      },
+      "cpu|cuda|cuda:N");
+  // Validated before the function runs, so parsing cannot throw there.
+  return command
+      .add_option_function<std::string>(
+          "--device", [&device](const std::string& text) { device = Device::parse(text); },
+          "Device to run on")
+      ->check(device_name)
+      ->default_str(device.str());
+}
+
+CLI::Option* add_tf32_flag(CLI::App& command, bool& on) {
+  return command.add_flag("--tf32", on, "CUDA: TF32 tensor-core matrix products (faster, about 10 mantissa bits)");
+}
+
+void use_device(Device device, bool tf32) {
+  Backend& backend = backend_for(device);
+  if (tf32) backend.set_tf32(true);
+}
+
 void resolve_run_dir(std::string& out_dir, bool& resume, const std::string& resume_dir, std::string_view command,
                      std::string_view default_dir) {
   if (!resume_dir.empty()) {

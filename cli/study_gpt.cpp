@@ -82,6 +82,7 @@ struct StudyFlags {
   std::string preset = "quick", out_dir = "runs/study-gpt", text_path = kDefaultText;
   std::vector<std::string> m_modes;
   std::int64_t seeds = 1;
+  Device device;
 };
 
 // What every run is evaluated on: the val split, clean and corrupted, the same for every variant of a seed.
@@ -109,6 +110,7 @@ RunResult study_run(const StudyFlags& flags, const StudyPreset& preset, const Va
   options.eval_every = preset.eval_every;
   options.seed = seed;
   options.out_dir = flags.out_dir + "/runs/" + name;
+  options.device = flags.device;
   RunResult result;
   const StudyTraining trained = train_or_reuse(name, options.out_dir, "step", preset.steps, [&](bool resume) {
     options.resume = resume;
@@ -123,7 +125,7 @@ RunResult study_run(const StudyFlags& flags, const StudyPreset& preset, const Va
   });
   result.train_seconds = trained.train_seconds;
 
-  LoadedGPT loaded = load_gpt(options.out_dir);
+  LoadedGPT loaded = load_gpt(options.out_dir, flags.device);
   GPT& model = *loaded.model;
   ELLIPSE_CHECK(loaded.tokenizer.vocab() == val.tokenizer.vocab(), "study gpt: the model in {} was trained on a text "
                 "with another vocabulary than --data {}; use another --out", options.out_dir, flags.text_path);
@@ -141,7 +143,7 @@ RunResult study_run(const StudyFlags& flags, const StudyPreset& preset, const Va
     for (std::int64_t first = 0; first < windows; first += 16) {
       const std::int64_t count = std::min<std::int64_t>(16, windows - first);
       const auto begin = val.clean.begin() + static_cast<std::ptrdiff_t>(first * t);
-      model.forward(from_vector(std::vector<std::int64_t>(begin, begin + count * t), {count, t}));
+      model.forward(from_vector(std::vector<std::int64_t>(begin, begin + count * t), {count, t}, flags.device));
       probe.collect();
     }
     result.layers = probe.result();
@@ -153,7 +155,8 @@ RunResult study_run(const StudyFlags& flags, const StudyPreset& preset, const Va
     write_metric(figures_dir, result.layers, prefix);
     nn::BlockProbe one(blocks);
     const std::int64_t n = std::min(kSampleLineLength, t);
-    model.forward(from_vector(std::vector<std::int64_t>(val.clean.begin(), val.clean.begin() + n), {1, n}));
+    model.forward(
+        from_vector(std::vector<std::int64_t>(val.clean.begin(), val.clean.begin() + n), {1, n}, flags.device));
     write_attention(figures_dir, blocks, prefix);
   }
   fmt::print("{}: val_loss {:.4f}  corrupted {:.4f}  ({})\n", name, result.val_loss, fmt::join(result.corrupted, " "),
@@ -297,6 +300,7 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
 }
 
 int run_study_gpt(const StudyFlags& flags) {
+  use_device(flags.device);
   const StudyPreset preset = study_preset(flags.preset);
   const std::vector<Variant> variants = study_variants(flags.m_modes);
   ELLIPSE_CHECK(!std::filesystem::exists(flags.out_dir + "/summary.json"), "study gpt: {} already holds a study; "
@@ -366,6 +370,7 @@ void add_study_gpt_command(CLI::App& study, Action& action) {
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100}))->capture_default_str();
   g->add_option("--data", flags->text_path, "UTF-8 text file (first 90% train, last 10% val)")->capture_default_str();
   g->add_option("--out", flags->out_dir, "Output directory")->capture_default_str();
+  add_device_option(*g, flags->device);
   g->callback([&action, flags] { action = [flags] { return run_study_gpt(*flags); }; });
 }
 

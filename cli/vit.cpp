@@ -18,10 +18,12 @@ struct TrainFlags {
   ViTTrainOptions options;
   std::string attn = "standard", m_mode, resume;
   std::int64_t batch = 0;
+  bool tf32 = false;
 };
 
 int run_train(TrainFlags flags) {
   ViTTrainOptions& o = flags.options;
+  use_device(o.device, flags.tf32);
   o.attention = nn::parse_attention_kind(flags.attn);
   if (!flags.m_mode.empty()) o.metric = nn::parse_metric_mode(flags.m_mode);
   if (flags.batch > 0) o.batch = flags.batch;
@@ -57,9 +59,11 @@ struct EvalFlags {
   std::string model_dir, data_dir{kFashionMnistDir}, noise, attack;
   std::int64_t limit = 0, batch = 500;
   std::uint64_t seed = 0;
+  Device device;
 };
 
 int run_eval(const EvalFlags& flags) {
+  use_device(flags.device);
   ELLIPSE_CHECK(flags.noise.empty() || flags.attack.empty(), "eval vit: give --noise or --attack, not both");
   Perturbation perturbation;
   if (!flags.noise.empty()) {
@@ -72,7 +76,7 @@ int run_eval(const EvalFlags& flags) {
                   "pgd:EPS[,STEPS[,STEP]], got '{}'", flags.attack);
   }
   perturbation.seed = flags.seed;
-  const auto model = load_vit(flags.model_dir);
+  const auto model = load_vit(flags.model_dir, flags.device);
   const LabeledImages test = load_fashion_mnist(flags.data_dir, "test");
   const Accuracy result = evaluate_vit(*model, test, perturbation, flags.limit, flags.batch);
   nlohmann::ordered_json json;
@@ -110,7 +114,9 @@ void add_vit_commands(CLI::App& train, CLI::App& eval, Action& action) {
       ->check(not_nan())->capture_default_str();
   t->add_option("--weight-decay", o.weight_decay, "AdamW's decoupled weight decay")->check(CLI::Range(0.0, 10.0))
       ->check(not_nan())->capture_default_str();
-  t->add_flag("--augment", o.augment, "Random shifts of up to 2 pixels and horizontal flips");
+  t->add_flag("--augment", o.augment, "Random shifts of up to --max-shift pixels and horizontal flips");
+  t->add_option("--max-shift", o.max_shift, "With --augment, the largest shift in pixels (0: flips only)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{13}))->capture_default_str();
   t->add_option("--seed", o.seed, "Random seed (initialisation and data order)")->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   t->add_option("--limit-train", o.limit_train, "Train on the first N images only")
@@ -123,6 +129,8 @@ void add_vit_commands(CLI::App& train, CLI::App& eval, Action& action) {
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000000}));
   t->add_flag("--detect-anomaly", o.detect_anomaly,
               "Check every op's output and gradients for NaN/Inf and name the first op that produces one (slow)");
+  add_device_option(*t, o.device);
+  add_tf32_flag(*t, flags->tf32);
   t->callback([&action, flags] { action = [flags] { return run_train(*flags); }; });
 
   auto eval_flags = std::make_shared<EvalFlags>();
@@ -138,6 +146,7 @@ void add_vit_commands(CLI::App& train, CLI::App& eval, Action& action) {
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{65536}))->capture_default_str();
   e->add_option("--seed", eval_flags->seed, "Seed of the noise and of PGD's random start")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
+  add_device_option(*e, eval_flags->device);
   e->callback([&action, eval_flags] { action = [eval_flags] { return run_eval(*eval_flags); }; });
 }
 

@@ -13,6 +13,7 @@ namespace ellipse {
 // Where Debian's `dataset-fashion-mnist` package puts the four files.
 inline constexpr std::string_view kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
 inline constexpr std::int64_t kFashionMnistClasses = 10;
+inline constexpr std::int64_t kFashionMnistSide = 28;  // images are kFashionMnistSide x kFashionMnistSide
 // The class names in label order.
 const std::vector<std::string>& fashion_mnist_class_names();
 

@@ -137,11 +137,12 @@ GPTCheckpointConfig parse_gpt_config_json(std::string_view text, const std::stri
   return {config, std::move(tokenizer)};
 }
 
-LoadedGPT load_gpt(const std::string& dir) {
+LoadedGPT load_gpt(const std::string& dir, Device device) {
   const std::string config_path = dir + "/config.json";
   auto [config, tokenizer] = parse_gpt_config_json(io::read_file(config_path, 64 << 20), config_path);
   auto model = std::make_unique<GPT>(config);
   load_parameters(dir + "/model.safetensors", *model);
+  model->to(device);
   model->eval();
   return {std::move(model), std::move(tokenizer)};
 }

@@ -75,7 +75,7 @@ struct LoadedGPT {
   std::unique_ptr<GPT> model;
   CharTokenizer tokenizer;
 };
-// Reads DIR/config.json and DIR/model.safetensors; the model is in eval mode.
-LoadedGPT load_gpt(const std::string& dir);
+// Reads DIR/config.json and DIR/model.safetensors; the model is in eval mode, on `device`.
+LoadedGPT load_gpt(const std::string& dir, Device device = Device::cpu());
 
 }  // namespace ellipse

@@ -7,6 +7,7 @@
 
 #include "autograd/grad_mode.hpp"
 #include "autograd/ops.hpp"
+#include "backends/backend.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
 #include "models/checkpoint.hpp"
@@ -61,6 +62,7 @@ double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& context, const 
   NoGradGuard no_grad;
   const bool was_training = model.training();
   model.eval();
+  const Device device = model.device();
   double total = 0;
   for (std::int64_t first = 0; first < windows; first += batch) {
     const std::int64_t count = std::min(batch, windows - first);
@@ -70,8 +72,8 @@ double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& context, const 
       inputs.insert(inputs.end(), context.begin() + offset, context.begin() + offset + t);
       next.insert(next.end(), targets.begin() + offset + 1, targets.begin() + offset + t + 1);
     }
-    const Tensor logits = model.forward(from_vector(inputs, {count, t}));
-    total += cross_entropy(logits, from_vector(next, {count, t})).item() * static_cast<double>(count);
+    const Tensor logits = model.forward(from_vector(inputs, {count, t}, device));
+    total += cross_entropy(logits, from_vector(next, {count, t}, device)).item() * static_cast<double>(count);
   }
   model.train(was_training);
   return total / static_cast<double>(windows);
@@ -84,6 +86,7 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
                 "train gpt: steps ({}), eval-every ({}) and lr ({}) must be positive", o.steps, o.eval_every, o.lr);
   ELLIPSE_CHECK(o.stop_after >= 0 && o.stop_after <= o.steps, "train gpt: --stop-after {} must lie in [0, {}]",
                 o.stop_after, o.steps);
+  backend_for(o.device);  // an unusable device fails here, before any file is read or written
   const DetectAnomalyGuard anomaly(o.detect_anomaly || anomaly_detection_enabled());
   const RunFiles files(o.out_dir);
 
@@ -99,6 +102,8 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
                   "train gpt: --resume {} holds a {} model with {} attention ({}), but the flags ask for {} with {} "
                   "attention", o.out_dir, config.name, nn::attention_kind_name(config.attention),
                   nn::metric_mode_name(config.metric), o.config, nn::attention_kind_name(o.attention));
+    ELLIPSE_CHECK(config.dropout == o.dropout, "train gpt: --resume {} was trained with dropout {}, but the flags ask "
+                  "for {}", o.out_dir, config.dropout, o.dropout);
     // config.json does not record the preset's training batch; without --batch the run used the preset's.
     config.batch = gpt_preset(config.name, tokenizer.size()).batch;
     ids = read_text_ids(o.text_path, &tokenizer, nullptr);
@@ -109,6 +114,7 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
     config = gpt_preset(o.config, tokenizer.size());
     config.attention = o.attention;
     config.metric = o.metric.value_or(nn::MetricMode::causal);
+    config.dropout = o.dropout;
   }
   const std::int64_t batch = o.batch.value_or(config.batch);
   ELLIPSE_CHECK(batch > 0, "train gpt: batch must be positive, got {}", batch);
@@ -119,6 +125,7 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
                 "characters", o.text_path, ids.size(), config.seq_len);
 
   GPT model(config, o.seed);
+  model.to(o.device);
   model.train();
   nn::AdamW optimizer(model.parameters(), {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = 1e-8,
                                            .weight_decay = o.weight_decay});
@@ -154,7 +161,7 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
   for (std::int64_t step = start; step < end; ++step) {
     const double lr = nn::warmup_cosine_lr(step, o.warmup, o.steps, o.lr, o.final_lr);
     optimizer.set_lr(lr);
-    auto [inputs, targets] = sample_windows(split.train, batch, config.seq_len, data_gen);
+    auto [inputs, targets] = sample_windows(split.train, batch, config.seq_len, data_gen, o.device);
     optimizer.zero_grad();
     const Tensor loss = cross_entropy(model.forward(inputs), targets);
     const double loss_value = loss.item();
@@ -188,6 +195,7 @@ std::u32string sample_gpt(GPT& model, const CharTokenizer& tokenizer, std::u32st
                 options.temperature, options.top_k);
   NoGradGuard no_grad;
   model.eval();
+  const Device device = model.device();
   std::vector<std::int64_t> history = tokenizer.encode(prompt);
   Generator gen(options.seed);
   const std::int64_t context = model.config().seq_len;
@@ -205,7 +213,8 @@ std::u32string sample_gpt(GPT& model, const CharTokenizer& tokenizer, std::u32st
     if (static_cast<std::int64_t>(history.size() - window) > context)
       restart(static_cast<std::size_t>(std::max<std::int64_t>(1, context / 2)));
     const std::vector<std::int64_t> fresh(history.begin() + static_cast<std::ptrdiff_t>(cached), history.end());
-    const Tensor logits = model.forward_cached(from_vector(fresh, {1, static_cast<std::int64_t>(fresh.size())}), caches);
+    const Tensor logits =
+        model.forward_cached(from_vector(fresh, {1, static_cast<std::int64_t>(fresh.size())}, device), caches);
     cached = history.size();
     std::vector<double> last = select(select(logits, 0, 0), 0, -1).to_vector<double>();
 

@@ -19,6 +19,7 @@ struct GPTTrainOptions {
   double lr = 1e-3;                       // peak, after warm-up
   double final_lr = 1e-4;                 // where the cosine ends
   std::int64_t warmup = 100;
+  double dropout = 0.0;                   // on attention and MLP outputs (saved in config.json)
   double beta1 = 0.9, beta2 = 0.99, weight_decay = 0.1, clip = 1.0;
   std::uint64_t seed = 0;
   std::int64_t eval_every = 200;
@@ -26,6 +27,7 @@ struct GPTTrainOptions {
   bool resume = false;                    // continue the run saved in out_dir
   std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
   bool detect_anomaly = false;            // name the first op that produces a NaN or Inf (slow; see grad_mode.hpp)
+  Device device = Device::cpu();          // where the model trains; checkpoints are the same on every device
 };
 
 struct EvalRecord {
@@ -38,12 +40,15 @@ struct EvalRecord {
 // A crash or SIGKILL at any moment leaves a checkpoint that --resume continues exactly (RunCheckpoints in
 // train_run.hpp: the state is the commit point, metrics.jsonl is written before it and model.safetensors,
 // which records its step, after it). A NaN or Inf loss, gradient norm or val loss stops the run before it
-// writes anything; with detect_anomaly the error names the op that produced it.
+// writes anything; with detect_anomaly the error names the op that produced it. An unusable device is an
+// error before anything is read or written. The model is initialised on the CPU, so a seed gives the same
+// start on every device, and a run may be resumed on another device than the one it started on.
 EvalRecord train_gpt(const GPTTrainOptions& options, const std::function<void(const TrainProgress&)>& on_step,
                      const std::function<void(const EvalRecord&)>& on_eval);
 
 // Mean cross-entropy over the non-overlapping windows of seq_len tokens of `ids` from its start (inputs
-// [i, i+T), targets [i+1, i+T+1)); the last partial window is dropped.
+// [i, i+T), targets [i+1, i+T+1)); the last partial window is dropped. Runs on the model's device, as does
+// sample_gpt.
 double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& ids, std::int64_t batch = 32);
 // The same windows with the model reading one stream and predicting another of the same length: inputs
 // context[i, i+T), targets targets[i+1, i+T+1). evaluate_gpt(model, ids) is evaluate_gpt(model, ids, ids);

@@ -114,7 +114,7 @@ TextSplit split_train_val(const std::vector<std::int64_t>& ids) {
 }
 
 std::pair<Tensor, Tensor> sample_windows(const std::vector<std::int64_t>& ids, std::int64_t batch, std::int64_t seq_len,
-                                         Generator& gen) {
+                                         Generator& gen, Device device) {
   const auto n = static_cast<std::int64_t>(ids.size());
   ELLIPSE_CHECK(n > seq_len, "sample_windows: {} tokens are too few for windows of {} (+1 target)", n, seq_len);
   std::vector<std::int64_t> inputs, targets;
@@ -127,7 +127,7 @@ std::pair<Tensor, Tensor> sample_windows(const std::vector<std::int64_t>& ids, s
     targets.insert(targets.end(), ids.begin() + static_cast<std::ptrdiff_t>(start) + 1,
                    ids.begin() + static_cast<std::ptrdiff_t>(start) + seq_len + 1);
   }
-  return {from_vector(inputs, {batch, seq_len}), from_vector(targets, {batch, seq_len})};
+  return {from_vector(inputs, {batch, seq_len}, device), from_vector(targets, {batch, seq_len}, device)};
 }
 
 std::vector<std::int64_t> corrupt_characters(const std::vector<std::int64_t>& ids, double fraction, std::int64_t vocab,

@@ -41,9 +41,10 @@ struct TextSplit {
 };
 TextSplit split_train_val(const std::vector<std::int64_t>& ids);
 
-// `batch` windows at offsets drawn from gen: inputs [batch, T] = ids[o, o+T), targets = ids[o+1, o+T+1).
+// `batch` windows at offsets drawn from gen: inputs [batch, T] = ids[o, o+T), targets = ids[o+1, o+T+1), both
+// on `device`.
 std::pair<Tensor, Tensor> sample_windows(const std::vector<std::int64_t>& ids, std::int64_t batch, std::int64_t seq_len,
-                                         Generator& gen);
+                                         Generator& gen, Device device = Device::cpu());
 
 // Character noise for robustness tests (`ellipse study gpt`): a copy of `ids` in which exactly
 // round(fraction * ids.size()) positions, chosen uniformly without replacement, are each replaced by a character

@@ -120,10 +120,11 @@ ViTConfig parse_vit_config_json(std::string_view text, const std::string& path) 
   return config;
 }
 
-std::unique_ptr<ViT> load_vit(const std::string& dir) {
+std::unique_ptr<ViT> load_vit(const std::string& dir, Device device) {
   const std::string config_path = dir + "/config.json";
   auto model = std::make_unique<ViT>(parse_vit_config_json(io::read_file(config_path, 1 << 20), config_path));
   load_parameters(dir + "/model.safetensors", *model);
+  model->to(device);
   model->eval();
   return model;
 }

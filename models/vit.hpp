@@ -63,7 +63,7 @@ Tensor patchify(const Tensor& images, std::int64_t patch);
 std::string vit_config_json(const ViTConfig& config);
 ViTConfig parse_vit_config_json(std::string_view text, const std::string& path);
 
-// Reads DIR/config.json and DIR/model.safetensors; the model is in eval mode.
-std::unique_ptr<ViT> load_vit(const std::string& dir);
+// Reads DIR/config.json and DIR/model.safetensors; the model is in eval mode, on `device`.
+std::unique_ptr<ViT> load_vit(const std::string& dir, Device device = Device::cpu());
 
 }  // namespace ellipse

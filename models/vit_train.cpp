@@ -9,6 +9,7 @@
 
 #include "autograd/grad_mode.hpp"
 #include "autograd/ops.hpp"
+#include "backends/backend.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
 #include "nn/optim.hpp"
@@ -19,7 +20,6 @@ namespace {
 
 // Salts that keep the data order, the augmentation and the model's own stream independent.
 constexpr std::uint64_t kOrderSalt = 0x0DE5'0DE5'0DE5'0DE5ull, kAugmentSalt = 0xA116'A116'A116'A116ull;
-constexpr std::int64_t kMaxShift = 2;
 
 // The training order of one epoch: a permutation that depends on (seed, epoch) only, so that a resumed
 // run needs no generator state to continue it.
@@ -31,9 +31,11 @@ std::vector<std::int64_t> epoch_order(std::int64_t n, std::uint64_t seed, std::i
   return order;
 }
 
-// The images at `indices` as a batch [n, S, S]; with `augment`, each is shifted by up to kMaxShift
-// pixels in each direction (zeros enter) and flipped left-right with probability 1/2.
-Tensor gather_images(const Tensor& images, const std::int64_t* indices, std::int64_t n, Generator* augment) {
+// The images at `indices` of the contiguous CPU tensor `images` as a batch [n, S, S] on `device`; with
+// `augment`, each is shifted by up to max_shift pixels in each direction (zeros enter) and flipped left-right
+// with probability 1/2.
+Tensor gather_images(const Tensor& images, const std::int64_t* indices, std::int64_t n, Generator* augment,
+                     std::int64_t max_shift, Device device) {
   const std::int64_t side = images.shape()[1], area = side * side;
   const float* source = images.data<float>();
   std::vector<float> batch(static_cast<std::size_t>(n * area), 0.0f);
@@ -44,8 +46,8 @@ Tensor gather_images(const Tensor& images, const std::int64_t* indices, std::int
       std::copy(image, image + area, out);
       continue;
     }
-    const std::int64_t dy = augment->integer(2 * kMaxShift + 1) - kMaxShift;
-    const std::int64_t dx = augment->integer(2 * kMaxShift + 1) - kMaxShift;
+    const std::int64_t dy = augment->integer(2 * max_shift + 1) - max_shift;
+    const std::int64_t dx = augment->integer(2 * max_shift + 1) - max_shift;
     const bool flip = augment->integer(2) == 1;
     for (std::int64_t y = 0; y < side; ++y) {
       const std::int64_t sy = y + dy;
@@ -56,14 +58,15 @@ Tensor gather_images(const Tensor& images, const std::int64_t* indices, std::int
       }
     }
   }
-  return from_vector(batch, {n, side, side});
+  return from_vector(batch, {n, side, side}, device);
 }
 
-Tensor gather_labels(const Tensor& labels, const std::int64_t* indices, std::int64_t n) {
+// The labels at `indices` of the contiguous CPU tensor `labels`, on `device`.
+Tensor gather_labels(const Tensor& labels, const std::int64_t* indices, std::int64_t n, Device device) {
   const std::int64_t* source = labels.data<std::int64_t>();
   std::vector<std::int64_t> batch(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) batch[static_cast<std::size_t>(i)] = source[indices[i]];
-  return from_vector(batch, {n});
+  return from_vector(batch, {n}, device);
 }
 
 LabeledImages first_items(const LabeledImages& data, std::int64_t limit) {
@@ -86,8 +89,9 @@ std::string metrics_line(const ViTEvalRecord& r) {
 
 std::string flags_fingerprint(const ViTTrainOptions& o, std::int64_t batch) {
   return fmt::format("epochs={} batch={} lr={} final_lr={} warmup_epochs={} betas=({},{}) wd={} clip={} seed={} "
-                     "augment={} limit_train={} limit_test={}", o.epochs, batch, o.lr, o.final_lr, o.warmup_epochs,
-                     o.beta1, o.beta2, o.weight_decay, o.clip, o.seed, o.augment, o.limit_train, o.limit_test);
+                     "augment={} max_shift={} limit_train={} limit_test={}", o.epochs, batch, o.lr, o.final_lr,
+                     o.warmup_epochs, o.beta1, o.beta2, o.weight_decay, o.clip, o.seed, o.augment, o.max_shift,
+                     o.limit_train, o.limit_test);
 }
 
 // While alive, the model's parameters need no gradient: an attack differentiates with respect to the
@@ -113,7 +117,8 @@ class FrozenParameters {
 };
 
 // The gradient of the mean cross-entropy with respect to the images, as a flat vector (the attacks use
-// its signs). Records the graph even when the caller evaluates under a NoGradGuard.
+// its signs). Records the graph even when the caller evaluates under a NoGradGuard. `labels` are on the
+// model's device.
 std::vector<float> input_gradient(ViT& model, const std::vector<float>& pixels, const Shape& shape,
                                   const Tensor& labels) {
   struct GradEnabled {
@@ -121,7 +126,7 @@ std::vector<float> input_gradient(ViT& model, const std::vector<float>& pixels, 
     GradEnabled() { set_grad_enabled(true); }
     ~GradEnabled() { set_grad_enabled(previous); }
   } grad_enabled_here;
-  Tensor images = from_vector(pixels, shape);
+  Tensor images = from_vector(pixels, shape, model.device());
   images.requires_grad_(true);
   const Tensor loss = cross_entropy(model.forward(images), labels);
   loss.backward();
@@ -245,22 +250,25 @@ Accuracy evaluate_vit(ViT& model, const LabeledImages& all, const Perturbation& 
   std::optional<FrozenParameters> frozen;
   if (attack) frozen.emplace(model);
   Generator gen(perturbation.seed);
-  const Tensor images = contiguous(data.images);
+  const Device device = model.device();
+  // The perturbations are made on the host, from host copies of the data (no copy when it is on the CPU).
+  const Tensor images = contiguous(data.images.to(Device::cpu()));
   const std::int64_t side = images.shape()[1], n = data.size();
   double loss_sum = 0;
   std::int64_t correct = 0;
   for (std::int64_t first = 0; first < n; first += batch) {
     const std::int64_t count = std::min(batch, n - first);
     const Shape shape{count, side, side};
-    const Tensor labels = narrow(data.labels, 0, first, count);
+    const Tensor batch_labels = narrow(data.labels, 0, first, count);
+    const Tensor labels = batch_labels.to(device);
     const float* begin = images.data<float>() + first * side * side;
     const std::vector<float> clean(begin, begin + count * side * side);
     const std::vector<float> pixels = perturb(model, clean, shape, labels, perturbation, gen);
     NoGradGuard no_grad;
-    const Tensor logits = model.forward(from_vector(pixels, shape));
+    const Tensor logits = model.forward(from_vector(pixels, shape, device));
     loss_sum += cross_entropy(logits, labels).item() * static_cast<double>(count);
     const auto scores = logits.to_vector<float>();
-    const auto targets = labels.to_vector<std::int64_t>();
+    const auto targets = batch_labels.to_vector<std::int64_t>();
     const std::int64_t classes = logits.shape()[1];
     for (std::int64_t i = 0; i < count; ++i) {
       const float* row = scores.data() + i * classes;
@@ -281,6 +289,9 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
                 "train vit: epochs ({}), lr ({}) and clip ({}) must be positive; final lr ({}), warm-up ({}), limits "
                 "({}, {}) and stop-after ({}) not negative", o.epochs, o.lr, o.clip, o.final_lr, o.warmup_epochs,
                 o.limit_train, o.limit_test, o.stop_after);
+  ELLIPSE_CHECK(o.max_shift >= 0 && o.max_shift < kFashionMnistSide,
+                "train vit: max shift ({}) must be in [0, {})", o.max_shift, kFashionMnistSide);
+  backend_for(o.device);  // an unusable device fails here, before any file is read or written
   const DetectAnomalyGuard anomaly(o.detect_anomaly || anomaly_detection_enabled());
   const RunFiles files(o.out_dir);
   ViTConfig config;
@@ -307,6 +318,7 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
   const auto warmup = static_cast<std::int64_t>(std::llround(o.warmup_epochs * static_cast<double>(steps_per_epoch)));
 
   ViT model(config, o.seed);
+  model.to(o.device);
   model.train();
   nn::AdamW optimizer(model.parameters(), {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = 1e-8,
                                            .weight_decay = o.weight_decay});
@@ -345,8 +357,9 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
     optimizer.set_lr(lr);
     Generator augment_gen(mix64(o.seed ^ kAugmentSalt, static_cast<std::uint64_t>(step)));
     const std::int64_t* indices = order.data() + position * batch;
-    const Tensor images = gather_images(train_images, indices, batch, o.augment ? &augment_gen : nullptr);
-    const Tensor labels = gather_labels(train_labels, indices, batch);
+    const Tensor images =
+        gather_images(train_images, indices, batch, o.augment ? &augment_gen : nullptr, o.max_shift, o.device);
+    const Tensor labels = gather_labels(train_labels, indices, batch, o.device);
     optimizer.zero_grad();
     const Tensor loss = cross_entropy(model.forward(images), labels);
     const double loss_value = loss.item();

@@ -22,7 +22,8 @@ struct ViTTrainOptions {
   double final_lr = 1e-5;                 // where the cosine ends
   double warmup_epochs = 1;
   double beta1 = 0.9, beta2 = 0.999, weight_decay = 0.05, clip = 1.0;
-  bool augment = false;                   // random shifts of up to 2 pixels and horizontal flips
+  bool augment = false;                   // random shifts of up to max_shift pixels and horizontal flips
+  std::int64_t max_shift = 2;             // with augment; 0 leaves only the flips
   std::uint64_t seed = 0;
   std::int64_t limit_train = 0;           // > 0: train on the first N images only
   std::int64_t limit_test = 0;            // > 0: evaluate on the first N test images only
@@ -30,6 +31,7 @@ struct ViTTrainOptions {
   bool resume = false;
   std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
   bool detect_anomaly = false;            // name the first op that produces a NaN or Inf (slow; see grad_mode.hpp)
+  Device device = Device::cpu();          // where the model trains; checkpoints are the same on every device
 };
 
 struct ViTEvalRecord {
@@ -40,7 +42,8 @@ struct ViTEvalRecord {
 // Trains (or resumes), evaluating and checkpointing after every epoch (model.safetensors, config.json,
 // train_state.safetensors, metrics.jsonl in out_dir). Returns the last evaluation. Checkpoints survive a crash
 // or SIGKILL at any moment, and a NaN or Inf loss, gradient norm or test loss stops the run before it writes
-// anything, as in train_gpt (RunCheckpoints in train_run.hpp).
+// anything, as in train_gpt (RunCheckpoints in train_run.hpp). The device is checked, and the model initialised
+// on the CPU, as there.
 ViTEvalRecord train_vit(const ViTTrainOptions& options, const std::function<void(const TrainProgress&)>& on_step,
                         const std::function<void(const ViTEvalRecord&)>& on_eval);
 
@@ -61,8 +64,8 @@ struct Accuracy {
   double accuracy = 0, loss = 0;
   std::int64_t count = 0;
 };
-// Accuracy and mean cross-entropy on the first `limit` items of `data` (all when 0), perturbed as asked.
-// The attacks differentiate the loss with respect to the input pixels through the autograd.
+// Accuracy and mean cross-entropy on the first `limit` items of `data` (all when 0), perturbed as asked, on the
+// model's device. The attacks differentiate the loss with respect to the input pixels through the autograd.
 Accuracy evaluate_vit(ViT& model, const LabeledImages& data, const Perturbation& perturbation = {},
                       std::int64_t limit = 0, std::int64_t batch = 500);
 

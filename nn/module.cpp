@@ -1,5 +1,6 @@
 #include "nn/module.hpp"
 
+#include "autograd/grad_mode.hpp"
 #include "core/error.hpp"
 
 namespace ellipse::nn {
@@ -31,6 +32,32 @@ Tensor Module::parameter(const std::string& name) const {
   for (auto& [key, value] : named_parameters())
     if (key == name) return value;
   fail("Module::parameter: no parameter named '{}'", name);
+}
+
+Module& Module::to(Device device) {
+  NoGradGuard no_grad;  // the copies are not part of any graph
+  // Every copy first, then the swaps: a copy that throws leaves every parameter where it was.
+  std::vector<std::pair<Tensor, Tensor>> moves;  // (parameter, its contiguous copy on `device`)
+  for (const auto& p : parameters())
+    if (p.device() != device) moves.emplace_back(p, p.to(device));
+  for (const auto& [param, copy] : moves) {
+    TensorImpl& impl = *param.impl();
+    impl.storage = copy.storage();
+    impl.strides = copy.strides();
+    impl.offset = 0;
+    impl.grad.reset();
+  }
+  return *this;
+}
+
+Device Module::device() const {
+  const auto params = named_parameters();
+  if (params.empty()) return Device::cpu();
+  const Device device = params.front().second.device();
+  for (const auto& [name, p] : params)
+    ELLIPSE_CHECK(p.device() == device, "Module::device: the parameters are on several devices ('{}' on {}, '{}' "
+                  "on {})", params.front().first, device.str(), name, p.device().str());
+  return device;
 }
 
 void Module::train(bool on) {

@@ -24,6 +24,16 @@ class Module {
   // The parameter with this dotted name; throws naming it when absent.
   Tensor parameter(const std::string& name) const;
 
+  // Moves every parameter to `device` in place and returns *this. Each parameter's TensorImpl gets a
+  // contiguous copy on the device, so every handle to it (the modules' own members, the caller's) follows;
+  // views taken earlier keep the old storage. Gradients of moved parameters are dropped; parameters already
+  // on `device` are left as they are (to the current device is a no-op). All or nothing: when a copy fails
+  // (no such device, out of memory), nothing has moved. nn::AdamW allocates its moments on the parameters'
+  // device when it is constructed, so build the optimizer after the move.
+  Module& to(Device device);
+  // The device of the parameters (the CPU when there are none); throws when they are on several.
+  Device device() const;
+
   void train(bool on = true);
   void eval() { train(false); }
   bool training() const { return training_; }

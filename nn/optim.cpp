@@ -32,6 +32,9 @@ void AdamW::step() {
     const Tensor& p = parameters_[i];
     const Tensor g = p.grad();
     if (!g.defined()) continue;
+    ELLIPSE_CHECK(m_[i].device() == p.device(), "AdamW::step: a parameter of shape {} is on {} but its moments on "
+                  "{}; create the optimizer after moving the model (Module::to)", to_string(p.shape()),
+                  p.device().str(), m_[i].device().str());
     const AdamWStep step{options_.lr, options_.beta1, options_.beta2, options_.eps,
                          p.dim() >= 2 ? options_.weight_decay : 0.0, 1.0 - std::pow(options_.beta1, t),
                          1.0 - std::pow(options_.beta2, t)};
@@ -58,8 +61,8 @@ void AdamW::load_state(const std::vector<Tensor>& state, std::int64_t steps) {
   ELLIPSE_CHECK(steps >= 0, "AdamW::load_state: negative step count {}", steps);
   NoGradGuard no_grad;
   for (std::size_t i = 0; i < parameters_.size(); ++i) {
-    m_[i].copy_(state[2 * i]);
-    v_[i].copy_(state[2 * i + 1]);
+    m_[i].copy_(state[2 * i].to(m_[i].device()));
+    v_[i].copy_(state[2 * i + 1].to(v_[i].device()));
   }
   steps_ = steps;
 }
@@ -67,11 +70,16 @@ void AdamW::load_state(const std::vector<Tensor>& state, std::int64_t steps) {
 double clip_grad_norm(const std::vector<Tensor>& parameters, double max_norm) {
   ELLIPSE_CHECK(max_norm > 0, "clip_grad_norm: max_norm must be positive, got {}", max_norm);
   NoGradGuard no_grad;
-  double total = 0;
+  // Each gradient's sum of squares (exactly widened to f64), read back in one copy (one wait on a GPU, not
+  // one per parameter) and added up in parameter order.
+  std::vector<Tensor> squares;
   for (const auto& p : parameters) {
     const Tensor g = p.grad();
-    if (g.defined()) total += sum(mul(g, g)).item();
+    if (g.defined()) squares.push_back(reshape(to_dtype(sum(mul(g, g)), DType::f64), {1}));
   }
+  double total = 0;
+  if (!squares.empty())
+    for (const double square : concat(squares, 0).to_vector<double>()) total += square;
   const double norm = std::sqrt(total);
   const double coefficient = max_norm / (norm + 1e-6);
   if (coefficient < 1.0)

@@ -16,6 +16,7 @@ struct AdamWOptions {
 
 class AdamW {
  public:
+  // Allocates the moments here, on each parameter's device: move the model (Module::to) first.
   AdamW(std::vector<Tensor> parameters, AdamWOptions options = {});
   // One update from the parameters' current .grad (parameters without a gradient are skipped).
   void step();
@@ -25,6 +26,7 @@ class AdamW {
   std::int64_t steps() const { return steps_; }
   // Moment buffers, in parameter order, for checkpointing: [m0, v0, m1, v1, ...].
   std::vector<Tensor> state() const;
+  // Copies `state` (laid out as state() returns it, on any device) into the moments.
   void load_state(const std::vector<Tensor>& state, std::int64_t steps);
 
  private:
