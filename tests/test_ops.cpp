@@ -1810,3 +1810,37 @@ TEST_CASE("matmul: f32 products larger than the GEMM's blocks, in every layout, 
     CHECK(got == one);  // each element is summed by one thread, in the same order
   }
 }
+
+TEST_CASE("matmul with TF32 on a GPU: within the bound of 10-bit inputs, and off again afterwards") {
+  // TF32 rounds each input to 10 mantissa bits (relative error <= 2^-11), so each product carries at most
+  // 2^-10 of |a||b| and an element at most 2^-10 sum_k |a_ik| |b_kj|, plus the f32 accumulation. The f32
+  // bound of the op table (1e-5) would fail under TF32; it must hold again once TF32 is off.
+  bool ran = false;
+  for (const auto& d : ellipse::testing::available_devices()) {
+    if (d.device.is_cpu()) continue;
+    ran = true;
+    INFO("device ", d.device.str());
+    Generator gen(11);
+    const std::int64_t m = 67, k = 300, n = 45;
+    const Tensor a64 = randn({m, k}, gen, DType::f64), b64 = randn({k, n}, gen, DType::f64);
+    const auto want = matmul(a64, b64).to_vector<double>();
+    const auto magnitude = matmul(abs(a64), abs(b64)).to_vector<double>();  // sum_k |a_ik| |b_kj|
+    const Tensor a = a64.to(DType::f32).to(d.device), b = b64.to(DType::f32).to(d.device);
+    Backend& backend = backend_for(d.device);
+    auto worst_ratio = [&](double bound_factor) {
+      const auto got = matmul(a, b).to_vector<float>();
+      double worst = 0;
+      for (std::size_t i = 0; i < want.size(); ++i)
+        worst = std::max(worst, std::abs(got[i] - want[i]) / (bound_factor * magnitude[i] + 1e-6));
+      return worst;
+    };
+    backend.set_tf32(true);
+    const double tf32 = worst_ratio(0x1p-10);
+    backend.set_tf32(false);
+    const double fp32 = worst_ratio(1e-5);  // f32 sums of 300 terms; 100x tighter than TF32's bound
+    MESSAGE("TF32 error / bound ", tf32, ", f32 error / bound ", fp32);
+    CHECK(tf32 <= 1.0);
+    CHECK(fp32 <= 1.0);
+  }
+  if (!ran) MESSAGE("SKIPPED: no CUDA device available, the TF32 check needs one");
+}
