@@ -659,9 +659,10 @@ std::string chart_svg(const Where& where, const LineChart& chart) {
   if (!chart.title.empty()) {
     // 15 px, smaller when the title would not fit the chart's width; centred over the plot, but moved
     // towards the middle of the chart when that would cut off its ends.
+    constexpr double kBoldGlyphEm = 0.66;  // average advance of bold sans-serif text, in font sizes
     const double glyphs = text_width(chart.title, 1);
-    const double font = std::clamp((chart.width - 16) / (0.6 * glyphs), 8.0, 15.0);
-    const double half = 0.6 * font * glyphs / 2;
+    const double font = std::clamp((chart.width - 16) / (kBoldGlyphEm * glyphs), 8.0, 15.0);
+    const double half = kBoldGlyphEm * font * glyphs / 2;
     const double centre = std::clamp(left + plot_w / 2, std::min(half + 8, chart.width / 2.0),
                                      std::max(chart.width - half - 8, chart.width / 2.0));
     svg += fmt::format("<text x=\"{:.1f}\" y=\"24\" text-anchor=\"middle\" font-size=\"{:.1f}\" "
