@@ -5,6 +5,7 @@
 //
 // Layout words used below: "strided" means any strides (including 0 from expand); "contiguous" means
 // row-major with no gaps. A kernel never resizes or reallocates an output.
+#include <cmath>
 #include <cstdint>
 #include <memory>
 
@@ -34,6 +35,11 @@ enum class ReduceOp { sum, max };
 struct AdamWStep {
   double lr, beta1, beta2, eps, weight_decay;
   double bias_correction1, bias_correction2;  // 1 - beta^t
+  // The update's constants, computed once in double by every backend alike:
+  // p = p * decay - step_size * m / (sqrt(v) * inv_sqrt_bias_correction2 + eps).
+  double decay() const { return 1.0 - lr * weight_decay; }
+  double step_size() const { return lr / bias_correction1; }
+  double inv_sqrt_bias_correction2() const { return 1.0 / std::sqrt(bias_correction2); }
 };
 
 class Backend {

@@ -130,10 +130,9 @@ void CpuBackend::adamw_step(const Tensor& param, const Tensor& grad, const Tenso
     T* mp = m.data<T>();
     T* vp = v.data<T>();
     const T* g = grad.data<T>();
-    const T decay = static_cast<T>(1.0 - s.lr * s.weight_decay);
+    const T decay = static_cast<T>(s.decay()), step_size = static_cast<T>(s.step_size());
+    const T inv_sqrt_bc2 = static_cast<T>(s.inv_sqrt_bias_correction2());
     const T b1 = static_cast<T>(s.beta1), b2 = static_cast<T>(s.beta2);
-    const T step_size = static_cast<T>(s.lr / s.bias_correction1);
-    const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(s.bias_correction2));
     const T eps = static_cast<T>(s.eps);
     cpu::parallel_for(param.numel(), 16, [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t i = begin; i < end; ++i) {

@@ -135,10 +135,9 @@ void adamw_typed(const cuda::DeviceState& s, const Tensor& param, const Tensor& 
   T* m = m_state.data<T>();
   T* v = v_state.data<T>();
   const T* g = grad.data<T>();
-  const T decay = static_cast<T>(1.0 - step.lr * step.weight_decay);
+  const T decay = static_cast<T>(step.decay()), step_size = static_cast<T>(step.step_size());
+  const T inv_sqrt_bc2 = static_cast<T>(step.inv_sqrt_bias_correction2());
   const T b1 = static_cast<T>(step.beta1), b2 = static_cast<T>(step.beta2);
-  const T step_size = static_cast<T>(step.lr / step.bias_correction1);
-  const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(step.bias_correction2));
   const T eps = static_cast<T>(step.eps);
   for_range(s, "adamw_step", param.numel(), [=] __device__(std::int64_t i) {
     const T gi = g[i];
