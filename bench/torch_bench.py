@@ -75,7 +75,8 @@ def main():
     times.sort()
     median = times[len(times) // 2]
     params = sum(p.numel() for p in model.parameters())
-    result = {"config": args.config, "attn": args.attn, "device": args.device, "impl": "pytorch", "params": params,
+    result = {"config": args.config, "attn": args.attn, "device": args.device, "impl": "pytorch",
+              "torch": torch.__version__, "params": params,
               "batch": inputs.shape[0], "step_ms": round(median, 2), "step_ms_min": round(times[0], 2),
               "loss": round(loss_value, 4),
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

@@ -54,7 +54,7 @@ void time_steps(const BenchFlags& flags, std::string_view config, nn::AttentionK
   // The CPU's memory is the process's peak RSS; a GPU's is what its backend counted for tensors.
   const std::string device_memory =
       flags.device.is_cpu() ? ""
-                            : fmt::format(", \"peak_gpu_mib\": {:.1f}",
+                            : fmt::format(", \"tf32\": {}, \"peak_gpu_mib\": {:.1f}", flags.tf32,
                                           static_cast<double>(backend.peak_memory_bytes()) / (1024.0 * 1024.0));
   fmt::print("{{\"config\": \"{}\", \"attn\": \"{}\", \"device\": \"{}\", \"params\": {}, \"step_ms\": {:.2f}, "
              "\"step_ms_min\": {:.2f}, \"items_per_s\": {:.0f}, \"loss\": {:.4f}, \"peak_rss_mib\": {:.1f}{}}}\n",

@@ -1834,9 +1834,15 @@ TEST_CASE("matmul with TF32 on a GPU: within the bound of 10-bit inputs, and off
         worst = std::max(worst, std::abs(got[i] - want[i]) / (bound_factor * magnitude[i] + 1e-6));
       return worst;
     };
-    backend.set_tf32(true);
-    const double tf32 = worst_ratio(0x1p-10);
-    backend.set_tf32(false);
+    double tf32 = 0;
+    {
+      struct Tf32Scope {  // TF32 goes off again even when a check throws
+        Backend& backend;
+        explicit Tf32Scope(Backend& b) : backend(b) { backend.set_tf32(true); }
+        ~Tf32Scope() { backend.set_tf32(false); }
+      } scope(backend);
+      tf32 = worst_ratio(0x1p-10);
+    }
     const double fp32 = worst_ratio(1e-5);  // f32 sums of 300 terms; 100x tighter than TF32's bound
     MESSAGE("TF32 error / bound ", tf32, ", f32 error / bound ", fp32);
     CHECK(tf32 <= 1.0);

@@ -3,13 +3,15 @@
 # CUDA tests (every op against the CPU, the fused attention against the explicit path), times training
 # steps of ellipse and PyTorch on the same GPU in the same run, and prints a short table last.
 #
-#   tools/gpu-check.sh [--build DIR] [--arch 90] [--steps 20] [--warmup 5] [--skip-bench]
+#   tools/gpu-check.sh [--build DIR] [--arch native] [--steps 20] [--warmup 5] [--skip-bench]
+#
+# --arch is CMAKE_CUDA_ARCHITECTURES: `native` (the default) builds for the GPUs of this machine.
 #
 # PyTorch (with CUDA) is the peer of the benchmark: python3 must import torch (override with PYTHON=...).
 # The build needs what the README lists (fmt, nlohmann-json, zlib, CLI11, doctest, OpenBLAS) and nvcc.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-build=build-gpu arch=90 steps=20 warmup=5 bench=1
+build=build-gpu arch=native steps=20 warmup=5 bench=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build=$2; shift 2 ;;

@@ -12,11 +12,15 @@ namespace ellipse::cuda {
 inline constexpr int kThreads = 256;  // threads per block of the elementwise kernels
 inline constexpr int kMaxDims = 8;    // after coalescing; more is refused with a message
 
-// Enough blocks of kThreads for n items, capped: the kernels loop (grid-stride) over the rest.
-inline unsigned blocks_for(std::int64_t n) {
-  const std::int64_t blocks = (n + kThreads - 1) / kThreads;
+// Blocks for `items` work items, `per_block` to a block, capped at 65535: the kernels loop (grid-stride)
+// over any beyond the cap.
+inline unsigned grid_for(std::int64_t items, std::int64_t per_block) {
+  const std::int64_t blocks = (items + per_block - 1) / per_block;
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
 }
+
+// Enough blocks of kThreads for n items (grid_for with the elementwise kernels' block size).
+inline unsigned blocks_for(std::int64_t n) { return grid_for(n, kThreads); }
 
 // Reports a failed launch (bad configuration, no kernel image for this GPU) at the op that made it.
 inline void check_launch(const char* op) { check(cudaGetLastError(), op); }

@@ -36,18 +36,18 @@ CudaBackend::CudaBackend(int index) : index_(index), state_(std::make_unique<cud
   state_->index = index;
   state_->activate();
   cuda::check(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  cuda::check(cublasCreate(&state_->blas), "cublasCreate");
-  cuda::check(cublasSetStream(state_->blas, state_->stream), "cublasSetStream");
-  set_tf32(false);
+  try {
+    cuda::check(cublasCreate(&state_->blas), "cublasCreate");
+    cuda::check(cublasSetStream(state_->blas, state_->stream), "cublasSetStream");
+    set_tf32(false);
+  } catch (...) {  // no destructor runs for a half-built object: release what exists
+    if (state_->blas) cublasDestroy(state_->blas);
+    cudaStreamDestroy(state_->stream);
+    throw;
+  }
 }
 
-CudaBackend::~CudaBackend() {
-  // Runs at exit only (backends live for the whole program); the driver may already be shutting down,
-  // so errors are ignored here.
-  empty_cache();
-  cublasDestroy(state_->blas);
-  cudaStreamDestroy(state_->stream);
-}
+CudaBackend::~CudaBackend() = default;  // never called (see the header); defined where DeviceState is complete
 
 std::shared_ptr<Storage> CudaBackend::allocate(std::size_t bytes) {
   auto& s = *state_;
@@ -65,7 +65,7 @@ std::shared_ptr<Storage> CudaBackend::allocate(std::size_t bytes) {
   if (!data) {
     s.activate();
     if (cudaMalloc(&data, rounded) != cudaSuccess) {
-      cudaGetLastError();  // clear the sticky-free error state of the failed call
+      cudaGetLastError();  // reset the runtime's last-error slot, which the failed call set
       empty_cache();       // the spare blocks may be what we need
       const cudaError_t status = cudaMalloc(&data, rounded);
       if (status != cudaSuccess) {
@@ -73,7 +73,7 @@ std::shared_ptr<Storage> CudaBackend::allocate(std::size_t bytes) {
         std::size_t free_bytes = 0, total_bytes = 0;
         cudaMemGetInfo(&free_bytes, &total_bytes);
         fail("allocate: cannot allocate {} bytes on cuda:{} ({}); {} bytes in use by tensors, {} free of {}", bytes,
-             index_, cudaGetErrorString(status), s.allocated_bytes, free_bytes, total_bytes);
+             index_, cudaGetErrorString(status), allocated_bytes(), free_bytes, total_bytes);
       }
     }
   }
@@ -100,8 +100,16 @@ void CudaBackend::empty_cache() {
   s.cached_bytes = 0;
 }
 
-std::size_t CudaBackend::allocated_bytes() const { return state_->allocated_bytes; }
-std::size_t CudaBackend::peak_memory_bytes() const { return state_->peak_bytes; }
+std::size_t CudaBackend::allocated_bytes() const {
+  std::lock_guard lock(state_->mutex);
+  return state_->allocated_bytes;
+}
+
+std::size_t CudaBackend::peak_memory_bytes() const {
+  std::lock_guard lock(state_->mutex);
+  return state_->peak_bytes;
+}
+
 void CudaBackend::reset_peak_memory() {
   std::lock_guard lock(state_->mutex);
   state_->peak_bytes = state_->allocated_bytes;
@@ -135,14 +143,13 @@ void CudaBackend::set_tf32(bool on) {
 bool CudaBackend::tf32() const { return state_->tf32; }
 
 CudaBackend& cuda_backend(int index) {
-  // Never destroyed: tensors in static storage may free their memory after main returns.
-  static auto* backends = new std::vector<std::unique_ptr<CudaBackend>>;
+  static auto* backends = new std::vector<CudaBackend*>;  // never destroyed (see the header)
   static std::mutex mutex;
   std::lock_guard lock(mutex);
   ELLIPSE_CHECK(index >= 0 && index < 64, "device cuda:{}: device index out of range", index);
   if (backends->size() <= static_cast<std::size_t>(index)) backends->resize(static_cast<std::size_t>(index) + 1);
   auto& slot = (*backends)[static_cast<std::size_t>(index)];
-  if (!slot) slot = std::make_unique<CudaBackend>(index);
+  if (!slot) slot = new CudaBackend(index);
   return *slot;
 }
 

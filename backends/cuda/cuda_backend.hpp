@@ -1,6 +1,6 @@
 #pragma once
-// The CUDA backend: cuBLAS for matrix products, our own kernels for everything else. One file per op family
-// (elementwise.cu, reduce.cu, matmul.cu, nn.cu, attention.cu) holds the kernels declared here, as in backends/cpu/.
+// The CUDA backend: cuBLAS for matrix products (matmul.cpp), our own kernels for everything else, one file per
+// op family (elementwise.cu, reduce.cu, nn.cu, attention.cu), as in backends/cpu/.
 // This header is plain C++ (no CUDA types), so that the rest of the library can name the backend.
 #include <cstddef>
 #include <memory>
@@ -10,13 +10,13 @@
 namespace ellipse {
 
 namespace cuda {
-struct DeviceState;  // stream, cuBLAS handle and memory cache (backends/cuda/common.cuh)
+struct DeviceState;  // stream, cuBLAS handle and memory cache (backends/cuda/device_state.hpp)
 }
 
+// One per device, made by cuda_backend() and never destroyed: tensors in static storage may free their memory
+// after main returns, and the CUDA runtime may be gone by the time static destructors run.
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int index);  // throws ellipse::Error when cuda:index does not exist or has no driver
-  ~CudaBackend() override;
 
   Device device() const override { return Device::cuda(index_); }
   std::shared_ptr<Storage> allocate(std::size_t bytes) override;
@@ -81,6 +81,10 @@ class CudaBackend final : public Backend {
   cuda::DeviceState& state() { return *state_; }
 
  private:
+  friend CudaBackend& cuda_backend(int index);
+  explicit CudaBackend(int index);  // throws ellipse::Error when cuda:index does not exist or has no driver
+  ~CudaBackend() override;
+
   int index_;
   std::unique_ptr<cuda::DeviceState> state_;
 };

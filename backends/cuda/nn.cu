@@ -12,6 +12,7 @@
 namespace ellipse {
 
 using cuda::for_range;
+using cuda::grid_for;
 
 namespace {
 
@@ -22,10 +23,6 @@ using cuda::SumOp;
 template <class T>
 __device__ T infinity() {
   return std::numeric_limits<T>::infinity();
-}
-
-unsigned grid_for(std::int64_t items, std::int64_t per_block) {
-  return static_cast<unsigned>(std::clamp<std::int64_t>((items + per_block - 1) / per_block, 1, 65535));
 }
 
 // ---- Rows: who works on a row, and how its values are read ----

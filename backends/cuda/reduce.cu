@@ -10,6 +10,7 @@
 namespace ellipse {
 
 using cuda::for_range;
+using cuda::grid_for;
 
 namespace {
 
@@ -41,11 +42,6 @@ constexpr std::int64_t kBlockChunk = 4096;
 constexpr std::int64_t kTargetBlocks = 1024;
 constexpr std::int64_t kColumnChunk = 32;
 constexpr std::int64_t kTargetThreads = 65536;
-
-// Blocks for `items` work items, `per_block` to a block; the kernels loop (grid-stride) over any beyond the cap.
-unsigned grid_for(std::int64_t items, std::int64_t per_block) {
-  return static_cast<unsigned>(std::clamp<std::int64_t>((items + per_block - 1) / per_block, 1, 65535));
-}
 
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
