@@ -671,8 +671,30 @@ TEST_CASE("cli: study vit --preset quick on synthetic files: summary, report, fi
       {{"study", "vit", "--preset", "quick", "--data", data, "--out", out}, 1, {"already holds a study"}},
       {{"study", "vit", "--seeds", "0", "--data", data, "--out", dir / "s0"}, 2, {"--seeds"}},
       {{"study", "vit", "--preset", "bogus", "--data", data, "--out", dir / "sb"}, 2, {"--preset"}},
+      {{"study", "vit", "--attn", "random", "--data", data, "--out", dir / "sa"}, 2, {"--attn"}},
   });
   CHECK(read_bytes(out + "/summary.json") == summary_text);
+
+  // A study split by attention kind: each call trains and measures its own runs and writes no summary; a
+  // call with both then reuses them (no training) and gives the same summary, the timings aside.
+  const std::string split = dir / "split";
+  for (const char* kind : {"standard", "elliptical"}) {
+    CAPTURE(kind);
+    const Run part = run_ellipse({"study", "vit", "--preset", "quick", "--attn", kind, "--data", data, "--out", split});
+    INFO(part.err);
+    REQUIRE(part.status == 0);
+    CHECK(part.out.find("run again without --attn") != std::string::npos);
+    CHECK_FALSE(fs::exists(split + "/summary.json"));
+    CHECK(read_json(split + "/runs/" + kind + "-seed0/study.json").contains("pgd 8/255"));
+  }
+  const Run joined = run_ellipse({"study", "vit", "--preset", "quick", "--data", data, "--out", split});
+  INFO(joined.err);
+  REQUIRE(joined.status == 0);
+  CHECK(joined.out.find("epoch") == std::string::npos);
+  Json split_summary = Json::parse(read_bytes(split + "/summary.json")), whole_summary = summary;
+  for (Json* s : {&split_summary, &whole_summary})
+    for (const char* kind : {"standard", "elliptical"}) (*s)[kind].erase("train_seconds");
+  CHECK(split_summary == whole_summary);
   CHECK_FALSE(fs::exists(dir / "s0"));
 
   // The runs keep their measurements in study.json: a study resumed from its run directories measures only
