@@ -67,8 +67,9 @@ void add_demo_command(CLI::App& app, Action& action) {
   auto* demo = app.add_subcommand("demo", "Train a small MLP on synthetic spirals and print the loss");
   auto steps = std::make_shared<std::int64_t>(500);
   auto seed = std::make_shared<std::uint64_t>(0);
-  demo->add_option("--steps", *steps, "Training steps")->check(CLI::Range(std::int64_t{1}, std::int64_t{1000000}));
-  demo->add_option("--seed", *seed, "Random seed")->check(CLI::NonNegativeNumber);
+  demo->add_option("--steps", *steps, "Training steps")->check(CLI::Range(std::int64_t{1}, std::int64_t{1000000}))
+      ->capture_default_str();
+  demo->add_option("--seed", *seed, "Random seed")->check(CLI::NonNegativeNumber)->capture_default_str();
   demo->callback([&action, steps, seed] { action = [steps, seed] { return run_demo(*steps, *seed); }; });
 }
 

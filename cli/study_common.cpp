@@ -133,6 +133,8 @@ std::string table_header(const std::vector<std::string>& variants) {
   return table_row("metric", variants) + rule + "|\n";
 }
 
+std::string device_flag(const Device& device) { return device.is_cpu() ? "" : " --device " + device.str(); }
+
 std::string table_row(const std::string& label, const std::vector<std::string>& cells) {
   return fmt::format("| {} | {} |\n", label, fmt::join(cells, " | "));
 }

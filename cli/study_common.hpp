@@ -66,6 +66,9 @@ double std_of(const ordered_json& stat);
 
 // ---- the report ----
 
+// " --device cuda:0" for the report's command line; nothing for the CPU (the default).
+std::string device_flag(const Device& device);
+
 // "| metric | standard | elliptical |\n|---|---|---|\n" for variants {"standard", "elliptical"}.
 std::string table_header(const std::vector<std::string>& variants);
 // "| label | cells[0] | cells[1] |\n".

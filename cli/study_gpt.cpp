@@ -244,12 +244,12 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
       "characters of the val text; for \"p corrupted\", a fraction p of the val characters (exactly round(p N) "
       "positions, chosen uniformly, seeded by the seed) is replaced by a different character drawn uniformly from "
       "the vocabulary, in the context only: the targets stay the clean next characters. Collapse, head redundancy "
-      "and m averaged over the first {} val windows. Command: `ellipse study gpt --preset {} --seeds {}{} --data {} "
+      "and m averaged over the first {} val windows. Command: `ellipse study gpt --preset {} --seeds {}{} --data {}{} "
       "--out {}`. Values are mean ± sample standard deviation over seeds (± 0 with one seed).\n\n",
       flags.preset, preset.config, preset.steps, summary["batch"].get<std::int64_t>(), flags.text_path, flags.seeds,
       flags.seeds - 1, windows, seq_len, std::min(preset.probe_windows, static_cast<std::int64_t>(val.clean.size()) / seq_len),
       flags.preset, flags.seeds, m_modes_flag(variants),
-      flags.text_path, flags.out_dir);
+      flags.text_path, device_flag(flags.device), flags.out_dir);
   for (const auto& v : variants)
     if (!caveat(v).empty()) md += fmt::format("Note on `{}`: {}.\n\n", v, caveat(v));
 

@@ -46,8 +46,9 @@ StudyPreset study_preset(const std::string& name) {
 
 std::string augmentation_words(const StudyPreset& preset) {
   if (!preset.augment) return "";
-  return preset.max_shift == 0 ? " with random flips" : fmt::format(" with random shifts (up to {} pixels) and flips",
-                                                                     preset.max_shift);
+  if (preset.max_shift == 0) return " with random flips";
+  return fmt::format(" with random shifts (up to {} pixel{}) and flips", preset.max_shift,
+                     preset.max_shift == 1 ? "" : "s");
 }
 
 // The variants, in the report's column order.
@@ -227,11 +228,12 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
       "# Standard vs elliptical attention: ViT on Fashion-MNIST\n\n"
       "Preset `{}`: {} trained {} epochs of batch {}{}, {} seed(s) (0..{}), identical data order per seed. Clean accuracy "
       "and noise on all {} test images; FGSM and PGD-20 (step eps/4, random start) on the first {}; collapse, head "
-      "redundancy and m averaged over the first {}. Command: `ellipse study vit --preset {} --seeds {} --out {}`. "
+      "redundancy and m averaged over the first {}. Command: `ellipse study vit --preset {} --seeds {} --data {}{} --out {}`. "
       "Values are mean ± sample standard deviation over seeds (± 0 with one seed).\n\n",
       flags.preset, preset.config, preset.epochs, preset.batch, augmentation_words(preset), flags.seeds,
       flags.seeds - 1, test_images, std::min(test_images, preset.attack_images),
-      std::min(test_images, preset.probe_images), flags.preset, flags.seeds, flags.out_dir);
+      std::min(test_images, preset.probe_images), flags.preset, flags.seeds, flags.data_dir,
+      device_flag(flags.device), flags.out_dir);
   md += table_header(kVariants);
   md += table_row("clean test accuracy (%)", {percent(st["test_acc"]), percent(el["test_acc"])});
   for (const auto& key : sigma_keys())
@@ -307,7 +309,7 @@ void add_study_vit_command(CLI::App& study, Action& action) {
   auto flags = std::make_shared<StudyFlags>();
   auto* v = study.add_subcommand("vit", "The ViT on Fashion-MNIST: accuracy, robustness, collapse, redundancy, m");
   v->add_option("--preset", flags->preset,
-                "quick (vit-xs, 5 epochs) or full (vit-s, 60 epochs, random 1-pixel shifts and flips)")
+                "quick (vit-xs, 5 epochs) or full (vit-s, 60 epochs, random shifts of up to 1 pixel and flips)")
       ->check(CLI::IsMember({"quick", "full"}))->capture_default_str();
   v->add_option("--attn", flags->attention,
                 "Train and measure only this kind's runs (to split a study across processes or machines); "
