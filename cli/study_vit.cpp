@@ -228,7 +228,8 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
       "# Standard vs elliptical attention: ViT on Fashion-MNIST\n\n"
       "Preset `{}`: {} trained {} epochs of batch {}{}, {} seed(s) (0..{}), identical data order per seed. Clean accuracy "
       "and noise on all {} test images; FGSM and PGD-20 (step eps/4, random start) on the first {}; collapse, head "
-      "redundancy and m averaged over the first {}. Command: `ellipse study vit --preset {} --seeds {} --data {}{} --out {}`. "
+      "redundancy and m averaged over the first {}. Command: `ellipse study vit --preset {} --seeds {} --data {}{} "
+      "--out {}`. "
       "Values are mean ± sample standard deviation over seeds (± 0 with one seed).\n\n",
       flags.preset, preset.config, preset.epochs, preset.batch, augmentation_words(preset), flags.seeds,
       flags.seeds - 1, test_images, std::min(test_images, preset.attack_images),
@@ -281,7 +282,8 @@ int run_study_vit(const StudyFlags& flags) {
   for (std::int64_t seed = 0; seed < flags.seeds; ++seed)
     for (const auto& variant : kVariants)
       if (flags.attention == "both" || flags.attention == variant)
-        results[variant].push_back(study_run(flags, preset, variant, static_cast<std::uint64_t>(seed), test, seed == 0));
+        results[variant].push_back(
+            study_run(flags, preset, variant, static_cast<std::uint64_t>(seed), test, seed == 0));
   if (flags.attention != "both") {
     fmt::print("measured the {} runs in {}/runs; once the other kind's are measured too, run again without --attn "
                "to write summary.json, report.md and the comparison figures\n", flags.attention, flags.out_dir);

@@ -117,8 +117,8 @@ void add_vit_commands(CLI::App& train, CLI::App& eval, Action& action) {
   t->add_flag("--augment", o.augment, "Random shifts of up to --max-shift pixels and horizontal flips");
   t->add_option("--max-shift", o.max_shift, "With --augment, the largest shift in pixels (0: flips only)")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{13}))->capture_default_str();
-  t->add_option("--seed", o.seed, "Random seed (initialisation, data order and augmentation)")->check(CLI::NonNegativeNumber)
-      ->capture_default_str();
+  t->add_option("--seed", o.seed, "Random seed (initialisation, data order and augmentation)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
   t->add_option("--limit-train", o.limit_train, "Train on the first N images only")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000000}));
   t->add_option("--limit-test", o.limit_test, "Evaluate on the first N test images only")
