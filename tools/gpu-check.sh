@@ -1,27 +1,41 @@
 #!/usr/bin/env bash
 # One script for anyone with an NVIDIA GPU: configures and builds ellipse with the CUDA backend, runs the
 # CUDA tests (every op against the CPU, the fused attention against the explicit path), times training
-# steps of ellipse and PyTorch on the same GPU in the same run, and prints a short table last.
+# steps of ellipse and PyTorch on the same GPU in the same run, optionally runs the full ViT study on the GPU,
+# and prints a short table last.
 #
-#   tools/gpu-check.sh [--build DIR] [--arch native] [--steps 20] [--warmup 5] [--skip-bench]
+#   tools/gpu-check.sh [--build DIR] [--arch native] [--steps 20] [--warmup 5] [--skip-tests] [--skip-bench]
+#                      [--study-data DIR [--study-out DIR]]
 #
 # --arch is CMAKE_CUDA_ARCHITECTURES: `native` (the default) builds for the GPUs of this machine.
+# --study-data DIR runs `ellipse study vit --preset full --device cuda` on the Fashion-MNIST files in DIR, the
+# two attention kinds as two processes side by side on the GPU (each small step leaves it mostly idle), then
+# the call that writes the report; --study-out is its output folder (default: BUILD/study-vit-full). A study
+# stopped part-way resumes from its last epoch when the script runs again with the same folder.
 #
 # PyTorch (with CUDA) is the peer of the benchmark: python3 must import torch (override with PYTHON=...).
 # The build needs what the README lists (fmt, nlohmann-json, zlib, CLI11, doctest, OpenBLAS) and nvcc.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-build=build-gpu arch=native steps=20 warmup=5 bench=1
+build=build-gpu arch=native steps=20 warmup=5 tests=1 bench=1 study_data='' study_out=''
+usage="usage: $0 [--build DIR] [--arch SM] [--steps N] [--warmup N] [--skip-tests] [--skip-bench]"
+usage+=" [--study-data DIR [--study-out DIR]]"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
     --arch) arch=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
+    --skip-tests) tests=0; shift ;;
     --skip-bench) bench=0; shift ;;
-    *) echo "usage: $0 [--build DIR] [--arch SM] [--steps N] [--warmup N] [--skip-bench]" >&2; exit 2 ;;
+    --study-data) study_data=$2; shift 2 ;;
+    --study-out) study_out=$2; shift 2 ;;
+    *) echo "$usage" >&2; exit 2 ;;
   esac
 done
+study_out=${study_out:-$build/study-vit-full}
+test_programs=(test_ops test_attention test_tensor test_gpt test_device)
+((tests == 1)) || test_programs=()
 python=${PYTHON:-python3}
 log_dir=${OUT:-$build}/gpu-check
 mkdir -p "$log_dir"
@@ -33,7 +47,7 @@ echo "gpu-check: ${card:-no GPU visible to nvidia-smi}"
 start=$SECONDS
 if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DELLIPSE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
        >"$log_dir/configure.log" 2>&1 ||
-   ! cmake --build "$build" -j"$(nproc)" --target ellipse_cli test_ops test_attention test_tensor test_gpt test_device \
+   ! cmake --build "$build" -j"$(nproc)" --target ellipse_cli "${test_programs[@]}" \
        >"$log_dir/build.log" 2>&1; then
   for log in "$log_dir/configure.log" "$log_dir/build.log"; do [[ -f "$log" ]] && tail -40 "$log"; done
   echo "gpu-check: the build failed (logs in $log_dir)"
@@ -42,7 +56,7 @@ fi
 summary+=("| build | ok | $((SECONDS - start)) s |")
 
 # The CUDA tests: each program lists the devices it ran on; a skipped CUDA device is a failure here.
-for test in test_ops test_attention test_tensor test_gpt test_device; do
+for test in "${test_programs[@]}"; do
   start=$SECONDS
   "$build/tests/$test" >"$log_dir/$test.log" 2>&1
   status=$?
@@ -83,6 +97,29 @@ else:
 PY
 )")
   done
+fi
+
+if [[ -n "$study_data" ]]; then
+  start=$SECONDS
+  study=("$build/ellipse" study vit --preset full --device cuda --data "$study_data" --out "$study_out")
+  "${study[@]}" --attn standard >"$log_dir/study-standard.log" 2>&1 &
+  standard_pid=$!
+  "${study[@]}" --attn elliptical >"$log_dir/study-elliptical.log" 2>&1
+  elliptical_status=$?
+  wait "$standard_pid"
+  standard_status=$?
+  summary_status=skipped
+  if ((standard_status == 0 && elliptical_status == 0)); then
+    "${study[@]}" >"$log_dir/study.log" 2>&1
+    summary_status=$?
+  fi
+  if [[ "$summary_status" == 0 ]]; then
+    result="ok: $study_out/report.md"
+  else
+    result="FAILED (exit status: standard $standard_status, elliptical $elliptical_status, report $summary_status)"
+    tail -n 20 "$log_dir"/study*.log
+  fi
+  summary+=("| study vit --preset full | $result | $((SECONDS - start)) s |")
 fi
 
 echo
