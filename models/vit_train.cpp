@@ -36,6 +36,8 @@ std::vector<std::int64_t> epoch_order(std::int64_t n, std::uint64_t seed, std::i
 // with probability 1/2.
 Tensor gather_images(const Tensor& images, const std::int64_t* indices, std::int64_t n, Generator* augment,
                      std::int64_t max_shift, Device device) {
+  ELLIPSE_CHECK(images.device().is_cpu(), "gather_images: the data set must be on the CPU, got {}",
+                images.device().str());
   const std::int64_t side = images.shape()[1], area = side * side;
   const float* source = images.data<float>();
   std::vector<float> batch(static_cast<std::size_t>(n * area), 0.0f);
@@ -63,6 +65,8 @@ Tensor gather_images(const Tensor& images, const std::int64_t* indices, std::int
 
 // The labels at `indices` of the contiguous CPU tensor `labels`, on `device`.
 Tensor gather_labels(const Tensor& labels, const std::int64_t* indices, std::int64_t n, Device device) {
+  ELLIPSE_CHECK(labels.device().is_cpu(), "gather_labels: the data set must be on the CPU, got {}",
+                labels.device().str());
   const std::int64_t* source = labels.data<std::int64_t>();
   std::vector<std::int64_t> batch(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) batch[static_cast<std::size_t>(i)] = source[indices[i]];
