@@ -9,7 +9,7 @@
 #
 # --arch is CMAKE_CUDA_ARCHITECTURES: `native` (the default) builds for the GPUs of this machine.
 # --study-data DIR runs `ellipse study vit --preset full --device cuda` on the Fashion-MNIST files in DIR, the
-# two attention kinds as two processes side by side on the GPU (each small step leaves it mostly idle), then
+# two attention kinds as two processes side by side on the GPU (two small trainings share one card), then
 # the call that writes the report; --study-out is its output folder (default: BUILD/study-vit-full). A study
 # stopped part-way resumes from its last epoch when the script runs again with the same folder.
 #
