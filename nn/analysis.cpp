@@ -7,13 +7,17 @@
 #include "core/error.hpp"
 
 namespace ellipse::nn {
+namespace {
+// The statistics below run in f64 on the CPU wherever the activations live: f64 kernels are tested on the
+// CPU only, and each call copies one small batch.
+Tensor f64_on_cpu(const Tensor& x) { return to_dtype(x.detach().to(Device::cpu()), DType::f64); }
+}  // namespace
 
 double token_collapse(const Tensor& x) {
   ELLIPSE_CHECK(x.defined() && x.dim() == 3 && x.shape()[0] >= 1 && x.shape()[1] >= 2, "token_collapse: expected "
                 "[B, N, d] with B >= 1 and N >= 2, got {}", x.defined() ? to_string(x.shape()) : "undefined");
   NoGradGuard no_grad;
-  // In f64 on the CPU wherever x lives: f64 kernels are tested on the CPU only, and x is one small batch.
-  const Tensor x64 = to_dtype(x.to(Device::cpu()), DType::f64);
+  const Tensor x64 = f64_on_cpu(x);
   const Tensor norms = sqrt(sum(mul(x64, x64), {-1}, true));
   // A zero row stays zero, so its cosine with every other row is 0.
   const Tensor unit = div(x64, add(norms, 1e-300));
@@ -29,7 +33,7 @@ double head_redundancy(const Tensor& attention) {
                 attention.defined() ? to_string(attention.shape()) : "undefined");
   const std::int64_t b = attention.shape()[0], h = attention.shape()[1];
   const std::int64_t size = attention.shape()[2] * attention.shape()[3];
-  const auto maps = contiguous(to_dtype(attention.detach().to(Device::cpu()), DType::f64)).to_vector<double>();
+  const auto maps = contiguous(f64_on_cpu(attention)).to_vector<double>();
   // The differences directly: expanding |p - q|^2 into |p|^2 + |q|^2 - 2pq loses a small distance between
   // nearly equal heads to rounding at the scale of |p|^2 (it costs the same number of operations).
   double total = 0;
@@ -73,7 +77,7 @@ void BlockProbe::collect() {
     if (!elliptical || !elliptical->last_metric().defined()) continue;
     const Tensor& m = elliptical->last_metric();  // [B, H, 1 or N, dh]
     const std::int64_t heads = m.shape()[1], dh = m.shape()[3];
-    const auto per_head = mean(to_dtype(m.to(Device::cpu()), DType::f64), {2}).to_vector<double>();  // [B, H, dh]
+    const auto per_head = mean(f64_on_cpu(m), {2}).to_vector<double>();  // [B, H, dh]
     auto& sum = sums_.mean_metric[l];
     if (sum.empty()) sum.assign(static_cast<std::size_t>(heads), std::vector<double>(static_cast<std::size_t>(dh), 0));
     for (std::int64_t i = 0; i < batch; ++i)
