@@ -50,7 +50,8 @@ class Tensor {
   bool is_contiguous() const;
   const std::shared_ptr<Storage>& storage() const { return checked().storage; }
 
-  // Pointer to the first element (offset applied). T must match the dtype.
+  // Pointer to the first element (offset applied) in the tensor's own memory: a device pointer for a CUDA
+  // tensor, which kernels take as is. T must match the dtype. to_vector() copies values to the host.
   template <class T> T* data() const;
   void* raw_data() const;
 
