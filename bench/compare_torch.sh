@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # ellipse vs PyTorch, one training step (zero grads, forward, cross-entropy, backward, AdamW), timed in
-# the same run: each round runs every configuration once with ellipse and once with PyTorch, alternating,
-# so that load from other processes falls on both. Prints per configuration the medians over the rounds
-# of each side's median step time, their ratio (ellipse / PyTorch; below 1 is faster) and peak RSS, then
-# for each model timed with both attention kinds the ratio elliptical / standard on each side.
+# the same run: each round runs every configuration once with ellipse and once with each of PyTorch's two
+# attention paths (F.scaled_dot_product_attention and explicit softmax(q k^T) v), alternating, so that load
+# from other processes falls on all of them. PyTorch's figure is the faster of its two paths (by median).
 #
-#   bench/compare_torch.sh [--rounds 5] [--steps 5] [--warmup 2] [--build build] [--configs "gpt-s:standard ..."]
+#   bench/compare_torch.sh [--rounds 5] [--steps 8] [--warmup 2] [--build build] [--configs "gpt-s:standard ..."]
 #
-# Both sides get the same threads (all cores: OpenMP's default for ellipse, torch.set_num_threads for
-# PyTorch) and idle OpenMP workers that sleep (OMP_WAIT_POLICY=passive, which the ellipse program sets for
-# itself; libgomp's spinning default slows PyTorch 2x on a busy machine). PyTorch is Debian's
-# python3-torch at /usr/bin/python3 (override with PYTHON=...).
+# Prints the peer (torch version, BLAS, CPU capability), the best f32 GEMM rate measured on this machine
+# (MKL through torch.mm, or ellipse's own GEMM through build/bench_matmul, both 1024^3), then per
+# configuration: the medians over the rounds of each side's median step, the median over the rounds of the
+# per-round ratio ellipse / PyTorch (below 1: ellipse is faster), peak RSS, and ellipse's distance to the
+# step's GEMM floor (its matrix-product FLOPs at that best rate). Then, for each model timed with both
+# attention kinds, the ratio elliptical / standard on each side.
+#
+# Both sides get the same threads (all cores) and sleeping idle OpenMP workers (OMP_WAIT_POLICY=passive,
+# which the ellipse program sets for itself; libgomp's spinning default slows PyTorch on a busy machine).
+# PyTorch is .torch-venv/bin/python, a current PyTorch from PyPI made by tools/torch-venv.sh; PYTHON=...
+# picks another (Debian's /usr/bin/python3 has PyTorch 1.13, whose GEMM is far slower on recent cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=5 steps=5 warmup=2 build=build
+rounds=5 steps=8 warmup=2 build=build
 configs="gpt-s:standard gpt-s:elliptical vit-s:standard vit-s:elliptical gpt-m:standard:8 gpt-m:elliptical:8"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -26,10 +32,34 @@ while [[ $# -gt 0 ]]; do
        exit 2 ;;
   esac
 done
-python=${PYTHON:-/usr/bin/python3}
+python=${PYTHON:-.torch-venv/bin/python}
+if [[ ! -x "$python" ]]; then
+  echo "compare_torch: no PyTorch peer at $python; run 'bash tools/torch-venv.sh' first (or set PYTHON=...)" >&2
+  exit 2
+fi
 export OMP_WAIT_POLICY=passive
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
+
+"$python" - <<'PY'
+import platform, torch
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+blas = "MKL" if torch.backends.mkl.is_available() else "not MKL (see torch.__config__.show())"
+print(f"peer: torch {torch.__version__}, BLAS {blas}, oneDNN {torch.backends.mkldnn.is_available()}, "
+      f"CPU capability {torch.backends.cpu.get_cpu_capability()}; machine: {cpu}, {torch.get_num_threads()} threads")
+PY
+# The best f32 GEMM rate on this machine: each side's 1024^3 product, the better of the two.
+ours=$("$build"/bench_matmul | python3 -c 'import json, sys; print(json.loads(sys.stdin.readline())["ellipse_gflops"])')
+mkl=$("$python" - <<'PY'
+import time, torch
+a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+for _ in range(3): torch.mm(a, b)
+best = min((lambda t: (torch.mm(a, b), time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(30))
+print(round(2 * 1024**3 / best / 1e9, 1))
+PY
+)
+echo "f32 GEMM 1024^3: ellipse $ours GFLOP/s, torch.mm $mkl GFLOP/s"
+
 for ((round = 1; round <= rounds; ++round)); do
   for entry in $configs; do
     IFS=: read -r config attn batch <<<"$entry"
@@ -38,41 +68,54 @@ for ((round = 1; round <= rounds; ++round)); do
     echo "round $round/$rounds: $config $attn ${batch:+batch $batch}" >&2
     # (assigned first, so that a failing run stops the script)
     line=$("$build"/ellipse bench --config "$config" --attn "$attn" --steps "$steps" --warmup "$warmup" "${batch_flag[@]}")
-    echo "ellipse $entry $line" >>"$results"
-    line=$("$python" bench/torch_bench.py --config "$config" --attn "$attn" --steps "$steps" --warmup "$warmup" \
-      "${batch_flag[@]}")
-    echo "pytorch $entry $line" >>"$results"
+    echo "ellipse $round $entry $line" >>"$results"
+    for impl in sdpa explicit; do
+      line=$("$python" bench/torch_bench.py --config "$config" --attn "$attn" --steps "$steps" --warmup "$warmup" \
+        --attention-impl "$impl" "${batch_flag[@]}")
+      echo "pytorch-$impl $round $entry $line" >>"$results"
+    done
   done
 done
-python3 - "$results" "$rounds" "$steps" <<'PY'
+python3 - "$results" "$rounds" "$steps" "$ours" "$mkl" <<'PY'
 import json, statistics, sys
-runs = {}
-for line in open(sys.argv[1]):
-    impl, entry, text = line.split(" ", 2)
-    runs.setdefault(entry, {}).setdefault(impl, []).append(json.loads(text))
-print(f"rounds: {sys.argv[2]}, timed steps per run: {sys.argv[3]}; ratio = ellipse / PyTorch of the medians")
-print("| config | attn | batch | ellipse step ms | PyTorch step ms | ratio | ellipse peak RSS MiB | PyTorch peak RSS MiB |")
-print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+path, rounds, steps, ours, mkl = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+peak = max(ours, mkl)
+runs = {}  # entry -> impl -> round -> result
+for line in open(path):
+    impl, rnd, entry, text = line.split(" ", 3)
+    runs.setdefault(entry, {}).setdefault(impl, {})[int(rnd)] = json.loads(text)
+med = lambda rs, key="step_ms": statistics.median(r[key] for r in rs.values())
+print(f"rounds: {rounds}, timed steps per run: {steps}; GEMM floor at {peak:.0f} GFLOP/s "
+      f"(the better of ellipse {ours:.0f} and torch.mm {mkl:.0f})")
+print("| config | attn | batch | ellipse ms | PyTorch ms (path) | ratio | ellipse / floor | "
+      "peak RSS ellipse / PyTorch MiB | RSS ratio |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+best_of = {}
 for entry, sides in runs.items():
-    med = {impl: statistics.median(r["step_ms"] for r in rs) for impl, rs in sides.items()}
-    rss = {impl: max(r["peak_rss_mib"] for r in rs) for impl, rs in sides.items()}
-    first = sides["pytorch"][0]  # the same configuration; `ellipse bench` does not print the batch
-    print(f"| {first['config']} | {first['attn']} | {first['batch']} | {med['ellipse']:.1f} | {med['pytorch']:.1f} | "
-          f"{med['ellipse'] / med['pytorch']:.3f} | {rss['ellipse']:.0f} | {rss['pytorch']:.0f} |")
+    impl = min(("pytorch-sdpa", "pytorch-explicit"), key=lambda i: med(sides[i]))
+    best_of[entry] = impl
+    ell, peer = sides["ellipse"], sides[impl]
+    ratio = statistics.median(ell[r]["step_ms"] / peer[r]["step_ms"] for r in ell if r in peer)
+    rss_e, rss_p = max(r["peak_rss_mib"] for r in ell.values()), max(r["peak_rss_mib"] for r in peer.values())
+    first = next(iter(ell.values()))
+    floor_ms = first["step_gflop"] / peak * 1e3
+    print(f"| {first['config']} | {first['attn']} | {next(iter(peer.values()))['batch']} | {med(ell):.1f} | "
+          f"{med(peer):.1f} ({impl[8:]}) | {ratio:.3f} | {med(ell) / floor_ms:.2f} ({floor_ms:.1f} ms) | "
+          f"{rss_e:.0f} / {rss_p:.0f} | {rss_e / rss_p:.2f} |")
 
-# What elliptical attention costs over standard, per configuration that ran both, on each side.
+# What elliptical attention costs over standard, per model that ran both, on each side.
 by_model = {}
 for entry, sides in runs.items():
     config, attn, *batch = entry.split(":")
-    by_model.setdefault((config, tuple(batch)), {})[attn] = sides
+    by_model.setdefault((config, tuple(batch)), {})[attn] = entry
 pairs = {key: kinds for key, kinds in by_model.items() if {"standard", "elliptical"} <= kinds.keys()}
 if pairs:
     print()
     print("| config | batch | ellipse elliptical / standard | PyTorch elliptical / standard |")
     print("| --- | ---: | ---: | ---: |")
-    for (config, _), kinds in pairs.items():
-        ratio = {impl: statistics.median(r["step_ms"] for r in kinds["elliptical"][impl]) /
-                 statistics.median(r["step_ms"] for r in kinds["standard"][impl]) for impl in ("ellipse", "pytorch")}
-        print(f"| {config} | {kinds['standard']['pytorch'][0]['batch']} | {ratio['ellipse']:.3f} | "
-              f"{ratio['pytorch']:.3f} |")
+    for (config, batch), kinds in pairs.items():
+        std, ell = runs[kinds["standard"]], runs[kinds["elliptical"]]
+        ours_ratio = med(ell["ellipse"]) / med(std["ellipse"])
+        peer_ratio = med(ell[best_of[kinds["elliptical"]]]) / med(std[best_of[kinds["standard"]]])
+        print(f"| {config} | {batch[0] if batch else 'preset'} | {ours_ratio:.3f} | {peer_ratio:.3f} |")
 PY

@@ -2,7 +2,9 @@
 zero grads, forward, cross-entropy, backward, AdamW (lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on
 matrices only), on random data, and prints one JSON line in `ellipse bench`'s format.
 
-    /usr/bin/python3 bench/torch_bench.py --config gpt-s --attn elliptical --steps 10 --warmup 2
+    .torch-venv/bin/python bench/torch_bench.py --config gpt-s --attn elliptical --steps 10 --warmup 2
+
+(.torch-venv/ is made by tools/torch-venv.sh; Debian's python3-torch 1.13 runs it too, more slowly.)
 
 gpt-* use the causal estimator of the elliptical metric, vit-* the sequence one, as ellipse's models do.
 """
@@ -45,7 +47,10 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--tf32", action="store_true", help="TF32 tensor-core matrix products (CUDA)")
+    parser.add_argument("--attention-impl", default="sdpa", choices=["sdpa", "explicit"],
+                        help="F.scaled_dot_product_attention, or softmax(q k^T / sqrt(dh)) v as separate ops")
     args = parser.parse_args()
+    tm.Attention.implementation = args.attention_impl
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)  # the same thread count as ellipse's OpenMP pool
     device = torch.device(args.device)
@@ -76,7 +81,7 @@ def main():
     median = times[len(times) // 2]
     params = sum(p.numel() for p in model.parameters())
     result = {"config": args.config, "attn": args.attn, "device": args.device, "impl": "pytorch",
-              "torch": torch.__version__, "params": params,
+              "torch": torch.__version__, "attention_impl": args.attention_impl, "params": params,
               "batch": inputs.shape[0], "step_ms": round(median, 2), "step_ms_min": round(times[0], 2),
               "loss": round(loss_value, 4),
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

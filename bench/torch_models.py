@@ -20,6 +20,10 @@ def normalize_metric(s):
 class Attention(nn.Module):
     """qkv output is [q | k | v], each split into H heads of dh (qkv(x).view(B, N, 3, H, dh))."""
 
+    # "sdpa": F.scaled_dot_product_attention where this PyTorch has it; "explicit": softmax(q k^T / sqrt(dh)) v
+    # as three ops. Benchmarks time both: which is faster depends on the shapes and the PyTorch build.
+    implementation = "sdpa"
+
     def __init__(self, dim, heads, elliptical=False, m_mode="causal"):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
@@ -42,8 +46,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.elliptical and v_prev is not None:
             q = q * self.metric(v, v_prev)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal) if hasattr(F, "scaled_dot_product_attention") \
-            else explicit_attention(q, k, v, causal)
+        fused = self.implementation == "sdpa" and hasattr(F, "scaled_dot_product_attention")
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal) if fused else explicit_attention(q, k, v, causal)
         return self.proj(out.transpose(1, 2).reshape(b, n, d)), v
 
 

@@ -33,7 +33,7 @@ double peak_rss_mib() {
 
 // Times `step` (one training step returning its loss) and prints the JSON line of the configuration.
 void time_steps(const BenchFlags& flags, std::string_view config, nn::AttentionKind attention, const nn::Module& model,
-                std::int64_t items_per_step, const std::function<double()>& step) {
+                std::int64_t items_per_step, double step_flops, const std::function<double()>& step) {
   Backend& backend = backend_for(flags.device);
   // Kernels may still run when a step returns: wait for them before each reading of the clock.
   auto now = [&] {
@@ -56,10 +56,14 @@ void time_steps(const BenchFlags& flags, std::string_view config, nn::AttentionK
       flags.device.is_cpu() ? ""
                             : fmt::format(", \"tf32\": {}, \"peak_gpu_mib\": {:.1f}", flags.tf32,
                                           static_cast<double>(backend.peak_memory_bytes()) / (1024.0 * 1024.0));
+  // step_gflop counts the step's matrix products (gpt_step_flops, vit_step_flops); gflops is that over the median
+  // step, so it compares with a GEMM's rate (build/bench_matmul) as the distance to the step's GEMM floor.
   fmt::print("{{\"config\": \"{}\", \"attn\": \"{}\", \"device\": \"{}\", \"params\": {}, \"step_ms\": {:.2f}, "
-             "\"step_ms_min\": {:.2f}, \"items_per_s\": {:.0f}, \"loss\": {:.4f}, \"peak_rss_mib\": {:.1f}{}}}\n",
+             "\"step_ms_min\": {:.2f}, \"items_per_s\": {:.0f}, \"step_gflop\": {:.3f}, \"gflops\": {:.1f}, "
+             "\"loss\": {:.4f}, \"peak_rss_mib\": {:.1f}{}}}\n",
              config, nn::attention_kind_name(attention), flags.device.str(), model.parameter_count(), median, times[0],
-             static_cast<double>(items_per_step) / median * 1e3, loss_value, peak_rss_mib(), device_memory);
+             static_cast<double>(items_per_step) / median * 1e3, step_flops / 1e9, step_flops / median / 1e6,
+             loss_value, peak_rss_mib(), device_memory);
   std::fflush(stdout);
 }
 
@@ -85,7 +89,7 @@ void bench_gpt(const BenchFlags& flags, nn::AttentionKind attention) {
   Generator gen(flags.seed + 1);
   const Tensor inputs = randint({config.batch, config.seq_len}, kVocab, gen, flags.device);
   const Tensor targets = randint({config.batch, config.seq_len}, kVocab, gen, flags.device);
-  time_steps(flags, config.name, attention, model, config.batch * config.seq_len,
+  time_steps(flags, config.name, attention, model, config.batch * config.seq_len, gpt_step_flops(config),
              [&] { return train_step(optimizer, [&] { return model.forward(inputs); }, targets); });
 }
 
@@ -99,7 +103,7 @@ void bench_vit(const BenchFlags& flags, nn::AttentionKind attention) {
   Generator gen(flags.seed + 1);
   const Tensor images = uniform({config.batch, config.image, config.image}, 0, 1, gen, DType::f32, flags.device);
   const Tensor targets = randint({config.batch}, config.classes, gen, flags.device);
-  time_steps(flags, config.name, attention, model, config.batch,
+  time_steps(flags, config.name, attention, model, config.batch, vit_step_flops(config),
              [&] { return train_step(optimizer, [&] { return model.forward(images); }, targets); });
 }
 

@@ -31,6 +31,13 @@ GPTConfig gpt_preset(std::string_view name, std::int64_t vocab) {
   return config;
 }
 
+double gpt_step_flops(const GPTConfig& c) {
+  const double tokens = static_cast<double>(c.batch * c.seq_len), d = static_cast<double>(c.d_model);
+  constexpr double kWeightsPerD2 = 12;  // qkv 3 d^2, proj d^2, and the 4x MLP's 8 d^2
+  const double per_layer = 6 * tokens * kWeightsPerD2 * d * d + 12 * tokens * static_cast<double>(c.seq_len) * d;
+  return static_cast<double>(c.n_layer) * per_layer + 6 * tokens * d * static_cast<double>(c.vocab);
+}
+
 GPT::GPT(const GPTConfig& config, std::uint64_t seed) : config_(config), gen_(seed) {
   ELLIPSE_CHECK(config.n_layer > 0 && config.seq_len > 0 && config.vocab > 0,
                 "gpt: n_layer ({}), seq_len ({}) and vocab ({}) must be positive", config.n_layer, config.seq_len,

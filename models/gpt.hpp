@@ -27,6 +27,11 @@ struct GPTConfig {
 // (L=2, d=32, H=2, T=32, batch 4; for tests).
 GPTConfig gpt_preset(std::string_view name, std::int64_t vocab);
 
+// The matrix-product FLOPs of one training step (forward and backward) at the config's batch and seq_len:
+// 6 per weight per token in the linear layers and the head, and 12 B N^2 d per layer for the two products
+// of attention over all N keys. What a step's GEMM floor is computed from (`ellipse bench`).
+double gpt_step_flops(const GPTConfig& config);
+
 class GPT : public nn::Module {
  public:
   explicit GPT(const GPTConfig& config, std::uint64_t seed = 0);

@@ -32,6 +32,16 @@ void validate(const ViTConfig& c) {
 }
 }  // namespace
 
+double vit_step_flops(const ViTConfig& c) {
+  const double batch = static_cast<double>(c.batch), n = static_cast<double>(c.tokens());
+  const double d = static_cast<double>(c.d_model), tokens = batch * n;
+  const double patches = batch * static_cast<double>(c.patches_per_side() * c.patches_per_side());
+  constexpr double kWeightsPerD2 = 12;  // qkv 3 d^2, proj d^2, and the 4x MLP's 8 d^2
+  const double per_layer = 6 * tokens * kWeightsPerD2 * d * d + 12 * tokens * n * d;
+  return static_cast<double>(c.n_layer) * per_layer + 4 * patches * static_cast<double>(c.patch * c.patch) * d +
+         6 * batch * d * static_cast<double>(c.classes);
+}
+
 ViT::ViT(const ViTConfig& config, std::uint64_t seed) : config_(config), gen_(seed) {
   validate(config);
   const nn::BlockConfig block{.dim = config.d_model,
