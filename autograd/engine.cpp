@@ -61,6 +61,15 @@ std::string shapes_of(const std::vector<Tensor>& tensors) {
   return text;
 }
 
+std::string shapes_of(const std::vector<Edge>& edges) {
+  std::string text;
+  for (const auto& edge : edges) {
+    if (!text.empty()) text += ", ";
+    text += to_string(edge.shape);
+  }
+  return text;
+}
+
 // Throws when an op turned inputs without NaN (Inf) into an output with one.
 void check_forward(std::string_view op, const Tensor& output, const std::vector<Tensor>& inputs) {
   const NonFinite out = scan(output);
@@ -88,21 +97,22 @@ void check_backward(const Node& node, const Tensor& grad_output, const std::vect
   }
 }
 
-// Tensors with a grad_fn reachable from root, every tensor after all tensors that consume it. Holds
-// owning pointers: freeing a node's inputs during the sweep must not free tensors still to be visited.
-std::vector<std::shared_ptr<TensorImpl>> topological_order(const std::shared_ptr<TensorImpl>& root) {
-  std::vector<std::shared_ptr<TensorImpl>> order;
-  std::unordered_set<TensorImpl*> visited{root.get()};
+// The nodes reachable from root, each after all nodes that consume its output. Holds owning pointers:
+// freeing a node's edges during the sweep must not free nodes still to be visited; the sweep drops each
+// pointer once it has run that node, so that what the node saved is freed then.
+std::vector<std::shared_ptr<Node>> topological_order(const std::shared_ptr<Node>& root) {
+  std::vector<std::shared_ptr<Node>> order;
+  std::unordered_set<Node*> visited{root.get()};
   // Iterative depth-first search: long graphs must not overflow the call stack.
-  std::vector<std::pair<std::shared_ptr<TensorImpl>, std::size_t>> stack{{root, 0}};
+  std::vector<std::pair<std::shared_ptr<Node>, std::size_t>> stack{{root, 0}};
   while (!stack.empty()) {
-    auto& [impl, next_input] = stack.back();
-    const auto& inputs = impl->grad_fn->inputs;
+    auto& [node, next_input] = stack.back();
+    const auto& inputs = node->inputs;
     if (next_input < inputs.size()) {
-      const auto& input = inputs[next_input++].impl();
-      if (input->grad_fn && visited.insert(input.get()).second) stack.emplace_back(input, 0);
+      const auto& input = inputs[next_input++].node;
+      if (input && visited.insert(input.get()).second) stack.emplace_back(input, 0);
     } else {
-      order.push_back(impl);
+      order.push_back(node);
       stack.pop_back();
     }
   }
@@ -129,18 +139,15 @@ void accumulate_leaf(const Tensor& leaf, const Tensor& grad) {
 }
 }  // namespace
 
-// Freeing a node frees its inputs, whose nodes free theirs: a long graph that is dropped without a
-// backward (or kept with retain_graph) would recurse once per op and overflow the stack. Instead, nodes
-// that die with this one are collected and freed one at a time, each after its own inputs were taken.
+// Freeing a node frees the nodes behind its edges, which free theirs: a long graph that is dropped without
+// a backward (or kept with retain_graph) would recurse once per op and overflow the stack. Instead, nodes
+// that die with this one are collected and freed one at a time, each after its own edges were taken.
 Node::~Node() {
   std::vector<std::shared_ptr<Node>> dying;
-  auto take_inputs = [&dying](std::vector<Tensor>& tensors) {
-    for (auto& t : tensors) {
-      const auto& impl = t.impl();
-      if (impl && impl.use_count() == 1 && impl->grad_fn && impl->grad_fn.use_count() == 1)
-        dying.push_back(std::move(impl->grad_fn));
-    }
-    tensors.clear();
+  auto take_inputs = [&dying](std::vector<Edge>& edges) {
+    for (auto& edge : edges)
+      if (edge.node && edge.node.use_count() == 1) dying.push_back(std::move(edge.node));
+    edges.clear();
   };
   take_inputs(inputs);
   while (!dying.empty()) {
@@ -162,8 +169,19 @@ Tensor record(std::string_view op, Tensor output, std::vector<Tensor> inputs, Ba
   bool any = false;
   for (const auto& input : inputs) any = any || (input.defined() && input.requires_grad());
   if (!any) return output;
+  std::vector<Edge> edges(inputs.size());
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor& input = inputs[i];
+    if (!input.defined()) continue;
+    Edge& edge = edges[i];
+    edge.shape = input.shape();
+    edge.dtype = input.dtype();
+    edge.device = input.device();
+    if (input.grad_fn()) edge.node = input.grad_fn();
+    else if (input.requires_grad()) edge.leaf = input.impl();
+  }
   output.impl()->requires_grad = true;
-  output.impl()->grad_fn = std::make_shared<Node>(Node{op, std::move(inputs), std::move(backward), {}});
+  output.impl()->grad_fn = std::make_shared<Node>(Node{op, std::move(edges), std::move(backward), {}});
   return output;
 }
 
@@ -188,28 +206,30 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
     return;
   }
 
-  std::unordered_map<TensorImpl*, Tensor> pending{{root.impl().get(), seed}};
-  for (const auto& owner : topological_order(root.impl())) {
-    TensorImpl* impl = owner.get();
-    Node& node = *impl->grad_fn;
+  // The gradient waiting for each node's output, keyed by the node (one node makes one output).
+  std::unordered_map<Node*, Tensor> pending{{root.grad_fn().get(), seed}};
+  std::vector<std::shared_ptr<Node>> order = topological_order(root.grad_fn());
+  for (auto& owner : order) {
+    Node& node = *owner;
     ELLIPSE_CHECK(node.backward != nullptr,
                   "backward: the graph through '{}' was already freed by an earlier backward; pass "
                   "retain_graph=true to backpropagate twice",
                   node.op);
-    auto found = pending.find(impl);
+    auto found = pending.find(&node);
     if (found == pending.end()) continue;  // no gradient flows here
     const Tensor grad_output = std::move(found->second);
     pending.erase(found);
 
     std::vector<bool> needs(node.inputs.size());
-    for (std::size_t i = 0; i < needs.size(); ++i) needs[i] = node.inputs[i].defined() && node.inputs[i].requires_grad();
-    if (node.accumulate && needs.size() == 1 && needs[0] && node.inputs[0].grad_fn() && !anomaly_mode_enabled) {
-      const Tensor& input = node.inputs[0];
-      Tensor& slot = pending[input.impl().get()];
-      if (!slot.defined()) slot = zeros(input.shape(), input.dtype(), input.device());
+    for (std::size_t i = 0; i < needs.size(); ++i) needs[i] = node.inputs[i].requires_grad();
+    if (node.accumulate && needs.size() == 1 && node.inputs[0].node && !anomaly_mode_enabled) {
+      const Edge& input = node.inputs[0];
+      Tensor& slot = pending[input.node.get()];
+      if (!slot.defined()) slot = zeros(input.shape, input.dtype, input.device);
       else if (!owns_buffer(slot)) slot = slot.clone();  // another rule's output may alias a live tensor
       node.accumulate(grad_output, slot);
       if (!retain_graph) free_node(node);
+      owner.reset();  // what the rule saved goes now, not when backward ends
       continue;
     }
     std::vector<Tensor> grads;
@@ -223,17 +243,19 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
     if (anomaly_mode_enabled) check_backward(node, grad_output, grads);
     for (std::size_t i = 0; i < grads.size(); ++i) {
       if (!needs[i] || !grads[i].defined()) continue;
-      const Tensor& input = node.inputs[i];
-      ELLIPSE_CHECK(grads[i].shape() == input.shape(), "backward of '{}': gradient {} for input {} of shape {}",
-                    node.op, to_string(grads[i].shape()), i, to_string(input.shape()));
-      if (input.grad_fn()) {
-        Tensor& slot = pending[input.impl().get()];
+      const Edge& input = node.inputs[i];
+      ELLIPSE_CHECK(grads[i].shape() == input.shape, "backward of '{}': gradient {} for input {} of shape {}",
+                    node.op, to_string(grads[i].shape()), i, to_string(input.shape));
+      if (input.node) {
+        Tensor& slot = pending[input.node.get()];
         slot = slot.defined() ? add(slot, grads[i]) : grads[i];
       } else {
-        accumulate_leaf(input, grads[i]);
+        accumulate_leaf(Tensor(input.leaf), grads[i]);
       }
     }
+    grads.clear();
     if (!retain_graph) free_node(node);
+    owner.reset();  // what the rule saved goes now, not when backward ends
   }
 }
 

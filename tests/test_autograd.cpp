@@ -106,11 +106,11 @@ TEST_CASE("only leaves keep gradients; inputs that do not require grad get none"
 
 TEST_CASE("retain_graph allows a second backward; without it the graph is freed") {
   Tensor x = vec({1, 2, 3}).requires_grad_();
-  std::weak_ptr<TensorImpl> intermediate;
+  std::weak_ptr<Storage> intermediate;  // h's memory: what mul's rule saved
   Tensor loss;
   {
     const Tensor h = exp(x);
-    intermediate = h.impl();
+    intermediate = h.storage();
     loss = sum(mul(h, h));
   }
   CHECK_FALSE(intermediate.expired());  // the graph keeps h alive
@@ -323,6 +323,37 @@ TEST_CASE("where and masked_fill route gradients by the condition") {
   Tensor s = from_vector<double>({1, 2, 3, 4}, {2, 2}).requires_grad_();
   sum(masked_fill(s, causal_mask(2), -1e9)).backward();
   CHECK(values(s.grad()) == std::vector<double>{1, 0, 1, 1});
+}
+
+TEST_CASE("the graph keeps only what backward rules read, and backward frees it rule by rule") {
+  Tensor x = vec({1, 2, 3}).requires_grad_();
+  // add and mul-by-a-scalar read none of their inputs: h's memory goes with the forward's last handle on it.
+  std::weak_ptr<Storage> unread;
+  Tensor loss;
+  {
+    const Tensor h = mul(x, 2.0);
+    unread = h.storage();
+    loss = sum(add(h, x));
+  }
+  CHECK(unread.expired());
+  loss.backward({}, true);
+  CHECK(values(x.grad()) == std::vector<double>{3, 3, 3});
+
+  // exp's rule reads its output e; once that rule has run, e is freed, before the rules below it run.
+  std::weak_ptr<Storage> saved;
+  bool freed_before_next_rule = false;
+  {
+    const Tensor probe = record("probe", x.detach().clone(), {x}, [&](const Tensor& g, const std::vector<bool>&) {
+      freed_before_next_rule = saved.expired();
+      return std::vector{g};
+    });
+    const Tensor e = exp(probe);
+    saved = e.storage();
+    loss = sum(e);
+  }
+  CHECK_FALSE(saved.expired());  // exp's rule will need it
+  loss.backward();
+  CHECK(freed_before_next_rule);
 }
 
 TEST_CASE("record makes nodes only when an input requires grad") {

@@ -25,13 +25,17 @@ Tensor unary_kernel(std::string_view op, UnaryOp kind, const Tensor& x, double a
   return out;
 }
 
-// An op y = f(x) whose gradient is g * dy/dx, with dy/dx computed by `derivative(x, y)`.
+// Which one tensor a unary op's derivative reads: the node saves only that one for backward.
+enum class Reads { input, output };
+
+// An op y = f(x) whose gradient is g * dy/dx, with dy/dx computed by `derivative(t)` from t = x or t = y.
 template <class Derivative>
-Tensor unary_op(std::string_view op, UnaryOp kind, const Tensor& x, Derivative derivative, double a = 0,
-                double b = 0) {
+Tensor unary_op(std::string_view op, UnaryOp kind, const Tensor& x, Reads reads, Derivative derivative,
+                double a = 0, double b = 0) {
   Tensor y = unary_kernel(op, kind, x, a, b);
-  return record(op, y, {x}, [x = x.detach(), y = y.detach(), derivative](const Tensor& g, const std::vector<bool>&) {
-    return std::vector{mul(g, derivative(x, y))};
+  const Tensor saved = (reads == Reads::input ? x : y).detach();
+  return record(op, y, {x}, [saved, derivative](const Tensor& g, const std::vector<bool>&) {
+    return std::vector{mul(g, derivative(saved))};
   });
 }
 
@@ -89,52 +93,52 @@ Tensor neg(const Tensor& x) {
 }
 
 Tensor pow(const Tensor& x, double exponent) {
-  return unary_op("pow", UnaryOp::pow_scalar, x, [exponent](const Tensor& in, const Tensor&) {
+  return unary_op("pow", UnaryOp::pow_scalar, x, Reads::input, [exponent](const Tensor& in) {
     return mul(pow(in, exponent - 1.0), exponent);
   }, exponent);
 }
 
 Tensor exp(const Tensor& x) {
-  return unary_op("exp", UnaryOp::exp, x, [](const Tensor&, const Tensor& y) { return y; });
+  return unary_op("exp", UnaryOp::exp, x, Reads::output, [](const Tensor& y) { return y; });
 }
 
 Tensor log(const Tensor& x) {
-  return unary_op("log", UnaryOp::log, x, [](const Tensor& in, const Tensor&) { return pow(in, -1.0); });
+  return unary_op("log", UnaryOp::log, x, Reads::input, [](const Tensor& in) { return pow(in, -1.0); });
 }
 
 Tensor sqrt(const Tensor& x) {
-  return unary_op("sqrt", UnaryOp::sqrt, x, [](const Tensor&, const Tensor& y) { return div(pow(y, -1.0), 2.0); });
+  return unary_op("sqrt", UnaryOp::sqrt, x, Reads::output, [](const Tensor& y) { return div(pow(y, -1.0), 2.0); });
 }
 
 Tensor abs(const Tensor& x) {
-  return unary_op("abs", UnaryOp::abs, x,
-                  [](const Tensor& in, const Tensor&) { return unary_kernel("abs", UnaryOp::sign, in); });
+  return unary_op("abs", UnaryOp::abs, x, Reads::input,
+                  [](const Tensor& in) { return unary_kernel("abs", UnaryOp::sign, in); });
 }
 
 Tensor clamp(const Tensor& x, double low, double high) {
   ELLIPSE_CHECK(low <= high, "clamp: low ({}) must not exceed high ({})", low, high);
-  return unary_op("clamp", UnaryOp::clamp, x, [low, high](const Tensor& in, const Tensor&) {
+  return unary_op("clamp", UnaryOp::clamp, x, Reads::input, [low, high](const Tensor& in) {
     return unary_kernel("clamp", UnaryOp::inside, in, low, high);
   }, low, high);
 }
 
 Tensor tanh(const Tensor& x) {
-  return unary_op("tanh", UnaryOp::tanh, x, [](const Tensor&, const Tensor& y) { return rsub(mul(y, y), 1.0); });
+  return unary_op("tanh", UnaryOp::tanh, x, Reads::output, [](const Tensor& y) { return rsub(mul(y, y), 1.0); });
 }
 
 Tensor sigmoid(const Tensor& x) {
-  return unary_op("sigmoid", UnaryOp::sigmoid, x,
-                  [](const Tensor&, const Tensor& y) { return mul(y, rsub(y, 1.0)); });
+  return unary_op("sigmoid", UnaryOp::sigmoid, x, Reads::output,
+                  [](const Tensor& y) { return mul(y, rsub(y, 1.0)); });
 }
 
 Tensor relu(const Tensor& x) {
-  return unary_op("relu", UnaryOp::relu, x,
-                  [](const Tensor& in, const Tensor&) { return unary_kernel("relu", UnaryOp::step, in); });
+  return unary_op("relu", UnaryOp::relu, x, Reads::input,
+                  [](const Tensor& in) { return unary_kernel("relu", UnaryOp::step, in); });
 }
 
 Tensor gelu(const Tensor& x) {
-  return unary_op("gelu", UnaryOp::gelu, x,
-                  [](const Tensor& in, const Tensor&) { return unary_kernel("gelu", UnaryOp::gelu_grad, in); });
+  return unary_op("gelu", UnaryOp::gelu, x, Reads::input,
+                  [](const Tensor& in) { return unary_kernel("gelu", UnaryOp::gelu_grad, in); });
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
