@@ -25,6 +25,11 @@ Backend& backend_for(Device device) {
        device.str());
 }
 
+void Backend::linear(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out) {
+  copy(bias.expand(out.shape()), out);
+  matmul(a, b, out, /*accumulate=*/true);
+}
+
 void Backend::set_tf32(bool on) {
   ELLIPSE_CHECK(!on, "tf32: device {} has no TF32 mode (a CUDA option)", device().str());
 }

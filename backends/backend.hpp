@@ -23,11 +23,13 @@ enum class UnaryOp {
   // Derivatives used by backward rules, as functions of the forward input x.
   sign,         // -1, 0, 1
   step,         // 1 where x > 0 (relu')
-  gelu_grad,    // d gelu / dx
   inside,       // 1 where a <= x <= b (clamp')
 };
 
-enum class BinaryOp { add, sub, mul, div, eq };
+enum class BinaryOp {
+  add, sub, mul, div, eq,
+  gelu_backward,  // a * gelu'(b): GELU's backward in one pass, a the output's gradient and b the forward input
+};
 
 enum class ReduceOp { sum, max };
 
@@ -81,6 +83,10 @@ class Backend {
   // broadcast to out's; the last two dims of each may be row- or column-major (transposed views).
   // out is contiguous. When `accumulate`, adds into out instead of overwriting it.
   virtual void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate = false) = 0;
+  // A linear layer's forward: out[rows, N] = bias[N] + a[rows, K] @ b[K, N], with a, b as in matmul and bias
+  // contiguous. This default copies the bias rows into out and accumulates the product onto them; a backend
+  // whose GEMM can start from the bias overrides it and saves that pass over out.
+  virtual void linear(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out);
 
   // Softmax along the middle axis of contiguous [outer, n, inner]; `log` gives log_softmax.
   virtual void softmax(const Tensor& x, const Tensor& y, std::int64_t outer, std::int64_t n, std::int64_t inner,

@@ -137,8 +137,11 @@ Tensor relu(const Tensor& x) {
 }
 
 Tensor gelu(const Tensor& x) {
-  return unary_op("gelu", UnaryOp::gelu, x, Reads::input,
-                  [](const Tensor& in) { return unary_kernel("gelu", UnaryOp::gelu_grad, in); });
+  Tensor y = unary_kernel("gelu", UnaryOp::gelu, x);
+  // g * gelu'(x) in one kernel: the derivative is never stored.
+  return record("gelu", y, {x}, [x = x.detach()](const Tensor& g, const std::vector<bool>&) {
+    return std::vector{binary_kernel("gelu", BinaryOp::gelu_backward, g, x)};
+  });
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {

@@ -60,10 +60,9 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Shape shape = x.shape();
   shape.back() = out_features;
   Tensor out = empty(shape, x.dtype(), x.device());
-  // The GEMM adds into the bias rows: one pass over the output instead of a product and then a sum.
-  const Tensor out_rows = out.view({rows, out_features});
-  backend.copy(bias.detach().expand({rows, out_features}), out_rows);
-  backend.matmul(reshape(x.detach(), {rows, in}), transpose(weight.detach(), 0, 1), out_rows, /*accumulate=*/true);
+  // One call for product and bias: no separate pass over the output adding the bias.
+  backend.linear(reshape(x.detach(), {rows, in}), transpose(weight.detach(), 0, 1), contiguous(bias.detach()),
+                 out.view({rows, out_features}));
 
   return record(op, out, {x, weight, bias}, [x = x.detach(), weight = weight.detach(), rows, in, out_features](
                                                 const Tensor& g, const std::vector<bool>& needs) {

@@ -33,6 +33,7 @@ class CpuBackend final : public Backend {
               bool reverse) override;
 
   void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) override;
+  void linear(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out) override;
 
   void softmax(const Tensor& x, const Tensor& y, std::int64_t outer, std::int64_t n, std::int64_t inner,
                bool log) override;

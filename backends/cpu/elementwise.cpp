@@ -69,7 +69,6 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a,
       case UnaryOp::clamp: return map1<T>(x, out, [ta, tb](T v) { return std::min(std::max(v, ta), tb); });
       case UnaryOp::sign: return map1<T>(x, out, [](T v) { return T((v > T(0)) - (v < T(0))); });
       case UnaryOp::step: return map1<T>(x, out, [](T v) { return v > T(0) ? T(1) : T(0); });
-      case UnaryOp::gelu_grad: return map1<T>(x, out, [](T v) { return cpu::gelu_grad_fast(v); });
       case UnaryOp::inside: return map1<T>(x, out, [ta, tb](T v) { return v >= ta && v <= tb ? T(1) : T(0); });
     }
   });
@@ -88,6 +87,10 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
       case BinaryOp::mul: return run([](T x, T y) { return x * y; });
       case BinaryOp::div: return run([](T x, T y) { return x / y; });
       case BinaryOp::eq: return run([](T x, T y) { return x == y ? T(1) : T(0); });
+      case BinaryOp::gelu_backward:
+        // Integer tensors never get here: gelu's backward rule is the only caller.
+        if constexpr (std::is_floating_point_v<T>) run([](T g, T x) { return g * cpu::gelu_grad_fast(x); });
+        return;
     }
   });
 }

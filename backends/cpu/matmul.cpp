@@ -102,4 +102,16 @@ void CpuBackend::matmul(const Tensor& a_in, const Tensor& b_in, const Tensor& ou
   });
 }
 
+void CpuBackend::linear(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out) {
+  // The own GEMM starts each output tile from the bias; elsewhere the base class copies it in first.
+  if (out.dtype() != DType::f32 || !cpu::sgemm_available() || out.numel() == 0 || a.shape()[1] == 0) {
+    Backend::linear(a, b, bias, out);
+    return;
+  }
+  const auto& sa = a.strides();
+  const auto& sb = b.strides();
+  cpu::sgemm(out.shape()[0], out.shape()[1], a.shape()[1], a.data<float>(), sa[0], sa[1], b.data<float>(), sb[0], sb[1],
+             out.data<float>(), out.shape()[1], /*accumulate=*/false, bias.data<float>());
+}
+
 }  // namespace ellipse

@@ -37,18 +37,20 @@ PackBuffers& pack_buffers() {
 
 // a[0:mc, 0:kc] into panels of kMR rows: panel p holds, for each depth index, its kMR values (zero past mc).
 // (pack_a and pack_b are not inlined so that profiles show them apart from the micro-kernel.)
-__attribute__((noinline)) void pack_a(std::int64_t mc, std::int64_t kc, const float* a, std::int64_t a_row,
+__attribute__((noinline, target("avx512f"))) void pack_a(std::int64_t mc, std::int64_t kc, const float* a, std::int64_t a_row,
                                       std::int64_t a_col, float* dst) {
   for (std::int64_t i0 = 0; i0 < mc; i0 += kMR) {
     const std::int64_t rows = std::min(kMR, mc - i0);
     float* panel = dst + i0 * kc;
     const float* block = a + i0 * a_row;
-    if (rows < kMR) {
+    if (a_row == 1) {  // columns of a are contiguous (a transposed view): one masked vector per depth index
+      constexpr __mmask16 kTile = (1u << kMR) - 1;
+      const auto valid = static_cast<__mmask16>((1u << rows) - 1);  // zeros past the last row
+      for (std::int64_t p = 0; p < kc; ++p)
+        _mm512_mask_storeu_ps(panel + p * kMR, kTile, _mm512_maskz_loadu_ps(valid, block + p * a_col));
+    } else if (rows < kMR) {
       for (std::int64_t p = 0; p < kc; ++p)
         for (std::int64_t i = 0; i < kMR; ++i) panel[p * kMR + i] = i < rows ? block[i * a_row + p * a_col] : 0.0f;
-    } else if (a_row == 1) {  // columns of a are contiguous: each depth index copies kMR adjacent values
-      for (std::int64_t p = 0; p < kc; ++p)
-        for (std::int64_t i = 0; i < kMR; ++i) panel[p * kMR + i] = block[p * a_col + i];
     } else {  // kMR rows read side by side, so each of their cache lines is used while it is in L1
       const float* row[kMR];
       for (std::int64_t i = 0; i < kMR; ++i) row[i] = block + i * a_row;
@@ -58,19 +60,61 @@ __attribute__((noinline)) void pack_a(std::int64_t mc, std::int64_t kc, const fl
   }
 }
 
+// The 16 x 16 block src[r * src_stride + c] (r, c < 16) into dst[c * dst_stride + r]: four rounds of
+// shuffles, since AVX-512 has no transpose and gathers are slow.
+__attribute__((target("avx512f"))) inline void transpose16x16(const float* src, std::int64_t src_stride, float* dst, std::int64_t dst_stride) {
+  // (The zero-masking forms with every lane selected: GCC 12's plain forms warn of an uninitialised operand.)
+  constexpr __mmask16 kAll = 0xffff;
+  constexpr __mmask8 kAll8 = 0xff;
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 16; i += 2) {  // interleave pairs of rows element by element
+    t[i] = _mm512_maskz_unpacklo_ps(kAll, r[i], r[i + 1]);
+    t[i + 1] = _mm512_maskz_unpackhi_ps(kAll, r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // then pairs of elements
+    for (int h = 0; h < 2; ++h) {
+      const __m512d a = _mm512_castps_pd(t[i + h]), b = _mm512_castps_pd(t[i + h + 2]);
+      r[i + h] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, a, b));
+      r[i + h + 2] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, a, b));
+    }
+  }
+  for (int i = 0; i < 16; i += 8) {  // then 128-bit lanes, four rows apart
+    for (int h = 0; h < 4; ++h) {
+      t[i + h] = _mm512_maskz_shuffle_f32x4(kAll, r[i + h], r[i + h + 4], 0x88);
+      t[i + h + 4] = _mm512_maskz_shuffle_f32x4(kAll, r[i + h], r[i + h + 4], 0xdd);
+    }
+  }
+  for (int h = 0; h < 8; ++h) {  // and lanes eight rows apart
+    r[h] = _mm512_maskz_shuffle_f32x4(kAll, t[h], t[h + 8], 0x88);
+    r[h + 8] = _mm512_maskz_shuffle_f32x4(kAll, t[h], t[h + 8], 0xdd);
+  }
+  // After the four rounds, register i holds output row kOrder[i] (the first round pairs rows 2i and 2i+1).
+  static constexpr int kOrder[16] = {0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15};
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + kOrder[i] * dst_stride, r[i]);
+}
+
 // b[0:kc, 0:nc] into panels of kNR columns: panel q holds, for each depth index, its kNR values (zero past nc).
-__attribute__((noinline)) void pack_b(std::int64_t kc, std::int64_t nc, const float* b, std::int64_t b_row,
+__attribute__((noinline, target("avx512f"))) void pack_b(std::int64_t kc, std::int64_t nc, const float* b, std::int64_t b_row,
                                       std::int64_t b_col, float* dst) {
   for (std::int64_t j0 = 0; j0 < nc; j0 += kNR) {
     const std::int64_t cols = std::min(kNR, nc - j0);
     float* panel = dst + j0 * kc;
-    if (b_col == 1) {  // rows of b are contiguous: copy kNR at a time
+    if (b_col == 1) {  // rows of b are contiguous: two (masked) vectors per depth index
+      const auto mask0 = static_cast<__mmask16>(cols >= 16 ? 0xffff : (1u << cols) - 1);
+      const auto mask1 = static_cast<__mmask16>(cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
       for (std::int64_t p = 0; p < kc; ++p) {
         const float* src = b + p * b_row + j0;
-        float* out = panel + p * kNR;
-        for (std::int64_t j = 0; j < cols; ++j) out[j] = src[j];
-        for (std::int64_t j = cols; j < kNR; ++j) out[j] = 0.0f;
+        _mm512_store_ps(panel + p * kNR, _mm512_maskz_loadu_ps(mask0, src));
+        _mm512_store_ps(panel + p * kNR + 16, _mm512_maskz_loadu_ps(mask1, src + 16));
       }
+    } else if (b_row == 1 && cols == kNR) {  // b is a transposed view: 16 x 16 blocks transposed in registers
+      const float* block = b + j0 * b_col;
+      const std::int64_t whole = kc / 16 * 16;
+      for (std::int64_t p = 0; p < whole; p += 16)
+        for (std::int64_t j = 0; j < kNR; j += 16) transpose16x16(block + j * b_col + p, b_col, panel + p * kNR + j, kNR);
+      for (std::int64_t j = 0; j < kNR; ++j)
+        for (std::int64_t p = whole; p < kc; ++p) panel[p * kNR + j] = block[j * b_col + p];
     } else {  // columns of b are (closer to) contiguous: read down each column
       for (std::int64_t j = 0; j < kNR; ++j) {
         if (j >= cols) {
@@ -84,13 +128,14 @@ __attribute__((noinline)) void pack_b(std::int64_t kc, std::int64_t nc, const fl
   }
 }
 
-// c[0:rows, 0:cols] (+)= one kMR x kNR tile: kMR rows of a times the packed b panel over depth kc. The
-// rows of a come from a packed panel, or with kDirectA straight from a row-major a with row stride lda
-// (packing those would be a transpose, as costly as the tile's arithmetic when b is narrow).
+// c[0:rows, 0:cols] (+)= one kMR x kNR tile: kMR rows of a times the packed b panel over depth kc, plus the
+// tile's columns of bias when given. The rows of a come from a packed panel, or with kDirectA straight from a
+// row-major a with row stride lda (packing those would be a transpose, as costly as the tile's arithmetic
+// when b is narrow).
 template <bool kDirectA>
 __attribute__((target("avx512f"))) void micro_kernel(std::int64_t kc, const float* pa, std::int64_t lda,
                                                      const float* pb, float* c, std::int64_t ldc, bool accumulate,
-                                                     std::int64_t rows, std::int64_t cols) {
+                                                     const float* bias, std::int64_t rows, std::int64_t cols) {
   __m512 acc[kMR][2];
 #pragma GCC unroll 12
   for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -109,11 +154,17 @@ __attribute__((target("avx512f"))) void micro_kernel(std::int64_t kc, const floa
   // Column masks for a tile cut by the right edge of c; rows past the bottom edge are not stored.
   const auto mask0 = static_cast<__mmask16>(cols >= 16 ? 0xffff : (1u << cols) - 1);
   const auto mask1 = static_cast<__mmask16>(cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0);
+  const __m512 bias0 = bias ? _mm512_maskz_loadu_ps(mask0, bias) : _mm512_setzero_ps();
+  const __m512 bias1 = bias ? _mm512_maskz_loadu_ps(mask1, bias + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 12
   for (int i = 0; i < kMR; ++i) {
     if (i >= rows) break;
     float* out = c + i * ldc;
     __m512 r0 = acc[i][0], r1 = acc[i][1];
+    if (bias) {
+      r0 = _mm512_add_ps(r0, bias0);
+      r1 = _mm512_add_ps(r1, bias1);
+    }
     if (accumulate) {
       r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(mask0, out));
       r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(mask1, out + 16));
@@ -126,7 +177,7 @@ __attribute__((target("avx512f"))) void micro_kernel(std::int64_t kc, const floa
 // One thread's share: the whole product for its rows of a and c (or its columns of b and c).
 void sgemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::int64_t a_row,
                   std::int64_t a_col, const float* b, std::int64_t b_row, std::int64_t b_col, float* c,
-                  std::int64_t ldc, bool accumulate) {
+                  std::int64_t ldc, bool accumulate, const float* bias) {
   PackBuffers& buffers = pack_buffers();
   float* pa = buffers.a.get();
   float* pb = buffers.b.get();
@@ -136,6 +187,7 @@ void sgemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, const float* a
       const std::int64_t kc = std::min(kKC, k - pc);
       pack_b(kc, nc, b + pc * b_row + jc * b_col, b_row, b_col, pb);
       const bool add = accumulate || pc > 0;  // later depth slices add to the first one's result
+      const float* slice_bias = pc == 0 && bias ? bias + jc : nullptr;  // added once, with the first slice
       const bool direct_a = a_col == 1;
       for (std::int64_t ic = 0; ic < m; ic += kMC) {
         const std::int64_t mc = std::min(kMC, m - ic);
@@ -147,12 +199,13 @@ void sgemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, const float* a
         for (std::int64_t jr = 0; jr < nc; jr += kNR) {
           const std::int64_t cols = std::min(kNR, nc - jr);
           float* c_panel = c + ic * ldc + jc + jr;
+          const float* panel_bias = slice_bias ? slice_bias + jr : nullptr;
           for (std::int64_t ir = 0; ir < mc; ir += kMR) {
             if (ir < packed_from) {
-              micro_kernel<true>(kc, a_block + ir * a_row, a_row, pb + jr * kc, c_panel + ir * ldc, ldc, add, kMR,
-                                 cols);
+              micro_kernel<true>(kc, a_block + ir * a_row, a_row, pb + jr * kc, c_panel + ir * ldc, ldc, add,
+                                 panel_bias, kMR, cols);
             } else {
-              micro_kernel<false>(kc, pa + ir * kc, 0, pb + jr * kc, c_panel + ir * ldc, ldc, add,
+              micro_kernel<false>(kc, pa + ir * kc, 0, pb + jr * kc, c_panel + ir * ldc, ldc, add, panel_bias,
                                   std::min(kMR, mc - ir), cols);
             }
           }
@@ -170,13 +223,14 @@ bool sgemm_available() {
 }
 
 void sgemm(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::int64_t a_row, std::int64_t a_col,
-           const float* b, std::int64_t b_row, std::int64_t b_col, float* c, std::int64_t ldc, bool accumulate) {
+           const float* b, std::int64_t b_row, std::int64_t b_col, float* c, std::int64_t ldc, bool accumulate,
+           const float* bias) {
   if (m <= 0 || n <= 0) return;
   // Below about a million multiply-adds the threads' start-up and second packing of b cost more than they save.
   constexpr std::int64_t kParallelFlops = std::int64_t{1} << 20;
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (threads == 1 || m * n * k < kParallelFlops) {
-    sgemm_serial(m, n, k, a, a_row, a_col, b, b_row, b_col, c, ldc, accumulate);
+    sgemm_serial(m, n, k, a, a_row, a_col, b, b_row, b_col, c, ldc, accumulate, bias);
     return;
   }
   // Each thread takes whole register tiles of the longer side of c, so no two threads write one element.
@@ -192,9 +246,10 @@ void sgemm(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::
     if (begin < end) {
       if (split_rows) {
         sgemm_serial(end - begin, n, k, a + begin * a_row, a_row, a_col, b, b_row, b_col, c + begin * ldc, ldc,
-                     accumulate);
+                     accumulate, bias);
       } else {
-        sgemm_serial(m, end - begin, k, a, a_row, a_col, b + begin * b_col, b_row, b_col, c + begin, ldc, accumulate);
+        sgemm_serial(m, end - begin, k, a, a_row, a_col, b + begin * b_col, b_row, b_col, c + begin, ldc, accumulate,
+                     bias ? bias + begin : nullptr);
       }
     }
   }

@@ -10,10 +10,12 @@ namespace ellipse::cpu {
 // Whether this processor can run sgemm below (checked once).
 bool sgemm_available();
 
-// c[i, j] = sum_p a[i, p] b[p, j] (+ c[i, j] when `accumulate`) for i < m, j < n, p < k, with any element
-// strides for a and b (a[i, p] is a[i * a_row + p * a_col]) and c row-major with row stride ldc. Runs on
-// the OpenMP threads when called outside a parallel region and the product is large enough; k >= 1.
+// c[i, j] = sum_p a[i, p] b[p, j] (+ c[i, j] when `accumulate`) (+ bias[j] when bias is given) for i < m,
+// j < n, p < k, with any element strides for a and b (a[i, p] is a[i * a_row + p * a_col]) and c row-major
+// with row stride ldc. Runs on the OpenMP threads when called outside a parallel region and the product is
+// large enough; k >= 1.
 void sgemm(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::int64_t a_row, std::int64_t a_col,
-           const float* b, std::int64_t b_row, std::int64_t b_col, float* c, std::int64_t ldc, bool accumulate);
+           const float* b, std::int64_t b_row, std::int64_t b_col, float* c, std::int64_t ldc, bool accumulate,
+           const float* bias = nullptr);
 
 }  // namespace ellipse::cpu

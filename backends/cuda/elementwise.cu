@@ -60,7 +60,6 @@ void unary_typed(const cuda::DeviceState& s, UnaryOp op, const Tensor& x, const 
     case UnaryOp::clamp: return map1<T>(s, x, out, [ta, tb] __device__(T v) { return fmin(fmax(v, ta), tb); });
     case UnaryOp::sign: return map1<T>(s, x, out, [] __device__(T v) { return T((v > T(0)) - (v < T(0))); });
     case UnaryOp::step: return map1<T>(s, x, out, [] __device__(T v) { return v > T(0) ? T(1) : T(0); });
-    case UnaryOp::gelu_grad: return map1<T>(s, x, out, [] __device__(T v) { return gelu_grad(v); });
     case UnaryOp::inside:
       return map1<T>(s, x, out, [ta, tb] __device__(T v) { return v >= ta && v <= tb ? T(1) : T(0); });
   }
@@ -83,6 +82,10 @@ void binary_typed(const cuda::DeviceState& s, BinaryOp op, const Tensor& a, cons
     case BinaryOp::mul: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x * y; });
     case BinaryOp::div: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x / y; });
     case BinaryOp::eq: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x == y ? T(1) : T(0); });
+    case BinaryOp::gelu_backward:
+      // Integer tensors never get here: gelu's backward rule is the only caller.
+      if constexpr (std::is_floating_point_v<T>) map2<T>(s, a, b, out, [] __device__(T g, T x) { return g * gelu_grad(x); });
+      return;
   }
 }
 
