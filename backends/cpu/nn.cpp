@@ -194,11 +194,9 @@ void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor&
       for (std::int64_t r = begin; r < end; ++r) {
         const T* in = x.data<T>() + r * n;
         T* out = y.data<T>() + r * n;
-        T sum = 0;
-        for (std::int64_t j = 0; j < n; ++j) sum += in[j];
-        const T mu = sum / T(n);
-        T squares = 0;  // two passes: the one-pass formula cancels badly when |mean| >> std
-        for (std::int64_t j = 0; j < n; ++j) squares += (in[j] - mu) * (in[j] - mu);
+        const T mu = lane_sum<T>(n, [in](std::int64_t j) { return in[j]; }) / T(n);
+        // Two passes: the one-pass formula cancels badly when |mean| >> std.
+        const T squares = lane_sum<T>(n, [in, mu](std::int64_t j) { return (in[j] - mu) * (in[j] - mu); });
         const T inv = T(1) / std::sqrt(squares / T(n) + T(eps));
         for (std::int64_t j = 0; j < n; ++j) out[j] = (in[j] - mu) * inv * w[j] + b[j];
         mean.data<T>()[r] = mu;
@@ -226,17 +224,14 @@ void CpuBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, cons
         const T* g = gy.data<T>() + r * n;
         T* out = gx.data<T>() + r * n;
         const T mu = mean.data<T>()[r], inv = rstd.data<T>()[r];
-        T mean_g = 0, mean_gx = 0;  // means over the row of (g * w) and (g * w * xhat)
         for (std::int64_t j = 0; j < n; ++j) {
-          const T xhat = (in[j] - mu) * inv;
-          const T gw_j = g[j] * w[j];
-          mean_g += gw_j;
-          mean_gx += gw_j * xhat;
-          gw[j] += g[j] * xhat;
+          gw[j] += g[j] * (in[j] - mu) * inv;
           gb[j] += g[j];
         }
-        mean_g /= T(n);
-        mean_gx /= T(n);
+        // The means over the row of (g * w) and (g * w * xhat).
+        const T mean_g = lane_sum<T>(n, [g, w](std::int64_t j) { return g[j] * w[j]; }) / T(n);
+        const T mean_gx =
+            lane_sum<T>(n, [g, w, in, mu, inv](std::int64_t j) { return g[j] * w[j] * (in[j] - mu) * inv; }) / T(n);
         for (std::int64_t j = 0; j < n; ++j) {
           const T xhat = (in[j] - mu) * inv;
           out[j] = inv * (g[j] * w[j] - mean_g - xhat * mean_gx);

@@ -38,18 +38,22 @@ void CpuBackend::reduce(ReduceOp op, const Tensor& x, const Tensor& out, std::in
       });
       return;
     }
-    // Strided reduction: accumulate whole rows of `inner` elements, which vectorises.
-    cpu::parallel_for(outer, n * inner, [&](std::int64_t begin, std::int64_t end) {
-      for (std::int64_t o = begin; o < end; ++o) {
+    // Strided reduction: accumulate rows of `inner` elements, which vectorises. Tasks take blocks of columns,
+    // so that a single reduction (a bias gradient: outer = 1) still spreads over the threads.
+    constexpr std::int64_t kColumns = 64;
+    const std::int64_t blocks = (inner + kColumns - 1) / kColumns;
+    cpu::parallel_for(outer * blocks, n * std::min(inner, kColumns), [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t task = begin; task < end; ++task) {
+        const std::int64_t o = task / blocks, lo = task % blocks * kColumns, hi = std::min(inner, lo + kColumns);
         T* acc = dst + o * inner;
         const T* block = src + o * n * inner;
-        for (std::int64_t i = 0; i < inner; ++i) acc[i] = is_sum ? T(0) : -std::numeric_limits<T>::infinity();
+        for (std::int64_t i = lo; i < hi; ++i) acc[i] = is_sum ? T(0) : -std::numeric_limits<T>::infinity();
         for (std::int64_t j = 0; j < n; ++j) {
           const T* row = block + j * inner;
           if (is_sum) {
-            for (std::int64_t i = 0; i < inner; ++i) acc[i] += row[i];
+            for (std::int64_t i = lo; i < hi; ++i) acc[i] += row[i];
           } else {
-            for (std::int64_t i = 0; i < inner; ++i) acc[i] = row[i] > acc[i] || std::isnan(row[i]) ? row[i] : acc[i];
+            for (std::int64_t i = lo; i < hi; ++i) acc[i] = row[i] > acc[i] || std::isnan(row[i]) ? row[i] : acc[i];
           }
         }
       }

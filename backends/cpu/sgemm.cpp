@@ -108,13 +108,16 @@ __attribute__((noinline, target("avx512f"))) void pack_b(std::int64_t kc, std::i
         _mm512_store_ps(panel + p * kNR, _mm512_maskz_loadu_ps(mask0, src));
         _mm512_store_ps(panel + p * kNR + 16, _mm512_maskz_loadu_ps(mask1, src + 16));
       }
-    } else if (b_row == 1 && cols == kNR) {  // b is a transposed view: 16 x 16 blocks transposed in registers
+    } else if (b_row == 1) {  // b is a transposed view: 16 x 16 blocks transposed in registers, the rest one by one
       const float* block = b + j0 * b_col;
-      const std::int64_t whole = kc / 16 * 16;
-      for (std::int64_t p = 0; p < whole; p += 16)
-        for (std::int64_t j = 0; j < kNR; j += 16) transpose16x16(block + j * b_col + p, b_col, panel + p * kNR + j, kNR);
-      for (std::int64_t j = 0; j < kNR; ++j)
-        for (std::int64_t p = whole; p < kc; ++p) panel[p * kNR + j] = block[j * b_col + p];
+      const std::int64_t whole_depth = kc / 16 * 16, whole_cols = cols / 16 * 16;
+      for (std::int64_t p = 0; p < whole_depth; p += 16)
+        for (std::int64_t j = 0; j < whole_cols; j += 16)
+          transpose16x16(block + j * b_col + p, b_col, panel + p * kNR + j, kNR);
+      for (std::int64_t j = 0; j < kNR; ++j) {
+        const std::int64_t from = j < whole_cols ? whole_depth : 0;
+        for (std::int64_t p = from; p < kc; ++p) panel[p * kNR + j] = j < cols ? block[j * b_col + p] : 0.0f;
+      }
     } else {  // columns of b are (closer to) contiguous: read down each column
       for (std::int64_t j = 0; j < kNR; ++j) {
         if (j >= cols) {
@@ -129,23 +132,24 @@ __attribute__((noinline, target("avx512f"))) void pack_b(std::int64_t kc, std::i
 }
 
 // c[0:rows, 0:cols] (+)= one kMR x kNR tile: kMR rows of a times the packed b panel over depth kc, plus the
-// tile's columns of bias when given. The rows of a come from a packed panel, or with kDirectA straight from a
-// row-major a with row stride lda (packing those would be a transpose, as costly as the tile's arithmetic
-// when b is narrow).
-template <bool kDirectA>
+// tile's columns of bias when given. With kRowMajorA the rows of a are read straight from a row-major a
+// with row stride lda (packing those would be a transpose, as costly as the tile's arithmetic when b is
+// narrow); otherwise a[i, p] is pa[p * lda + i], which is both a packed panel (lda = kMR) and a transposed
+// view read in place (lda = its depth stride), so that neither needs a copy.
+template <bool kRowMajorA>
 __attribute__((target("avx512f"))) void micro_kernel(std::int64_t kc, const float* pa, std::int64_t lda,
                                                      const float* pb, float* c, std::int64_t ldc, bool accumulate,
                                                      const float* bias, std::int64_t rows, std::int64_t cols) {
   __m512 acc[kMR][2];
 #pragma GCC unroll 12
   for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-  // Direct rows are addressed from three bases, four rows each (base + r * lda fits x86 addressing).
+  // Row-major rows are addressed from three bases, four rows each (base + r * lda fits x86 addressing).
   const float* base[3] = {pa, pa + 4 * lda, pa + 8 * lda};
   for (std::int64_t p = 0; p < kc; ++p) {
     const __m512 b0 = _mm512_load_ps(pb), b1 = _mm512_load_ps(pb + 16);
 #pragma GCC unroll 12
     for (int i = 0; i < kMR; ++i) {
-      const __m512 ai = _mm512_set1_ps(kDirectA ? base[i / 4][(i % 4) * lda + p] : pa[p * kMR + i]);
+      const __m512 ai = _mm512_set1_ps(kRowMajorA ? base[i / 4][(i % 4) * lda + p] : pa[p * lda + i]);
       acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
     }
@@ -188,12 +192,13 @@ void sgemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, const float* a
       pack_b(kc, nc, b + pc * b_row + jc * b_col, b_row, b_col, pb);
       const bool add = accumulate || pc > 0;  // later depth slices add to the first one's result
       const float* slice_bias = pc == 0 && bias ? bias + jc : nullptr;  // added once, with the first slice
-      const bool direct_a = a_col == 1;
+      const bool row_major_a = a_col == 1, transposed_a = !row_major_a && a_row == 1;
       for (std::int64_t ic = 0; ic < m; ic += kMC) {
         const std::int64_t mc = std::min(kMC, m - ic);
         const float* a_block = a + ic * a_row + pc * a_col;
-        // Direct rows need no packing, except a last panel of fewer than kMR rows (padded with zeros).
-        const std::int64_t packed_from = direct_a ? mc / kMR * kMR : 0;
+        // Row-major and transposed a are read in place, except a last panel of fewer than kMR rows (padded
+        // with zeros: the micro-kernel reads all kMR rows).
+        const std::int64_t packed_from = row_major_a || transposed_a ? mc / kMR * kMR : 0;
         if (packed_from < mc)
           pack_a(mc - packed_from, kc, a_block + packed_from * a_row, a_row, a_col, pa + packed_from * kc);
         for (std::int64_t jr = 0; jr < nc; jr += kNR) {
@@ -201,12 +206,15 @@ void sgemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, const float* a
           float* c_panel = c + ic * ldc + jc + jr;
           const float* panel_bias = slice_bias ? slice_bias + jr : nullptr;
           for (std::int64_t ir = 0; ir < mc; ir += kMR) {
-            if (ir < packed_from) {
+            if (ir >= packed_from) {
+              micro_kernel<false>(kc, pa + ir * kc, kMR, pb + jr * kc, c_panel + ir * ldc, ldc, add, panel_bias,
+                                  std::min(kMR, mc - ir), cols);
+            } else if (row_major_a) {
               micro_kernel<true>(kc, a_block + ir * a_row, a_row, pb + jr * kc, c_panel + ir * ldc, ldc, add,
                                  panel_bias, kMR, cols);
             } else {
-              micro_kernel<false>(kc, pa + ir * kc, 0, pb + jr * kc, c_panel + ir * ldc, ldc, add, panel_bias,
-                                  std::min(kMR, mc - ir), cols);
+              micro_kernel<false>(kc, a_block + ir, a_col, pb + jr * kc, c_panel + ir * ldc, ldc, add, panel_bias,
+                                  kMR, cols);
             }
           }
         }
