@@ -85,6 +85,22 @@ std::vector<nlohmann::json> json_lines(const std::string& out) {
 
 }  // namespace
 
+TEST_CASE("a run on the CPU never loads cuBLAS, whatever backends the build has") {
+  // cuBLAS and cuBLASLt cost about 150 MiB of resident memory once loaded: the CUDA backend opens them only
+  // when it makes a device. Asking for one on a machine without a GPU fails before that.
+  Generator gen(0);
+  const Tensor x = randn({64, 64}, gen);
+  CHECK(matmul(x, x).shape() == Shape{64, 64});
+  const auto& cuda = cuda_entry();
+  if (!cuda.skip_reason.empty()) CHECK_THROWS_AS(x.to(Device::cuda()), Error);
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  bool loaded = false;
+  while (std::getline(maps, line)) loaded = loaded || line.find("libcublas") != std::string::npos;
+  if (cuda.skip_reason.empty()) MESSAGE("a CUDA device is in use here, so cuBLAS may be loaded; nothing to check");
+  else CHECK_FALSE(loaded);
+}
+
 TEST_CASE("Module::to: to the CPU is a no-op that keeps the storage and the gradients") {
   GPT model = tiny_gpt(1);
   nn::AdamW optimizer(model.parameters());

@@ -2,6 +2,7 @@
 #include <memory>
 #include <vector>
 
+#include "backends/cuda/cublas.hpp"
 #include "backends/cuda/device_state.hpp"
 #include "core/error.hpp"
 
@@ -16,7 +17,7 @@ void check(cudaError_t status, const char* what) {
 }
 
 void check(cublasStatus_t status, const char* what) {
-  if (status != CUBLAS_STATUS_SUCCESS) fail("cuda: {} failed: {}", what, cublasGetStatusString(status));
+  if (status != CUBLAS_STATUS_SUCCESS) fail("cuda: {} failed: {}", what, cublas().status_string(status));
 }
 
 }  // namespace cuda
@@ -37,11 +38,12 @@ CudaBackend::CudaBackend(int index) : index_(index), state_(std::make_unique<cud
   state_->activate();
   cuda::check(cudaStreamCreateWithFlags(&state_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
   try {
-    cuda::check(cublasCreate(&state_->blas), "cublasCreate");
-    cuda::check(cublasSetStream(state_->blas, state_->stream), "cublasSetStream");
+    const cuda::Cublas& blas = cuda::cublas();
+    cuda::check(blas.create(&state_->blas), "cublasCreate");
+    cuda::check(blas.set_stream(state_->blas, state_->stream), "cublasSetStream");
     set_tf32(false);
   } catch (...) {  // no destructor runs for a half-built object: release what exists
-    if (state_->blas) cublasDestroy(state_->blas);
+    if (state_->blas) cuda::cublas().destroy(state_->blas);
     cudaStreamDestroy(state_->stream);
     throw;
   }
@@ -136,7 +138,8 @@ void CudaBackend::synchronize() {
 }
 
 void CudaBackend::set_tf32(bool on) {
-  cuda::check(cublasSetMathMode(state_->blas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+  cuda::check(cuda::cublas().set_math_mode(state_->blas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+              "cublasSetMathMode");
   state_->tf32 = on;
 }
 
