@@ -131,10 +131,11 @@ void free_node(Node& node) {
   node.inputs.clear();
 }
 
-// Leaf gradients accumulate in place (micrograd's rule: never assign). The first one is copied, since the
-// gradient handed over may alias a buffer that backward still uses.
-void accumulate_leaf(const Tensor& leaf, const Tensor& grad) {
-  if (!leaf.impl()->grad) leaf.impl()->grad = grad.clone().impl();
+// Leaf gradients accumulate in place (micrograd's rule: never assign). The first one is kept as it is when
+// nothing else holds its memory (a rule's fresh result), else copied: it may alias a buffer that backward
+// still uses (add's rule hands its incoming gradient on).
+void accumulate_leaf(const Tensor& leaf, Tensor grad) {
+  if (!leaf.impl()->grad) leaf.impl()->grad = owns_buffer(grad) ? grad.impl() : grad.clone().impl();
   else Tensor(leaf.impl()->grad).add_(grad);
 }
 }  // namespace
@@ -250,7 +251,7 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
         Tensor& slot = pending[input.node.get()];
         slot = slot.defined() ? add(slot, grads[i]) : grads[i];
       } else {
-        accumulate_leaf(Tensor(input.leaf), grads[i]);
+        accumulate_leaf(Tensor(input.leaf), std::move(grads[i]));
       }
     }
     grads.clear();

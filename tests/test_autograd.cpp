@@ -356,6 +356,20 @@ TEST_CASE("the graph keeps only what backward rules read, and backward frees it 
   CHECK(freed_before_next_rule);
 }
 
+TEST_CASE("a leaf's first gradient is a copy when its memory is shared, and never aliases the caller's") {
+  Tensor x = vec({1, 2, 3}).requires_grad_();
+  Tensor seed = vec({1, 1, 1});
+  add(x, 1.0).backward(seed);  // add's rule hands the seed itself on
+  seed.add_(vec({5, 5, 5}));
+  CHECK(values(x.grad()) == std::vector<double>{1, 1, 1});
+  CHECK(x.grad().storage() != seed.storage());
+  // A rule's fresh result is kept as the gradient, and later ones accumulate into it.
+  x.zero_grad();
+  sum(mul(x, 2.0)).backward();
+  sum(mul(x, 3.0)).backward();
+  CHECK(values(x.grad()) == std::vector<double>{5, 5, 5});
+}
+
 TEST_CASE("record makes nodes only when an input requires grad") {
   const Tensor c = vec({1, 2});
   CHECK(exp(c).grad_fn() == nullptr);
