@@ -145,12 +145,19 @@ void CpuBackend::scaled_softmax_backward(const Tensor& y, const Tensor& gy, cons
 
 namespace {
 
-// out = s / max(max_d s, 1e-12) with s = total / count: one row of m.
+// out = s / max(max_d s, 1e-12) with s = total / count: one row of m. (Divisions, not reciprocals: the
+// largest entry must come out as exactly 1.)
 template <class T>
-void write_metric_row(const T* total, T count, std::int64_t dh, T* out) {
+void write_metric_row(const T* __restrict total, T count, std::int64_t dh, T* __restrict out) {
   for (std::int64_t d = 0; d < dh; ++d) out[d] = total[d] / count;
   const T largest = std::max(lane_max<T>(dh, [out](std::int64_t d) { return out[d]; }), T(1e-12));
   for (std::int64_t d = 0; d < dh; ++d) out[d] /= largest;
+}
+
+// total[d] += |cur[d] - prev[d]| over one token's value row.
+template <class T>
+void add_abs_diff(const T* __restrict cur, const T* __restrict prev, std::int64_t dh, T* __restrict total) {
+  for (std::int64_t d = 0; d < dh; ++d) total[d] += std::abs(cur[d] - prev[d]);
 }
 
 }  // namespace
@@ -162,22 +169,26 @@ void CpuBackend::elliptical_metric(const Tensor& v, const Tensor& v_prev, const 
     const Shape& shape = v.shape();
     const std::int64_t heads = shape[1], n = shape[2], dh = shape[3];
     const Strides &vs = v.strides(), &ps = v_prev.strides();
-    parallel_for(shape[0] * heads, 3 * n * dh, [&](std::int64_t begin, std::int64_t end) {
-      for (std::int64_t bh = begin; bh < end; ++bh) {
-        const std::int64_t b = bh / heads, h = bh % heads;
-        const T* cur = v.data<T>() + b * vs[0] + h * vs[1];
-        const T* prev = v_prev.data<T>() + b * ps[0] + h * ps[1];
-        T* total = sum.data<T>() + bh * dh;
-        if (past_sum.defined()) std::copy_n(past_sum.data<T>() + bh * dh, dh, total);
-        else std::fill_n(total, dh, T(0));
-        T* m = metric.data<T>() + bh * (causal ? n : 1) * dh;
+    // One task per batch element, walking its tokens in order and the heads of each token together: the heads
+    // of one token's value row lie side by side, so v and v_prev are read front to back.
+    parallel_for(shape[0], 3 * heads * n * dh, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t b = begin; b < end; ++b) {
+        T* totals = sum.data<T>() + b * heads * dh;  // [heads, dh]
+        if (past_sum.defined()) std::copy_n(past_sum.data<T>() + b * heads * dh, heads * dh, totals);
+        else std::fill_n(totals, heads * dh, T(0));
+        T* m = metric.data<T>() + b * heads * (causal ? n : 1) * dh;
+        const T* cur = v.data<T>() + b * vs[0];
+        const T* prev = v_prev.data<T>() + b * ps[0];
         for (std::int64_t i = 0; i < n; ++i) {
-          const T* c = cur + i * vs[2];
-          const T* p = prev + i * ps[2];
-          for (std::int64_t d = 0; d < dh; ++d) total[d] += std::abs(c[d] - p[d]);
-          if (causal) write_metric_row(total, static_cast<T>(past + i + 1), dh, m + i * dh);
+          for (std::int64_t h = 0; h < heads; ++h) {
+            T* total = totals + h * dh;
+            add_abs_diff(cur + i * vs[2] + h * vs[1], prev + i * ps[2] + h * ps[1], dh, total);
+            if (causal) write_metric_row(total, static_cast<T>(past + i + 1), dh, m + (h * n + i) * dh);
+          }
         }
-        if (!causal) write_metric_row(total, static_cast<T>(past + n), dh, m);
+        if (!causal)
+          for (std::int64_t h = 0; h < heads; ++h)
+            write_metric_row(totals + h * dh, static_cast<T>(past + n), dh, m + h * dh);
       }
     });
   });
