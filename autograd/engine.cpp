@@ -249,7 +249,9 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
                     node.op, to_string(grads[i].shape()), i, to_string(input.shape));
       if (input.node) {
         Tensor& slot = pending[input.node.get()];
-        slot = slot.defined() ? add(slot, grads[i]) : grads[i];
+        if (!slot.defined()) slot = std::move(grads[i]);
+        else if (owns_buffer(slot)) slot.add_(grads[i]);  // a second contribution adds in place
+        else slot = add(slot, grads[i]);                   // the first may alias a live tensor
       } else {
         accumulate_leaf(Tensor(input.leaf), std::move(grads[i]));
       }
