@@ -1788,8 +1788,15 @@ TEST_CASE("matmul: f32 products larger than the GEMM's blocks, in every layout, 
     const std::int64_t rows = x.shape()[0], cols = x.shape()[1];
     return concat({unsqueeze(x, 2), unsqueeze(x, 2)}, 2).reshape({rows, 2 * cols}).slice(1, 0, 2 * cols, 2);
   };
+  // x as the first columns of a matrix 1024 wide: rows 4 KiB apart, which the GEMM packs rather than reading
+  // in place (such rows share one L1 set).
+  auto rows_4k_apart = [](const Tensor& x) {
+    const std::int64_t rows = x.shape()[0], cols = x.shape()[1];
+    return concat({x, zeros({rows, 1024 - cols})}, 1).slice(1, 0, cols);
+  };
   const std::vector<std::pair<std::string, std::pair<Tensor, Tensor>>> layouts = {
       {"contiguous", {a32, b32}},
+      {"rows 4 KiB apart", {rows_4k_apart(a32), rows_4k_apart(b32)}},
       {"transposed",
        {a32.transpose(0, 1).contiguous().transpose(0, 1), b32.transpose(0, 1).contiguous().transpose(0, 1)}},
       {"strided", {every_other(a32), every_other(b32)}},
