@@ -7,7 +7,8 @@
 #   bench/compare_torch.sh [--rounds 5] [--steps 8] [--warmup 2] [--build build] [--configs "gpt-s:standard ..."]
 #
 # Prints the peer (torch version, BLAS, CPU capability), the best f32 GEMM rate measured on this machine
-# (MKL through torch.mm, or ellipse's own GEMM through build/bench_matmul, both 1024^3), then per
+# (MKL through torch.mm, or ellipse's own GEMM through build/bench_matmul, both 1024^3, timed in every round:
+# on a shared machine one reading can catch a slow moment, and the floor is what the hardware can do), then per
 # configuration: the medians over the rounds of each side's median step, the median over the rounds of the
 # per-round ratio ellipse / PyTorch (below 1: ellipse is faster), peak RSS, and ellipse's distance to the
 # step's GEMM floor (its matrix-product FLOPs at that best rate). Then, for each model timed with both
@@ -48,19 +49,20 @@ blas = "MKL" if torch.backends.mkl.is_available() else "not MKL (see torch.__con
 print(f"peer: torch {torch.__version__}, BLAS {blas}, oneDNN {torch.backends.mkldnn.is_available()}, "
       f"CPU capability {torch.backends.cpu.get_cpu_capability()}; machine: {cpu}, {torch.get_num_threads()} threads")
 PY
-# The best f32 GEMM rate on this machine: each side's 1024^3 product, the better of the two.
-ours=$("$build"/bench_matmul | python3 -c 'import json, sys; print(json.loads(sys.stdin.readline())["ellipse_gflops"])')
-mkl=$("$python" - <<'PY'
+# The f32 GEMM rate of each side's 1024^3 product, appended to $results as "gemm SIDE GFLOPS".
+measure_gemm() {
+  "$build"/bench_matmul | python3 -c 'import json, sys; print("gemm ellipse", json.loads(sys.stdin.readline())["ellipse_gflops"])'
+  "$python" - <<'PY'
 import time, torch
 a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
 for _ in range(3): torch.mm(a, b)
 best = min((lambda t: (torch.mm(a, b), time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(30))
-print(round(2 * 1024**3 / best / 1e9, 1))
+print("gemm torch.mm", round(2 * 1024**3 / best / 1e9, 1))
 PY
-)
-echo "f32 GEMM 1024^3: ellipse $ours GFLOP/s, torch.mm $mkl GFLOP/s"
+}
 
 for ((round = 1; round <= rounds; ++round)); do
+  measure_gemm >>"$results"
   for entry in $configs; do
     IFS=: read -r config attn batch <<<"$entry"
     batch_flag=()
@@ -76,14 +78,22 @@ for ((round = 1; round <= rounds; ++round)); do
     done
   done
 done
-python3 - "$results" "$rounds" "$steps" "$ours" "$mkl" <<'PY'
+python3 - "$results" "$rounds" "$steps" <<'PY'
 import json, statistics, sys
-path, rounds, steps, ours, mkl = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
-peak = max(ours, mkl)
+path, rounds, steps = sys.argv[1], sys.argv[2], sys.argv[3]
 runs = {}  # entry -> impl -> round -> result
+gemm = {"ellipse": [], "torch.mm": []}  # each round's 1024^3 rate
 for line in open(path):
+    if line.startswith("gemm "):
+        _, side, rate = line.split()
+        gemm[side].append(float(rate))
+        continue
     impl, rnd, entry, text = line.split(" ", 3)
     runs.setdefault(entry, {}).setdefault(impl, {})[int(rnd)] = json.loads(text)
+ours, mkl = max(gemm["ellipse"]), max(gemm["torch.mm"])
+peak = max(ours, mkl)
+print(f"f32 GEMM 1024^3, best of the rounds (median): ellipse {ours:.0f} ({statistics.median(gemm['ellipse']):.0f}) "
+      f"GFLOP/s, torch.mm {mkl:.0f} ({statistics.median(gemm['torch.mm']):.0f}) GFLOP/s")
 med = lambda rs, key="step_ms": statistics.median(r[key] for r in rs.values())
 print(f"rounds: {rounds}, timed steps per run: {steps}; GEMM floor at {peak:.0f} GFLOP/s "
       f"(the better of ellipse {ours:.0f} and torch.mm {mkl:.0f})")
