@@ -31,6 +31,25 @@ double peak_rss_mib() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
+// The device's f32 GEMM rate in GFLOP/s: the fastest of a few 1024^3 products through matmul.
+double gemm_gflops(Device device) {
+  constexpr std::int64_t n = 1024;
+  Backend& backend = backend_for(device);
+  Generator gen(0);
+  const Tensor a = randn({n, n}, gen, DType::f32, device), b = randn({n, n}, gen, DType::f32, device);
+  matmul(a, b);  // warm-up
+  double best = 0;
+  for (int i = 0; i < 10; ++i) {
+    backend.synchronize();
+    const auto start = std::chrono::steady_clock::now();
+    matmul(a, b);
+    backend.synchronize();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    best = std::max(best, 2.0 * n * n * n / seconds / 1e9);
+  }
+  return best;
+}
+
 // Times `step` (one training step returning its loss) and prints the JSON line of the configuration.
 void time_steps(const BenchFlags& flags, std::string_view config, nn::AttentionKind attention, const nn::Module& model,
                 std::int64_t items_per_step, double step_flops, const std::function<double()>& step) {
@@ -51,19 +70,24 @@ void time_steps(const BenchFlags& flags, std::string_view config, nn::AttentionK
   }
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
+  const double rss_mib = peak_rss_mib();  // before the GEMM timing below allocates anything
+  const double gemm_rate = gemm_gflops(flags.device);
   // The CPU's memory is the process's peak RSS; a GPU's is what its backend counted for tensors.
   const std::string device_memory =
       flags.device.is_cpu() ? ""
                             : fmt::format(", \"tf32\": {}, \"peak_gpu_mib\": {:.1f}", flags.tf32,
                                           static_cast<double>(backend.peak_memory_bytes()) / (1024.0 * 1024.0));
-  // step_gflop counts the step's matrix products (gpt_step_flops, vit_step_flops); gflops is that over the median
-  // step, so it compares with a GEMM's rate (build/bench_matmul) as the distance to the step's GEMM floor.
+  // step_gflop counts the step's matrix products (gpt_step_flops, vit_step_flops) and gflops is that over the
+  // median step. floor_ms is the step's GEMM floor: those FLOPs at this device's own 1024^3 GEMM rate
+  // (gemm_gflops); bench/compare_torch.sh takes the better of that and PyTorch's rate instead.
+  const double floor_ms = step_flops / gemm_rate / 1e6;
   fmt::print("{{\"config\": \"{}\", \"attn\": \"{}\", \"device\": \"{}\", \"params\": {}, \"step_ms\": {:.2f}, "
              "\"step_ms_min\": {:.2f}, \"items_per_s\": {:.0f}, \"step_gflop\": {:.3f}, \"gflops\": {:.1f}, "
-             "\"loss\": {:.4f}, \"peak_rss_mib\": {:.1f}{}}}\n",
+             "\"gemm_gflops\": {:.1f}, \"floor_ms\": {:.2f}, \"floor_ratio\": {:.3f}, \"loss\": {:.4f}, "
+             "\"peak_rss_mib\": {:.1f}{}}}\n",
              config, nn::attention_kind_name(attention), flags.device.str(), model.parameter_count(), median, times[0],
              static_cast<double>(items_per_step) / median * 1e3, step_flops / 1e9, step_flops / median / 1e6,
-             loss_value, peak_rss_mib(), device_memory);
+             gemm_rate, floor_ms, median / floor_ms, loss_value, rss_mib, device_memory);
   std::fflush(stdout);
 }
 

@@ -8,12 +8,14 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "cli_runner.hpp"
 #include "core/io/npy.hpp"
 #include "helpers.hpp"
+#include "models/vit.hpp"
 
 namespace fs = std::filesystem;
 
@@ -122,6 +124,24 @@ TEST_CASE("cli: usage errors exit 2 and runtime errors exit 1, with a message on
   check_fails({"train", "gpt", "--text", text, "--resume", dir.str(), "--steps", "2"}, 1, "config.json");
   write_file(dir / "bad.txt", "abc\xC3(def");
   check_fails({"train", "gpt", "--text", dir / "bad.txt", "--out", dir / "bad"}, 1, "byte offset 3");
+}
+
+TEST_CASE("cli: bench prints a step's time, its matrix-product FLOPs and its distance to the GEMM floor") {
+  const Run run = run_ellipse({"bench", "--config", "vit-xs", "--attn", "elliptical", "--batch", "4", "--steps", "2",
+                               "--warmup", "0"});
+  INFO("stdout: ", run.out, "\nstderr: ", run.err);
+  REQUIRE(run.status == 0);
+  const auto line = nlohmann::json::parse(run.out);
+  CHECK(line["config"] == "vit-xs");
+  CHECK(line["attn"] == "elliptical");
+  ellipse::ViTConfig config = ellipse::vit_preset("vit-xs");
+  config.batch = 4;
+  CHECK(line["step_gflop"].get<double>() == doctest::Approx(ellipse::vit_step_flops(config) / 1e9).epsilon(1e-3));
+  const double step_ms = line["step_ms"], gemm_gflops = line["gemm_gflops"], floor_ms = line["floor_ms"];
+  CHECK(gemm_gflops > 0);
+  CHECK(floor_ms == doctest::Approx(line["step_gflop"].get<double>() / gemm_gflops * 1e3).epsilon(1e-2));
+  CHECK(line["floor_ratio"].get<double>() == doctest::Approx(step_ms / floor_ms).epsilon(1e-2));
+  CHECK(line["peak_rss_mib"].get<double>() > 0);
 }
 
 TEST_CASE("cli: train, eval and sample a tiny checkpoint") {
