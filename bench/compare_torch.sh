@@ -33,12 +33,7 @@ while [[ $# -gt 0 ]]; do
        exit 2 ;;
   esac
 done
-python=${PYTHON:-.torch-venv/bin/python}
-if [[ ! -x "$python" ]]; then
-  echo "compare_torch: no PyTorch peer at $python; run 'bash tools/torch-venv.sh' first (or set PYTHON=...)" >&2
-  exit 2
-fi
-export OMP_WAIT_POLICY=passive
+source bench/torch_peer.sh  # $python, OMP_WAIT_POLICY
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 
