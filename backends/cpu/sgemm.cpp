@@ -37,8 +37,8 @@ PackBuffers& pack_buffers() {
 
 // a[0:mc, 0:kc] into panels of kMR rows: panel p holds, for each depth index, its kMR values (zero past mc).
 // (pack_a and pack_b are not inlined so that profiles show them apart from the micro-kernel.)
-__attribute__((noinline, target("avx512f"))) void pack_a(std::int64_t mc, std::int64_t kc, const float* a, std::int64_t a_row,
-                                      std::int64_t a_col, float* dst) {
+__attribute__((noinline, target("avx512f"))) void pack_a(std::int64_t mc, std::int64_t kc, const float* a,
+                                                         std::int64_t a_row, std::int64_t a_col, float* dst) {
   for (std::int64_t i0 = 0; i0 < mc; i0 += kMR) {
     const std::int64_t rows = std::min(kMR, mc - i0);
     float* panel = dst + i0 * kc;
@@ -62,7 +62,8 @@ __attribute__((noinline, target("avx512f"))) void pack_a(std::int64_t mc, std::i
 
 // The 16 x 16 block src[r * src_stride + c] (r, c < 16) into dst[c * dst_stride + r]: four rounds of
 // shuffles, since AVX-512 has no transpose and gathers are slow.
-__attribute__((target("avx512f"))) inline void transpose16x16(const float* src, std::int64_t src_stride, float* dst, std::int64_t dst_stride) {
+__attribute__((target("avx512f"))) inline void transpose16x16(const float* src, std::int64_t src_stride, float* dst,
+                                                              std::int64_t dst_stride) {
   // (The zero-masking forms with every lane selected: GCC 12's plain forms warn of an uninitialised operand.)
   constexpr __mmask16 kAll = 0xffff;
   constexpr __mmask8 kAll8 = 0xff;
@@ -95,8 +96,8 @@ __attribute__((target("avx512f"))) inline void transpose16x16(const float* src, 
 }
 
 // b[0:kc, 0:nc] into panels of kNR columns: panel q holds, for each depth index, its kNR values (zero past nc).
-__attribute__((noinline, target("avx512f"))) void pack_b(std::int64_t kc, std::int64_t nc, const float* b, std::int64_t b_row,
-                                      std::int64_t b_col, float* dst) {
+__attribute__((noinline, target("avx512f"))) void pack_b(std::int64_t kc, std::int64_t nc, const float* b,
+                                                         std::int64_t b_row, std::int64_t b_col, float* dst) {
   for (std::int64_t j0 = 0; j0 < nc; j0 += kNR) {
     const std::int64_t cols = std::min(kNR, nc - j0);
     float* panel = dst + j0 * kc;

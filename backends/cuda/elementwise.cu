@@ -84,7 +84,8 @@ void binary_typed(const cuda::DeviceState& s, BinaryOp op, const Tensor& a, cons
     case BinaryOp::eq: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x == y ? T(1) : T(0); });
     case BinaryOp::gelu_backward:
       // Integer tensors never get here: gelu's backward rule is the only caller.
-      if constexpr (std::is_floating_point_v<T>) map2<T>(s, a, b, out, [] __device__(T g, T x) { return g * gelu_grad(x); });
+      if constexpr (std::is_floating_point_v<T>)
+        map2<T>(s, a, b, out, [] __device__(T g, T x) { return g * gelu_grad(x); });
       return;
   }
 }

@@ -51,12 +51,12 @@ void gemm_strided_batched(cublasHandle_t handle, GemmOperand a, GemmOperand b, i
                           std::int64_t stride_c, int count) {
   const T alpha = 1;
   if constexpr (std::is_same_v<T, float>) {
-    cuda::check(cuda::cublas().sgemm_strided_batched(handle, a.op, b.op, m, n, k, &alpha, pa, a.ld, stride_a, pb, b.ld, stride_b,
-                                          &beta, pc, ldc, stride_c, count),
+    cuda::check(cuda::cublas().sgemm_strided_batched(handle, a.op, b.op, m, n, k, &alpha, pa, a.ld, stride_a, pb, b.ld,
+                                                     stride_b, &beta, pc, ldc, stride_c, count),
                 "cublasSgemmStridedBatched");
   } else {
-    cuda::check(cuda::cublas().dgemm_strided_batched(handle, a.op, b.op, m, n, k, &alpha, pa, a.ld, stride_a, pb, b.ld, stride_b,
-                                          &beta, pc, ldc, stride_c, count),
+    cuda::check(cuda::cublas().dgemm_strided_batched(handle, a.op, b.op, m, n, k, &alpha, pa, a.ld, stride_a, pb, b.ld,
+                                                     stride_b, &beta, pc, ldc, stride_c, count),
                 "cublasDgemmStridedBatched");
   }
 }
