@@ -99,7 +99,7 @@ void check_backward(const Node& node, const Tensor& grad_output, const std::vect
 
 // The nodes reachable from root, each after all nodes that consume its output. Holds owning pointers:
 // freeing a node's edges during the sweep must not free nodes still to be visited; the sweep drops each
-// pointer once it has run that node, so that what the node saved is freed then.
+// pointer once it has run that node.
 std::vector<std::shared_ptr<Node>> topological_order(const std::shared_ptr<Node>& root) {
   std::vector<std::shared_ptr<Node>> order;
   std::unordered_set<Node*> visited{root.get()};
@@ -230,7 +230,7 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
       else if (!owns_buffer(slot)) slot = slot.clone();  // another rule's output may alias a live tensor
       node.accumulate(grad_output, slot);
       if (!retain_graph) free_node(node);
-      owner.reset();  // what the rule saved goes now, not when backward ends
+      owner.reset();  // the node itself goes now (free_node already dropped what its rule saved)
       continue;
     }
     std::vector<Tensor> grads;
@@ -258,7 +258,7 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
     }
     grads.clear();
     if (!retain_graph) free_node(node);
-    owner.reset();  // what the rule saved goes now, not when backward ends
+    owner.reset();  // the node itself goes now (free_node already dropped what its rule saved)
   }
 }
 

@@ -70,20 +70,21 @@ void time_steps(const BenchFlags& flags, std::string_view config, nn::AttentionK
   }
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
-  const double rss_mib = peak_rss_mib();  // before the GEMM timing below allocates anything
-  const double gemm_rate = gemm_gflops(flags.device);
-  // The CPU's memory is the process's peak RSS; a GPU's is what its backend counted for tensors.
+  // The CPU's memory is the process's peak RSS; a GPU's is what its backend counted for tensors. Both are read
+  // before the GEMM timing below allocates anything.
+  const double rss_mib = peak_rss_mib();
   const std::string device_memory =
       flags.device.is_cpu() ? ""
                             : fmt::format(", \"tf32\": {}, \"peak_gpu_mib\": {:.1f}", flags.tf32,
                                           static_cast<double>(backend.peak_memory_bytes()) / (1024.0 * 1024.0));
+  const double gemm_rate = gemm_gflops(flags.device);
   // step_gflop counts the step's matrix products (gpt_step_flops, vit_step_flops) and gflops is that over the
   // median step. floor_ms is the step's GEMM floor: those FLOPs at this device's own 1024^3 GEMM rate
   // (gemm_gflops); bench/compare_torch.sh takes the better of that and PyTorch's rate instead.
   const double floor_ms = step_flops / gemm_rate / 1e6;
   fmt::print("{{\"config\": \"{}\", \"attn\": \"{}\", \"device\": \"{}\", \"params\": {}, \"step_ms\": {:.2f}, "
-             "\"step_ms_min\": {:.2f}, \"items_per_s\": {:.0f}, \"step_gflop\": {:.3f}, \"gflops\": {:.1f}, "
-             "\"gemm_gflops\": {:.1f}, \"floor_ms\": {:.2f}, \"floor_ratio\": {:.3f}, \"loss\": {:.4f}, "
+             "\"step_ms_min\": {:.2f}, \"items_per_s\": {:.0f}, \"step_gflop\": {:.6g}, \"gflops\": {:.1f}, "
+             "\"gemm_gflops\": {:.1f}, \"floor_ms\": {:.6g}, \"floor_ratio\": {:.3f}, \"loss\": {:.4f}, "
              "\"peak_rss_mib\": {:.1f}{}}}\n",
              config, nn::attention_kind_name(attention), flags.device.str(), model.parameter_count(), median, times[0],
              static_cast<double>(items_per_step) / median * 1e3, step_flops / 1e9, step_flops / median / 1e6,

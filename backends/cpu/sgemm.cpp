@@ -193,9 +193,10 @@ void sgemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, const float* a
       pack_b(kc, nc, b + pc * b_row + jc * b_col, b_row, b_col, pb);
       const bool add = accumulate || pc > 0;  // later depth slices add to the first one's result
       const float* slice_bias = pc == 0 && bias ? bias + jc : nullptr;  // added once, with the first slice
-      // Rows a multiple of 4 KiB apart share one L1 set, and twelve of them overflow its ways on every
-      // depth step (1024 x 1024 read in place ran at 75% of packed): such an a is packed instead.
-      const bool row_major_a = a_col == 1 && a_row % 1024 != 0, transposed_a = a_col != 1 && a_row == 1;
+      // Rows (or, transposed, depth steps) a multiple of 4 KiB apart share one L1 set and overflow its ways
+      // (1024 x 1024 read in place ran at 75% of packed): such an a is packed instead.
+      const bool row_major_a = a_col == 1 && a_row % 1024 != 0;
+      const bool transposed_a = a_col != 1 && a_row == 1 && a_col % 1024 != 0;
       for (std::int64_t ic = 0; ic < m; ic += kMC) {
         const std::int64_t mc = std::min(kMC, m - ic);
         const float* a_block = a + ic * a_row + pc * a_col;
