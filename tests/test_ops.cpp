@@ -1818,6 +1818,21 @@ TEST_CASE("matmul: f32 products larger than the GEMM's blocks, in every layout, 
   }
 }
 
+TEST_CASE("linear: the bias added by the GEMM is right when the threads split the output's columns") {
+  // Few rows and many output features: the CPU GEMM gives each thread a block of columns, and each block must
+  // start from its own part of the bias.
+  Generator gen(9);
+  const Tensor x = randn({5, 300}, gen, DType::f64), w = randn({1000, 300}, gen, DType::f64);
+  const Tensor b = randn({1000}, gen, DType::f64);
+  const auto want = (matmul(x, transpose(w, 0, 1)) + b).to_vector<double>();
+  const auto got = linear(x.to(DType::f32), w.to(DType::f32), b.to(DType::f32)).to_vector<float>();
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < want.size(); ++i)
+    worst = std::max(worst, std::abs(static_cast<double>(got[i]) - want[i]) / (1.0 + std::abs(want[i])));
+  CHECK(worst < 1e-4);
+}
+
 TEST_CASE("matmul with TF32 on a GPU: within the bound of 10-bit inputs, and off again afterwards") {
   // TF32 rounds each input to 10 mantissa bits (relative error <= 2^-11), so each product carries at most
   // 2^-10 of |a||b| and an element at most 2^-10 sum_k |a_ik| |b_kj|, plus the f32 accumulation. The f32
