@@ -31,23 +31,28 @@ GPTConfig gpt_preset(std::string_view name, std::int64_t vocab) {
   return config;
 }
 
+namespace {
+nn::BlockConfig block_config(const GPTConfig& config) {
+  return {.dim = config.d_model,
+          .heads = config.n_head,
+          .mlp_ratio = 4,
+          .dropout = config.dropout,
+          .attention = config.attention,
+          .metric = config.metric};
+}
+}  // namespace
+
 double gpt_step_flops(const GPTConfig& c) {
-  const double tokens = static_cast<double>(c.batch * c.seq_len), d = static_cast<double>(c.d_model);
-  constexpr double kWeightsPerD2 = 12;  // qkv 3 d^2, proj d^2, and the 4x MLP's 8 d^2
-  const double per_layer = 6 * tokens * kWeightsPerD2 * d * d + 12 * tokens * static_cast<double>(c.seq_len) * d;
-  return static_cast<double>(c.n_layer) * per_layer + 6 * tokens * d * static_cast<double>(c.vocab);
+  const double tokens = static_cast<double>(c.batch * c.seq_len), keys = static_cast<double>(c.seq_len);
+  return static_cast<double>(c.n_layer) * nn::block_step_flops(block_config(c), tokens, keys) +
+         6 * tokens * static_cast<double>(c.d_model * c.vocab);
 }
 
 GPT::GPT(const GPTConfig& config, std::uint64_t seed) : config_(config), gen_(seed) {
   ELLIPSE_CHECK(config.n_layer > 0 && config.seq_len > 0 && config.vocab > 0,
                 "gpt: n_layer ({}), seq_len ({}) and vocab ({}) must be positive", config.n_layer, config.seq_len,
                 config.vocab);
-  const nn::BlockConfig block{.dim = config.d_model,
-                              .heads = config.n_head,
-                              .mlp_ratio = 4,
-                              .dropout = config.dropout,
-                              .attention = config.attention,
-                              .metric = config.metric};
+  const nn::BlockConfig block = block_config(config);
   tok_emb_ = register_module("tok_emb", std::make_shared<nn::Embedding>(config.vocab, config.d_model, gen_,
                                                                         nn::Init::gpt2));
   pos_emb_ = register_parameter("pos_emb", mul(randn({config.seq_len, config.d_model}, gen_), 0.02));

@@ -28,8 +28,8 @@ struct GPTConfig {
 GPTConfig gpt_preset(std::string_view name, std::int64_t vocab);
 
 // The matrix-product FLOPs of one training step (forward and backward) at the config's batch and seq_len:
-// 6 per weight per token in the linear layers and the head, and 12 B N^2 d per layer for the two products
-// of attention over all N keys. What a step's GEMM floor is computed from (`ellipse bench`).
+// the blocks' (nn::block_step_flops, every query against all seq_len keys) and 6 per weight per token in
+// the head. What a step's GEMM floor is computed from (`ellipse bench`).
 double gpt_step_flops(const GPTConfig& config);
 
 class GPT : public nn::Module {

@@ -30,26 +30,28 @@ void validate(const ViTConfig& c) {
                 "vit: n_layer ({}) and d_model ({}) must be positive, d_model a multiple of n_head ({}), and classes "
                 "({}) at least 2", c.n_layer, c.d_model, c.n_head, c.classes);
 }
+
+nn::BlockConfig block_config(const ViTConfig& config) {
+  return {.dim = config.d_model,
+          .heads = config.n_head,
+          .mlp_ratio = 4,
+          .dropout = config.dropout,
+          .attention = config.attention,
+          .metric = config.metric};
+}
 }  // namespace
 
 double vit_step_flops(const ViTConfig& c) {
   const double batch = static_cast<double>(c.batch), n = static_cast<double>(c.tokens());
-  const double d = static_cast<double>(c.d_model), tokens = batch * n;
+  const double d = static_cast<double>(c.d_model);
   const double patches = batch * static_cast<double>(c.patches_per_side() * c.patches_per_side());
-  constexpr double kWeightsPerD2 = 12;  // qkv 3 d^2, proj d^2, and the 4x MLP's 8 d^2
-  const double per_layer = 6 * tokens * kWeightsPerD2 * d * d + 12 * tokens * n * d;
-  return static_cast<double>(c.n_layer) * per_layer + 4 * patches * static_cast<double>(c.patch * c.patch) * d +
-         6 * batch * d * static_cast<double>(c.classes);
+  return static_cast<double>(c.n_layer) * nn::block_step_flops(block_config(c), batch * n, n) +
+         4 * patches * static_cast<double>(c.patch * c.patch) * d + 6 * batch * d * static_cast<double>(c.classes);
 }
 
 ViT::ViT(const ViTConfig& config, std::uint64_t seed) : config_(config), gen_(seed) {
   validate(config);
-  const nn::BlockConfig block{.dim = config.d_model,
-                              .heads = config.n_head,
-                              .mlp_ratio = 4,
-                              .dropout = config.dropout,
-                              .attention = config.attention,
-                              .metric = config.metric};
+  const nn::BlockConfig block = block_config(config);
   const std::int64_t d = config.d_model;
   patch_emb_ = register_module("patch_emb", std::make_shared<nn::Linear>(config.patch * config.patch, d, true, gen_,
                                                                          nn::Init::gpt2));

@@ -34,9 +34,9 @@ struct ViTConfig {
 // parameters, about a tenth of the time per image, for quick looks).
 ViTConfig vit_preset(std::string_view name);
 
-// The matrix-product FLOPs of one training step at the config's batch: the blocks as in gpt_step_flops
-// (N = tokens(), no mask), the patch embedding without an input gradient (4 per weight per patch), and the
-// head on the class token only.
+// The matrix-product FLOPs of one training step at the config's batch: the blocks' (nn::block_step_flops over
+// tokens() keys), the patch embedding without an input gradient (4 per weight per patch), and the head on
+// the class token only.
 double vit_step_flops(const ViTConfig& config);
 
 class ViT : public nn::Module {

@@ -4,6 +4,12 @@
 
 namespace ellipse::nn {
 
+double block_step_flops(const BlockConfig& config, double tokens, double keys) {
+  const double d = static_cast<double>(config.dim);
+  const double weights = (4 + 2 * static_cast<double>(config.mlp_ratio)) * d * d;  // qkv, proj, fc1, fc2
+  return 6 * tokens * weights + 12 * tokens * keys * d;
+}
+
 Block::Block(const BlockConfig& config, std::int64_t layer, Generator& gen, Init init) {
   ln1_ = register_module("ln1", std::make_shared<LayerNorm>(config.dim));
   if (config.attention == AttentionKind::elliptical && layer >= 1) {

@@ -14,6 +14,11 @@ struct BlockConfig {
   MetricMode metric = MetricMode::sequence;
 };
 
+// The matrix-product FLOPs of one training step (forward and backward) of a block over `tokens` tokens in
+// sequences of `keys` (each query against every key, as the products run): 6 per weight per token in the
+// linear layers, and 12 keys dim per token for attention's two products.
+double block_step_flops(const BlockConfig& config, double tokens, double keys);
+
 class Block : public Module {
  public:
   // `layer` is the block's depth: elliptical attention is used from layer 1 on (layer 0 is standard).
