@@ -235,18 +235,15 @@ void CpuBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, cons
         const T* g = gy.data<T>() + r * n;
         T* out = gx.data<T>() + r * n;
         const T mu = mean.data<T>()[r], inv = rstd.data<T>()[r];
+        auto xhat = [in, mu, inv](std::int64_t j) { return (in[j] - mu) * inv; };
         for (std::int64_t j = 0; j < n; ++j) {
-          gw[j] += g[j] * (in[j] - mu) * inv;
+          gw[j] += g[j] * xhat(j);
           gb[j] += g[j];
         }
         // The means over the row of (g * w) and (g * w * xhat).
         const T mean_g = lane_sum<T>(n, [g, w](std::int64_t j) { return g[j] * w[j]; }) / T(n);
-        const T mean_gx =
-            lane_sum<T>(n, [g, w, in, mu, inv](std::int64_t j) { return g[j] * w[j] * (in[j] - mu) * inv; }) / T(n);
-        for (std::int64_t j = 0; j < n; ++j) {
-          const T xhat = (in[j] - mu) * inv;
-          out[j] = inv * (g[j] * w[j] - mean_g - xhat * mean_gx);
-        }
+        const T mean_gx = lane_sum<T>(n, [g, w, &xhat](std::int64_t j) { return g[j] * w[j] * xhat(j); }) / T(n);
+        for (std::int64_t j = 0; j < n; ++j) out[j] = inv * (g[j] * w[j] - mean_g - xhat(j) * mean_gx);
       }
     });
     T* gw_out = gweight.data<T>();
