@@ -11,6 +11,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -18,9 +21,12 @@
 #include <numeric>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "backends/cpu/thread_pool.hpp"
 #include "helpers.hpp"
 
 using namespace ellipse;
@@ -1734,6 +1740,72 @@ TEST_CASE("split parts are views; concat copies") {
   const Tensor joined = concat(parts, 1);
   CHECK(joined.storage() != x.storage());
   CHECK(joined.to_vector<float>() == x.to_vector<float>());
+}
+
+TEST_CASE("thread pool: every part of a region runs once, nested regions stay on their thread") {
+  // More parts than this machine may have cores, so that workers beyond the first are made and reused.
+  for (int threads : {1, 2, 3, 5, 8, 3}) {
+    INFO("threads ", threads);
+    std::vector<std::atomic<int>> calls(static_cast<std::size_t>(threads));
+    std::atomic<bool> wrong_count{false}, outside_region{false};
+    cpu::run_on_threads(threads, [&](int thread, int count) {
+      calls[static_cast<std::size_t>(thread)].fetch_add(1);
+      wrong_count = wrong_count || count != threads;
+      outside_region = outside_region || !cpu::in_parallel_region();
+    });
+    for (const auto& c : calls) CHECK(c.load() == 1);
+    CHECK_FALSE(wrong_count.load());
+    CHECK_FALSE(outside_region.load());
+    CHECK_FALSE(cpu::in_parallel_region());
+  }
+  // A region opened inside a region runs every part on the thread that opened it, in order.
+  std::atomic<bool> nested_elsewhere{false};
+  cpu::run_on_threads(3, [&](int, int) {
+    const auto self = std::this_thread::get_id();
+    std::vector<int> order;
+    cpu::run_on_threads(4, [&](int inner, int) {
+      nested_elsewhere = nested_elsewhere || std::this_thread::get_id() != self;
+      order.push_back(inner);
+    });
+    nested_elsewhere = nested_elsewhere || order != std::vector<int>{0, 1, 2, 3};
+  });
+  CHECK_FALSE(nested_elsewhere.load());
+}
+
+TEST_CASE("thread pool: a part's exception reaches the caller, sleeping threads wake, two callers at once") {
+  for (int failing : {0, 2}) {  // the caller's own part, and a worker's
+    INFO("failing part ", failing);
+    CHECK_THROWS_WITH_AS(cpu::run_on_threads(3,
+                                             [&](int thread, int) {
+                                               if (thread == failing) throw std::runtime_error("part failed");
+                                             }),
+                         "part failed", std::runtime_error);
+  }
+  // After an idle spell the workers sleep, and a slow part makes the caller sleep: both must be woken.
+  for (int round = 0; round < 3; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::atomic<int> done{0};
+    cpu::run_on_threads(2, [&](int thread, int) {
+      if (thread == 1) std::this_thread::sleep_for(std::chrono::milliseconds(3));
+      done.fetch_add(1);
+    });
+    CHECK(done.load() == 2);
+  }
+  // Two threads of the program open regions at the same time: one gets the pool, the other runs its parts
+  // itself; every region still sees each of its parts exactly once.
+  auto many_regions = [](std::int64_t* sum) {
+    for (int r = 0; r < 2000; ++r) {
+      std::array<std::int64_t, 4> part{};
+      cpu::run_on_threads(4, [&](int thread, int) { part[static_cast<std::size_t>(thread)] = thread + 1; });
+      *sum += part[0] + part[1] + part[2] + part[3];
+    }
+  };
+  std::int64_t first = 0, second = 0;
+  std::thread other(many_regions, &second);
+  many_regions(&first);
+  other.join();
+  CHECK(first == 2000 * 10);
+  CHECK(second == 2000 * 10);
 }
 
 TEST_CASE("kernels give the same results on one thread and on all threads") {

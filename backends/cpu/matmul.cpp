@@ -84,12 +84,7 @@ void CpuBackend::matmul(const Tensor& a_in, const Tensor& b_in, const Tensor& ou
       product(batch * m, k, 1, a.data<T>(), b.data<T>(), out.data<T>());
       return;
     }
-    // Many small products (attention heads) run one per thread, each GEMM single-threaded (ours and
-    // OpenBLAS's OpenMP build do so inside a parallel region); large ones use all threads in turn.
-    constexpr std::int64_t kSmallGemmFlops = std::int64_t{1} << 22;
-    const bool one_per_thread = batch > 1 && m * n * k <= kSmallGemmFlops && batch * m * n * k >= cpu::kParallelGrain;
-#pragma omp parallel for schedule(static) if (one_per_thread)
-    for (std::int64_t i = 0; i < batch; ++i) {
+    auto product_of = [&](std::int64_t i) {
       std::int64_t offset_a = 0, offset_b = 0, rest = i;
       for (std::size_t d = nd - 2; d-- > 0;) {
         const std::int64_t index = rest % out.shape()[d];
@@ -98,7 +93,21 @@ void CpuBackend::matmul(const Tensor& a_in, const Tensor& b_in, const Tensor& ou
         offset_b += index * sb[d];
       }
       product(m, sa[nd - 2], sa[nd - 1], a.data<T>() + offset_a, b.data<T>() + offset_b, out.data<T>() + i * m * n);
+    };
+    // Many small products (attention heads) run one per thread, each GEMM single-threaded; large ones use
+    // all threads in turn. The own GEMM runs on the backend's thread pool; OpenBLAS's OpenMP build only
+    // stays on one thread inside an OpenMP region, so its products are spread over OpenMP's threads.
+    constexpr std::int64_t kSmallGemmFlops = std::int64_t{1} << 22;
+    const bool one_per_thread = batch > 1 && m * n * k <= kSmallGemmFlops;
+    if (one_per_thread && own) {
+      cpu::parallel_for(batch, m * n * k, [&](std::int64_t begin, std::int64_t end) {
+        for (std::int64_t i = begin; i < end; ++i) product_of(i);
+      });
+      return;
     }
+    const bool openmp = one_per_thread && batch * m * n * k >= cpu::kParallelGrain;
+#pragma omp parallel for schedule(static) if (openmp)
+    for (std::int64_t i = 0; i < batch; ++i) product_of(i);
   });
 }
 

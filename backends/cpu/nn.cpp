@@ -225,10 +225,10 @@ void CpuBackend::layer_norm_backward(const Tensor& x, const Tensor& weight, cons
     const std::int64_t n = x.shape().back(), rows = x.numel() / std::max<std::int64_t>(n, 1);
     const T* w = weight.data<T>();
     // Each thread sums its rows' weight and bias gradients privately; the partials are added at the end.
-    const int threads = omp_get_max_threads();
+    const int threads = cpu::max_threads();
     std::vector<T> partial(static_cast<std::size_t>(threads) * 2 * n, T(0));
-    parallel_for(rows, 4 * n, [&](std::int64_t begin, std::int64_t end) {
-      T* gw = partial.data() + static_cast<std::size_t>(omp_get_thread_num()) * 2 * n;
+    cpu::chunked_parallel_for(rows, 4 * n, [&](int chunk, std::int64_t begin, std::int64_t end) {
+      T* gw = partial.data() + static_cast<std::size_t>(chunk) * 2 * n;
       T* gb = gw + n;
       for (std::int64_t r = begin; r < end; ++r) {
         const T* in = x.data<T>() + r * n;

@@ -1,12 +1,11 @@
 #pragma once
 // Loop helpers shared by the CPU kernels: a parallel-for and a strided N-operand loop.
-#include <omp.h>
-
 #include <algorithm>
 #include <array>
 #include <cstdint>
 #include <utility>
 
+#include "backends/cpu/thread_pool.hpp"
 #include "backends/kernel_helpers.hpp"
 #include "core/tensor.hpp"
 
@@ -16,21 +15,25 @@ namespace ellipse::cpu {
 inline constexpr std::int64_t kParallelGrain = 1 << 15;
 
 // Runs body(begin, end) over [0, n) split into contiguous chunks, one per thread, when the total work
-// (n * cost_per_item elements) is worth it.
+// (n * cost_per_item elements) is worth it. chunked_parallel_for also passes the chunk's index, which is
+// below max_threads(), for bodies that keep per-chunk partial results.
 template <class Body>
-void parallel_for(std::int64_t n, std::int64_t cost_per_item, Body&& body) {
+void chunked_parallel_for(std::int64_t n, std::int64_t cost_per_item, const Body& body) {
   if (n <= 0) return;
-  const int threads = omp_get_max_threads();
-  if (threads == 1 || n == 1 || n * cost_per_item < kParallelGrain || omp_in_parallel()) {
-    body(std::int64_t{0}, n);
+  const int threads = max_threads();
+  if (threads == 1 || n == 1 || n * cost_per_item < kParallelGrain || in_parallel_region()) {
+    body(0, std::int64_t{0}, n);
     return;
   }
-#pragma omp parallel num_threads(static_cast<int>(std::min<std::int64_t>(threads, n)))
-  {
-    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+  run_on_threads(static_cast<int>(std::min<std::int64_t>(threads, n)), [&](int t, int nt) {
     const std::int64_t begin = n * t / nt, end = n * (t + 1) / nt;
-    if (begin < end) body(begin, end);
-  }
+    if (begin < end) body(t, begin, end);
+  });
+}
+
+template <class Body>
+void parallel_for(std::int64_t n, std::int64_t cost_per_item, const Body& body) {
+  chunked_parallel_for(n, cost_per_item, [&](int, std::int64_t begin, std::int64_t end) { body(begin, end); });
 }
 
 // Calls f(a[i], b[i], ...) for every index of `shape`, the operands given as typed base pointers with

@@ -1,6 +1,7 @@
 // CPU kernels: sum and max over the middle axis of [outer, n, inner], and prefix sums.
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "backends/cpu/cpu_backend.hpp"
 #include "backends/cpu/parallel.hpp"
@@ -27,9 +28,15 @@ void CpuBackend::reduce(ReduceOp op, const Tensor& x, const Tensor& out, std::in
         return best;
       };
       if (outer == 1 && is_sum && n >= cpu::kParallelGrain) {  // one long sum: split it over the threads
+        // Per-chunk partial sums, added in chunk order: the result does not depend on timing.
+        std::vector<double> partial(static_cast<std::size_t>(cpu::max_threads()), 0.0);
+        cpu::chunked_parallel_for(n, 1, [&](int chunk, std::int64_t begin, std::int64_t end) {
+          double acc = 0;
+          for (std::int64_t j = begin; j < end; ++j) acc += src[j];
+          partial[static_cast<std::size_t>(chunk)] = acc;
+        });
         double total = 0;
-#pragma omp parallel for reduction(+ : total) schedule(static)
-        for (std::int64_t j = 0; j < n; ++j) total += src[j];
+        for (double p : partial) total += p;
         dst[0] = static_cast<T>(total);
         return;
       }

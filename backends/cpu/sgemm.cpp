@@ -3,8 +3,9 @@
 // sizes keep one b panel in L1 and one block of a in L2 while the micro-kernel streams over them.
 #include "backends/cpu/sgemm.hpp"
 
+#include "backends/cpu/thread_pool.hpp"
+
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -240,7 +241,7 @@ void sgemm(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::
   if (m <= 0 || n <= 0) return;
   // Below about a million multiply-adds the threads' start-up and second packing of b cost more than they save.
   constexpr std::int64_t kParallelFlops = std::int64_t{1} << 20;
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int threads = cpu::in_parallel_region() ? 1 : cpu::max_threads();
   if (threads == 1 || m * n * k < kParallelFlops) {
     sgemm_serial(m, n, k, a, a_row, a_col, b, b_row, b_col, c, ldc, accumulate, bias);
     return;
@@ -250,9 +251,7 @@ void sgemm(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::
   const std::int64_t tile = split_rows ? kMR : kNR;
   const std::int64_t tiles = ((split_rows ? m : n) + tile - 1) / tile;
   const int used = static_cast<int>(std::min<std::int64_t>(threads, tiles));
-#pragma omp parallel num_threads(used)
-  {
-    const std::int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+  cpu::run_on_threads(used, [&](std::int64_t t, std::int64_t nt) {
     const std::int64_t begin = tiles * t / nt * tile;
     const std::int64_t end = std::min(tiles * (t + 1) / nt * tile, split_rows ? m : n);
     if (begin < end) {
@@ -264,7 +263,7 @@ void sgemm(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::
                      bias ? bias + begin : nullptr);
       }
     }
-  }
+  });
 }
 
 }  // namespace ellipse::cpu
