@@ -12,7 +12,7 @@
 # and the GFLOP/s of the medians; then the step's total (the sum over products of count x ms) and its FLOPs
 # beside gpt_step_flops / vit_step_flops.
 #
-# Both sides get all cores and sleeping idle OpenMP workers (OMP_WAIT_POLICY=passive, as compare_torch.sh).
+# Both sides get all cores; PyTorch keeps libgomp's default wait policy (spinning idle workers).
 # PyTorch is .torch-venv/bin/python, made by tools/torch-venv.sh; PYTHON=... picks another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ while [[ $# -gt 0 ]]; do
        exit 2 ;;
   esac
 done
-source bench/torch_peer.sh  # $python, OMP_WAIT_POLICY
+source bench/torch_peer.sh  # $python
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

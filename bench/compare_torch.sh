@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # ellipse vs PyTorch, one training step (zero grads, forward, cross-entropy, backward, AdamW), timed in
 # the same run: each round runs every configuration once with ellipse and once with each of PyTorch's two
-# attention paths (F.scaled_dot_product_attention and explicit softmax(q k^T) v), alternating, so that load
-# from other processes falls on all of them. PyTorch's figure is the faster of its two paths (by median).
+# attention paths (F.scaled_dot_product_attention and explicit softmax(q k^T) v) under each of libgomp's two
+# wait policies (its default, idle workers spinning, and OMP_WAIT_POLICY=passive, which is faster beside other
+# work), alternating, so that load from other processes falls on all of them. PyTorch's figure is the
+# fastest of those four settings (by median).
 #
 #   bench/compare_torch.sh [--rounds 5] [--steps 8] [--warmup 2] [--build build] [--configs "gpt-s:standard ..."]
 #
@@ -14,8 +16,7 @@
 # step's GEMM floor (its matrix-product FLOPs at that best rate). Then, for each model timed with both
 # attention kinds, the ratio elliptical / standard on each side.
 #
-# Both sides get the same threads (all cores) and sleeping idle OpenMP workers (OMP_WAIT_POLICY=passive,
-# which the ellipse program sets for itself; libgomp's spinning default slows PyTorch on a busy machine).
+# Both sides get the same threads (all cores).
 # PyTorch is .torch-venv/bin/python, a current PyTorch from PyPI made by tools/torch-venv.sh; PYTHON=...
 # picks another (Debian's /usr/bin/python3 has PyTorch 1.13, whose GEMM is far slower on recent cores).
 set -euo pipefail
@@ -33,7 +34,7 @@ while [[ $# -gt 0 ]]; do
        exit 2 ;;
   esac
 done
-source bench/torch_peer.sh  # $python, OMP_WAIT_POLICY
+source bench/torch_peer.sh  # $python
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 
@@ -67,9 +68,13 @@ for ((round = 1; round <= rounds; ++round)); do
     line=$("$build"/ellipse bench --config "$config" --attn "$attn" --steps "$steps" --warmup "$warmup" "${batch_flag[@]}")
     echo "ellipse $round $entry $line" >>"$results"
     for impl in sdpa explicit; do
-      line=$("$python" bench/torch_bench.py --config "$config" --attn "$attn" --steps "$steps" --warmup "$warmup" \
-        --attention-impl "$impl" "${batch_flag[@]}")
-      echo "pytorch-$impl $round $entry $line" >>"$results"
+      for policy in spin passive; do
+        wait_policy=()
+        [[ $policy == passive ]] && wait_policy=(OMP_WAIT_POLICY=passive)
+        line=$(env "${wait_policy[@]}" "$python" bench/torch_bench.py --config "$config" --attn "$attn" \
+          --steps "$steps" --warmup "$warmup" --attention-impl "$impl" "${batch_flag[@]}")
+        echo "pytorch-$impl-$policy $round $entry $line" >>"$results"
+      done
     done
   done
 done
@@ -97,7 +102,7 @@ print("| config | attn | batch | ellipse ms | PyTorch ms (path) | ratio | ellips
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 best_of = {}
 for entry, sides in runs.items():
-    impl = min(("pytorch-sdpa", "pytorch-explicit"), key=lambda i: med(sides[i]))
+    impl = min((i for i in sides if i.startswith("pytorch-")), key=lambda i: med(sides[i]))
     best_of[entry] = impl
     ell, peer = sides["ellipse"], sides[impl]
     ratio = statistics.median(ell[r]["step_ms"] / peer[r]["step_ms"] for r in ell if r in peer)
