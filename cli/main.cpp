@@ -14,10 +14,11 @@
 #include "core/error.hpp"
 
 namespace {
-// libgomp reads OMP_WAIT_POLICY once, when it is loaded. Its default lets idle workers spin, and on a
-// machine running anything else they take the cores from the threads doing the work (measured on 2
-// cores beside one busy process: a gpt-s step 2.3 s spinning, 0.55 s passive). Unless the user chose a
-// policy, the program restarts itself once with the passive one; if that fails it simply goes on.
+// OpenBLAS's threads (f64 products, and f32 ones on processors without AVX-512) are libgomp's, which reads
+// OMP_WAIT_POLICY once, when it is loaded. Its default lets idle workers spin, and on a machine running
+// anything else they take the cores from the threads doing the work (measured on 2 cores beside one busy
+// process: a gpt-s step 2.3 s spinning, 0.55 s passive). Unless the user chose a policy, the program
+// restarts itself once with the passive one; if that fails it simply goes on.
 void prefer_passive_openmp_workers(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
   setenv("OMP_WAIT_POLICY", "passive", 1);
