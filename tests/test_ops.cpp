@@ -1850,43 +1850,47 @@ TEST_CASE("matmul: f32 products larger than the GEMM's blocks, in every layout, 
   // The table's matmul cases fit inside one block of the CPU GEMM; these cross every block boundary (rows
   // past 2 x 192, depth past 2 x 256, columns past 768, none a multiple of the 12 x 32 register tile) with
   // transposed and step-2 strided operands, against the f64 product, and must not depend on the threads.
+  // A narrow c (one panel of b) takes the paths that read a transposed a in place instead of packing it.
   Generator gen(5);
-  const std::int64_t m = 389, k = 517, n = 801;
-  const Tensor a64 = randn({m, k}, gen, DType::f64), b64 = randn({k, n}, gen, DType::f64);
-  const Tensor expected = matmul(a64, b64);
-  const Tensor a32 = a64.to(DType::f32), b32 = b64.to(DType::f32);
-  // x as the even columns of a twice-as-wide matrix: a step-2 view that is neither row- nor column-major.
-  auto every_other = [](const Tensor& x) {
-    const std::int64_t rows = x.shape()[0], cols = x.shape()[1];
-    return concat({unsqueeze(x, 2), unsqueeze(x, 2)}, 2).reshape({rows, 2 * cols}).slice(1, 0, 2 * cols, 2);
-  };
-  // x as the first columns of a matrix 1024 wide: rows 4 KiB apart, which the GEMM packs rather than reading
-  // in place (such rows share one L1 set).
-  auto rows_4k_apart = [](const Tensor& x) {
-    const std::int64_t rows = x.shape()[0], cols = x.shape()[1];
-    return concat({x, zeros({rows, 1024 - cols})}, 1).slice(1, 0, cols);
-  };
-  const std::vector<std::pair<std::string, std::pair<Tensor, Tensor>>> layouts = {
-      {"contiguous", {a32, b32}},
-      {"rows 4 KiB apart", {rows_4k_apart(a32), rows_4k_apart(b32)}},
-      {"transposed",
-       {a32.transpose(0, 1).contiguous().transpose(0, 1), b32.transpose(0, 1).contiguous().transpose(0, 1)}},
-      {"strided", {every_other(a32), every_other(b32)}},
-  };
-  for (const auto& [name, operands] : layouts) {
-    INFO("layout ", name);
-    const Tensor threaded = matmul(operands.first, operands.second);
-    const int threads = omp_get_max_threads();
-    omp_set_num_threads(1);
-    const Tensor single = matmul(operands.first, operands.second);
-    omp_set_num_threads(threads);
-    const auto got = threaded.to_vector<float>(), one = single.to_vector<float>();
-    const auto want = expected.to_vector<double>();
-    double worst = 0;
-    for (std::size_t i = 0; i < want.size(); ++i)
-      worst = std::max(worst, std::abs(static_cast<double>(got[i]) - want[i]) / (1.0 + std::abs(want[i])));
-    CHECK(worst < 1e-4);  // f32 rounding over 517 terms
-    CHECK(got == one);  // each element is summed by one thread, in the same order
+  for (const std::int64_t n : {801, 29}) {
+    INFO("columns ", n);
+    const std::int64_t m = 389, k = 517;
+    const Tensor a64 = randn({m, k}, gen, DType::f64), b64 = randn({k, n}, gen, DType::f64);
+    const Tensor expected = matmul(a64, b64);
+    const Tensor a32 = a64.to(DType::f32), b32 = b64.to(DType::f32);
+    // x as the even columns of a twice-as-wide matrix: a step-2 view that is neither row- nor column-major.
+    auto every_other = [](const Tensor& x) {
+      const std::int64_t rows = x.shape()[0], cols = x.shape()[1];
+      return concat({unsqueeze(x, 2), unsqueeze(x, 2)}, 2).reshape({rows, 2 * cols}).slice(1, 0, 2 * cols, 2);
+    };
+    // x as the first columns of a matrix 1024 wide: rows 4 KiB apart, which the GEMM packs rather than reading
+    // in place (such rows share one L1 set).
+    auto rows_4k_apart = [](const Tensor& x) {
+      const std::int64_t rows = x.shape()[0], cols = x.shape()[1];
+      return concat({x, zeros({rows, 1024 - cols})}, 1).slice(1, 0, cols);
+    };
+    const std::vector<std::pair<std::string, std::pair<Tensor, Tensor>>> layouts = {
+        {"contiguous", {a32, b32}},
+        {"rows 4 KiB apart", {rows_4k_apart(a32), rows_4k_apart(b32)}},
+        {"transposed",
+         {a32.transpose(0, 1).contiguous().transpose(0, 1), b32.transpose(0, 1).contiguous().transpose(0, 1)}},
+        {"strided", {every_other(a32), every_other(b32)}},
+    };
+    for (const auto& [name, operands] : layouts) {
+      INFO("layout ", name);
+      const Tensor threaded = matmul(operands.first, operands.second);
+      const int threads = omp_get_max_threads();
+      omp_set_num_threads(1);
+      const Tensor single = matmul(operands.first, operands.second);
+      omp_set_num_threads(threads);
+      const auto got = threaded.to_vector<float>(), one = single.to_vector<float>();
+      const auto want = expected.to_vector<double>();
+      double worst = 0;
+      for (std::size_t i = 0; i < want.size(); ++i)
+        worst = std::max(worst, std::abs(static_cast<double>(got[i]) - want[i]) / (1.0 + std::abs(want[i])));
+      CHECK(worst < 1e-4);  // f32 rounding over 517 terms
+      CHECK(got == one);  // each element is summed by one thread, in the same order
+    }
   }
 }
 
