@@ -650,6 +650,9 @@ TEST_CASE("scaled_dot_product_attention: equals scaled_softmax and matmul, forwa
       {2, 3, 6, 6, 8, 6, true},    {1, 2, 3, 7, 4, 3, true},   {1, 2, 3, 7, 4, 0, false},  // fewer queries than keys
       {1, 2, 7, 7, 16, 1, true},   {2, 2, 70, 70, 24, 70, true},  // odd sizes; several tiles, a padded head dim
       {1, 1, 1, 33, 64, 1, true},  // one new token after 32 cached ones
+      // The CPU's f32 kernel takes blocks of 48 query rows: several blocks, the last one partial, with and
+      // without a mask, and a causal block whose keys run past its queries (cached keys).
+      {1, 2, 150, 150, 32, 150, true}, {1, 2, 100, 100, 32, 1, false}, {1, 2, 50, 130, 32, 0, true},
   };
   for (const auto& d : testing::available_devices()) {
     for (DType dtype : {DType::f32, DType::f64}) {

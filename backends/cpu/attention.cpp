@@ -1,13 +1,15 @@
-// Fused attention on the CPU: exact row-by-row loops in f32 and f64, parallel over (batch, head). They are the
-// reference for the CUDA kernels and what the gradient checks differentiate; the layers keep their explicit,
-// tuned path on the CPU (nn/attention.cpp).
+// Fused attention on the CPU, parallel over (batch, head). f32 on processors with the own GEMM runs blocks of
+// queries through it (attention_gemm below); f64, and f32 elsewhere, run exact row-by-row loops, which are
+// also the reference that the gradient checks differentiate and the GEMM path is tested against.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "backends/cpu/cpu_backend.hpp"
+#include "backends/cpu/fast_math.hpp"
 #include "backends/cpu/parallel.hpp"
+#include "backends/cpu/sgemm.hpp"
 
 namespace ellipse {
 
@@ -126,10 +128,139 @@ void attention_backward_typed(const Tensor& q, const Tensor& k, const Tensor& v,
   });
 }
 
+// ---- f32 through the own GEMM ----
+// A block of query rows at a time: its scores against every key it sees are one product, their softmax runs
+// while they are in cache, and the block's output is a second product. The [Nq, Nk] probabilities are never
+// stored, and with a causal mask the keys after a block's last query are never touched. The backward
+// recomputes each block's probabilities from lse and forms the gradients with five products per block.
+
+constexpr std::int64_t kQueryBlock = 48;  // rows per block: a multiple of the GEMM's 12-row register tile
+
+// Without a mask there is nothing to skip: a short sequence is one block (fewer, larger products).
+std::int64_t query_block_rows(const AttentionGeometry& g) {
+  return !g.causal && g.nq <= 2 * kQueryBlock ? g.nq : kQueryBlock;
+}
+
+// One block of a slice: query rows [begin, begin + rows), which see keys [0, keys) between them.
+struct QueryBlock {
+  std::int64_t begin, rows, keys;
+};
+
+template <class Body>
+void for_each_query_block(const AttentionGeometry& g, const Body& body) {
+  const std::int64_t block = query_block_rows(g);
+  for (std::int64_t begin = 0; begin < g.nq; begin += block) {
+    const std::int64_t rows = std::min(block, g.nq - begin);
+    body(QueryBlock{begin, rows, g.visible(begin + rows - 1)});
+  }
+}
+
+// The block's queries as the scores see them (scale * q * m), rows x dh, and its scores against its keys:
+// scores[r * b.keys + j] = queries_r . k_j.
+void block_scores(const AttentionGeometry& g, const Tensor& q, const Tensor& k, const Tensor& metric, std::int64_t bh,
+                  const QueryBlock& b, float scale, float* queries, float* scores) {
+  for (std::int64_t r = 0; r < b.rows; ++r) {
+    const std::int64_t i = b.begin + r;
+    scaled_query(q.data<float>() + (bh * g.nq + i) * g.dh, g.metric_row<float>(metric, bh, i), scale, g.dh,
+                 queries + r * g.dh);
+  }
+  const float* keys = k.data<float>() + bh * g.nk * g.dh;
+  cpu::sgemm(b.rows, b.keys, g.dh, queries, g.dh, 1, keys, 1, g.dh, scores, b.keys, false, nullptr);
+}
+
+void attention_gemm(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric, double scale_in,
+                    bool causal, const Tensor& out, const Tensor& lse) {
+  const AttentionGeometry g(q, k, metric, causal);
+  const auto scale = static_cast<float>(scale_in);
+  const std::int64_t block = query_block_rows(g);
+  parallel_for(g.slices, g.nq * g.nk * g.dh, [&](std::int64_t begin, std::int64_t end) {
+    std::vector<float> queries(static_cast<std::size_t>(block * g.dh)), probs(static_cast<std::size_t>(block * g.nk));
+    for (std::int64_t bh = begin; bh < end; ++bh) {
+      const float* values = v.data<float>() + bh * g.nk * g.dh;
+      for_each_query_block(g, [&](const QueryBlock& b) {
+        block_scores(g, q, k, metric, bh, b, scale, queries.data(), probs.data());
+        for (std::int64_t r = 0; r < b.rows; ++r) {
+          float* p = probs.data() + r * b.keys;
+          const std::int64_t visible = g.visible(b.begin + r);
+          const float max = cpu::lane_max<float>(visible, [p](std::int64_t j) { return p[j]; });
+          for (std::int64_t j = 0; j < visible; ++j) p[j] = cpu::exp_fast(p[j] - max);
+          const float total = cpu::lane_sum<float>(visible, [p](std::int64_t j) { return p[j]; });
+          const float inv = 1.0f / total;
+          for (std::int64_t j = 0; j < visible; ++j) p[j] *= inv;
+          std::fill(p + visible, p + b.keys, 0.0f);
+          lse.data<float>()[bh * g.nq + b.begin + r] = max + std::log(total);
+        }
+        cpu::sgemm(b.rows, g.dh, b.keys, probs.data(), b.keys, 1, values, g.dh, 1,
+                   out.data<float>() + (bh * g.nq + b.begin) * g.dh, g.dh, false, nullptr);
+      });
+    }
+  });
+}
+
+void attention_backward_gemm(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric,
+                             const Tensor& out, const Tensor& lse, const Tensor& gout, double scale_in, bool causal,
+                             const Tensor& gq, const Tensor& gk, const Tensor& gv) {
+  const AttentionGeometry g(q, k, metric, causal);
+  const auto scale = static_cast<float>(scale_in);
+  const std::int64_t block = query_block_rows(g);
+  // A slice's gk and gv rows receive from every query of that slice only, so slices are independent tasks.
+  parallel_for(g.slices, 3 * g.nq * g.nk * g.dh, [&](std::int64_t begin, std::int64_t end) {
+    const auto scores_size = static_cast<std::size_t>(block * g.nk), rows_size = static_cast<std::size_t>(block * g.dh);
+    std::vector<float> queries(rows_size), grad_queries(rows_size), probs(scores_size), grad_scores(scores_size);
+    for (std::int64_t bh = begin; bh < end; ++bh) {
+      const float* keys = k.data<float>() + bh * g.nk * g.dh;
+      const float* values = v.data<float>() + bh * g.nk * g.dh;
+      float* grad_keys = gk.data<float>() + bh * g.nk * g.dh;
+      float* grad_values = gv.data<float>() + bh * g.nk * g.dh;
+      std::fill(grad_keys, grad_keys + g.nk * g.dh, 0.0f);
+      std::fill(grad_values, grad_values + g.nk * g.dh, 0.0f);
+      for_each_query_block(g, [&](const QueryBlock& b) {
+        const std::int64_t first_row = bh * g.nq + b.begin;
+        const float* grad_out = gout.data<float>() + first_row * g.dh;
+        block_scores(g, q, k, metric, bh, b, scale, queries.data(), probs.data());
+        // dP = gout v^T over the block's keys
+        cpu::sgemm(b.rows, b.keys, g.dh, grad_out, g.dh, 1, values, 1, g.dh, grad_scores.data(), b.keys, false,
+                   nullptr);
+        for (std::int64_t r = 0; r < b.rows; ++r) {
+          float* p = probs.data() + r * b.keys;
+          float* ds = grad_scores.data() + r * b.keys;
+          const std::int64_t visible = g.visible(b.begin + r);
+          const float row_lse = lse.data<float>()[first_row + r];
+          const float* o = out.data<float>() + (first_row + r) * g.dh;
+          const float* go = grad_out + r * g.dh;
+          const float delta = cpu::lane_sum<float>(g.dh, [o, go](std::int64_t d) { return o[d] * go[d]; });
+          for (std::int64_t j = 0; j < visible; ++j) {
+            p[j] = cpu::exp_fast(p[j] - row_lse);
+            ds[j] = p[j] * (ds[j] - delta);
+          }
+          std::fill(p + visible, p + b.keys, 0.0f);
+          std::fill(ds + visible, ds + b.keys, 0.0f);
+        }
+        // gv += P^T gout, gk += dS^T (scale q m), gq = scale m (dS k)
+        cpu::sgemm(b.keys, g.dh, b.rows, probs.data(), 1, b.keys, grad_out, g.dh, 1, grad_values, g.dh, true,
+                   nullptr);
+        cpu::sgemm(b.keys, g.dh, b.rows, grad_scores.data(), 1, b.keys, queries.data(), g.dh, 1, grad_keys, g.dh,
+                   true, nullptr);
+        cpu::sgemm(b.rows, g.dh, b.keys, grad_scores.data(), b.keys, 1, keys, g.dh, 1, grad_queries.data(), g.dh,
+                   false, nullptr);
+        for (std::int64_t r = 0; r < b.rows; ++r) {
+          const float* m = g.metric_row<float>(metric, bh, b.begin + r);
+          float* grad_q = gq.data<float>() + (first_row + r) * g.dh;
+          for (std::int64_t d = 0; d < g.dh; ++d) grad_q[d] = scale * (m ? m[d] : 1.0f) * grad_queries[r * g.dh + d];
+        }
+      });
+    }
+  });
+}
+
 }  // namespace
 
 void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric, double scale,
                            bool causal, const Tensor& out, const Tensor& lse) {
+  if (q.dtype() == DType::f32 && cpu::sgemm_available()) {
+    attention_gemm(q, k, v, metric, scale, causal, out, lse);
+    return;
+  }
   dispatch_floating(q.dtype(), "attention", [&](auto tag) {
     attention_typed<decltype(tag)>(q, k, v, metric, scale, causal, out, lse);
   });
@@ -138,6 +269,10 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, co
 void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric,
                                     const Tensor& out, const Tensor& lse, const Tensor& gout, double scale, bool causal,
                                     const Tensor& gq, const Tensor& gk, const Tensor& gv) {
+  if (q.dtype() == DType::f32 && cpu::sgemm_available()) {
+    attention_backward_gemm(q, k, v, metric, out, lse, gout, scale, causal, gq, gk, gv);
+    return;
+  }
   dispatch_floating(q.dtype(), "attention_backward", [&](auto tag) {
     attention_backward_typed<decltype(tag)>(q, k, v, metric, out, lse, gout, scale, causal, gq, gk, gv);
   });

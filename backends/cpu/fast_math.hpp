@@ -1,10 +1,12 @@
 #pragma once
-// exp and the functions built on it, written so that loops over them vectorise (std::exp is an opaque
-// libm call that does not). f32 only: f64 keeps libm, since it exists for exactness, not speed.
-// Accuracy: exp_fast is within 2 ulp of exp over its whole range.
+// exp and the functions built on it, and row reductions, written so that loops over them vectorise (std::exp
+// is an opaque libm call that does not). exp_fast is f32 only: f64 keeps libm, since it exists for exactness,
+// not speed. Accuracy: exp_fast is within 2 ulp of exp over its whole range.
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace ellipse::cpu {
 
@@ -66,6 +68,35 @@ T gelu_grad_fast(T x) {
   const T s = sigmoid_fast(T(2) * (T(kGeluC) * (x + T(kGeluA) * x * x * x)));
   const T du = T(kGeluC) * (T(1) + T(3 * kGeluA) * x * x);
   return s + x * s * (T(1) - s) * T(2) * du;
+}
+
+// Row reductions in 16 interleaved partial results: GCC vectorises those, while a single running sum or
+// maximum is a dependency chain it keeps scalar (floating-point addition is not reassociated for it).
+constexpr std::int64_t kLanes = 16;
+
+template <class T, class F>
+T lane_sum(std::int64_t n, F term) {
+  T partial[kLanes] = {};
+  std::int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (std::int64_t l = 0; l < kLanes; ++l) partial[l] += term(j + l);
+  T total = 0;
+  for (; j < n; ++j) total += term(j);
+  for (std::int64_t l = 0; l < kLanes; ++l) total += partial[l];
+  return total;
+}
+
+template <class T, class F>
+T lane_max(std::int64_t n, F term) {
+  T partial[kLanes];
+  std::fill_n(partial, kLanes, -std::numeric_limits<T>::infinity());
+  std::int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (std::int64_t l = 0; l < kLanes; ++l) partial[l] = std::max(partial[l], term(j + l));
+  T best = -std::numeric_limits<T>::infinity();
+  for (; j < n; ++j) best = std::max(best, term(j));
+  for (std::int64_t l = 0; l < kLanes; ++l) best = std::max(best, partial[l]);
+  return best;
 }
 
 }  // namespace ellipse::cpu

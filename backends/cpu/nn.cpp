@@ -10,38 +10,11 @@
 
 namespace ellipse {
 
+using cpu::lane_max;
+using cpu::lane_sum;
 using cpu::parallel_for;
 
 namespace {
-
-// Row reductions in 16 interleaved partial results: GCC vectorises those, while a single running sum or
-// maximum is a dependency chain it keeps scalar (floating-point addition is not reassociated for it).
-constexpr std::int64_t kLanes = 16;
-
-template <class T, class F>
-T lane_sum(std::int64_t n, F term) {
-  T partial[kLanes] = {};
-  std::int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (std::int64_t l = 0; l < kLanes; ++l) partial[l] += term(j + l);
-  T total = 0;
-  for (; j < n; ++j) total += term(j);
-  for (std::int64_t l = 0; l < kLanes; ++l) total += partial[l];
-  return total;
-}
-
-template <class T, class F>
-T lane_max(std::int64_t n, F term) {
-  T partial[kLanes];
-  std::fill_n(partial, kLanes, -std::numeric_limits<T>::infinity());
-  std::int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (std::int64_t l = 0; l < kLanes; ++l) partial[l] = std::max(partial[l], term(j + l));
-  T best = -std::numeric_limits<T>::infinity();
-  for (; j < n; ++j) best = std::max(best, term(j));
-  for (std::int64_t l = 0; l < kLanes; ++l) best = std::max(best, partial[l]);
-  return best;
-}
 
 // One row of scaled_softmax: only the `visible` prefix is read and exponentiated, the rest is written as
 // 0. (A function of its own with unaliased pointers: inlined into the kernel's loop, GCC 12 left the
