@@ -5,9 +5,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string_view>
 
 #include "core/error.hpp"
+#include "core/io/npy.hpp"
 #include "models/fashion_mnist.hpp"
 #include "models/text.hpp"
 
@@ -53,6 +55,17 @@ inline void check_idx(std::string_view bytes) {
       if (label < 0 || label >= kFashionMnistClasses) std::abort();
   } catch (const Error&) {
   }
+}
+
+// The .npy reader, and a property of what it accepts: the writer's bytes for that tensor read back to the same
+// shape, dtype and bits.
+inline void check_npy(std::string_view bytes) {
+  const Tensor t = io::from_npy(bytes, "fuzz");
+  const Tensor back = io::from_npy(io::to_npy(t), "fuzz");
+  const std::size_t size = static_cast<std::size_t>(t.numel()) * itemsize(t.dtype());
+  if (back.shape() != t.shape() || back.dtype() != t.dtype() ||
+      (size > 0 && std::memcmp(back.contiguous().raw_data(), t.contiguous().raw_data(), size) != 0))
+    std::abort();
 }
 
 }  // namespace ellipse::fuzz

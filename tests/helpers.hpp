@@ -20,13 +20,13 @@ namespace ellipse::testing {
 struct TestDevice {
   Device device;
   std::string skip_reason;  // empty when the backend is available
-  bool has_f64 = false;     // f64 kernels exist on the CPU only (they serve gradient checks)
+  bool has_f64 = false;     // the f64 cases run on the CPU only: CUDA's f64 kernels await a check on a GPU
 };
 
 inline std::vector<TestDevice> test_devices() {
   std::vector<TestDevice> devices{{Device::cpu(), "", true}};
-  // The CUDA backend joins as soon as backend_for(cuda) stops throwing (issue 5); until then its error
-  // message is the reason it is skipped.
+  // The CUDA backend joins when backend_for(cuda) succeeds (a CUDA build on a machine with a GPU); otherwise
+  // its error message is the reason it is skipped.
   try {
     backend_for(Device::cuda());
     devices.push_back({Device::cuda(), "", false});

@@ -1,4 +1,4 @@
-// Multi-head attention, standard and elliptical (issue 3; docs/elliptical-attention.md): the layer against
+// Multi-head attention, standard and elliptical (docs/elliptical-attention.md): the layer against
 // an independent double-precision reference, gradients and the stop-gradient on the metric m, causality
 // of the three metric estimators inside a GPT, the random ablation, incremental decoding, and the fused
 // attention op against the explicit path, alone and inside the layer, on every device.

@@ -1,4 +1,4 @@
-// Devices above the op level (issue 5): Module::to, checkpoints written from any device, and --device on the
+// Devices above the op level: Module::to, checkpoints written from any device, and --device on the
 // command line. The tests run on every available device; where CUDA is unavailable, the command-line test
 // checks instead that asking for it fails cleanly, and says which of the two it did.
 #include <doctest/doctest.h>

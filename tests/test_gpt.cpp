@@ -1,4 +1,4 @@
-// The character GPT (issue 3): presets and parameter names (the checkpoint format), UTF-8 and the
+// The character GPT: presets and parameter names (the checkpoint format), UTF-8 and the
 // tokenizer, data splitting and sampling, checkpoints and config.json, and training end to end with an
 // exact resume.
 #include <doctest/doctest.h>

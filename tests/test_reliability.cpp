@@ -1,4 +1,4 @@
-// Reliability (issue 8): anomaly detection, non-finite losses, impossible allocations, bit-identical and
+// Reliability: anomaly detection, non-finite losses, impossible allocations, bit-identical and
 // thread-independent training, checkpoints that survive SIGKILL and failed runs (the GPT's, and the ViT's
 // through the same shared code in models/train_run), and the command-line program's clean failure on corrupt
 // checkpoints, configs and flags.

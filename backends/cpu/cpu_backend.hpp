@@ -1,6 +1,7 @@
 #pragma once
-// The CPU backend: OpenBLAS for matrix products, OpenMP loops for everything else. One file per op family
-// (elementwise.cpp, reduce.cpp, matmul.cpp, nn.cpp, attention.cpp) holds the kernels declared here.
+// The CPU backend: its own AVX-512 GEMM for f32 matrix products (OpenBLAS for f64, and for f32 on processors
+// without AVX-512), and loops on its own thread pool for everything else. One file per op family
+// (elementwise.cpp, reduce.cpp, matmul.cpp and sgemm.cpp, nn.cpp, attention.cpp) holds the kernels declared here.
 #include <mutex>
 #include <unordered_map>
 

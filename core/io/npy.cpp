@@ -7,7 +7,6 @@
 #include <limits>
 #include <optional>
 
-#include "autograd/ops.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
 

@@ -9,7 +9,6 @@
 #include <limits>
 #include <set>
 
-#include "autograd/ops.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
 
