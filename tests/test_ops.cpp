@@ -15,10 +15,13 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
 #include <numbers>
 #include <numeric>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -49,6 +52,14 @@ const std::vector<std::string> kRequiredOps = {
     "equal", "sum_to", "scaled_softmax", "scaled_dot_product_attention", "linear",
 };
 // clang-format on
+
+// Ops that autograd/ops.hpp declares but the table leaves out, and why; every other op it declares must be in
+// kRequiredOps (an overload taking a scalar as "<name>_scalar").
+const std::map<std::string, std::string> kOpsOutsideTable = {
+    {"elliptical_metric", "a stop-gradient; tests/test_attention.cpp checks it against the composition of ops"},
+    {"causal_mask", "builds a constant from a size: no input to compare or differentiate"},
+    {"to_device", "moves a tensor between devices; tests/test_device.cpp checks every pair"},
+};
 
 constexpr double kF32Tolerance = 1e-5;      // forward, f32, relative (absolute below magnitude 1)
 constexpr double kF64Tolerance = 1e-11;     // forward, f64
@@ -1562,6 +1573,32 @@ double run_gradcheck(const Case& c) {
 }
 
 }  // namespace
+
+TEST_CASE("ops: the table's list of ops matches what autograd/ops.hpp declares") {
+  std::ifstream header(ELLIPSE_SOURCE_DIR "/autograd/ops.hpp");
+  REQUIRE_MESSAGE(header.good(), "cannot read " ELLIPSE_SOURCE_DIR "/autograd/ops.hpp");
+  // Declarations start a line with their return type: "Tensor add(const Tensor& a, ...".
+  const std::regex declaration(R"(^(?:Tensor|std::vector<Tensor>|EllipticalMetric) ([a-z_0-9]+)\()");
+  std::set<std::string> declared;
+  for (std::string line; std::getline(header, line);) {
+    std::smatch match;
+    if (std::regex_search(line, match, declaration)) declared.insert(match[1]);
+  }
+  REQUIRE(declared.size() > 40);  // the pattern still finds the declarations
+  auto listed = [](const std::string& name) {
+    return std::find(kRequiredOps.begin(), kRequiredOps.end(), name) != kRequiredOps.end();
+  };
+  for (const auto& name : declared) {
+    CAPTURE(name);
+    const bool covered = listed(name) || listed(name + "_scalar") || kOpsOutsideTable.count(name) > 0;
+    CHECK_MESSAGE(covered, "declared in ops.hpp but neither in the table's list nor in kOpsOutsideTable");
+  }
+  for (const auto& name : kRequiredOps) {
+    const std::string base = name.ends_with("_scalar") ? name.substr(0, name.size() - 7) : name;
+    CHECK_MESSAGE(declared.count(base) == 1, "'", name, "' is in the table's list but ops.hpp declares no ", base);
+  }
+  for (const auto& [name, why] : kOpsOutsideTable) CHECK_MESSAGE(declared.count(name) == 1, name, " (", why, ") is gone");
+}
 
 TEST_CASE("ops: every op, forward and backward, on every backend") {
   const auto devices = ellipse::testing::available_devices();
