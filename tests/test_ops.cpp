@@ -9,6 +9,8 @@
 // backward only: finite differences over them would be slow).
 #include <doctest/doctest.h>
 #include <omp.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -1843,6 +1845,31 @@ TEST_CASE("thread pool: a part's exception reaches the caller, sleeping threads 
   other.join();
   CHECK(first == 2000 * 10);
   CHECK(second == 2000 * 10);
+}
+
+TEST_CASE("thread pool: a child of fork() runs regions on workers of its own") {
+  // The parent's workers exist and are warm; the child has none of them and must neither hang nor crash.
+  std::atomic<int> parts{0};
+  cpu::run_on_threads(4, [&](int, int) { parts.fetch_add(1); });
+  REQUIRE(parts.load() == 4);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    alarm(20);  // a hang ends the child with SIGALRM instead of blocking the suite
+    std::atomic<int> child_parts{0};
+    for (int r = 0; r < 100; ++r) cpu::run_on_threads(4, [&](int, int) { child_parts.fetch_add(1); });
+    const Tensor product = matmul(ones({300, 300}), ones({300, 300}));  // the GEMM's threads too
+    const bool ok = child_parts.load() == 400 && product.to_vector<float>()[0] == 300.0f;
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  CHECK_MESSAGE(WIFEXITED(status), "the child was killed by signal ", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  CHECK(WEXITSTATUS(status) == 0);
+  // The parent's pool still works.
+  parts = 0;
+  cpu::run_on_threads(4, [&](int, int) { parts.fetch_add(1); });
+  CHECK(parts.load() == 4);
 }
 
 TEST_CASE("kernels give the same results on one thread and on all threads") {

@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include <pthread.h>
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -82,6 +84,17 @@ bool spin_until(const Done& done) {
 
 class Pool {
  public:
+  Pool() {
+    // A child of fork() has only the thread that forked: the parent's workers are not there to answer, and
+    // their std::thread objects must never be joined or destroyed. The child forgets them and makes its own.
+    pthread_atfork(nullptr, nullptr, [] { instance().forget_workers_after_fork(); });
+  }
+
+  static Pool& instance() {
+    static Pool pool;
+    return pool;
+  }
+
   ~Pool() {
     {
       std::lock_guard lock(busy_);
@@ -130,6 +143,16 @@ class Pool {
   }
 
  private:
+  void forget_workers_after_fork() {
+    new (&busy_) std::mutex;  // a thread the child does not have may have held it
+    new std::vector<std::thread>(std::move(workers_));  // deliberately leaked: see the constructor
+    workers_.clear();
+    sleepers_.store(0);
+    unfinished_.store(0);
+    caller_sleeping_.store(false);
+    tl_in_region = false;
+  }
+
   void announce(std::uint32_t threads) {
     const std::uint32_t next = ((announcement_.load() >> kThreadBits) + 1) << kThreadBits | threads;
     announcement_.store(next);
@@ -171,11 +194,6 @@ class Pool {
   std::atomic<bool> stopping_{false};
 };
 
-Pool& pool() {
-  static Pool instance;
-  return instance;
-}
-
 }  // namespace
 
 int max_threads() { return std::clamp(omp_get_max_threads(), 1, kMaxThreads); }
@@ -188,7 +206,7 @@ void run_on_threads(int threads, ThreadTask task, const void* context) {
     Pool::run_serially(threads, task, context);
     return;
   }
-  pool().run(threads, task, context);
+  Pool::instance().run(threads, task, context);
 }
 
 }  // namespace ellipse::cpu
