@@ -104,6 +104,9 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 // Whether scaled_dot_product_attention has kernels for this device, dtype and head dim: on the CPU for f32
 // and f64 and any head dim, on CUDA for f32 and head dims up to 128.
 bool fused_attention_supported(Device device, DType dtype, std::int64_t head_dim);
+// Whether it is also the faster way for this device, dtype, head dim and mask (the device's backend decides:
+// on the CPU only causal f32 attention with the AVX-512 GEMM); the attention layers take it when it is.
+bool fused_attention_preferred(Device device, DType dtype, std::int64_t head_dim, bool causal);
 // Elliptical attention's metric m from this layer's and the previous layer's value heads v, v_prev
 // [B, H, N, dh], in one pass: s = the mean over tokens of |v - v_prev| (with `causal`, the prefix mean over
 // tokens 0..i for query row i), m = s / max(max_d s, 1e-12). For incremental decoding, past_sum [B, H, 1, dh]

@@ -25,6 +25,8 @@ Backend& backend_for(Device device) {
        device.str());
 }
 
+bool Backend::prefers_fused_attention(DType, bool) const { return true; }
+
 void Backend::linear(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out) {
   copy(bias.expand(out.shape()), out);
   matmul(a, b, out, /*accumulate=*/true);

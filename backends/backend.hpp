@@ -103,6 +103,9 @@ class Backend {
   virtual void scaled_softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t rows,
                                        std::int64_t n, double scale) = 0;
 
+  // Whether attention() is faster here than the explicit product, softmax and product for this dtype and
+  // mask (the layers ask before taking it). The default says yes: a fused kernel skips the [Nq, Nk] scores.
+  virtual bool prefers_fused_attention(DType dtype, bool causal) const;
   // Fused attention, per (b, h): out = softmax(S) v with S = scale * (q * m) k^T, without storing S. q and out
   // are contiguous [B, H, Nq, dh], k and v contiguous [B, H, Nk, dh] (Nk >= 1). metric is undefined (m = 1) or
   // contiguous [B, H, rows, dh] with rows 1 (broadcast over the queries) or Nq (one m per query row). With

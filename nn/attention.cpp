@@ -64,13 +64,9 @@ AttentionOutput Attention::forward(const Tensor& x, bool causal, const Tensor& v
   // With a causal mask, query i (absolute position past + i, past = cached tokens) sees keys 0 .. past + i.
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   Tensor heads_out;  // [B, H, N, dh]
-  // The fused op never stores the [N, N_keys] probabilities, and with a causal mask the CPU's skips the keys
-  // past each block of queries. Without a mask the CPU takes the explicit path: its backward reads the stored
-  // probabilities, where the fused one recomputes them, which cost more than it saved (a vit-s step 4% slower
-  // fused on a Xeon). A layer that keeps its probabilities for probes takes the explicit path too.
-  const bool fused = !keep_attention_ && (causal || !x.device().is_cpu()) &&
-                     fused_attention_supported(x.device(), x.dtype(), head_dim_);
-  if (fused) {
+  // The fused op where the backend says it is faster (it never stores the [N, N_keys] probabilities); a layer
+  // that keeps its probabilities for probes takes the explicit path.
+  if (!keep_attention_ && fused_attention_preferred(x.device(), x.dtype(), head_dim_, causal)) {
     heads_out = scaled_dot_product_attention(q, k, values, metric, scale, causal);
   } else {
     const Tensor q_scaled = metric.defined() ? mul(q, metric) : q;

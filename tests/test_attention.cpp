@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu/sgemm.hpp"
 #include "helpers.hpp"
 #include "models/gpt.hpp"
 #include "nn/attention.hpp"
@@ -693,6 +694,21 @@ TEST_CASE("scaled_dot_product_attention: equals scaled_softmax and matmul, forwa
       }
     }
   }
+}
+
+TEST_CASE("fused_attention_preferred: the CPU takes the fused op for causal f32 attention with its own GEMM only") {
+  const bool blocked = ellipse::cpu::sgemm_available();
+  CHECK(fused_attention_preferred(Device::cpu(), DType::f32, 32, true) == blocked);
+  CHECK_FALSE(fused_attention_preferred(Device::cpu(), DType::f32, 32, false));  // the ViT's unmasked attention
+  CHECK_FALSE(fused_attention_preferred(Device::cpu(), DType::f64, 32, true));   // exact loops: slower than products
+  // A causal layer on the CPU gives the explicit path's result either way.
+  Generator gen(3);
+  nn::Attention layer(16, 2, gen);
+  const Tensor x = randn({2, 9, 16}, gen);
+  const Tensor fused = layer.forward(x, true).out;
+  layer.keep_attention(true);  // forces the explicit path
+  const Tensor explicit_out = layer.forward(x, true).out;
+  CHECK(relative_diff(fused, explicit_out) < 1e-5);
 }
 
 TEST_CASE("scaled_dot_product_attention: m is a constant; bad shapes, dtypes and sizes are named") {

@@ -73,6 +73,10 @@ bool fused_attention_supported(Device device, DType dtype, std::int64_t head_dim
   return dtype == DType::f32 && head_dim <= kCudaAttentionMaxHeadDim;
 }
 
+bool fused_attention_preferred(Device device, DType dtype, std::int64_t head_dim, bool causal) {
+  return fused_attention_supported(device, dtype, head_dim) && backend_for(device).prefers_fused_attention(dtype, causal);
+}
+
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric,
                                     double scale, bool causal) {
   constexpr std::string_view op = "scaled_dot_product_attention";
