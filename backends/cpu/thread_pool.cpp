@@ -9,6 +9,7 @@
 #include "backends/cpu/thread_pool.hpp"
 
 #include <omp.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
@@ -18,8 +19,6 @@
 #include <mutex>
 #include <thread>
 #include <vector>
-
-#include <pthread.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
