@@ -20,6 +20,17 @@ Strides contiguous_strides(const Shape& shape) {
   return strides;
 }
 
+bool addressable(const Shape& shape) {
+  constexpr std::int64_t limit = INT64_MAX / 8;
+  std::int64_t product = 1;
+  for (auto d : shape) {
+    if (d == 0) continue;
+    if (product > limit / d) return false;
+    product *= d;
+  }
+  return true;
+}
+
 std::string to_string(const Shape& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
 Shape broadcast_shapes(const Shape& a, const Shape& b, std::string_view op) {

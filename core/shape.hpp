@@ -11,6 +11,10 @@ using Strides = std::vector<std::int64_t>;  // in elements, not bytes
 
 std::int64_t numel(const Shape& shape);
 Strides contiguous_strides(const Shape& shape);
+// Whether a tensor of this shape (non-negative dimensions) can be addressed: its non-zero dimensions multiply to
+// at most INT64_MAX / 8, so that its bytes and every contiguous stride fit in int64. A zero dimension empties
+// the tensor but does not make the other dimensions harmless: contiguous_strides still multiplies them.
+bool addressable(const Shape& shape);
 std::string to_string(const Shape& shape);  // "[2, 3]"
 
 // NumPy broadcasting; `op` names the caller in the error message.

@@ -149,17 +149,14 @@ Tensor& Tensor::mul_(double factor) {
 
 Tensor empty(const Shape& shape, DType dtype, Device device) {
   for (auto d : shape) ELLIPSE_CHECK(d >= 0, "empty: negative dimension in shape {}", to_string(shape));
-  // Guard against absurd shapes before multiplying sizes into an overflow.
-  std::int64_t n = 1;
-  for (auto d : shape) {
-    if (d != 0 && n > (INT64_MAX / 8) / d) {
-      long double bytes = static_cast<long double>(itemsize(dtype));
-      for (auto e : shape) bytes *= static_cast<long double>(e);
-      fail("empty: shape {} of {} would need {:.3g} bytes, more than can be addressed", to_string(shape),
-           dtype_name(dtype), static_cast<double>(bytes));
-    }
-    n *= d;
+  // Guard against absurd shapes before multiplying sizes (or strides) into an overflow.
+  if (!addressable(shape)) {
+    long double bytes = static_cast<long double>(itemsize(dtype));
+    for (auto e : shape) bytes *= static_cast<long double>(e == 0 ? 1 : e);
+    fail("empty: shape {} of {} has dimensions whose product needs {:.3g} bytes, more than can be addressed",
+         to_string(shape), dtype_name(dtype), static_cast<double>(bytes));
   }
+  const std::int64_t n = numel(shape);
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = backend_for(device).allocate(static_cast<std::size_t>(n) * itemsize(dtype));
   impl->shape = shape;

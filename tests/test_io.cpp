@@ -709,3 +709,16 @@ TEST_CASE("load_npy names the path") {
   }
   CHECK_THROWS_AS(io::load_npy(dir / "missing.npy"), Error);
 }
+
+TEST_CASE("an empty tensor whose other dimensions multiply past what can be addressed is refused") {
+  // A zero dimension empties the tensor, but its strides would still multiply the others into an overflow
+  // (found by the npy fuzz target).
+  CHECK_ERROR(empty({0, std::int64_t{1} << 32, std::int64_t{1} << 32}), "empty", "[0, 4294967296, 4294967296]",
+              "more than can be addressed");
+  CHECK_NOTHROW(empty({0, std::int64_t{1} << 20, std::int64_t{1} << 20}));
+  const std::string npy_header = "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4294967296, 4294967296), }\n";
+  CHECK_ERROR(io::from_npy(npy_bytes(npy_header, ""), "huge"), "npy 'huge'", "too many elements");
+  const std::string st_header = R"({"a":{"dtype":"F32","shape":[4294967296,0,4294967296],"data_offsets":[0,0]}})";
+  CHECK_ERROR(io::from_safetensors(safetensors_bytes(st_header, ""), "huge"), "safetensors 'huge'", "tensor \"a\"",
+              "too many elements");
+}

@@ -275,14 +275,9 @@ Tensor from_npy(std::string_view bytes, const std::string& name) {
   const DType target = known->target;
   const std::size_t source_itemsize = known->source_itemsize;
 
-  // Same bound as empty(): the running product stays below INT64_MAX / 8, so bytes cannot overflow.
-  constexpr std::int64_t element_limit = std::numeric_limits<std::int64_t>::max() / 8;
-  std::int64_t count = 1;
-  for (auto d : *shape) {
-    ELLIPSE_CHECK(d == 0 || count <= element_limit / d, "npy '{}': the shape {} has too many elements", name,
-                  to_string(*shape));
-    count *= d;
-  }
+  // empty()'s bound, checked here to name the file: bytes and strides cannot overflow.
+  ELLIPSE_CHECK(addressable(*shape), "npy '{}': the shape {} has too many elements", name, to_string(*shape));
+  const std::int64_t count = numel(*shape);
   const auto expected = static_cast<std::uint64_t>(count) * source_itemsize;
   ELLIPSE_CHECK(data.size() == expected, "npy '{}': {} of shape {} needs {} data bytes, but the file holds {}", name,
                 *descr, to_string(*shape), expected, data.size());

@@ -175,19 +175,14 @@ Entry parse_entry(const std::string& tensor, const Json& info, std::uint64_t buf
                 tensor, shape->dump());
   ELLIPSE_CHECK(shape->size() <= kMaxRank, "safetensors '{}': tensor \"{}\" has {} dimensions, more than {}", name,
                 tensor, shape->size(), kMaxRank);
-  // The running product must stay within what a tensor can hold in bytes, checked before each multiply; the
-  // same bound empty() applies, so creating the tensor cannot fail later.
+  // empty()'s bound, checked here to name the file and tensor, so creating the tensor cannot fail later.
   const auto element_limit = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max() / 8);
-  std::uint64_t count = 1;
-  for (const auto& dim : *shape) {
-    const std::uint64_t d =
-        get_count(dim, element_limit, name, fmt::format("a dimension of tensor \"{}\"", tensor));
-    ELLIPSE_CHECK(d == 0 || count <= element_limit / d,
-                  "safetensors '{}': the shape {} of tensor \"{}\" has too many elements", name, shape->dump(),
-                  tensor);
-    count *= d;
-    entry.shape.push_back(static_cast<std::int64_t>(d));
-  }
+  for (const auto& dim : *shape)
+    entry.shape.push_back(static_cast<std::int64_t>(
+        get_count(dim, element_limit, name, fmt::format("a dimension of tensor \"{}\"", tensor))));
+  ELLIPSE_CHECK(addressable(entry.shape), "safetensors '{}': the shape {} of tensor \"{}\" has too many elements",
+                name, shape->dump(), tensor);
+  const auto count = static_cast<std::uint64_t>(numel(entry.shape));
 
   const auto offsets = info.find("data_offsets");
   ELLIPSE_CHECK(offsets != info.end(), "safetensors '{}': tensor \"{}\" has no data_offsets", name, tensor);
