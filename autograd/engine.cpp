@@ -120,9 +120,25 @@ std::vector<std::shared_ptr<Node>> topological_order(const std::shared_ptr<Node>
 }
 
 // Whether t is the only handle on its memory and covers it once (not an expanded, stride-0 view), so that
-// adding into it in place changes nothing else.
-bool owns_buffer(const Tensor& t) {
-  return t.impl().use_count() == 1 && t.storage().use_count() == 1 && t.is_contiguous();
+// adding into it in place changes nothing else. Gradients on their way through the graph may have any such
+// layout; a leaf's .grad must also be row-major, since optimizers index it like its parameter.
+bool owns_memory(const Tensor& t) {
+  return t.impl().use_count() == 1 && t.storage().use_count() == 1 &&
+         dense_axis_order(t.shape(), t.strides()).has_value();
+}
+bool owns_buffer(const Tensor& t) { return owns_memory(t) && t.is_contiguous(); }
+
+// A zero gradient for `input` laid out in memory with its axes in `order` (outermost first; row-major when
+// empty).
+Tensor zeros_in_order(const Edge& input, const std::vector<std::int64_t>& order) {
+  if (order.empty()) return zeros(input.shape, input.dtype, input.device);
+  Shape stored(order.size());
+  std::vector<std::int64_t> inverse(order.size());
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    stored[i] = input.shape[order[i]];
+    inverse[order[i]] = static_cast<std::int64_t>(i);
+  }
+  return permute(zeros(stored, input.dtype, input.device), inverse);
 }
 
 void free_node(Node& node) {
@@ -182,7 +198,7 @@ Tensor record(std::string_view op, Tensor output, std::vector<Tensor> inputs, Ba
     else if (input.requires_grad()) edge.leaf = input.impl();
   }
   output.impl()->requires_grad = true;
-  output.impl()->grad_fn = std::make_shared<Node>(Node{op, std::move(edges), std::move(backward), {}});
+  output.impl()->grad_fn = std::make_shared<Node>(Node{op, std::move(edges), std::move(backward), {}, {}});
   return output;
 }
 
@@ -226,8 +242,8 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
     if (node.accumulate && needs.size() == 1 && node.inputs[0].node && !anomaly_mode_enabled) {
       const Edge& input = node.inputs[0];
       Tensor& slot = pending[input.node.get()];
-      if (!slot.defined()) slot = zeros(input.shape, input.dtype, input.device);
-      else if (!owns_buffer(slot)) slot = slot.clone();  // another rule's output may alias a live tensor
+      if (!slot.defined()) slot = zeros_in_order(input, node.input_axis_order);
+      else if (!owns_memory(slot)) slot = slot.clone();  // another rule's output may alias a live tensor
       node.accumulate(grad_output, slot);
       if (!retain_graph) free_node(node);
       owner.reset();  // the node itself goes now (free_node already dropped what its rule saved)
@@ -250,7 +266,7 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
       if (input.node) {
         Tensor& slot = pending[input.node.get()];
         if (!slot.defined()) slot = std::move(grads[i]);
-        else if (owns_buffer(slot)) slot.add_(grads[i]);  // a second contribution adds in place
+        else if (owns_memory(slot)) slot.add_(grads[i]);  // a second contribution adds in place
         else slot = add(slot, grads[i]);                   // the first may alias a live tensor
       } else {
         accumulate_leaf(Tensor(input.leaf), std::move(grads[i]));

@@ -37,6 +37,10 @@ struct Node {
   std::vector<Edge> inputs;     // one per input of the op, in order; cleared once backward has run through it
   BackwardFn backward;          // empty once the graph has been freed; owns what the rule saved
   AccumulateFn accumulate;      // optional; backward must give the same result (it serves leaves and anomaly mode)
+  // With accumulate: the input's axes from outermost to innermost in memory, which the gradient buffer copies
+  // so that the views between it and the op that made the input stay views (q, k and v of a qkv output
+  // gather back into that output's layout). Empty: row-major.
+  std::vector<std::int64_t> input_axis_order;
   ~Node();                      // frees the graph behind it iteratively (see engine.cpp)
 };
 

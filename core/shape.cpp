@@ -1,5 +1,8 @@
 #include "core/shape.hpp"
 
+#include <algorithm>
+#include <numeric>
+
 #include "core/error.hpp"
 
 namespace ellipse {
@@ -18,6 +21,22 @@ Strides contiguous_strides(const Shape& shape) {
     stride *= shape[i];
   }
   return strides;
+}
+
+std::optional<std::vector<std::int64_t>> dense_axis_order(const Shape& shape, const Strides& strides) {
+  std::vector<std::int64_t> order(shape.size());
+  std::iota(order.begin(), order.end(), 0);
+  // Larger strides first; size-1 axes, whose strides are arbitrary, count as innermost.
+  auto key = [&](std::int64_t axis) { return shape[axis] == 1 ? std::int64_t{0} : strides[axis]; };
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return key(a) > key(b); });
+  std::int64_t expected = 1;
+  for (std::size_t i = order.size(); i-- > 0;) {
+    const std::int64_t axis = order[i];
+    if (shape[axis] == 1) continue;
+    if (strides[axis] != expected) return std::nullopt;
+    expected *= shape[axis];
+  }
+  return order;
 }
 
 bool addressable(const Shape& shape) {

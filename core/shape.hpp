@@ -1,5 +1,6 @@
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -16,6 +17,11 @@ Strides contiguous_strides(const Shape& shape);
 // the tensor but does not make the other dimensions harmless: contiguous_strides still multiplies them.
 bool addressable(const Shape& shape);
 std::string to_string(const Shape& shape);  // "[2, 3]"
+
+// The axes of a strided tensor from outermost to innermost in memory, when its elements fill one block with
+// neither gaps nor overlaps (a permuted view of a contiguous tensor, the identity order for a contiguous one);
+// nullopt for any other layout. The strides of size-1 axes do not matter.
+std::optional<std::vector<std::int64_t>> dense_axis_order(const Shape& shape, const Strides& strides);
 
 // NumPy broadcasting; `op` names the caller in the error message.
 Shape broadcast_shapes(const Shape& a, const Shape& b, std::string_view op);

@@ -237,6 +237,24 @@ TEST_CASE("is_contiguous") {
   CHECK(tc.to_vector<float>() == t.to_vector<float>());
 }
 
+TEST_CASE("dense_axis_order: the memory order of permuted views, nothing for gaps, overlaps or broadcasts") {
+  using Order = std::vector<std::int64_t>;
+  const Tensor x = zeros({2, 3, 4});
+  CHECK(dense_axis_order(x.shape(), x.strides()) == Order{0, 1, 2});
+  const Tensor p = x.permute({2, 0, 1});  // shape [4, 2, 3]; memory still [2, 3, 4]
+  CHECK(dense_axis_order(p.shape(), p.strides()) == Order{1, 2, 0});
+  const Tensor t = x.transpose(0, 2);
+  CHECK(dense_axis_order(t.shape(), t.strides()) == Order{2, 1, 0});
+  // A size-1 axis may carry any stride; it counts as innermost.
+  const Tensor u = zeros({3, 1, 4}).transpose(1, 2);  // shape [3, 4, 1]
+  CHECK(dense_axis_order(u.shape(), u.strides()) == Order{0, 1, 2});
+  CHECK_FALSE(dense_axis_order(x.narrow(2, 0, 3).shape(), x.narrow(2, 0, 3).strides()));  // gaps
+  CHECK_FALSE(dense_axis_order(x.slice(1, 0, 3, 2).shape(), x.slice(1, 0, 3, 2).strides()));
+  const Tensor e = zeros({3, 1}).expand({3, 5});  // overlaps
+  CHECK_FALSE(dense_axis_order(e.shape(), e.strides()));
+  CHECK(dense_axis_order({}, {}) == Order{});
+}
+
 TEST_CASE("view versus reshape: view never copies, reshape copies only when it must") {
   const Tensor x = arange(0, 12, 1, DType::f32).reshape({3, 4});
   const Tensor r = x.reshape({6, 2});

@@ -77,10 +77,12 @@ Tensor record_part_view(std::string_view op, const Tensor& x, Tensor view, MakeP
     backend_for(g.device()).copy(g, make_part(full_grad));
     return std::vector{full_grad};
   });
-  if (out.grad_fn())
+  if (out.grad_fn()) {
     out.grad_fn()->accumulate = [make_part](const Tensor& g, const Tensor& input_grad) {
       make_part(input_grad).add_(g);
     };
+    if (auto order = dense_axis_order(x.shape(), x.strides())) out.grad_fn()->input_axis_order = std::move(*order);
+  }
   return out;
 }
 
