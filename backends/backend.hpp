@@ -107,16 +107,17 @@ class Backend {
   // mask (the layers ask before taking it). The default says yes: a fused kernel skips the [Nq, Nk] scores.
   virtual bool prefers_fused_attention(DType dtype, bool causal) const;
   // Fused attention, per (b, h): out = softmax(S) v with S = scale * (q * m) k^T, without storing S. q and out
-  // are contiguous [B, H, Nq, dh], k and v contiguous [B, H, Nk, dh] (Nk >= 1). metric is undefined (m = 1) or
+  // are [B, H, Nq, dh], k and v [B, H, Nk, dh] (Nk >= 1), each with unit stride along dh and any other strides
+  // (views of one qkv output; out a view of [B, Nq, H, dh] memory). metric is undefined (m = 1) or
   // contiguous [B, H, rows, dh] with rows 1 (broadcast over the queries) or Nq (one m per query row). With
   // `causal` (Nk >= Nq), query i sees keys j <= i + Nk - Nq only, as scaled_softmax's rule. Also writes lse
   // [B, H, Nq] (contiguous), the natural log-sum-exp of each row of S over the keys it sees, for the backward.
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric, double scale,
                          bool causal, const Tensor& out, const Tensor& lse) = 0;
-  // Gradients of attention() from gout (contiguous, out's shape), recomputing P = exp(S - lse) from the forward's
-  // out and lse: with D_i = gout_i . out_i and dS = P * (gout v^T - D), gv = P^T gout, gk = scale * dS^T (q * m)
-  // and gq = scale * m * (dS k). m is a constant (it gets no gradient). gq, gk, gv (contiguous, the shapes of q,
-  // k, v) are overwritten.
+  // Gradients of attention() from gout (out's shape), recomputing P = exp(S - lse) from the forward's out and
+  // lse: with D_i = gout_i . out_i and dS = P * (gout v^T - D), gv = P^T gout, gk = scale * dS^T (q * m) and
+  // gq = scale * m * (dS k). m is a constant (it gets no gradient). gq, gk, gv (the shapes of q, k, v) are
+  // overwritten. Every [B, H, N, dh] operand has unit stride along dh and any other strides, as above.
   virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric,
                                   const Tensor& out, const Tensor& lse, const Tensor& gout, double scale, bool causal,
                                   const Tensor& gq, const Tensor& gk, const Tensor& gv) = 0;

@@ -668,25 +668,26 @@ TEST_CASE("scaled_dot_product_attention: equals scaled_softmax and matmul, forwa
         CAPTURE(c.metric_rows);
         CAPTURE(c.causal);
         Generator gen(11);
-        // q is a permuted view, as the layer's q is a view of its qkv projection.
+        // Strided views, as in the layer: q, k and v are views of qkv projections ([B, N, heads, dh] memory,
+        // here k and v of one), and the output's gradient arrives as a view of [B, Nq, heads, dh] memory.
         const Tensor q_base = randn({c.batch, c.nq, c.heads, c.dh}, gen, dtype).to(d.device).requires_grad_();
-        const Tensor k = randn({c.batch, c.heads, c.nk, c.dh}, gen, dtype).to(d.device).requires_grad_();
-        const Tensor v = randn({c.batch, c.heads, c.nk, c.dh}, gen, dtype).to(d.device).requires_grad_();
+        const Tensor kv_base = randn({c.batch, c.nk, 2, c.heads, c.dh}, gen, dtype).to(d.device).requires_grad_();
         const Shape metric_shape{c.batch, c.heads, c.metric_rows, c.dh};
         const Tensor m = c.metric_rows ? uniform(metric_shape, 0.2, 1.0, gen, dtype).to(d.device) : Tensor{};
-        const Tensor direction = randn({c.batch, c.heads, c.nq, c.dh}, gen, dtype).to(d.device);
+        const Tensor direction = randn({c.batch, c.nq, c.heads, c.dh}, gen, dtype).to(d.device);
         const double scale = 1.0 / std::sqrt(static_cast<double>(c.dh));
         using AttentionFn = Tensor (*)(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, bool);
         // The output and the gradients of sum(out * direction) with respect to q, k and v.
         auto run = [&](AttentionFn attention) {
-          for (Tensor t : {q_base, k, v}) t.zero_grad();
+          for (Tensor t : {q_base, kv_base}) t.zero_grad();
+          const Tensor k = permute(select(kv_base, 2, 0), {0, 2, 1, 3}), v = permute(select(kv_base, 2, 1), {0, 2, 1, 3});
           const Tensor out = attention(permute(q_base, {0, 2, 1, 3}), k, v, m, scale, c.causal);
-          sum(mul(out, direction)).backward();
-          return std::vector<Tensor>{out.detach(), q_base.grad(), k.grad(), v.grad()};
+          sum(mul(permute(out, {0, 2, 1, 3}), direction)).backward();
+          return std::vector<Tensor>{out.detach(), q_base.grad(), kv_base.grad()};
         };
         const auto fused = run(scaled_dot_product_attention), expected = run(explicit_attention);
         for (std::size_t i = 0; i < fused.size(); ++i) {
-          CAPTURE(i);  // out, gq, gk, gv
+          CAPTURE(i);  // out, gq, and gk and gv together
           REQUIRE(fused[i].defined());
           CHECK(fused[i].device() == d.device);
           CHECK(relative_diff(fused[i], expected[i]) < tolerance);
@@ -696,19 +697,22 @@ TEST_CASE("scaled_dot_product_attention: equals scaled_softmax and matmul, forwa
   }
 }
 
-TEST_CASE("fused_attention_preferred: the CPU takes the fused op for causal f32 attention with its own GEMM only") {
+TEST_CASE("fused_attention_preferred: the CPU takes the fused op for f32 attention with its own GEMM only") {
   const bool blocked = ellipse::cpu::sgemm_available();
   CHECK(fused_attention_preferred(Device::cpu(), DType::f32, 32, true) == blocked);
-  CHECK_FALSE(fused_attention_preferred(Device::cpu(), DType::f32, 32, false));  // the ViT's unmasked attention
-  CHECK_FALSE(fused_attention_preferred(Device::cpu(), DType::f64, 32, true));   // exact loops: slower than products
-  // A causal layer on the CPU gives the explicit path's result either way.
+  CHECK(fused_attention_preferred(Device::cpu(), DType::f32, 32, false) == blocked);  // the ViT's unmasked attention
+  CHECK_FALSE(fused_attention_preferred(Device::cpu(), DType::f64, 32, true));  // exact loops: slower than products
+  // A layer on the CPU gives the explicit path's result either way, with and without a mask.
   Generator gen(3);
-  nn::Attention layer(16, 2, gen);
-  const Tensor x = randn({2, 9, 16}, gen);
-  const Tensor fused = layer.forward(x, true).out;
-  layer.keep_attention(true);  // forces the explicit path
-  const Tensor explicit_out = layer.forward(x, true).out;
-  CHECK(relative_diff(fused, explicit_out) < 1e-5);
+  for (const bool causal : {true, false}) {
+    CAPTURE(causal);
+    nn::Attention layer(16, 2, gen);
+    const Tensor x = randn({2, 9, 16}, gen);
+    const Tensor fused = layer.forward(x, causal).out;
+    layer.keep_attention(true);  // forces the explicit path
+    const Tensor explicit_out = layer.forward(x, causal).out;
+    CHECK(relative_diff(fused, explicit_out) < 1e-5);
+  }
 }
 
 TEST_CASE("scaled_dot_product_attention: m is a constant; bad shapes, dtypes and sizes are named") {

@@ -9,6 +9,10 @@ namespace ellipse {
 
 namespace {
 
+// The attention kernels read [B, H, N, dh] operands as rows along dh in place, at any other strides; views with
+// another inner stride are copied first.
+Tensor unit_inner_stride(const Tensor& t) { return t.strides()[3] == 1 ? t.detach() : contiguous(t.detach()); }
+
 // The largest head dim that the CUDA attention kernels are instantiated for (backends/cuda/attention.cu); they
 // take f32 only.
 constexpr std::int64_t kCudaAttentionMaxHeadDim = 128;
@@ -105,14 +109,17 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                   to_string(Shape{q.shape()[0], q.shape()[1], 1, head_dim}), to_string(q.shape()));
     m = contiguous(expand(metric.detach(), shape));
   }
-  const Tensor qc = contiguous(q.detach()), kc = contiguous(k.detach()), vc = contiguous(v.detach());
-  Tensor out = empty(q.shape(), q.dtype(), q.device());
-  const Tensor lse = empty({q.shape()[0], q.shape()[1], nq}, q.dtype(), q.device());
-  backend.attention(qc, kc, vc, m, scale, causal, out, lse);
-  auto backward = [qc, kc, vc, m, out = out.detach(), lse, scale, causal](const Tensor& g, const std::vector<bool>&) {
-    Tensor gq = empty(qc.shape(), qc.dtype(), qc.device());
-    Tensor gk = empty(kc.shape(), kc.dtype(), kc.device()), gv = empty(vc.shape(), vc.dtype(), vc.device());
-    backend_for(g.device()).attention_backward(qc, kc, vc, m, out, lse, contiguous(g), scale, causal, gq, gk, gv);
+  const Tensor qr = unit_inner_stride(q), kr = unit_inner_stride(k), vr = unit_inner_stride(v);
+  const std::int64_t batch = q.shape()[0], heads = q.shape()[1];
+  // out lives in [B, Nq, H, dh] memory, so that putting the heads back together, as a layer does next, is a view.
+  const Tensor out = empty({batch, nq, heads, head_dim}, q.dtype(), q.device()).transpose(1, 2);
+  const Tensor lse = empty({batch, heads, nq}, q.dtype(), q.device());
+  backend.attention(qr, kr, vr, m, scale, causal, out, lse);
+  auto backward = [qr, kr, vr, m, out = out.detach(), lse, scale, causal](const Tensor& g, const std::vector<bool>&) {
+    Tensor gq = empty(qr.shape(), qr.dtype(), qr.device());
+    Tensor gk = empty(kr.shape(), kr.dtype(), kr.device()), gv = empty(vr.shape(), vr.dtype(), vr.device());
+    backend_for(g.device()).attention_backward(qr, kr, vr, m, out, lse, unit_inner_stride(g), scale, causal, gq, gk,
+                                               gv);
     return std::vector{gq, gk, gv};
   };
   return record(op, out, {q, k, v}, std::move(backward));
@@ -136,11 +143,10 @@ EllipticalMetric elliptical_metric(const Tensor& v, const Tensor& v_prev, bool c
     ELLIPSE_CHECK(past_sum.shape() == sum_shape, "{}: expected past_sum {}, got {}", op, to_string(sum_shape),
                   to_string(past_sum.shape()));
   }
-  // The kernel reads rows along dh in place; views with another inner stride are copied first.
-  auto unit_inner = [](const Tensor& t) { return t.strides()[3] == 1 ? t.detach() : contiguous(t.detach()); };
   EllipticalMetric result{.metric = empty(causal ? shape : sum_shape, v.dtype(), v.device()),
                           .sum = empty(sum_shape, v.dtype(), v.device())};
-  backend.elliptical_metric(unit_inner(v), unit_inner(v_prev), past_sum.defined() ? contiguous(past_sum.detach()) : Tensor{},
+  backend.elliptical_metric(unit_inner_stride(v), unit_inner_stride(v_prev),
+                            past_sum.defined() ? contiguous(past_sum.detach()) : Tensor{},
                             past, causal, result.metric, result.sum);
   return result;
 }

@@ -402,38 +402,67 @@ void launch_backward(const cuda::DeviceState& state, const AttentionArgs& args) 
   cuda::check_launch("attention_backward");
 }
 
+// The kernels index contiguous [B, H, N, dh] operands, while the layers pass strided views (q, k and v of one
+// qkv output; out in [B, N, H, dh] memory): those go through contiguous stand-ins on the device.
+Tensor contiguous_operand(Backend& backend, const Tensor& t) {
+  if (t.is_contiguous()) return t;
+  Tensor packed = empty(t.shape(), t.dtype(), t.device());
+  backend.copy(t, packed);
+  return packed;
+}
+
+// An output that the kernels write contiguously: a stand-in where the target is strided, which copy_back()
+// then moves into the target.
+struct StagedOutput {
+  Backend& backend;
+  Tensor target, staged;
+  StagedOutput(Backend& b, const Tensor& t)
+      : backend(b), target(t), staged(t.is_contiguous() ? t : empty(t.shape(), t.dtype(), t.device())) {}
+  float* data() const { return staged.data<float>(); }
+  void copy_back() const {
+    if (!target.is_contiguous()) backend.copy(staged, target);
+  }
+};
+
 }  // namespace
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric, double scale,
                             bool causal, const Tensor& out, const Tensor& lse) {
   require_f32(q, "attention");
-  AttentionArgs args = make_args(q, k, v, metric, scale, causal);
-  args.out = out.data<float>();
+  const Tensor qc = contiguous_operand(*this, q), kc = contiguous_operand(*this, k), vc = contiguous_operand(*this, v);
+  AttentionArgs args = make_args(qc, kc, vc, metric, scale, causal);
+  const StagedOutput staged_out(*this, out);
+  args.out = staged_out.data();
   args.lse = lse.data<float>();
   launch_forward(*state_, args);
+  staged_out.copy_back();
 }
 
 void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric,
                                      const Tensor& out, const Tensor& lse, const Tensor& gout, double scale,
                                      bool causal, const Tensor& gq, const Tensor& gk, const Tensor& gv) {
   require_f32(q, "attention_backward");
-  AttentionArgs args = make_args(q, k, v, metric, scale, causal);
+  const Tensor qc = contiguous_operand(*this, q), kc = contiguous_operand(*this, k), vc = contiguous_operand(*this, v);
+  AttentionArgs args = make_args(qc, kc, vc, metric, scale, causal);
   if (args.slices * args.nq == 0) {  // no queries: the keys and values get no gradient
     fill(gk, 0.0);
     fill(gv, 0.0);
     return;
   }
-  args.out = out.data<float>();
+  const Tensor out_c = contiguous_operand(*this, out), gout_c = contiguous_operand(*this, gout);
+  const StagedOutput staged_gq(*this, gq), staged_gk(*this, gk), staged_gv(*this, gv);
+  args.out = out_c.data<float>();
   args.lse = lse.data<float>();
-  args.grad_out = gout.data<float>();
-  args.grad_q = gq.data<float>();
-  args.grad_k = gk.data<float>();
-  args.grad_v = gv.data<float>();
+  args.grad_out = gout_c.data<float>();
+  args.grad_q = staged_gq.data();
+  args.grad_k = staged_gk.data();
+  args.grad_v = staged_gv.data();
   // Freed when this returns, while the kernels may still run: safe, as the allocator hands the block out
-  // again only to work queued after them on the one stream.
+  // again only to work queued after them on the one stream (the stand-ins above too).
   const std::shared_ptr<Storage> delta = allocate(static_cast<std::size_t>(args.slices * args.nq) * sizeof(float));
   args.delta = static_cast<float*>(delta->data());
   launch_backward(*state_, args);
+  for (const StagedOutput* staged : {&staged_gq, &staged_gk, &staged_gv}) staged->copy_back();
 }
 
 }  // namespace ellipse
