@@ -105,7 +105,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 // and f64 and any head dim, on CUDA for f32 and head dims up to 128.
 bool fused_attention_supported(Device device, DType dtype, std::int64_t head_dim);
 // Whether it is also the faster way for this device, dtype, head dim and mask (the device's backend decides:
-// on the CPU only causal f32 attention with the AVX-512 GEMM); the attention layers take it when it is.
+// on the CPU only f32 attention with the AVX-512 GEMM); the attention layers take it when it is.
 bool fused_attention_preferred(Device device, DType dtype, std::int64_t head_dim, bool causal);
 // Elliptical attention's metric m from this layer's and the previous layer's value heads v, v_prev
 // [B, H, N, dh], in one pass: s = the mean over tokens of |v - v_prev| (with `causal`, the prefix mean over
