@@ -2,6 +2,8 @@
 // exp and the functions built on it, and row reductions, written so that loops over them vectorise (std::exp
 // is an opaque libm call that does not). exp_fast is f32 only: f64 keeps libm, since it exists for exactness,
 // not speed. Accuracy: exp_fast is within 2 ulp of exp over its whole range.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -68,6 +70,55 @@ T gelu_grad_fast(T x) {
   const T s = sigmoid_fast(T(2) * (T(kGeluC) * (x + T(kGeluA) * x * x * x)));
   const T du = T(kGeluC) * (T(1) + T(3 * kGeluA) * x * x);
   return s + x * s * (T(1) - s) * T(2) * du;
+}
+
+// The same GELU and its derivative on 16 floats at once with AVX-512, for contiguous runs (callers check that the
+// processor has it). Written out because the auto-vectorised gelu_fast spends most of its time in a division
+// and in the bit masks that make exp_fast's edge cases vectorisable; here 1 / (1 + e) is a reciprocal estimate
+// with one Newton step (relative error about 2^-28), and vscalefps gives 2^n with overflow to infinity and
+// underflow to 0 built in. Within 2 ulp of gelu_fast, NaN in gives NaN out.
+struct Gelu16 {
+  __m512 value, sigmoid;  // gelu(x) and sigmoid(2u), which the derivative reuses
+};
+
+__attribute__((target("avx512f"))) inline Gelu16 gelu16(__m512 x) {
+  // (The zero-masking forms with every lane selected: GCC 12's plain forms warn of an uninitialised operand.)
+  constexpr __mmask16 kAll = 0xffff;
+  const __m512 one = _mm512_set1_ps(1.0f);
+  // e = exp(-2u) with -2u = x (-2c - 2ca x^2), clamped so that e stays finite (1 + e then has a reciprocal).
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  const __m512 minus_2u = _mm512_mul_ps(
+      x, _mm512_fmadd_ps(x2, _mm512_set1_ps(static_cast<float>(-2 * kGeluC * kGeluA)),
+                         _mm512_set1_ps(static_cast<float>(-2 * kGeluC))));
+  // max(lo, v) and min(hi, v) return v when v is NaN, so NaN reaches the result.
+  const __m512 t = _mm512_maskz_min_ps(kAll, _mm512_set1_ps(88.0f),
+                                       _mm512_maskz_max_ps(kAll, _mm512_set1_ps(-104.0f), minus_2u));
+  const __m512 n = _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(t, _mm512_set1_ps(1.44269504088896341f)),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), t);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, one);
+  p = _mm512_fmadd_ps(p, r, one);
+  const __m512 d = _mm512_add_ps(one, _mm512_maskz_scalef_ps(kAll, p, n));
+  __m512 s = _mm512_maskz_rcp14_ps(kAll, d);
+  s = _mm512_mul_ps(s, _mm512_fnmadd_ps(d, s, _mm512_set1_ps(2.0f)));
+  // Past the clamp the sigmoid is 0, as in gelu_fast (so gelu(-inf) is NaN in both, from -inf * 0).
+  s = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(minus_2u, _mm512_set1_ps(88.0f), _CMP_LE_OQ), s);
+  return {_mm512_mul_ps(x, s), s};
+}
+
+// gelu'(x) from gelu16's sigmoid s: s + x s (1 - s) 2c (1 + 3a x^2).
+__attribute__((target("avx512f"))) inline __m512 gelu_grad16(__m512 x, __m512 s) {
+  const __m512 du2 = _mm512_fmadd_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(static_cast<float>(6 * kGeluC * kGeluA)),
+                                     _mm512_set1_ps(static_cast<float>(2 * kGeluC)));
+  const __m512 s_one_minus_s = _mm512_fnmadd_ps(s, s, s);
+  return _mm512_fmadd_ps(_mm512_mul_ps(x, s_one_minus_s), du2, s);
 }
 
 // Row reductions in 16 interleaved partial results: GCC vectorises those, while a single running sum or
