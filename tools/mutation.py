@@ -39,6 +39,7 @@ class Mutant:
     original: str = ""
     replacement: str = ""
     line: int = 0  # where the mutant starts in the list, for messages
+    complete: bool = False  # its '--- end' line was read
     status: str = ""
     detail: str = ""
     seconds: float = 0.0
@@ -59,9 +60,10 @@ def parse_list(path):
         --- original
         <exact lines of the file>
         --- replacement
-        <the lines that replace them>
+        <the lines that replace them (none: the snippet is deleted)>
+        --- end
 
-    Lines starting with '#' outside the snippets are comments."""
+    Outside the snippets, lines starting with '#' are comments."""
     mutants, current, section = [], None, None
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
         if raw.startswith("=== "):
@@ -73,6 +75,8 @@ def parse_list(path):
                 raise ListError(f"{path}:{number}: text before the first '=== id' line")
         elif raw in ("--- original", "--- replacement"):
             section = raw[4:]
+        elif raw == "--- end":
+            section, current.complete = None, True
         elif section is not None:
             text = getattr(current, section)
             setattr(current, section, text + raw + "\n")
@@ -88,10 +92,9 @@ def parse_list(path):
         if m.ident in idents:
             raise ListError(f"{path}:{m.line}: the id '{m.ident}' appears twice")
         idents.add(m.ident)
-        # A snippet's trailing blank lines only separate blocks.
-        m.original = m.original.rstrip("\n") + "\n"
-        m.replacement = m.replacement.rstrip("\n") + "\n"
-        if not m.file or not m.description or m.original == "\n":
+        if not m.complete:
+            raise ListError(f"{path}:{m.line}: mutant '{m.ident}' lacks its '--- end' line")
+        if not m.file or not m.description or not m.original:
             raise ListError(f"{path}:{m.line}: mutant '{m.ident}' needs file, description and an original snippet")
         if m.original == m.replacement:
             raise ListError(f"{path}:{m.line}: mutant '{m.ident}' replaces its snippet with itself")
