@@ -108,6 +108,15 @@ TEST_CASE("matmul: every partitioning path of the f32 GEMM, contiguous and trans
   }
 }
 
+TEST_CASE("matmul: an empty inner axis gives zeros, also in a recycled buffer") {
+  for (const DType dtype : {DType::f32, DType::f64}) {
+    CAPTURE(dtype_name(dtype));
+    // The allocator hands out freed blocks again: leave a NaN-filled one of the output's size behind first.
+    { (void)full({4, 5}, std::nan(""), dtype); }
+    check_close(values(matmul(zeros({4, 0}, dtype), zeros({0, 5}, dtype))), std::vector<double>(20, 0.0), 0.0);
+  }
+}
+
 TEST_CASE("matmul: batched products take the fold, one-per-thread and broadcast paths correctly, f32 and f64") {
   Generator gen(32);
   for (const DType dtype : {DType::f32, DType::f64}) {
