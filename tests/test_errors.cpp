@@ -276,3 +276,13 @@ TEST_CASE("gradcheck refuses inputs it cannot perturb") {
   Tensor x = f32({2}).requires_grad_();
   CHECK_ERROR(gradcheck([](const std::vector<Tensor>& xs) { return exp(xs[0]); }, {x}), "gradcheck", "f32");
 }
+
+TEST_CASE("reductions and layers refuse what has no answer, naming the op, the shape or the value") {
+  // max over an empty axis has no value (a sum's would be 0).
+  CHECK_ERROR(max(f32({0, 3}), {0}), "max", "cannot reduce an empty axis", "[0, 3]");
+  CHECK_ERROR(max(f32({2, 0})), "max", "empty axis", "[2, 0]");
+  // Dropout that drops everything would scale by 1 / 0.
+  Generator gen(0);
+  CHECK_ERROR(nn::Dropout(1.0, gen), "Dropout", "[0, 1)", "got 1");
+  CHECK_ERROR(nn::LayerNorm(4, 0.0), "LayerNorm", "eps", "eps=0");
+}

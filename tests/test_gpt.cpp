@@ -521,3 +521,26 @@ TEST_CASE("train: metrics, checkpoints, an exact resume and evaluation of the sa
   CHECK_ERROR(sample_gpt(*loaded.model, loaded.tokenizer, U"", sample), "prompt");
   CHECK_ERROR(sample_gpt(*loaded.model, loaded.tokenizer, U"xyz", sample), "'x'");
 }
+
+TEST_CASE("training checkpoint: moments of another dtype or shape are refused, naming the file and the tensor") {
+  TempDir dir;
+  Generator gen(3);
+  nn::Linear layer(2, 3, true, gen);
+  nn::AdamW optimizer(layer.parameters());
+  const std::string good = dir / "good.safetensors";
+  save_train_state(good, layer, optimizer, TrainState{});
+  REQUIRE_NOTHROW(load_train_state(good, layer, optimizer));
+  // The same file with one moment changed: widened to f64 (the parameters are f32), or reshaped.
+  auto with_moment = [&](const std::string& name, const Tensor& moment) {
+    auto file = io::load_safetensors(good);
+    for (auto& [key, tensor] : file.tensors)
+      if (key == "adam_m.weight") tensor = moment;
+    const std::string path = dir / name;
+    io::save_safetensors(path, file.tensors, file.metadata);
+    return path;
+  };
+  const std::string wide = with_moment("f64.safetensors", zeros({3, 2}, DType::f64));
+  CHECK_ERROR(load_train_state(wide, layer, optimizer), wide, "'adam_m.weight'", "f64 [3, 2]", "expected f32 [3, 2]");
+  const std::string reshaped = with_moment("shape.safetensors", zeros({2, 3}));
+  CHECK_ERROR(load_train_state(reshaped, layer, optimizer), reshaped, "'adam_m.weight'", "[2, 3]", "expected f32 [3, 2]");
+}

@@ -722,3 +722,66 @@ TEST_CASE("an empty tensor whose other dimensions multiply past what can be addr
   CHECK_ERROR(io::from_safetensors(safetensors_bytes(st_header, ""), "huge"), "safetensors 'huge'", "tensor \"a\"",
               "too many elements");
 }
+
+TEST_CASE("npy and safetensors: each rejection's message names the file and the problem") {
+  // A corrupt file must be refused by the check written for its problem, not by a later, vaguer one: each
+  // message names the file (here "model.npy" or "model.safetensors") and what is wrong.
+  struct Case {
+    std::string label, bytes;
+    std::vector<std::string> parts;
+  };
+  auto npy_header = [](const std::string& descr, const std::string& shape) {
+    return "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }\n";
+  };
+  const std::string f32x2 = raw<float>({1, 2});
+  const std::vector<Case> npy_cases = {
+      {"version 1.1", [&] {
+         std::string b = npy_bytes(npy_header("<f4", "(2,)"), f32x2);
+         b[7] = 1;
+         return b;
+       }(), {"format version 1.1", "not supported"}},
+      {"dim 2^63", npy_bytes(npy_header("<f4", "(9223372036854775808,)"), f32x2), {"a dimension is too large"}},
+      {"element count overflows", npy_bytes(npy_header("<f4", "(4294967296, 4294967296, 2)")),
+       {"[4294967296, 4294967296, 2]", "too many elements"}},
+      {"(2) is no tuple", npy_bytes(npy_header("<f4", "(2)"), f32x2), {"the shape is not a tuple"}},
+      {"big-endian", npy_bytes(npy_header(">f4", "(2,)"), f32x2), {"dtype '>f4' is not supported"}},
+      {"data too short", npy_bytes(npy_header("<f4", "(2,)"), raw<float>({1})),
+       {"<f4 of shape [2] needs 8 data bytes, but the file holds 4"}},
+      {"i4 data of f4 size", npy_bytes(npy_header("<i4", "(1,)"), f32x2), {"needs 4 data bytes", "holds 8"}},
+  };
+  for (const auto& c : npy_cases) {
+    CAPTURE(c.label);
+    const std::string message = testing::error_message([&] { io::from_npy(c.bytes, "model.npy"); });
+    CHECK(message.find("npy 'model.npy'") != std::string::npos);
+    for (const auto& part : c.parts) CHECK_MESSAGE(message.find(part) != std::string::npos, message, " lacks ", part);
+  }
+
+  const std::vector<Case> safetensors_cases = {
+      {"trailing bytes", safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", f32x2 + "xy"),
+       {"2 trailing bytes after the last tensor", "holds 10 bytes"}},
+      {"a gap", safetensors_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", f32x2),
+       {"bytes [0, 4) of the data buffer belong to no tensor"}},
+      {"overlap",
+       safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                         R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", f32x2),
+       {"tensor \"b\" at bytes [4, 8) overlaps tensor \"a\" at [0, 8)"}},
+      {"size mismatch", safetensors_bytes(R"({"w":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}})", f32x2),
+       {"tensor \"w\"", "needs 16 bytes", "hold 8"}},
+      {"offsets reversed", safetensors_bytes(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", f32x2),
+       {"tensor \"w\"", "[8, 0] out of order"}},
+      {"unknown dtype", safetensors_bytes(R"({"w":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}})", f32x2),
+       {"tensor \"w\" has dtype \"U8\", which is not supported"}},
+  };
+  for (const auto& c : safetensors_cases) {
+    CAPTURE(c.label);
+    const std::string message = testing::error_message([&] { io::from_safetensors(c.bytes, "model.safetensors"); });
+    CHECK(message.find("safetensors 'model.safetensors'") != std::string::npos);
+    for (const auto& part : c.parts) CHECK_MESSAGE(message.find(part) != std::string::npos, message, " lacks ", part);
+  }
+  // Empty tensors are valid: [b, b] offsets, beside a full one.
+  const auto empty = io::from_safetensors(
+      safetensors_bytes(R"({"e":{"dtype":"F32","shape":[0,3],"data_offsets":[8,8]},)"
+                        R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", f32x2), "model.safetensors");
+  REQUIRE(empty.tensors.size() == 2);
+  CHECK(empty.tensors[1].second.shape() == Shape{0, 3});
+}
