@@ -1,9 +1,12 @@
 // Fused attention on the CPU, parallel over (batch, head). f32 on processors with the own GEMM runs blocks of
 // queries through it (attention_gemm below); f64, and f32 elsewhere, run exact row-by-row loops, which are
 // also the reference that the gradient checks differentiate and the GEMM path is tested against.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -149,7 +152,41 @@ void attention_backward_typed(const Tensor& q, const Tensor& k, const Tensor& v,
 // stored, and with a causal mask the keys after a block's last query are never touched. The backward
 // recomputes each block's probabilities from lse and forms the gradients with five products per block.
 
-constexpr std::int64_t kQueryBlock = 48;  // rows per block: a multiple of the GEMM's 12-row register tile
+constexpr std::int64_t kQueryBlock = 48;
+
+// The mask of the first min(16, n - j) of 16 lanes.
+inline __mmask16 lanes_from(std::int64_t j, std::int64_t n) {
+  return static_cast<__mmask16>(j + 16 <= n ? 0xffff : (1u << (n - j)) - 1);
+}
+
+// p[j] = e^(p[j] - shift) for j < n, 16 at a time; returns their sum.
+__attribute__((target("avx512f"))) float exp_shifted_sum(float* p, std::int64_t n, float shift) {
+  const __m512 shift16 = _mm512_set1_ps(shift);
+  __m512 total = _mm512_setzero_ps();
+  for (std::int64_t j = 0; j < n; j += 16) {
+    const __mmask16 lanes = lanes_from(j, n);
+    const __m512 e = cpu::exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, p + j), shift16));
+    _mm512_mask_storeu_ps(p + j, lanes, e);
+    total = _mm512_mask_add_ps(total, lanes, total, e);
+  }
+  // (Through memory: GCC 12 warns inside _mm512_reduce_add_ps.)
+  alignas(64) float partial[16];
+  _mm512_store_ps(partial, total);
+  return std::accumulate(partial, partial + 16, 0.0f);
+}
+
+// From a row of scores s (in p) and of dP (in ds): P = e^(s - lse) into p, dS = P (dP - delta) into ds.
+__attribute__((target("avx512f"))) void probs_and_score_grads(float* p, float* ds, std::int64_t n, float lse,
+                                                              float delta) {
+  const __m512 lse16 = _mm512_set1_ps(lse), delta16 = _mm512_set1_ps(delta);
+  for (std::int64_t j = 0; j < n; j += 16) {
+    const __mmask16 lanes = lanes_from(j, n);
+    const __m512 prob = cpu::exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, p + j), lse16));
+    _mm512_mask_storeu_ps(p + j, lanes, prob);
+    _mm512_mask_storeu_ps(ds + j, lanes,
+                          _mm512_mul_ps(prob, _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, ds + j), delta16)));
+  }
+}  // rows per block: a multiple of the GEMM's 12-row register tile
 
 bool blocked_kernels_for(DType dtype) { return dtype == DType::f32 && cpu::sgemm_available(); }
 
@@ -200,8 +237,7 @@ void attention_gemm(const Tensor& q, const Tensor& k, const Tensor& v, const Ten
           float* p = probs.data() + r * b.keys;
           const std::int64_t visible = g.visible(b.begin + r);
           const float max = cpu::lane_max<float>(visible, [p](std::int64_t j) { return p[j]; });
-          for (std::int64_t j = 0; j < visible; ++j) p[j] = cpu::exp_fast(p[j] - max);
-          const float total = cpu::lane_sum<float>(visible, [p](std::int64_t j) { return p[j]; });
+          const float total = exp_shifted_sum(p, visible, max);
           const float inv = 1.0f / total;
           for (std::int64_t j = 0; j < visible; ++j) p[j] *= inv;
           std::fill(p + visible, p + b.keys, 0.0f);
@@ -248,10 +284,7 @@ void attention_backward_gemm(const Tensor& q, const Tensor& k, const Tensor& v, 
           const float* o = out_rows.row(bh, b.begin + r);
           const float* go = grad_out + r * gout_rows.row_stride;
           const float delta = cpu::lane_sum<float>(g.dh, [o, go](std::int64_t d) { return o[d] * go[d]; });
-          for (std::int64_t j = 0; j < visible; ++j) {
-            p[j] = cpu::exp_fast(p[j] - row_lse);
-            ds[j] = p[j] * (ds[j] - delta);
-          }
+          probs_and_score_grads(p, ds, visible, row_lse, delta);
           std::fill(p + visible, p + b.keys, 0.0f);
           std::fill(ds + visible, ds + b.keys, 0.0f);
         }

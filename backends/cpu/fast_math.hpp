@@ -72,31 +72,23 @@ T gelu_grad_fast(T x) {
   return s + x * s * (T(1) - s) * T(2) * du;
 }
 
-// The same GELU and its derivative on 16 floats at once with AVX-512, for contiguous runs (callers check that the
-// processor has it). Written out because the auto-vectorised gelu_fast spends most of its time in a division
-// and in the bit masks that make exp_fast's edge cases vectorisable; here 1 / (1 + e) is a reciprocal estimate
-// with one Newton step (relative error about 2^-28), and vscalefps gives 2^n with overflow to infinity and
-// underflow to 0 built in. Within 2 ulp of gelu_fast, NaN in gives NaN out.
-struct Gelu16 {
-  __m512 value, sigmoid;  // gelu(x) and sigmoid(2u), which the derivative reuses
-};
+// e^x on 16 floats at once with AVX-512, for loops that the processor's vector units should run at full
+// width (callers check that the processor has it). The auto-vectorised exp_fast spends much of its time in the
+// bit masks that make its edge cases vectorisable; here vscalefps gives 2^n with overflow to infinity and
+// underflow to 0 built in, and the clamp to [-104, 89] only keeps the reduction finite (e^x is 0 and
+// infinity beyond it). NaN in gives NaN out. Within 2 ulp of exp_fast.
+// (The zero-masking forms with every lane selected: GCC 12's plain forms warn of an uninitialised operand.)
+constexpr __mmask16 kAllLanes = 0xffff;
 
-__attribute__((target("avx512f"))) inline Gelu16 gelu16(__m512 x) {
-  // (The zero-masking forms with every lane selected: GCC 12's plain forms warn of an uninitialised operand.)
-  constexpr __mmask16 kAll = 0xffff;
-  const __m512 one = _mm512_set1_ps(1.0f);
-  // e = exp(-2u) with -2u = x (-2c - 2ca x^2), clamped so that e stays finite (1 + e then has a reciprocal).
-  const __m512 x2 = _mm512_mul_ps(x, x);
-  const __m512 minus_2u = _mm512_mul_ps(
-      x, _mm512_fmadd_ps(x2, _mm512_set1_ps(static_cast<float>(-2 * kGeluC * kGeluA)),
-                         _mm512_set1_ps(static_cast<float>(-2 * kGeluC))));
+__attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
   // max(lo, v) and min(hi, v) return v when v is NaN, so NaN reaches the result.
-  const __m512 t = _mm512_maskz_min_ps(kAll, _mm512_set1_ps(88.0f),
-                                       _mm512_maskz_max_ps(kAll, _mm512_set1_ps(-104.0f), minus_2u));
-  const __m512 n = _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(t, _mm512_set1_ps(1.44269504088896341f)),
+  const __m512 t = _mm512_maskz_min_ps(kAllLanes, _mm512_set1_ps(89.0f),
+                                       _mm512_maskz_max_ps(kAllLanes, _mm512_set1_ps(-104.0f), x));
+  const __m512 n = _mm512_maskz_roundscale_ps(kAllLanes, _mm512_mul_ps(t, _mm512_set1_ps(1.44269504088896341f)),
                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), t);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), t);  // exp_fast's two-part ln 2
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+  const __m512 one = _mm512_set1_ps(1.0f);
   __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
@@ -105,10 +97,24 @@ __attribute__((target("avx512f"))) inline Gelu16 gelu16(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
   p = _mm512_fmadd_ps(p, r, one);
   p = _mm512_fmadd_ps(p, r, one);
-  const __m512 d = _mm512_add_ps(one, _mm512_maskz_scalef_ps(kAll, p, n));
-  __m512 s = _mm512_maskz_rcp14_ps(kAll, d);
+  return _mm512_maskz_scalef_ps(kAllLanes, p, n);
+}
+
+// GELU and its derivative on 16 floats, gelu_fast's formula; 1 / (1 + e) is a reciprocal estimate with one
+// Newton step (relative error about 2^-28) instead of a division.
+struct Gelu16 {
+  __m512 value, sigmoid;  // gelu(x) and sigmoid(2u), which the derivative reuses
+};
+
+__attribute__((target("avx512f"))) inline Gelu16 gelu16(__m512 x) {
+  // -2u = x (-2c - 2ca x^2)
+  const __m512 minus_2u = _mm512_mul_ps(
+      x, _mm512_fmadd_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(static_cast<float>(-2 * kGeluC * kGeluA)),
+                         _mm512_set1_ps(static_cast<float>(-2 * kGeluC))));
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(minus_2u));
+  __m512 s = _mm512_maskz_rcp14_ps(kAllLanes, d);
   s = _mm512_mul_ps(s, _mm512_fnmadd_ps(d, s, _mm512_set1_ps(2.0f)));
-  // Past the clamp the sigmoid is 0, as in gelu_fast (so gelu(-inf) is NaN in both, from -inf * 0).
+  // Where e^-2u overflows the sigmoid is 0, as in gelu_fast (so gelu(-inf) is NaN in both, from -inf * 0).
   s = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(minus_2u, _mm512_set1_ps(88.0f), _CMP_LE_OQ), s);
   return {_mm512_mul_ps(x, s), s};
 }
