@@ -8,6 +8,7 @@
 #include "autograd/grad_mode.hpp"
 #include "autograd/node.hpp"
 #include "autograd/ops.hpp"
+#include "autograd/ops/common.hpp"
 #include "core/error.hpp"
 
 namespace ellipse {
@@ -131,14 +132,9 @@ bool owns_buffer(const Tensor& t) { return owns_memory(t) && t.is_contiguous(); 
 // A zero gradient for `input` laid out in memory with its axes in `order` (outermost first; row-major when
 // empty).
 Tensor zeros_in_order(const Edge& input, const std::vector<std::int64_t>& order) {
-  if (order.empty()) return zeros(input.shape, input.dtype, input.device);
-  Shape stored(order.size());
-  std::vector<std::int64_t> inverse(order.size());
-  for (std::size_t i = 0; i < order.size(); ++i) {
-    stored[i] = input.shape[order[i]];
-    inverse[order[i]] = static_cast<std::int64_t>(i);
-  }
-  return permute(zeros(stored, input.dtype, input.device), inverse);
+  Tensor grad = detail::empty_in_order(input.shape, order, input.dtype, input.device);
+  backend_for(input.device).fill(grad, 0.0);
+  return grad;
 }
 
 void free_node(Node& node) {

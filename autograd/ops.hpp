@@ -101,6 +101,10 @@ Tensor scaled_softmax(const Tensor& x, double scale, bool causal);
 // scale, causal), v) up to rounding. Kernels: see fused_attention_supported.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric,
                                     double scale, bool causal);
+// The same with q, k and v stacked in one tensor, qkv [3, B, H, N, dh] (any strides along the first four axes),
+// as an attention layer's qkv projection gives them: its gradient is one tensor in qkv's memory layout, so it
+// reaches that projection without a buffer to gather q's, k's and v's gradients in.
+Tensor scaled_dot_product_attention_qkv(const Tensor& qkv, const Tensor& metric, double scale, bool causal);
 // Whether scaled_dot_product_attention has kernels for this device, dtype and head dim: on the CPU for f32
 // and f64 and any head dim, on CUDA for f32 and head dims up to 128.
 bool fused_attention_supported(Device device, DType dtype, std::int64_t head_dim);

@@ -65,9 +65,11 @@ AttentionOutput Attention::forward(const Tensor& x, bool causal, const Tensor& v
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim_));
   Tensor heads_out;  // [B, H, N, dh]
   // The fused op where the backend says it is faster (it never stores the [N, N_keys] probabilities); a layer
-  // that keeps its probabilities for probes takes the explicit path.
+  // that keeps its probabilities for probes takes the explicit path. Without a cache, q, k and v go in as the
+  // one qkv tensor, whose gradient then needs no gathering.
   if (!keep_attention_ && fused_attention_preferred(x.device(), x.dtype(), head_dim_, causal)) {
-    heads_out = scaled_dot_product_attention(q, k, values, metric, scale, causal);
+    heads_out = cache ? scaled_dot_product_attention(q, k, values, metric, scale, causal)
+                      : scaled_dot_product_attention_qkv(heads, metric, scale, causal);
   } else {
     const Tensor q_scaled = metric.defined() ? mul(q, metric) : q;
     const Tensor probs = scaled_softmax(matmul(q_scaled, transpose(k, -1, -2)), scale, causal);

@@ -697,6 +697,37 @@ TEST_CASE("scaled_dot_product_attention: equals scaled_softmax and matmul, forwa
   }
 }
 
+TEST_CASE("scaled_dot_product_attention_qkv: the separate op's results on the layer's qkv view; bad shapes named") {
+  Generator gen(12);
+  for (const bool causal : {false, true}) {
+    for (const bool with_metric : {false, true}) {
+      CAPTURE(causal);
+      CAPTURE(with_metric);
+      // As the attention layer makes it: [B, N, 3 * H * dh] viewed as [B, N, 3, H, dh], then [3, B, H, N, dh].
+      Tensor projected = randn({2, 9, 3 * 2 * 8}, gen).requires_grad_();
+      const Tensor metric = with_metric ? uniform({2, 2, 1, 8}, 0.2, 1.0, gen) : Tensor{};
+      const Tensor direction = randn({2, 2, 9, 8}, gen);
+      auto run = [&](bool packed) {
+        projected.zero_grad();
+        const Tensor heads = permute(view(projected, {2, 9, 3, 2, 8}), {2, 0, 3, 1, 4});
+        const Tensor out = packed ? scaled_dot_product_attention_qkv(heads, metric, 0.35, causal)
+                                  : scaled_dot_product_attention(select(heads, 0, 0), select(heads, 0, 1),
+                                                                 select(heads, 0, 2), metric, 0.35, causal);
+        sum(mul(out, direction)).backward();
+        return std::pair{out.detach(), projected.grad()};
+      };
+      const auto [packed_out, packed_grad] = run(true);
+      const auto [separate_out, separate_grad] = run(false);
+      CHECK(relative_diff(packed_out, separate_out) < 1e-6);
+      CHECK(relative_diff(packed_grad, separate_grad) < 1e-6);
+    }
+  }
+  const Tensor wrong = randn({2, 2, 2, 5, 4}, gen);
+  CHECK_THROWS_WITH(scaled_dot_product_attention_qkv(wrong, {}, 0.5, false),
+                    doctest::Contains("scaled_dot_product_attention_qkv: expected qkv [3, B, H, N, dh] (q, k and v "
+                                      "stacked on the first axis), got [2, 2, 2, 5, 4]"));
+}
+
 TEST_CASE("fused_attention_preferred: the CPU takes the fused op for f32 attention with its own GEMM only") {
   const bool blocked = ellipse::cpu::sgemm_available();
   CHECK(fused_attention_preferred(Device::cpu(), DType::f32, 32, true) == blocked);

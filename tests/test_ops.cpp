@@ -51,7 +51,8 @@ const std::vector<std::string> kRequiredOps = {
     "reshape", "view", "permute", "transpose", "narrow", "slice", "select", "expand", "unsqueeze", "squeeze",
     "contiguous", "clone", "to_dtype",
     // The rest of the public op set.
-    "equal", "sum_to", "scaled_softmax", "scaled_dot_product_attention", "linear",
+    "equal", "sum_to", "scaled_softmax", "scaled_dot_product_attention", "scaled_dot_product_attention_qkv",
+    "linear",
 };
 // clang-format on
 
@@ -1062,6 +1063,48 @@ std::vector<OpTest> op_table() {
                  // reached the limit (1.02e-6 in the dh 16 case). A 1e-5 step makes it ten times smaller and
                  // keeps the truncation error (of order step^2) negligible.
                  c.grad_options.step = 1e-5;
+                 cases.push_back(c);
+               }
+               return cases;
+             }});
+
+  // q, k and v stacked in one tensor: the reference splits it and runs the separate reference.
+  add_entry({"scaled_dot_product_attention_qkv", true, [](Generator& gen) {
+               struct A {
+                 std::string what;
+                 Shape qkv, metric;  // an empty metric shape: standard attention
+                 bool causal;
+                 Layout layout = Layout::contiguous;
+               };
+               const std::vector<A> as = {
+                   {"standard", {3, 2, 2, 5, 4}, {}, false},
+                   {"causal, metric per query row", {3, 2, 3, 6, 8}, {2, 3, 6, 8}, true},
+                   {"metric per head, strided", {3, 1, 2, 7, 16}, {1, 2, 1, 16}, false, Layout::strided},
+                   {"transposed", {3, 2, 2, 5, 4}, {2, 2, 1, 4}, true, Layout::transposed},
+               };
+               std::vector<Case> cases;
+               for (const auto& a : as) {
+                 const double scale = 1.0 / std::sqrt(static_cast<double>(a.qkv.back()));
+                 const bool causal = a.causal, with_metric = !a.metric.empty();
+                 std::vector<Input> inputs = {F(a.qkv, normal_values(gen, a.qkv), a.layout)};
+                 if (with_metric) inputs.push_back(Const(a.metric, uniform_values(gen, a.metric, 0.2, 1.0)));
+                 Case c = make_case(
+                     std::move(inputs),
+                     [scale, causal, with_metric](const Tensors& x) {
+                       return scaled_dot_product_attention_qkv(x[0], with_metric ? x[1] : Tensor{}, scale, causal);
+                     },
+                     [scale, causal, with_metric](const Hosts& x) {
+                       const Shape part_shape(x[0].shape.begin() + 1, x[0].shape.end());
+                       const auto part_size = static_cast<std::ptrdiff_t>(count(part_shape));
+                       Hosts parts;
+                       for (std::ptrdiff_t p = 0; p < 3; ++p)
+                         parts.push_back({part_shape, std::vector<double>(x[0].v.begin() + p * part_size,
+                                                                          x[0].v.begin() + (p + 1) * part_size)});
+                       return ref_attention(parts[0], parts[1], parts[2], with_metric ? &x[1] : nullptr, scale,
+                                            causal);
+                     },
+                     a.what + (causal ? " causal" : ""));
+                 c.grad_options.step = 1e-5;  // as for scaled_dot_product_attention
                  cases.push_back(c);
                }
                return cases;

@@ -46,6 +46,20 @@ inline Tensor make_view(const Tensor& x, Shape shape, Strides strides, std::int6
   return Tensor(std::move(impl));
 }
 
+// Uninitialised memory for a tensor of `shape` laid out with its axes in `order`, outermost first (a permutation,
+// as dense_axis_order gives; row-major when empty). A gradient made in the layout of the tensor it belongs to
+// keeps the views between it and the op that made that tensor free of copies.
+inline Tensor empty_in_order(const Shape& shape, const std::vector<std::int64_t>& order, DType dtype, Device device) {
+  if (order.empty()) return empty(shape, dtype, device);
+  Shape stored(order.size());
+  for (std::size_t i = 0; i < order.size(); ++i) stored[i] = shape[order[i]];
+  const Tensor memory = empty(stored, dtype, device);
+  const Strides stored_strides = contiguous_strides(stored);
+  Strides strides(order.size());
+  for (std::size_t i = 0; i < order.size(); ++i) strides[order[i]] = stored_strides[i];
+  return make_view(memory, shape, std::move(strides), 0);
+}
+
 // x viewed as [outer, n, inner] around `axis`.
 struct AxisSplit {
   std::int64_t outer = 1, n = 1, inner = 1;

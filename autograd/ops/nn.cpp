@@ -81,16 +81,33 @@ bool fused_attention_preferred(Device device, DType dtype, std::int64_t head_dim
   return fused_attention_supported(device, dtype, head_dim) && backend_for(device).prefers_fused_attention(dtype, causal);
 }
 
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric,
-                                    double scale, bool causal) {
-  constexpr std::string_view op = "scaled_dot_product_attention";
+namespace {
+
+// One fused attention forward, as both attention ops run it, and what its backward needs.
+struct FusedAttention {
+  Tensor q, k, v, m;  // q, k and v as the kernels read them (rows along dh); m as they take it (or undefined)
+  Tensor out, lse;
+  double scale;
+  bool causal;
+
+  // The gradients of q, k and v from out's gradient g, into gq, gk and gv (their shapes; rows along dh).
+  void backward(const Tensor& g, const Tensor& gq, const Tensor& gk, const Tensor& gv) const {
+    backend_for(g.device()).attention_backward(q, k, v, m, out, lse, unit_inner_stride(g), scale, causal, gq, gk, gv);
+  }
+};
+
+// Checks the operands and runs the forward kernel. out lives in [B, Nq, H, dh] memory, so that putting the heads
+// back together, as a layer does next, is a view.
+FusedAttention fused_attention(std::string_view op, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& metric, double scale, bool causal) {
   Backend& backend = detail::same_device_and_dtype(op, {&q, &k, &v});
   detail::check_floating(op, q);
   ELLIPSE_CHECK(q.dim() == 4 && k.dim() == 4 && k.shape() == v.shape() && k.shape()[0] == q.shape()[0] &&
                     k.shape()[1] == q.shape()[1] && k.shape()[3] == q.shape()[3],
                 "{}: expected q [B, H, Nq, dh] and k, v [B, H, Nk, dh], got q {}, k {} and v {}", op,
                 to_string(q.shape()), to_string(k.shape()), to_string(v.shape()));
-  const std::int64_t nq = q.shape()[2], nk = k.shape()[2], head_dim = q.shape()[3];
+  const std::int64_t batch = q.shape()[0], heads = q.shape()[1], nq = q.shape()[2], nk = k.shape()[2];
+  const std::int64_t head_dim = q.shape()[3];
   ELLIPSE_CHECK(nk > 0 && head_dim > 0, "{}: needs at least one key and one feature per head, got k {}", op,
                 to_string(k.shape()));
   ELLIPSE_CHECK(!causal || nk >= nq, "{}: a causal mask needs at least as many keys as queries, got q {} and k {}", op,
@@ -98,31 +115,61 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   ELLIPSE_CHECK(fused_attention_supported(q.device(), q.dtype(), head_dim),
                 "{}: no kernel for {} on {} with head dim {} (CUDA's take f32 and head dims up to {})", op,
                 dtype_name(q.dtype()), q.device().str(), head_dim, kCudaAttentionMaxHeadDim);
-  Tensor m;  // as the kernels take it: [B, H, 1, dh] when shared by the queries, else q's shape
-  if (metric.defined()) {
+  FusedAttention a{.q = unit_inner_stride(q), .k = unit_inner_stride(k), .v = unit_inner_stride(v), .m = {},
+                   .out = empty({batch, nq, heads, head_dim}, q.dtype(), q.device()).transpose(1, 2),
+                   .lse = empty({batch, heads, nq}, q.dtype(), q.device()), .scale = scale, .causal = causal};
+  if (metric.defined()) {  // as the kernels take it: [B, H, 1, dh] when shared by the queries, else q's shape
     detail::same_device_and_dtype(op, {&q, &metric});
     const bool per_row = metric.dim() >= 2 && metric.shape()[metric.dim() - 2] != 1;
     Shape shape = q.shape();
     if (!per_row) shape[2] = 1;
     ELLIPSE_CHECK(metric.dim() <= 4 && broadcast_shapes(metric.shape(), shape, op) == shape,
                   "{}: metric {} broadcasts to neither {} nor q {}", op, to_string(metric.shape()),
-                  to_string(Shape{q.shape()[0], q.shape()[1], 1, head_dim}), to_string(q.shape()));
-    m = contiguous(expand(metric.detach(), shape));
+                  to_string(Shape{batch, heads, 1, head_dim}), to_string(q.shape()));
+    a.m = contiguous(expand(metric.detach(), shape));
   }
-  const Tensor qr = unit_inner_stride(q), kr = unit_inner_stride(k), vr = unit_inner_stride(v);
-  const std::int64_t batch = q.shape()[0], heads = q.shape()[1];
-  // out lives in [B, Nq, H, dh] memory, so that putting the heads back together, as a layer does next, is a view.
-  const Tensor out = empty({batch, nq, heads, head_dim}, q.dtype(), q.device()).transpose(1, 2);
-  const Tensor lse = empty({batch, heads, nq}, q.dtype(), q.device());
-  backend.attention(qr, kr, vr, m, scale, causal, out, lse);
-  auto backward = [qr, kr, vr, m, out = out.detach(), lse, scale, causal](const Tensor& g, const std::vector<bool>&) {
-    Tensor gq = empty(qr.shape(), qr.dtype(), qr.device());
-    Tensor gk = empty(kr.shape(), kr.dtype(), kr.device()), gv = empty(vr.shape(), vr.dtype(), vr.device());
-    backend_for(g.device()).attention_backward(qr, kr, vr, m, out, lse, unit_inner_stride(g), scale, causal, gq, gk,
-                                               gv);
+  backend.attention(a.q, a.k, a.v, a.m, scale, causal, a.out, a.lse);
+  return a;
+}
+
+}  // namespace
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric,
+                                    double scale, bool causal) {
+  constexpr std::string_view op = "scaled_dot_product_attention";
+  FusedAttention a = fused_attention(op, q, k, v, metric, scale, causal);
+  Tensor out = a.out;
+  a.out = out.detach();  // the rule keeps no handle on its own result (a cycle)
+  return record(op, out, {q, k, v}, [a](const Tensor& g, const std::vector<bool>&) {
+    Tensor gq = empty(a.q.shape(), g.dtype(), g.device());
+    Tensor gk = empty(a.k.shape(), g.dtype(), g.device()), gv = empty(a.v.shape(), g.dtype(), g.device());
+    a.backward(g, gq, gk, gv);
     return std::vector{gq, gk, gv};
-  };
-  return record(op, out, {q, k, v}, std::move(backward));
+  });
+}
+
+Tensor scaled_dot_product_attention_qkv(const Tensor& qkv, const Tensor& metric, double scale, bool causal) {
+  constexpr std::string_view op = "scaled_dot_product_attention_qkv";
+  detail::check_defined(op, {&qkv});
+  ELLIPSE_CHECK(qkv.dim() == 5 && qkv.shape()[0] == 3,
+                "{}: expected qkv [3, B, H, N, dh] (q, k and v stacked on the first axis), got {}", op,
+                to_string(qkv.shape()));
+  const Tensor parts = qkv.detach();
+  FusedAttention a = fused_attention(op, select(parts, 0, 0), select(parts, 0, 1), select(parts, 0, 2), metric,
+                                     scale, causal);
+  Tensor out = a.out;
+  a.out = out.detach();
+  // The gradient takes qkv's memory layout where dh is innermost in it (the kernels write rows along dh): for a
+  // layer's qkv projection it then reaches the projection through views only, and q, k and v get theirs
+  // without a zero-filled buffer to add them into.
+  std::vector<std::int64_t> order = dense_axis_order(qkv.shape(), qkv.strides()).value_or(std::vector<std::int64_t>{});
+  if (!order.empty() && order.back() != 4) order.clear();
+  return record(op, out, {qkv}, [a, order = std::move(order), shape = qkv.shape()](const Tensor& g,
+                                                                                  const std::vector<bool>&) {
+    const Tensor gqkv = detail::empty_in_order(shape, order, g.dtype(), g.device());
+    a.backward(g, select(gqkv, 0, 0), select(gqkv, 0, 1), select(gqkv, 0, 2));
+    return std::vector{gqkv};
+  });
 }
 
 EllipticalMetric elliptical_metric(const Tensor& v, const Tensor& v_prev, bool causal, const Tensor& past_sum,
