@@ -87,6 +87,11 @@ class Backend {
   // contiguous. This default copies the bias rows into out and accumulates the product onto them; a backend
   // whose GEMM can start from the bias overrides it and saves that pass over out.
   virtual void linear(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out);
+  // A linear layer's weight and bias gradients from its output's gradient g [rows, N] and its input x [rows, K]
+  // (both contiguous): gweight [N, K] = g^T x and gbias [N] = the sums of g's columns (both contiguous). This
+  // default runs matmul and reduce; a backend whose GEMM reads all of g anyway sums it on the way and saves
+  // that pass over g.
+  virtual void linear_weight_grad(const Tensor& g, const Tensor& x, const Tensor& gweight, const Tensor& gbias);
 
   // Softmax along the middle axis of contiguous [outer, n, inner]; `log` gives log_softmax.
   virtual void softmax(const Tensor& x, const Tensor& y, std::int64_t outer, std::int64_t n, std::int64_t inner,

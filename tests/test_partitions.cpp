@@ -114,6 +114,47 @@ TEST_CASE("matmul: every partitioning path of the f32 GEMM, contiguous and trans
   }
 }
 
+TEST_CASE("linear: weight and bias gradients in one pass over the output gradient, on every GEMM path") {
+  // The weight gradient is g^T x [out, in] with depth `rows`; its GEMM sums the bias gradient as it packs g^T
+  // (or, where it reads g^T in place, beside it).
+  struct LinearShape {
+    std::string path;
+    std::int64_t rows, out, in;
+  };
+  const std::vector<LinearShape> shapes = {
+      {"one thread, smaller than a tile", 5, 7, 3},
+      {"depth split between the threads", 1500, 37, 45},
+      {"split by rows of the weight", 300, 200, 50},
+      {"split by columns of the weight past 768", 300, 13, 801},
+      {"one column panel: g^T read in place", 300, 200, 20},
+      {"no input features: only the bias gradient", 300, 9, 0},
+  };
+  Generator gen(32);
+  for (const auto& shape : shapes) {
+    CAPTURE(shape.path);
+    const Tensor x = randn({shape.rows, shape.in}, gen), weight = randn({shape.out, shape.in}, gen);
+    const Tensor bias = randn({shape.out}, gen), g = randn({shape.rows, shape.out}, gen);
+    // References in double: g^T x and the column sums of g.
+    const std::vector<double> gv = values(g), xv = values(x);
+    std::vector<double> g_transposed(gv.size());
+    for (std::int64_t r = 0; r < shape.rows; ++r)
+      for (std::int64_t o = 0; o < shape.out; ++o) g_transposed[o * shape.rows + r] = gv[r * shape.out + o];
+    const auto want_weight = reference_product(g_transposed, xv, shape.out, shape.in, shape.rows);
+    std::vector<double> want_bias(static_cast<std::size_t>(shape.out), 0.0);
+    for (std::int64_t r = 0; r < shape.rows; ++r)
+      for (std::int64_t o = 0; o < shape.out; ++o) want_bias[o] += gv[r * shape.out + o];
+    auto gradients = [&] {
+      const Tensor w = weight.detach().requires_grad_(), b = bias.detach().requires_grad_();
+      sum(mul(linear(x, w, b), g)).backward();
+      return std::pair{values(w.grad()), values(b.grad())};
+    };
+    const bool depth_split = shape.rows >= 4 * std::max(shape.out, shape.in);
+    const auto across = depth_split ? AcrossThreads::within_tolerance : AcrossThreads::identical;
+    check_on_all_thread_counts([&] { return gradients().first; }, want_weight, 2e-4, across);
+    check_on_all_thread_counts([&] { return gradients().second; }, want_bias, 2e-4, across);
+  }
+}
+
 TEST_CASE("matmul: an empty inner axis gives zeros, also in a recycled buffer") {
   for (const DType dtype : {DType::f32, DType::f64}) {
     CAPTURE(dtype_name(dtype));

@@ -69,8 +69,15 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     const Tensor g_rows = reshape(g, {rows, out_features});
     Tensor gx, gw, gb;
     if (needs[0]) gx = matmul(g, weight);
-    if (needs[1]) gw = matmul(transpose(g_rows, 0, 1), reshape(x, {rows, in}));
-    if (needs[2]) gb = sum(g_rows, {0});
+    if (needs[1] && needs[2]) {  // in one pass over g where the backend can
+      gw = empty({out_features, in}, g.dtype(), g.device());
+      gb = empty({out_features}, g.dtype(), g.device());
+      backend_for(g.device()).linear_weight_grad(contiguous(g_rows), contiguous(reshape(x, {rows, in})), gw, gb);
+    } else if (needs[1]) {
+      gw = matmul(transpose(g_rows, 0, 1), reshape(x, {rows, in}));
+    } else if (needs[2]) {
+      gb = sum(g_rows, {0});
+    }
     return std::vector{gx, gw, gb};
   });
 }

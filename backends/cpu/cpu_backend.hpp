@@ -35,6 +35,7 @@ class CpuBackend final : public Backend {
 
   void matmul(const Tensor& a, const Tensor& b, const Tensor& out, bool accumulate) override;
   void linear(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out) override;
+  void linear_weight_grad(const Tensor& g, const Tensor& x, const Tensor& gweight, const Tensor& gbias) override;
 
   void softmax(const Tensor& x, const Tensor& y, std::int64_t outer, std::int64_t n, std::int64_t inner,
                bool log) override;

@@ -123,4 +123,15 @@ void CpuBackend::linear(const Tensor& a, const Tensor& b, const Tensor& bias, co
              out.data<float>(), out.shape()[1], /*accumulate=*/false, bias.data<float>());
 }
 
+void CpuBackend::linear_weight_grad(const Tensor& g, const Tensor& x, const Tensor& gweight, const Tensor& gbias) {
+  // The own GEMM packs g^T, reading every element of g once: it sums the bias gradient on the way.
+  if (g.dtype() != DType::f32 || !cpu::sgemm_available() || g.shape()[0] == 0) {
+    Backend::linear_weight_grad(g, x, gweight, gbias);
+    return;
+  }
+  const std::int64_t rows = g.shape()[0], n = g.shape()[1], k = x.shape()[1];
+  cpu::sgemm(n, k, rows, g.data<float>(), 1, n, x.data<float>(), k, 1, gweight.data<float>(), k,
+             /*accumulate=*/false, /*bias=*/nullptr, gbias.data<float>());
+}
+
 }  // namespace ellipse

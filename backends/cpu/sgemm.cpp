@@ -37,10 +37,23 @@ PackBuffers& pack_buffers() {
   return buffers;
 }
 
+// row_sums[i] += sum over p < kc of a[i, p] for i < rows (a linear layer's bias gradient, when a is the
+// transposed output gradient), for rows of a that are read in place rather than packed.
+void add_row_sums(std::int64_t rows, std::int64_t kc, const float* a, std::int64_t a_row, std::int64_t a_col,
+                  float* row_sums) {
+  for (std::int64_t i = 0; i < rows; ++i) {
+    float total = 0.0f;
+    for (std::int64_t p = 0; p < kc; ++p) total += a[i * a_row + p * a_col];
+    row_sums[i] += total;
+  }
+}
+
 // a[0:mc, 0:kc] into panels of kMR rows: panel p holds, for each depth index, its kMR values (zero past mc).
+// With row_sums, also adds each row's sum over the slice to it, while the values pass through registers.
 // (pack_a and pack_b are not inlined so that profiles show them apart from the micro-kernel.)
 __attribute__((noinline, target("avx512f"))) void pack_a(std::int64_t mc, std::int64_t kc, const float* a,
-                                                         std::int64_t a_row, std::int64_t a_col, float* dst) {
+                                                         std::int64_t a_row, std::int64_t a_col, float* dst,
+                                                         float* row_sums) {
   for (std::int64_t i0 = 0; i0 < mc; i0 += kMR) {
     const std::int64_t rows = std::min(kMR, mc - i0);
     float* panel = dst + i0 * kc;
@@ -48,9 +61,18 @@ __attribute__((noinline, target("avx512f"))) void pack_a(std::int64_t mc, std::i
     if (a_row == 1) {  // columns of a are contiguous (a transposed view): one masked vector per depth index
       constexpr __mmask16 kTile = (1u << kMR) - 1;
       const auto valid = static_cast<__mmask16>((1u << rows) - 1);  // zeros past the last row
-      for (std::int64_t p = 0; p < kc; ++p)
-        _mm512_mask_storeu_ps(panel + p * kMR, kTile, _mm512_maskz_loadu_ps(valid, block + p * a_col));
-    } else if (rows < kMR) {
+      __m512 sums = _mm512_setzero_ps();
+      for (std::int64_t p = 0; p < kc; ++p) {
+        const __m512 column = _mm512_maskz_loadu_ps(valid, block + p * a_col);
+        _mm512_mask_storeu_ps(panel + p * kMR, kTile, column);
+        sums = _mm512_add_ps(sums, column);
+      }
+      if (row_sums)
+        _mm512_mask_storeu_ps(row_sums + i0, valid,
+                              _mm512_add_ps(sums, _mm512_maskz_loadu_ps(valid, row_sums + i0)));
+      continue;
+    }
+    if (rows < kMR) {
       for (std::int64_t p = 0; p < kc; ++p)
         for (std::int64_t i = 0; i < kMR; ++i) panel[p * kMR + i] = i < rows ? block[i * a_row + p * a_col] : 0.0f;
     } else {  // kMR rows read side by side, so each of their cache lines is used while it is in L1
@@ -59,6 +81,7 @@ __attribute__((noinline, target("avx512f"))) void pack_a(std::int64_t mc, std::i
       for (std::int64_t p = 0; p < kc; ++p)
         for (std::int64_t i = 0; i < kMR; ++i) panel[p * kMR + i] = row[i][p * a_col];
     }
+    if (row_sums) add_row_sums(rows, kc, block, a_row, a_col, row_sums + i0);
   }
 }
 
@@ -190,9 +213,10 @@ __attribute__((target("avx512f"))) void micro_kernel(std::int64_t kc, const floa
 }
 
 // One thread's share: the whole product for its rows of a and c (or its columns of b and c).
+// With a_row_sums, also adds each row of a's sum over the depth to it.
 void sgemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::int64_t a_row,
                   std::int64_t a_col, const float* b, std::int64_t b_row, std::int64_t b_col, float* c,
-                  std::int64_t ldc, bool accumulate, const float* bias) {
+                  std::int64_t ldc, bool accumulate, const float* bias, float* a_row_sums) {
   PackBuffers& buffers = pack_buffers();
   float* pa = buffers.a.get();
   float* pb = buffers.b.get();
@@ -216,8 +240,12 @@ void sgemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, const float* a
         // Row-major and transposed a are read in place, except a last panel of fewer than kMR rows (padded
         // with zeros: the micro-kernel reads all kMR rows).
         const std::int64_t packed_from = row_major_a || transposed_a ? mc / kMR * kMR : 0;
+        // a is packed (or read) once per column block: its rows are summed with the first.
+        float* block_sums = a_row_sums && jc == 0 ? a_row_sums + ic : nullptr;
         if (packed_from < mc)
-          pack_a(mc - packed_from, kc, a_block + packed_from * a_row, a_row, a_col, pa + packed_from * kc);
+          pack_a(mc - packed_from, kc, a_block + packed_from * a_row, a_row, a_col, pa + packed_from * kc,
+                 block_sums ? block_sums + packed_from : nullptr);
+        if (block_sums && packed_from > 0) add_row_sums(packed_from, kc, a_block, a_row, a_col, block_sums);
         for (std::int64_t jr = 0; jr < nc; jr += kNR) {
           const std::int64_t cols = std::min(kNR, nc - jr);
           float* c_panel = c + ic * ldc + jc + jr;
@@ -249,41 +277,50 @@ bool sgemm_available() {
 
 void sgemm(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::int64_t a_row, std::int64_t a_col,
            const float* b, std::int64_t b_row, std::int64_t b_col, float* c, std::int64_t ldc, bool accumulate,
-           const float* bias) {
-  if (m <= 0 || n <= 0) return;
+           const float* bias, float* a_row_sums) {
+  if (a_row_sums) std::fill_n(a_row_sums, std::max<std::int64_t>(m, 0), 0.0f);
+  if (m <= 0) return;
+  if (n <= 0) {
+    if (a_row_sums) add_row_sums(m, k, a, a_row, a_col, a_row_sums);
+    return;
+  }
   // Below about a million multiply-adds the threads' start-up and second packing of b cost more than they save.
   constexpr std::int64_t kParallelFlops = std::int64_t{1} << 20;
   constexpr std::int64_t kDeep = 4;  // depth over the larger side of c from which the threads split the depth
   const int threads = cpu::in_parallel_region() ? 1 : cpu::max_threads();
   if (threads == 1 || m * n * k < kParallelFlops) {
-    sgemm_serial(m, n, k, a, a_row, a_col, b, b_row, b_col, c, ldc, accumulate, bias);
+    sgemm_serial(m, n, k, a, a_row, a_col, b, b_row, b_col, c, ldc, accumulate, bias, a_row_sums);
     return;
   }
   // A deep product (a weight's gradient: k is the batch's tokens, m x n the weight) splits its depth instead.
   // Split by rows or columns of c, each thread would pack all of the operand it shares with the others, which
   // for such shapes costs as much as the arithmetic (128 x 128 x 6400 ran at 117 GFLOP/s split by rows on a
-  // 2-core Xeon). Each thread multiplies its depth range into a partial result of its own; thread 0's is c
-  // itself (with `accumulate` and the bias), and the others are added to it after, in thread order.
+  // 2-core Xeon). Each thread multiplies its depth range into a partial result of its own (and partial row
+  // sums); thread 0's is c itself (with `accumulate` and the bias), and the others are added to it after, in
+  // thread order.
   if (k >= kDeep * std::max(m, n)) {
     const std::int64_t used = std::min<std::int64_t>(threads, k / kKC + 1);
+    const std::int64_t part_size = m * n + m;  // a partial product, then partial row sums
     thread_local std::vector<float> partials;
-    partials.resize(static_cast<std::size_t>((used - 1) * m * n));
+    partials.assign(static_cast<std::size_t>((used - 1) * part_size), 0.0f);
     float* partial = partials.data();
     cpu::run_on_threads(static_cast<int>(used), [&](std::int64_t t, std::int64_t nt) {
       const std::int64_t begin = k * t / nt, end = k * (t + 1) / nt;
       if (t == 0) {
-        sgemm_serial(m, n, end - begin, a, a_row, a_col, b, b_row, b_col, c, ldc, accumulate, bias);
+        sgemm_serial(m, n, end - begin, a, a_row, a_col, b, b_row, b_col, c, ldc, accumulate, bias, a_row_sums);
       } else {
-        sgemm_serial(m, n, end - begin, a + begin * a_col, a_row, a_col, b + begin * b_row, b_row, b_col,
-                     partial + (t - 1) * m * n, n, false, nullptr);
+        float* own = partial + (t - 1) * part_size;
+        sgemm_serial(m, n, end - begin, a + begin * a_col, a_row, a_col, b + begin * b_row, b_row, b_col, own, n,
+                     false, nullptr, a_row_sums ? own + m * n : nullptr);
       }
     });
     cpu::run_on_threads(static_cast<int>(used), [&](std::int64_t t, std::int64_t nt) {
       for (std::int64_t i = m * t / nt; i < m * (t + 1) / nt; ++i)
         for (std::int64_t part = 0; part + 1 < nt; ++part) {
-          const float* from = partial + part * m * n + i * n;
+          const float* from = partial + part * part_size;
           float* row = c + i * ldc;
-          for (std::int64_t j = 0; j < n; ++j) row[j] += from[j];
+          for (std::int64_t j = 0; j < n; ++j) row[j] += from[i * n + j];
+          if (a_row_sums) a_row_sums[i] += from[m * n + i];
         }
     });
     return;
@@ -299,10 +336,10 @@ void sgemm(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::
     if (begin < end) {
       if (split_rows) {
         sgemm_serial(end - begin, n, k, a + begin * a_row, a_row, a_col, b, b_row, b_col, c + begin * ldc, ldc,
-                     accumulate, bias);
-      } else {
+                     accumulate, bias, a_row_sums ? a_row_sums + begin : nullptr);
+      } else {  // every thread reads all of a: the first sums its rows
         sgemm_serial(m, end - begin, k, a, a_row, a_col, b + begin * b_col, b_row, b_col, c + begin, ldc, accumulate,
-                     bias ? bias + begin : nullptr);
+                     bias ? bias + begin : nullptr, t == 0 ? a_row_sums : nullptr);
       }
     }
   });

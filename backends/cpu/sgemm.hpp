@@ -12,10 +12,11 @@ bool sgemm_available();
 
 // c[i, j] = sum_p a[i, p] b[p, j] (+ c[i, j] when `accumulate`) (+ bias[j] when bias is given) for i < m,
 // j < n, p < k, with any element strides for a and b (a[i, p] is a[i * a_row + p * a_col]) and c row-major
-// with row stride ldc. Runs on the OpenMP threads when called outside a parallel region and the product is
-// large enough; k >= 1.
+// with row stride ldc. With a_row_sums, also sets a_row_sums[i] = sum_p a[i, p] (a linear layer's bias
+// gradient when a is its transposed output gradient), summed as a passes through the packing. Runs on the
+// thread pool when called outside a parallel region and the product is large enough; k >= 1.
 void sgemm(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::int64_t a_row, std::int64_t a_col,
            const float* b, std::int64_t b_row, std::int64_t b_col, float* c, std::int64_t ldc, bool accumulate,
-           const float* bias = nullptr);
+           const float* bias = nullptr, float* a_row_sums = nullptr);
 
 }  // namespace ellipse::cpu
