@@ -75,6 +75,12 @@ std::vector<double> reference_product(const std::vector<double>& a, const std::v
   return c;
 }
 
+// Whether a GEMM of this shape gives the same bits on every thread count: not when its depth is at least 4
+// times the longer side of c, which it then splits between the threads, adding their partial products.
+AcrossThreads gemm_across_threads(std::int64_t m, std::int64_t n, std::int64_t k) {
+  return k >= 4 * std::max(m, n) ? AcrossThreads::within_tolerance : AcrossThreads::identical;
+}
+
 struct GemmShape {
   std::string path;
   std::int64_t m, n, k;
@@ -105,11 +111,9 @@ TEST_CASE("matmul: every partitioning path of the f32 GEMM, contiguous and trans
     for (const auto& [layout, operands] : std::vector<std::pair<std::string, std::pair<Tensor, Tensor>>>{
              {"contiguous", {a, b}}, {"a transposed", {a_transposed, b}}, {"b transposed", {a, b_transposed}}}) {
       CAPTURE(layout);
-      // f32 rounding over up to 1500 terms, measured against 1 + |c|. The depth split adds in another order on
-      // each thread count.
-      const bool depth_split = shape.k >= 4 * std::max(shape.m, shape.n);
+      // f32 rounding over up to 1500 terms, measured against 1 + |c|.
       check_on_all_thread_counts([&] { return values(matmul(operands.first, operands.second)); }, want, 2e-4,
-                                 depth_split ? AcrossThreads::within_tolerance : AcrossThreads::identical);
+                                 gemm_across_threads(shape.m, shape.n, shape.k));
     }
   }
 }
@@ -148,8 +152,7 @@ TEST_CASE("linear: weight and bias gradients in one pass over the output gradien
       sum(mul(linear(x, w, b), g)).backward();
       return std::pair{values(w.grad()), values(b.grad())};
     };
-    const bool depth_split = shape.rows >= 4 * std::max(shape.out, shape.in);
-    const auto across = depth_split ? AcrossThreads::within_tolerance : AcrossThreads::identical;
+    const AcrossThreads across = gemm_across_threads(shape.out, shape.in, shape.rows);
     check_on_all_thread_counts([&] { return gradients().first; }, want_weight, 2e-4, across);
     check_on_all_thread_counts([&] { return gradients().second; }, want_bias, 2e-4, across);
   }
