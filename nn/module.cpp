@@ -34,6 +34,24 @@ Tensor Module::parameter(const std::string& name) const {
   fail("Module::parameter: no parameter named '{}'", name);
 }
 
+void Module::collect_modules(const std::string& name, std::vector<std::pair<std::string, Module*>>& out) {
+  out.emplace_back(name, this);
+  for (const auto& [child_name, child] : children_)
+    child->collect_modules(name.empty() ? child_name : name + "." + child_name, out);
+}
+
+std::vector<std::pair<std::string, Module*>> Module::named_modules() {
+  std::vector<std::pair<std::string, Module*>> out;
+  collect_modules("", out);
+  return out;
+}
+
+Module& Module::find_module(const std::string& name) {
+  for (auto& [key, module] : named_modules())
+    if (key == name) return *module;
+  fail("Module::module: no module named '{}'", name);
+}
+
 Module& Module::to(Device device) {
   NoGradGuard no_grad;  // the copies are not part of any graph
   // Every copy first, then the swaps: a copy that throws leaves every parameter where it was.

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/error.hpp"
 #include "../core/tensor.hpp"
 
 namespace ellipse::nn {
@@ -23,6 +24,18 @@ class Module {
   std::int64_t parameter_count() const;
   // The parameter with this dotted name; throws naming it when absent.
   Tensor parameter(const std::string& name) const;
+  // This module ("") and every module under it with its dotted name ("blocks.0.attn"), depth first in
+  // registration order: how research code reaches a layer (for its probes, say) without knowing the path to it.
+  // The pointers are the modules themselves and live as long as this module.
+  std::vector<std::pair<std::string, Module*>> named_modules();
+  // The sub-module with this dotted name, as M (nn::Module for any); throws naming it when absent or of
+  // another type.
+  template <class M = Module>
+  M& module(const std::string& name) {
+    M* typed = dynamic_cast<M*>(&find_module(name));
+    ELLIPSE_CHECK(typed != nullptr, "Module::module: '{}' is not of the requested type", name);
+    return *typed;
+  }
 
   // Moves every parameter to `device` in place and returns *this. Each parameter's TensorImpl gets a
   // contiguous copy on the device, so every handle to it (the modules' own members, the caller's) follows;
@@ -49,6 +62,8 @@ class Module {
 
  private:
   void collect(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>& out) const;
+  void collect_modules(const std::string& name, std::vector<std::pair<std::string, Module*>>& out);
+  Module& find_module(const std::string& name);
   std::vector<std::pair<std::string, Tensor>> parameters_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;

@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <filesystem>
@@ -129,6 +130,32 @@ TEST_CASE("gpt: parameter names and shapes are the checkpoint format, and nothin
     CHECK((dynamic_cast<nn::EllipticalAttention*>(&model.block(1).attention()) != nullptr) ==
           (kind == nn::AttentionKind::elliptical));
   }
+}
+
+TEST_CASE("named_modules and module: every layer by its dotted name, typed, with errors naming the name") {
+  GPT model(tiny_config(nn::AttentionKind::elliptical));
+  std::vector<std::string> names;
+  for (const auto& [name, module] : model.named_modules()) {
+    CHECK(module != nullptr);
+    names.push_back(name);
+  }
+  REQUIRE_FALSE(names.empty());
+  CHECK(names.front().empty());  // the model itself
+  CHECK(std::count(names.begin(), names.end(), "blocks.1.attn") == 1);
+  CHECK(std::count(names.begin(), names.end(), "blocks.0.mlp.fc1") == 1);
+  // Every parameter's dotted name is a module's name plus its own.
+  for (const auto& [name, p] : model.named_parameters()) {
+    const std::string owner = name.find('.') == std::string::npos ? "" : name.substr(0, name.rfind('.'));
+    CHECK_MESSAGE(std::count(names.begin(), names.end(), owner) == 1, name);
+  }
+  // A probe reaches a layer by name: the second block's attention is elliptical and keeps its metric.
+  auto& attention = model.module<nn::EllipticalAttention>("blocks.1.attn");
+  CHECK(&attention == &model.block(1).attention());
+  (void)model.forward(zeros({1, 4}, DType::i64));
+  CHECK(attention.last_metric().defined());
+  CHECK(&model.module("blocks.0.ln1") == &model.block(0).module("ln1"));
+  CHECK_ERROR(model.module("blocks.9.attn"), "Module::module: no module named 'blocks.9.attn'");
+  CHECK_ERROR(model.module<nn::EllipticalAttention>("blocks.0.attn"), "'blocks.0.attn' is not of the requested type");
 }
 
 TEST_CASE("gpt: forward shapes, seeds and input checks") {
