@@ -130,7 +130,7 @@ LabeledImages load_fashion_mnist(const std::string& dir, std::string_view split)
   for (const auto& path : {images_path, labels_path}) {
     ELLIPSE_CHECK(std::filesystem::exists(path), "{}: no such file. Fashion-MNIST comes from Debian's package "
                   "dataset-fashion-mnist (apt-get install dataset-fashion-mnist, which tools/bootstrap.sh runs), "
-                  "or pass --data DIR", path);
+                  "or give the directory that holds the files", path);
   }
   const IdxImages images =
       parse_idx_images(gunzip(io::read_file(images_path, kMaxCompressed), images_path, kMaxDecompressed), images_path);

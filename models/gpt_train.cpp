@@ -84,7 +84,7 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
   ELLIPSE_CHECK(!o.out_dir.empty(), "train gpt: an output directory is required");
   ELLIPSE_CHECK(o.steps > 0 && o.eval_every > 0 && o.warmup >= 0 && o.lr > 0 && o.final_lr >= 0 && o.clip > 0,
                 "train gpt: steps ({}), eval-every ({}) and lr ({}) must be positive", o.steps, o.eval_every, o.lr);
-  ELLIPSE_CHECK(o.stop_after >= 0 && o.stop_after <= o.steps, "train gpt: --stop-after {} must lie in [0, {}]",
+  ELLIPSE_CHECK(o.stop_after >= 0 && o.stop_after <= o.steps, "train gpt: stop_after {} must lie in [0, steps {}]",
                 o.stop_after, o.steps);
   backend_for(o.device);  // an unusable device fails here, before any file is read or written
   const DetectAnomalyGuard anomaly(o.detect_anomaly || anomaly_detection_enabled());
@@ -99,12 +99,12 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
     tokenizer = std::move(saved.tokenizer);
     ELLIPSE_CHECK(config.name == o.config && config.attention == o.attention &&
                   config.metric == o.metric.value_or(config.metric),
-                  "train gpt: --resume {} holds a {} model with {} attention ({}), but the flags ask for {} with {} "
-                  "attention", o.out_dir, config.name, nn::attention_kind_name(config.attention),
+                  "train gpt: resuming {}, which holds a {} model with {} attention ({}), but the options ask for {} "
+                  "with {} attention", o.out_dir, config.name, nn::attention_kind_name(config.attention),
                   nn::metric_mode_name(config.metric), o.config, nn::attention_kind_name(o.attention));
-    ELLIPSE_CHECK(config.dropout == o.dropout, "train gpt: --resume {} was trained with dropout {}, but the flags ask "
-                  "for {}", o.out_dir, config.dropout, o.dropout);
-    // config.json does not record the preset's training batch; without --batch the run used the preset's.
+    ELLIPSE_CHECK(config.dropout == o.dropout, "train gpt: resuming {}, which was trained with dropout {}, but the "
+                  "options ask for {}", o.out_dir, config.dropout, o.dropout);
+    // config.json does not record the preset's training batch; without a batch option the run used the preset's.
     config.batch = gpt_preset(config.name, tokenizer.size()).batch;
     ids = read_text_ids(o.text_path, &tokenizer, nullptr);
   } else {

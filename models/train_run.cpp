@@ -22,7 +22,7 @@ namespace ellipse {
 void start_run(const RunFiles& files, std::string_view config_json, std::string_view command) {
   std::filesystem::create_directories(files.dir);
   ELLIPSE_CHECK(!std::filesystem::exists(files.state) && !std::filesystem::exists(files.model), "{}: {} already holds "
-                "a run; pass --resume to continue it or choose another --out", command, files.dir);
+                "a run; resume it (the resume option) or choose another output directory", command, files.dir);
   remove_stale_temp_files(files);
   io::write_file_atomic(files.config, config_json);
 }
@@ -89,7 +89,8 @@ void check_finite(double value, std::string_view what, std::int64_t step, const 
   // With anomaly detection on, an op that made the NaN or Inf would have thrown first.
   const std::string hint = anomaly_detection_enabled()
                                ? "no op produced it from finite inputs, so it was already in the parameters or the data"
-                               : "rerun with --detect-anomaly to find the op that produced it";
+                               : "rerun with anomaly detection on (the detect_anomaly option) to find the op that "
+                                 "produced it";
   fail("{} became {} at step {}; stopping. {}; {}", what, value, step, kept, hint);
 }
 
@@ -139,8 +140,8 @@ RunCheckpoints::RunCheckpoints(const std::string& dir, std::string command, std:
 
 TrainState RunCheckpoints::resume(nn::Module& model, nn::AdamW& optimizer) {
   TrainState state = resume_checkpoint(files_, model, optimizer);
-  ELLIPSE_CHECK(state.fields["flags"] == fingerprint_, "{}: --resume {}: the run was started with flags '{}', now "
-                "'{}'; resume with the same flags", command_, files_.dir, state.fields["flags"], fingerprint_);
+  ELLIPSE_CHECK(state.fields["flags"] == fingerprint_, "{}: resuming {}: the run was started with options '{}', "
+                "now '{}'; resume with the same options", command_, files_.dir, state.fields["flags"], fingerprint_);
   saved_step_ = state.step;
   metrics_ = metrics_up_to(files_.metrics, state.step);
   return state;

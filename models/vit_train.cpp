@@ -303,8 +303,8 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
     config = parse_vit_config_json(io::read_file(files.config, 1 << 20), files.config);
     ELLIPSE_CHECK(config.name == o.config && config.attention == o.attention &&
                       config.metric == o.metric.value_or(config.metric),
-                  "train vit: --resume {} holds a {} model with {} attention ({}), but the flags ask for {} with {} "
-                  "attention", o.out_dir, config.name, nn::attention_kind_name(config.attention),
+                  "train vit: resuming {}, which holds a {} model with {} attention ({}), but the options ask for {} "
+                  "with {} attention", o.out_dir, config.name, nn::attention_kind_name(config.attention),
                   nn::metric_mode_name(config.metric), o.config, nn::attention_kind_name(o.attention));
   } else {
     config = vit_preset(o.config);
@@ -317,7 +317,7 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
   const std::int64_t steps_per_epoch = train.size() / batch, steps = steps_per_epoch * o.epochs;
   ELLIPSE_CHECK(steps_per_epoch > 0, "train vit: {} training images are fewer than one batch of {}", train.size(),
                 batch);
-  ELLIPSE_CHECK(o.stop_after <= steps, "train vit: --stop-after {} is past the run's last step {}", o.stop_after,
+  ELLIPSE_CHECK(o.stop_after <= steps, "train vit: stop_after {} is past the run's last step {}", o.stop_after,
                 steps);
   const auto warmup = static_cast<std::int64_t>(std::llround(o.warmup_epochs * static_cast<double>(steps_per_epoch)));
 
@@ -335,7 +335,7 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
     model.generator().set_state(state.generators["model"]);
     start = state.step;
     train_loss.load(state, "loss", files.state);
-    ELLIPSE_CHECK(start < steps, "train vit: --resume {}: the run already finished (step {} of {}); nothing to do",
+    ELLIPSE_CHECK(start < steps, "train vit: resuming {}: the run already finished (step {} of {}); nothing to do",
                   o.out_dir, start, steps);
   } else {
     run.start(vit_config_json(config));

@@ -118,7 +118,7 @@ TEST_CASE("cli: usage errors exit 2 and runtime errors exit 1, with a message on
   // Runtime errors: the flags parse, the work fails.
   check_fails({"train", "gpt", "--text", short_text, "--out", dir / "short", "--steps", "2"}, 1, "too few");
   check_fails({"train", "gpt", "--text", text, "--out", dir / "r", "--steps", "4", "--stop-after", "5"}, 1,
-              "stop-after");
+              "stop_after 5 must lie in [0, steps 4]");
   check_fails({"sample", "--model", dir.str(), "--prompt", "a"}, 1, "config.json");
   check_fails({"eval", "gpt", "--model", dir.str(), "--text", text}, 1, "config.json");
   check_fails({"train", "gpt", "--text", text, "--resume", dir.str(), "--steps", "2"}, 1, "config.json");

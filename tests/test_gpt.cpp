@@ -531,7 +531,7 @@ TEST_CASE("train: metrics, checkpoints, an exact resume and evaluation of the sa
   CHECK_ERROR(train_gpt(tiny_training(short_path, dir / "short"), nullptr, nullptr), short_path, "too few");
   GPTTrainOptions past_end = tiny_training(text_path, dir / "past");
   past_end.stop_after = 7;
-  CHECK_ERROR(train_gpt(past_end, nullptr, nullptr), "stop-after", "7");
+  CHECK_ERROR(train_gpt(past_end, nullptr, nullptr), "stop_after 7 must lie in [0, steps 6]");
   GPTTrainOptions no_steps = tiny_training(text_path, dir / "none");
   no_steps.steps = 0;
   CHECK_ERROR(train_gpt(no_steps, nullptr, nullptr), "steps");

@@ -199,7 +199,7 @@ TEST_CASE("detect-anomaly names the op, forward or backward, and the shapes") {
 TEST_CASE("check_finite stops a run naming the value, the step and the checkpoint kept") {
   CHECK_NOTHROW(check_finite(1.5, "the loss", 3, "runs/x", 2));
   CHECK_ERROR(check_finite(NAN, "the loss", 3, "runs/x", 2), "the loss became nan at step 3", "(step 2) in runs/x",
-              "--detect-anomaly");
+              "the detect_anomaly option");
   CHECK_ERROR(check_finite(INFINITY, "the gradient norm", 1, "runs/x", 0), "inf at step 1",
               "No checkpoint was written to runs/x");
 }
@@ -218,7 +218,7 @@ TEST_CASE("a NaN loss stops training, keeps the checkpoint byte for byte, and --
   const auto before = checkpoint_bytes(out);
   o.resume = true;
   o.stop_after = 0;
-  CHECK_ERROR(train_gpt(o, nullptr, nullptr), "the loss became nan at step 4", "(step 3)", out, "--detect-anomaly");
+  CHECK_ERROR(train_gpt(o, nullptr, nullptr), "the loss became nan at step 4", "(step 3)", out, "the detect_anomaly option");
   CHECK(checkpoint_bytes(out) == before);
   // No op made that NaN: it was in a parameter already, and anomaly detection says so.
   o.detect_anomaly = true;
@@ -253,7 +253,7 @@ TEST_CASE("train_vit: a NaN loss stops it with the checkpoint unchanged; --detec
   o.resume = true;
   o.stop_after = 0;
   CHECK_ERROR(train_vit(o, nullptr, nullptr), "train vit: the loss became nan at step 5", "(step 4)", out,
-              "--detect-anomaly");
+              "the detect_anomaly option");
   CHECK(checkpoint_bytes(out) == before);
   o.detect_anomaly = true;
   CHECK_ERROR(train_vit(o, nullptr, nullptr), "the loss became nan", "no op produced");
@@ -462,7 +462,8 @@ TEST_CASE("train_vit: a checkpoint interrupted between its files is completed by
   CHECK(checkpoint_bytes(dir / "early") == before);
   // A fresh run refuses a folder holding a model file, even without a state.
   fs::remove(dir / "early/train_state.safetensors");
-  CHECK_ERROR(train_vit(tiny_vit_run(data, dir / "early"), nullptr, nullptr), "already holds a run", "--resume");
+  CHECK_ERROR(train_vit(tiny_vit_run(data, dir / "early"), nullptr, nullptr), "already holds a run",
+              "resume it (the resume option) or choose another output directory");
 }
 
 // ---- the command-line program on bad files ----

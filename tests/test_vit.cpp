@@ -179,7 +179,8 @@ TEST_CASE("fashion-mnist: load_fashion_mnist names the file and the problem") {
   };
 
   // Missing files point at the Debian package.
-  CHECK_ERROR(load_fashion_mnist(dir.str(), "test"), images, "no such file", "dataset-fashion-mnist", "--data");
+  CHECK_ERROR(load_fashion_mnist(dir.str(), "test"), images, "no such file", "dataset-fashion-mnist",
+              "or give the directory that holds the files");
   write_bytes(images, gzip(good_images));
   CHECK_ERROR(load_fashion_mnist(dir.str(), "test"), labels, "no such file", "dataset-fashion-mnist");
   CHECK_ERROR(load_fashion_mnist(dir / "nowhere", "train"), "train-images-idx3-ubyte.gz", "no such file");
@@ -850,12 +851,12 @@ TEST_CASE("train_vit: learns the synthetic classes; an interrupted run resumes b
   // Misuse. A fresh run into a directory holding one is refused and changes nothing there.
   const auto files_before = run_files(dir / "full");
   CHECK_ERROR(train_vit(tiny_training(data, dir / "full"), nullptr, nullptr), dir / "full", "already holds a run",
-              "--resume");
+              "the resume option");
   CHECK(run_files(dir / "full") == files_before);
   ViTTrainOptions other = tiny_training(data, dir / "full");
   other.resume = true;
   other.lr = 2e-3;
-  CHECK_ERROR(train_vit(other, nullptr, nullptr), "lr=0.002", "same flags");
+  CHECK_ERROR(train_vit(other, nullptr, nullptr), "lr=0.002", "same options");
   other = tiny_training(data, dir / "full");
   other.resume = true;
   other.augment = true;
@@ -863,18 +864,18 @@ TEST_CASE("train_vit: learns the synthetic classes; an interrupted run resumes b
   other = tiny_training(data, dir / "full");
   other.resume = true;
   other.attention = nn::AttentionKind::elliptical;
-  CHECK_ERROR(train_vit(other, nullptr, nullptr), "--resume", "elliptical");
+  CHECK_ERROR(train_vit(other, nullptr, nullptr), "resuming", "the options ask for", "elliptical");
   other = tiny_training(data, dir / "full");
   other.resume = true;
   other.config = "vit-s";
-  CHECK_ERROR(train_vit(other, nullptr, nullptr), "--resume", "vit-s");
+  CHECK_ERROR(train_vit(other, nullptr, nullptr), "resuming", "the options ask for vit-s");
   CHECK(run_files(dir / "full") == files_before);
   ViTTrainOptions nothing = tiny_training(data, dir / "nothing");
   nothing.resume = true;
   CHECK_ERROR(train_vit(nothing, nullptr, nullptr), "config.json");
   ViTTrainOptions past_end = tiny_training(data, dir / "past");
   past_end.stop_after = 9;
-  CHECK_ERROR(train_vit(past_end, nullptr, nullptr), "--stop-after 9", "last step 8");
+  CHECK_ERROR(train_vit(past_end, nullptr, nullptr), "stop_after 9", "last step 8");
   ViTTrainOptions big_batch = tiny_training(data, dir / "big");
   big_batch.batch = 65;
   CHECK_ERROR(train_vit(big_batch, nullptr, nullptr), "64 training images", "batch of 65");
@@ -984,7 +985,7 @@ TEST_CASE("cli: train vit and eval vit on synthetic files; bad flags exit 2 or 1
       {{"train", "vit", "--data", data, "--attn", "sparse", "--out", dir / "s"}, 2, "--attn"},
       {{"train", "vit", "--data", data, "--resume", dir / "nowhere"}, 2, "--resume"},
       {with(train_args, {"--out", out}), 1, "already holds a run"},
-      {with(longer, {"--resume", out}), 1, "same flags"},
+      {with(longer, {"--resume", out}), 1, "same options"},
       {{"train", "vit", "--data", dir / "nodata", "--out", dir / "nd"}, 1, "dataset-fashion-mnist"},
       {{"eval", "vit", "--model", out, "--data", data, "--attack", "bogus"}, 1, "bogus"},
       {{"eval", "vit", "--model", out, "--data", data, "--attack", "fgsm:2"}, 1, "[0, 1]"},
