@@ -149,6 +149,51 @@ TEST_CASE("scaled_softmax: large scaled scores with the causal mask, the visible
   }
 }
 
+TEST_CASE("scaled_dot_product_attention: scores far beyond exp's range, with and without the causal mask") {
+  // One head, 5 queries and keys of 4 features whose scores reach about 1e4: each softmax row is one-hot up
+  // to exp's underflow. The output must be the reference's, and the gradients finite.
+  constexpr std::int64_t n = 5, dh = 4;
+  std::vector<double> q, k, v;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const auto x = static_cast<double>(i);
+    q.insert(q.end(), {100.0 * (x + 1), -80.0, 20.0 * x, 5.0});
+    k.insert(k.end(), {50.0 - 10.0 * x, 3.0 * x, -20.0, 40.0 - 25.0 * x});
+    v.insert(v.end(), {x, -x, 0.5 * x, 1.0});
+  }
+  const double scale = 0.5;
+  for (const bool causal : {false, true}) {
+    std::vector<double> want;
+    for (std::int64_t i = 0; i < n; ++i) {
+      std::vector<double> scores;
+      for (std::int64_t j = 0; j < (causal ? i + 1 : n); ++j) {
+        double dot = 0;
+        for (std::int64_t d = 0; d < dh; ++d) dot += q[i * dh + d] * k[j * dh + d];
+        scores.push_back(scale * dot);
+      }
+      const auto p = reference_softmax(scores, false);
+      for (std::int64_t d = 0; d < dh; ++d) {
+        double out = 0;
+        for (std::size_t j = 0; j < p.size(); ++j) out += p[j] * v[j * dh + d];
+        want.push_back(out);
+      }
+    }
+    for (const auto& c : cases()) {
+      CAPTURE(causal);
+      CAPTURE(c.device.str());
+      CAPTURE(dtype_name(c.dtype));
+      auto operand = [&](const std::vector<double>& values_of) {
+        return from_vector(values_of, {1, 1, n, dh}).to(c.dtype).to(c.device).requires_grad_();
+      };
+      const Tensor qt = operand(q), kt = operand(k), vt = operand(v);
+      const Tensor out = scaled_dot_product_attention(qt, kt, vt, {}, scale, causal);
+      check_close(values(out), want, c.tolerance);
+      sum(out).backward();
+      for (const Tensor& grad : {qt.grad(), kt.grad(), vt.grad()})
+        for (double g : values(grad)) CHECK(std::isfinite(g));
+    }
+  }
+}
+
 TEST_CASE("cross_entropy: logits beyond exp's range, the largest last; ignored rows get exactly 0") {
   for (const auto& c : cases()) {
     CAPTURE(c.device.str());
