@@ -302,7 +302,7 @@ void sgemm(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::
     const std::int64_t used = std::min<std::int64_t>(threads, k / kKC + 1);
     const std::int64_t part_size = m * n + m;  // a partial product, then partial row sums
     thread_local std::vector<float> partials;
-    partials.assign(static_cast<std::size_t>((used - 1) * part_size), 0.0f);
+    partials.resize(static_cast<std::size_t>((used - 1) * part_size));  // each thread overwrites its part
     float* partial = partials.data();
     cpu::run_on_threads(static_cast<int>(used), [&](std::int64_t t, std::int64_t nt) {
       const std::int64_t begin = k * t / nt, end = k * (t + 1) / nt;
@@ -310,6 +310,7 @@ void sgemm(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::
         sgemm_serial(m, n, end - begin, a, a_row, a_col, b, b_row, b_col, c, ldc, accumulate, bias, a_row_sums);
       } else {
         float* own = partial + (t - 1) * part_size;
+        if (a_row_sums) std::fill_n(own + m * n, m, 0.0f);  // sgemm_serial adds to row sums
         sgemm_serial(m, n, end - begin, a + begin * a_col, a_row, a_col, b + begin * b_row, b_row, b_col, own, n,
                      false, nullptr, a_row_sums ? own + m * n : nullptr);
       }
