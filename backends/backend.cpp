@@ -33,16 +33,8 @@ void Backend::linear(const Tensor& a, const Tensor& b, const Tensor& bias, const
 }
 
 void Backend::linear_weight_grad(const Tensor& g, const Tensor& x, const Tensor& gweight, const Tensor& gbias) {
-  const std::int64_t rows = g.shape()[0], n = g.shape()[1];
-  // g^T as a view: a [N, rows] operand with swapped strides.
-  auto transposed = std::make_shared<TensorImpl>();
-  transposed->storage = g.storage();
-  transposed->shape = {n, rows};
-  transposed->strides = {g.strides()[1], g.strides()[0]};
-  transposed->offset = g.offset();
-  transposed->dtype = g.dtype();
-  matmul(Tensor(std::move(transposed)), x, gweight);
-  reduce(ReduceOp::sum, g, gbias, 1, rows, n);
+  matmul(g.transpose(0, 1), x, gweight);
+  reduce(ReduceOp::sum, g, gbias, 1, g.shape()[0], g.shape()[1]);
 }
 
 void Backend::set_tf32(bool on) {
