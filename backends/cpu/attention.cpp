@@ -154,17 +154,12 @@ void attention_backward_typed(const Tensor& q, const Tensor& k, const Tensor& v,
 
 constexpr std::int64_t kQueryBlock = 48;
 
-// The mask of the first min(16, n - j) of 16 lanes.
-inline __mmask16 lanes_from(std::int64_t j, std::int64_t n) {
-  return static_cast<__mmask16>(j + 16 <= n ? 0xffff : (1u << (n - j)) - 1);
-}
-
 // p[j] = e^(p[j] - shift) for j < n, 16 at a time; returns their sum.
 __attribute__((target("avx512f"))) float exp_shifted_sum(float* p, std::int64_t n, float shift) {
   const __m512 shift16 = _mm512_set1_ps(shift);
   __m512 total = _mm512_setzero_ps();
   for (std::int64_t j = 0; j < n; j += 16) {
-    const __mmask16 lanes = lanes_from(j, n);
+    const __mmask16 lanes = cpu::lanes_from(j, n);
     const __m512 e = cpu::exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, p + j), shift16));
     _mm512_mask_storeu_ps(p + j, lanes, e);
     total = _mm512_mask_add_ps(total, lanes, total, e);
@@ -180,7 +175,7 @@ __attribute__((target("avx512f"))) void probs_and_score_grads(float* p, float* d
                                                               float delta) {
   const __m512 lse16 = _mm512_set1_ps(lse), delta16 = _mm512_set1_ps(delta);
   for (std::int64_t j = 0; j < n; j += 16) {
-    const __mmask16 lanes = lanes_from(j, n);
+    const __mmask16 lanes = cpu::lanes_from(j, n);
     const __m512 prob = cpu::exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, p + j), lse16));
     _mm512_mask_storeu_ps(p + j, lanes, prob);
     _mm512_mask_storeu_ps(ds + j, lanes,

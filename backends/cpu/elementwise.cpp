@@ -37,10 +37,7 @@ bool gelu16_applies(std::initializer_list<const Tensor*> tensors) {
 template <class Body>
 void for_each_vector16(std::int64_t n, const Body& body) {
   cpu::parallel_for((n + 15) / 16, 16 * 16, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t v = begin; v < end; ++v) {
-      const std::int64_t offset = v * 16, valid = std::min<std::int64_t>(16, n - offset);
-      body(offset, static_cast<__mmask16>(valid == 16 ? 0xffff : (1u << valid) - 1));
-    }
+    for (std::int64_t v = begin; v < end; ++v) body(v * 16, cpu::lanes_from(v * 16, n));
   });
 }
 

@@ -80,6 +80,11 @@ T gelu_grad_fast(T x) {
 // (The zero-masking forms with every lane selected: GCC 12's plain forms warn of an uninitialised operand.)
 constexpr __mmask16 kAllLanes = 0xffff;
 
+// The mask of lanes j .. j + 15 that lie below n (all 16 but in a last, partial vector).
+inline __mmask16 lanes_from(std::int64_t j, std::int64_t n) {
+  return static_cast<__mmask16>(j + 16 <= n ? kAllLanes : (1u << (n - j)) - 1);
+}
+
 __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
   // max(lo, v) and min(hi, v) return v when v is NaN, so NaN reaches the result.
   const __m512 t = _mm512_maskz_min_ps(kAllLanes, _mm512_set1_ps(89.0f),
