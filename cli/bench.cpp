@@ -51,7 +51,7 @@ double gemm_gflops(Device device) {
 }
 
 // Times `step` (one training step returning its loss) and prints the JSON line of the configuration.
-void time_steps(const BenchFlags& flags, std::string_view config, nn::AttentionKind attention, const nn::Module& model,
+void time_steps(const BenchFlags& flags, std::string_view config, std::string attention, const nn::Module& model,
                 std::int64_t items_per_step, double step_flops, const std::function<double()>& step) {
   Backend& backend = backend_for(flags.device);
   // Kernels may still run when a step returns: wait for them before each reading of the clock.
@@ -86,7 +86,7 @@ void time_steps(const BenchFlags& flags, std::string_view config, nn::AttentionK
              "\"step_ms_min\": {:.2f}, \"items_per_s\": {:.0f}, \"step_gflop\": {:.6g}, \"gflops\": {:.1f}, "
              "\"gemm_gflops\": {:.1f}, \"floor_ms\": {:.6g}, \"floor_ratio\": {:.3f}, \"loss\": {:.4f}, "
              "\"peak_rss_mib\": {:.1f}{}}}\n",
-             config, nn::attention_kind_name(attention), flags.device.str(), model.parameter_count(), median, times[0],
+             config, attention, flags.device.str(), model.parameter_count(), median, times[0],
              static_cast<double>(items_per_step) / median * 1e3, step_flops / 1e9, step_flops / median / 1e6,
              gemm_rate, floor_ms, median / floor_ms, loss_value, rss_mib, device_memory);
   std::fflush(stdout);
@@ -103,7 +103,7 @@ double train_step(nn::AdamW& optimizer, const std::function<Tensor()>& forward, 
 
 constexpr nn::AdamWOptions kBenchAdamW{.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.99, .weight_decay = 0.1};
 
-void bench_gpt(const BenchFlags& flags, nn::AttentionKind attention) {
+void bench_gpt(const BenchFlags& flags, std::string attention) {
   constexpr std::int64_t kVocab = 65;  // Tiny Shakespeare's character count: the parameter counts of the issues
   GPTConfig config = gpt_preset(flags.config, kVocab);
   config.attention = attention;
@@ -118,7 +118,7 @@ void bench_gpt(const BenchFlags& flags, nn::AttentionKind attention) {
              [&] { return train_step(optimizer, [&] { return model.forward(inputs); }, targets); });
 }
 
-void bench_vit(const BenchFlags& flags, nn::AttentionKind attention) {
+void bench_vit(const BenchFlags& flags, std::string attention) {
   ViTConfig config = vit_preset(flags.config);
   config.attention = attention;
   if (flags.batch > 0) config.batch = flags.batch;
@@ -135,8 +135,8 @@ void bench_vit(const BenchFlags& flags, nn::AttentionKind attention) {
 int run_bench(const BenchFlags& flags) {
   use_device(flags.device, flags.tf32);
   const bool vit = flags.config.starts_with("vit");
-  for (const auto attention : {nn::AttentionKind::standard, nn::AttentionKind::elliptical}) {
-    if (flags.attn != "both" && flags.attn != nn::attention_kind_name(attention)) continue;
+  for (const std::string attention : {"standard", "elliptical"}) {
+    if (flags.attn != "both" && flags.attn != attention) continue;
     vit ? bench_vit(flags, attention) : bench_gpt(flags, attention);
   }
   return 0;

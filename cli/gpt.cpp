@@ -70,7 +70,7 @@ int run_eval(const EvalFlags& flags) {
   LoadedGPT loaded = load_gpt(flags.model_dir, flags.device);
   const GPTConfig& config = loaded.model->config();
   std::string json = fmt::format("\"model\": \"gpt\", \"config\": \"{}\", \"attn\": \"{}\", \"m_mode\": \"{}\"",
-                                 config.name, nn::attention_kind_name(config.attention),
+                                 config.name, config.attention,
                                  nn::metric_mode_name(config.metric));
   if (!flags.text_path.empty()) {
     const std::u32string text =
@@ -127,7 +127,7 @@ void add_gpt_commands(CLI::App& train, CLI::App& eval, CLI::App& app, Action& ac
       ->check(CLI::ExistingFile);
   t->add_option("--config", o.config, "Model size (gpt-tiny: for tests)")
       ->check(CLI::IsMember({"gpt-s", "gpt-m", "gpt-tiny"}))->capture_default_str();
-  t->add_option("--attn", flags->attn, "Attention")->check(CLI::IsMember({"standard", "elliptical"}))
+  t->add_option("--attn", flags->attn, "Attention")->check(CLI::IsMember(nn::attention_kinds()))
       ->capture_default_str();
   t->add_option("--m-mode", flags->m_mode, "Estimator of the elliptical metric (default causal)")
       ->check(CLI::IsMember({"causal", "sequence", "random"}));

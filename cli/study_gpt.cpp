@@ -56,18 +56,18 @@ constexpr std::int64_t kSampleLineLength = 64;
 // causal model) always run; --m-modes adds "elliptical-sequence" and "elliptical-random".
 struct Variant {
   std::string name;
-  nn::AttentionKind attention;
+  std::string attention;
   std::optional<nn::MetricMode> metric;  // elliptical only
 };
 
 std::vector<Variant> study_variants(const std::vector<std::string>& m_modes) {
-  std::vector<Variant> variants{{"standard", nn::AttentionKind::standard, std::nullopt},
-                                {"elliptical", nn::AttentionKind::elliptical, nn::MetricMode::causal}};
+  std::vector<Variant> variants{{"standard", "standard", std::nullopt},
+                                {"elliptical", "elliptical", nn::MetricMode::causal}};
   // In a fixed order whatever the order on the command line; causal is always there.
   for (const auto mode : {nn::MetricMode::sequence, nn::MetricMode::random}) {
     const std::string name(nn::metric_mode_name(mode));
     if (std::find(m_modes.begin(), m_modes.end(), name) != m_modes.end())
-      variants.push_back({"elliptical-" + name, nn::AttentionKind::elliptical, mode});
+      variants.push_back({"elliptical-" + name, "elliptical", mode});
   }
   return variants;
 }

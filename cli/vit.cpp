@@ -82,7 +82,7 @@ int run_eval(const EvalFlags& flags) {
   nlohmann::ordered_json json;
   json["model"] = "vit";
   json["config"] = model->config().name;
-  json["attn"] = nn::attention_kind_name(model->config().attention);
+  json["attn"] = model->config().attention;
   json["m_mode"] = nn::metric_mode_name(model->config().metric);
   json["perturbation"] = perturbation.str();
   json["images"] = result.count;
@@ -100,7 +100,7 @@ void add_vit_commands(CLI::App& train, CLI::App& eval, Action& action) {
   auto* t = train.add_subcommand("vit", "Train the ViT on Fashion-MNIST");
   t->add_option("--data", o.data_dir, "Directory of the four Fashion-MNIST .gz files")->capture_default_str();
   t->add_option("--config", o.config, "Model size")->check(CLI::IsMember({"vit-s", "vit-xs"}))->capture_default_str();
-  t->add_option("--attn", flags->attn, "Attention")->check(CLI::IsMember({"standard", "elliptical"}))
+  t->add_option("--attn", flags->attn, "Attention")->check(CLI::IsMember(nn::attention_kinds()))
       ->capture_default_str();
   t->add_option("--m-mode", flags->m_mode, "Estimator of the elliptical metric (default sequence)")
       ->check(CLI::IsMember({"sequence", "causal", "random"}));

@@ -87,7 +87,7 @@ Tensor GPT::run(const Tensor& ids, std::vector<nn::KVCache>* caches) {
     x = result.out;
     v = result.v;
   }
-  return head_->forward(ln_f_->forward(x));
+  return hooked(head_->forward(ln_f_->forward(x)));
 }
 
 }  // namespace ellipse
@@ -110,7 +110,7 @@ std::string gpt_config_json(const GPTConfig& config, std::u32string_view vocab) 
   json["seq_len"] = config.seq_len;
   json["vocab_size"] = config.vocab;
   json["vocab"] = encode_utf8(vocab);
-  json["attn"] = nn::attention_kind_name(config.attention);
+  json["attn"] = config.attention;
   json["m_mode"] = nn::metric_mode_name(config.metric);
   json["dropout"] = config.dropout;
   return json.dump(2) + "\n";

@@ -19,7 +19,7 @@ struct GPTConfig {
   std::int64_t seq_len = 128;
   std::int64_t batch = 16;  // the preset's training batch
   double dropout = 0.0;
-  nn::AttentionKind attention = nn::AttentionKind::standard;
+  std::string attention = "standard";
   nn::MetricMode metric = nn::MetricMode::causal;
 };
 

@@ -100,8 +100,8 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
     ELLIPSE_CHECK(config.name == o.config && config.attention == o.attention &&
                   config.metric == o.metric.value_or(config.metric),
                   "train gpt: resuming {}, which holds a {} model with {} attention ({}), but the options ask for {} "
-                  "with {} attention", o.out_dir, config.name, nn::attention_kind_name(config.attention),
-                  nn::metric_mode_name(config.metric), o.config, nn::attention_kind_name(o.attention));
+                  "with {} attention", o.out_dir, config.name, config.attention,
+                  nn::metric_mode_name(config.metric), o.config, o.attention);
     ELLIPSE_CHECK(config.dropout == o.dropout, "train gpt: resuming {}, which was trained with dropout {}, but the "
                   "options ask for {}", o.out_dir, config.dropout, o.dropout);
     // config.json does not record the preset's training batch; without a batch option the run used the preset's.

@@ -12,7 +12,7 @@ namespace ellipse {
 struct GPTTrainOptions {
   std::string text_path;
   std::string config = "gpt-s";
-  nn::AttentionKind attention = nn::AttentionKind::standard;
+  std::string attention = "standard";
   std::optional<nn::MetricMode> metric;  // default: causal
   std::int64_t steps = 2000;              // the schedule's length: the run ends after this many steps
   std::optional<std::int64_t> batch;      // default: the preset's

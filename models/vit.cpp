@@ -91,7 +91,7 @@ Tensor ViT::forward(const Tensor& images) {
     x = result.out;
     v = result.v;
   }
-  return head_->forward(ln_f_->forward(select(x, 1, 0)));  // the class token only
+  return hooked(head_->forward(ln_f_->forward(select(x, 1, 0))));  // the class token only
 }
 
 std::string vit_config_json(const ViTConfig& config) {
@@ -104,7 +104,7 @@ std::string vit_config_json(const ViTConfig& config) {
   json["d_model"] = config.d_model;
   json["n_head"] = config.n_head;
   json["classes"] = config.classes;
-  json["attn"] = nn::attention_kind_name(config.attention);
+  json["attn"] = config.attention;
   json["m_mode"] = nn::metric_mode_name(config.metric);
   json["dropout"] = config.dropout;
   return json.dump(2) + "\n";

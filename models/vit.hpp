@@ -23,7 +23,7 @@ struct ViTConfig {
   std::int64_t classes = 10;
   std::int64_t batch = 128;  // the preset's training batch
   double dropout = 0.0;
-  nn::AttentionKind attention = nn::AttentionKind::standard;
+  std::string attention = "standard";
   nn::MetricMode metric = nn::MetricMode::sequence;
 
   std::int64_t patches_per_side() const { return image / patch; }

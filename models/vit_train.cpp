@@ -304,8 +304,8 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
     ELLIPSE_CHECK(config.name == o.config && config.attention == o.attention &&
                       config.metric == o.metric.value_or(config.metric),
                   "train vit: resuming {}, which holds a {} model with {} attention ({}), but the options ask for {} "
-                  "with {} attention", o.out_dir, config.name, nn::attention_kind_name(config.attention),
-                  nn::metric_mode_name(config.metric), o.config, nn::attention_kind_name(o.attention));
+                  "with {} attention", o.out_dir, config.name, config.attention,
+                  nn::metric_mode_name(config.metric), o.config, o.attention);
   } else {
     config = vit_preset(o.config);
     config.attention = o.attention;

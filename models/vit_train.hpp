@@ -14,7 +14,7 @@ namespace ellipse {
 struct ViTTrainOptions {
   std::string data_dir{kFashionMnistDir};
   std::string config = "vit-s";
-  nn::AttentionKind attention = nn::AttentionKind::standard;
+  std::string attention = "standard";
   std::optional<nn::MetricMode> metric;  // default: sequence
   std::int64_t epochs = 10;               // the schedule's length
   std::optional<std::int64_t> batch;      // default: the preset's

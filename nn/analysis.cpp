@@ -72,10 +72,12 @@ void BlockProbe::collect() {
     const auto weight = static_cast<double>(batch);
     sums_.collapse_attn[l] += weight * token_collapse(block.last_attention_output());
     sums_.collapse_block[l] += weight * token_collapse(block.last_output());
-    sums_.head_redundancy[l] += weight * head_redundancy(block.attention().last_attention());
-    const auto* elliptical = dynamic_cast<const EllipticalAttention*>(&block.attention());
-    if (!elliptical || !elliptical->last_metric().defined()) continue;
-    const Tensor& m = elliptical->last_metric();  // [B, H, 1 or N, dh]
+    const AttentionLayer& attention = block.attention();
+    ELLIPSE_CHECK(attention.last_attention().defined(), "BlockProbe::collect: the attention of layer {} recorded no "
+                  "probabilities (a layer of one's own calls record_attention while keeps_attention())", l);
+    sums_.head_redundancy[l] += weight * head_redundancy(attention.last_attention());
+    if (!attention.last_metric().defined()) continue;
+    const Tensor& m = attention.last_metric();  // [B, H, 1 or N, dh]
     const std::int64_t heads = m.shape()[1], dh = m.shape()[3];
     const auto per_head = mean(f64_on_cpu(m), {2}).to_vector<double>();  // [B, H, dh]
     auto& sum = sums_.mean_metric[l];

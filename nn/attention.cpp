@@ -1,16 +1,19 @@
 #include "nn/attention.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <map>
+#include <mutex>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "autograd/grad_mode.hpp"
 #include "autograd/ops.hpp"
 #include "core/error.hpp"
 
 namespace ellipse::nn {
-
-std::string_view attention_kind_name(AttentionKind kind) {
-  return kind == AttentionKind::standard ? "standard" : "elliptical";
-}
 
 std::string_view metric_mode_name(MetricMode mode) {
   switch (mode) {
@@ -21,17 +24,88 @@ std::string_view metric_mode_name(MetricMode mode) {
   return "?";
 }
 
-AttentionKind parse_attention_kind(std::string_view text) {
-  if (text == "standard") return AttentionKind::standard;
-  if (text == "elliptical") return AttentionKind::elliptical;
-  fail("attention: '{}' is not an attention kind; expected standard or elliptical", text);
-}
-
 MetricMode parse_metric_mode(std::string_view text) {
   if (text == "sequence") return MetricMode::sequence;
   if (text == "causal") return MetricMode::causal;
   if (text == "random") return MetricMode::random;
   fail("attention: '{}' is not a metric mode; expected sequence, causal or random", text);
+}
+
+void AttentionLayer::keep_attention(bool on) {
+  keep_attention_ = on;
+  if (!on) last_attention_ = {};
+}
+
+namespace {
+
+struct AttentionRegistry {
+  std::mutex mutex;
+  std::map<std::string, AttentionFactory, std::less<>> factories;
+};
+
+AttentionRegistry& attention_registry() {
+  static AttentionRegistry registry{
+      .mutex = {},
+      .factories = {
+          {"standard",
+           [](const AttentionSlot& s) { return std::make_shared<Attention>(s.dim, s.heads, *s.gen, s.init); }},
+          {"elliptical",
+           [](const AttentionSlot& s) -> std::shared_ptr<AttentionLayer> {
+             // Layer 0 has no previous layer's values to estimate m from.
+             if (s.layer == 0) return std::make_shared<Attention>(s.dim, s.heads, *s.gen, s.init);
+             return std::make_shared<EllipticalAttention>(s.dim, s.heads, s.metric, *s.gen, s.init);
+           }},
+      }};
+  return registry;
+}
+
+std::string kinds_text() { return fmt::format("{}", fmt::join(attention_kinds(), ", ")); }
+
+// The factory of `name`; throws listing the kinds when there is none.
+AttentionFactory attention_factory(std::string_view name) {
+  AttentionFactory factory;
+  {
+    AttentionRegistry& registry = attention_registry();
+    const std::lock_guard lock(registry.mutex);
+    const auto it = registry.factories.find(name);
+    if (it != registry.factories.end()) factory = it->second;
+  }
+  ELLIPSE_CHECK(static_cast<bool>(factory), "attention: '{}' is not an attention kind; expected one of {} (research "
+                "code adds kinds with nn::register_attention)", name, kinds_text());
+  return factory;
+}
+
+}  // namespace
+
+void register_attention(const std::string& name, AttentionFactory factory) {
+  ELLIPSE_CHECK(!name.empty() && std::none_of(name.begin(), name.end(), [](unsigned char c) { return std::isspace(c); }),
+                "register_attention: '{}' is not a usable kind name (non-empty, no whitespace)", name);
+  ELLIPSE_CHECK(static_cast<bool>(factory), "register_attention: the factory for '{}' is empty", name);
+  AttentionRegistry& registry = attention_registry();
+  const std::lock_guard lock(registry.mutex);
+  ELLIPSE_CHECK(registry.factories.emplace(name, std::move(factory)).second,
+                "register_attention: '{}' is already an attention kind", name);
+}
+
+std::vector<std::string> attention_kinds() {
+  AttentionRegistry& registry = attention_registry();
+  const std::lock_guard lock(registry.mutex);
+  std::vector<std::string> names;
+  for (const auto& [name, factory] : registry.factories) names.push_back(name);
+  return names;
+}
+
+std::string parse_attention_kind(std::string_view name) {
+  attention_factory(name);
+  return std::string(name);
+}
+
+std::shared_ptr<AttentionLayer> make_attention(std::string_view name, const AttentionSlot& slot) {
+  const AttentionFactory factory = attention_factory(name);
+  ELLIPSE_CHECK(slot.gen != nullptr, "make_attention: the slot for '{}' has no generator", name);
+  std::shared_ptr<AttentionLayer> layer = factory(slot);
+  ELLIPSE_CHECK(layer != nullptr, "attention: the factory of '{}' returned no layer for layer {}", name, slot.layer);
+  return layer;
 }
 
 Attention::Attention(std::int64_t dim, std::int64_t heads, Generator& gen, Init init)
@@ -67,17 +141,17 @@ AttentionOutput Attention::forward(const Tensor& x, bool causal, const Tensor& v
   // The fused op where the backend says it is faster (it never stores the [N, N_keys] probabilities); a layer
   // that keeps its probabilities for probes takes the explicit path. Without a cache, q, k and v go in as the
   // one qkv tensor, whose gradient then needs no gathering.
-  if (!keep_attention_ && fused_attention_preferred(x.device(), x.dtype(), head_dim_, causal)) {
+  if (!keeps_attention() && fused_attention_preferred(x.device(), x.dtype(), head_dim_, causal)) {
     heads_out = cache ? scaled_dot_product_attention(q, k, values, metric, scale, causal)
                       : scaled_dot_product_attention_qkv(heads, metric, scale, causal);
   } else {
     const Tensor q_scaled = metric.defined() ? mul(q, metric) : q;
     const Tensor probs = scaled_softmax(matmul(q_scaled, transpose(k, -1, -2)), scale, causal);
-    if (keep_attention_) last_attention_ = probs.detach();
+    if (keeps_attention()) record_attention(probs);
     heads_out = matmul(probs, values);
   }
   const Tensor out = reshape(permute(heads_out, {0, 2, 1, 3}), {batch, n, dim});
-  return {proj_->forward(out), v};
+  return {hooked(proj_->forward(out)), v};
 }
 
 EllipticalAttention::EllipticalAttention(std::int64_t dim, std::int64_t heads, MetricMode mode, Generator& gen,
@@ -88,14 +162,15 @@ Tensor normalize_metric(const Tensor& s) { return div(s, clamp(max(s, {-1}, true
 
 Tensor EllipticalAttention::query_metric(const Tensor& v, const Tensor& v_prev, KVCache* cache) {
   if (!v_prev.defined()) {  // layer 0 is always standard
-    last_metric_ = {};
+    record_metric({});
     return {};
   }
   ELLIPSE_CHECK(v_prev.shape() == v.shape(), "EllipticalAttention: previous layer's values {} differ from this "
                 "layer's {}", to_string(v_prev.shape()), to_string(v.shape()));
   NoGradGuard stop_gradient;  // m is a constant: no gradient reaches v or v_prev through it
-  last_metric_ = estimate_metric(v.detach(), v_prev.detach(), cache);
-  return last_metric_;
+  Tensor metric = estimate_metric(v.detach(), v_prev.detach(), cache);
+  record_metric(metric);
+  return metric;
 }
 
 Tensor EllipticalAttention::estimate_metric(const Tensor& v, const Tensor& v_prev, KVCache* cache) {

@@ -12,12 +12,12 @@ double block_step_flops(const BlockConfig& config, double tokens, double keys) {
 
 Block::Block(const BlockConfig& config, std::int64_t layer, Generator& gen, Init init) {
   ln1_ = register_module("ln1", std::make_shared<LayerNorm>(config.dim));
-  if (config.attention == AttentionKind::elliptical && layer >= 1) {
-    attn_ = register_module("attn", std::make_shared<EllipticalAttention>(config.dim, config.heads, config.metric, gen,
-                                                                          init));
-  } else {
-    attn_ = register_module("attn", std::make_shared<Attention>(config.dim, config.heads, gen, init));
-  }
+  attn_ = register_module("attn", make_attention(config.attention, {.dim = config.dim,
+                                                                      .heads = config.heads,
+                                                                      .layer = layer,
+                                                                      .metric = config.metric,
+                                                                      .gen = &gen,
+                                                                      .init = init}));
   ln2_ = register_module("ln2", std::make_shared<LayerNorm>(config.dim));
   mlp_ = register_module("mlp", std::make_shared<MLP>(config.dim, config.mlp_ratio * config.dim, gen, init));
   dropout_ = register_module("dropout", std::make_shared<Dropout>(config.dropout, gen));
@@ -36,7 +36,7 @@ AttentionOutput Block::forward(const Tensor& x, bool causal, const Tensor& v_pre
   AttentionOutput attended = attn_->forward(ln1_->forward(x), causal, v_prev, cache);
   if (keep_activations_) last_attention_output_ = attended.out.detach();
   const Tensor h = add(x, dropout_->forward(attended.out));
-  Tensor out = add(h, dropout_->forward(mlp_->forward(ln2_->forward(h))));
+  Tensor out = hooked(add(h, dropout_->forward(mlp_->forward(ln2_->forward(h)))));
   if (keep_activations_) last_output_ = out.detach();
   return {std::move(out), attended.v};
 }

@@ -26,10 +26,10 @@ Linear::Linear(std::int64_t in_features, std::int64_t out_features, bool bias, G
   }
 }
 
-Tensor Linear::forward(const Tensor& x) const {
+Tensor Linear::forward(const Tensor& x) {
   ELLIPSE_CHECK(x.defined() && x.dim() >= 1 && x.shape().back() == in_features(),
                 "Linear: expected input [..., {}], got {}", in_features(), shape_text(x));
-  return linear(x, weight_, bias_);
+  return hooked(linear(x, weight_, bias_));
 }
 
 Embedding::Embedding(std::int64_t num, std::int64_t dim, Generator& gen, Init init) {
@@ -38,7 +38,7 @@ Embedding::Embedding(std::int64_t num, std::int64_t dim, Generator& gen, Init in
   weight_ = register_parameter("weight", mul(randn({num, dim}, gen), stddev));
 }
 
-Tensor Embedding::forward(const Tensor& ids) const { return embedding(weight_, ids); }
+Tensor Embedding::forward(const Tensor& ids) { return hooked(embedding(weight_, ids)); }
 
 LayerNorm::LayerNorm(std::int64_t dim, double eps) : eps_(eps) {
   ELLIPSE_CHECK(dim > 0 && eps > 0, "LayerNorm: dim and eps must be positive, got dim={} eps={}", dim, eps);
@@ -46,18 +46,18 @@ LayerNorm::LayerNorm(std::int64_t dim, double eps) : eps_(eps) {
   bias_ = register_parameter("bias", zeros({dim}));
 }
 
-Tensor LayerNorm::forward(const Tensor& x) const { return layer_norm(x, weight_, bias_, eps_); }
+Tensor LayerNorm::forward(const Tensor& x) { return hooked(layer_norm(x, weight_, bias_, eps_)); }
 
 Dropout::Dropout(double p, Generator& gen) : p_(p), gen_(&gen) {
   ELLIPSE_CHECK(p >= 0 && p < 1, "Dropout: probability must be in [0, 1), got {}", p);
 }
 
-Tensor Dropout::forward(const Tensor& x) const { return dropout(x, p_, training(), *gen_); }
+Tensor Dropout::forward(const Tensor& x) { return hooked(dropout(x, p_, training(), *gen_)); }
 
 MLP::MLP(std::int64_t dim, std::int64_t hidden, Generator& gen, Init init)
     : fc1_(register_module("fc1", std::make_shared<Linear>(dim, hidden, true, gen, init))),
       fc2_(register_module("fc2", std::make_shared<Linear>(hidden, dim, true, gen, init))) {}
 
-Tensor MLP::forward(const Tensor& x) const { return fc2_->forward(gelu(fc1_->forward(x))); }
+Tensor MLP::forward(const Tensor& x) { return hooked(fc2_->forward(gelu(fc1_->forward(x)))); }
 
 }  // namespace ellipse::nn

@@ -10,11 +10,11 @@ namespace ellipse::nn {
 enum class Init { pytorch, gpt2 };
 
 // y = x W^T + b with weight [out, in] and bias [out].
-class Linear : public Module {
+class Linear : public Layer {
  public:
   Linear(std::int64_t in_features, std::int64_t out_features, bool bias = true, Generator& gen = default_generator(),
          Init init = Init::pytorch);
-  Tensor forward(const Tensor& x) const;
+  Tensor forward(const Tensor& x) override;
   std::int64_t in_features() const { return weight_.shape()[1]; }
   std::int64_t out_features() const { return weight_.shape()[0]; }
   const Tensor& weight() const { return weight_; }
@@ -25,10 +25,10 @@ class Linear : public Module {
 };
 
 // Rows of weight [num, dim] looked up by i64 ids.
-class Embedding : public Module {
+class Embedding : public Layer {
  public:
   Embedding(std::int64_t num, std::int64_t dim, Generator& gen = default_generator(), Init init = Init::pytorch);
-  Tensor forward(const Tensor& ids) const;
+  Tensor forward(const Tensor& ids) override;
   const Tensor& weight() const { return weight_; }
 
  private:
@@ -36,10 +36,10 @@ class Embedding : public Module {
 };
 
 // Normalises the last axis; weight starts at 1, bias at 0.
-class LayerNorm : public Module {
+class LayerNorm : public Layer {
  public:
   explicit LayerNorm(std::int64_t dim, double eps = 1e-5);
-  Tensor forward(const Tensor& x) const;
+  Tensor forward(const Tensor& x) override;
 
  private:
   Tensor weight_, bias_;
@@ -47,10 +47,10 @@ class LayerNorm : public Module {
 };
 
 // Zeroes activations with probability p in training mode; the identity in eval mode.
-class Dropout : public Module {
+class Dropout : public Layer {
  public:
   explicit Dropout(double p, Generator& gen = default_generator());
-  Tensor forward(const Tensor& x) const;
+  Tensor forward(const Tensor& x) override;
   double p() const { return p_; }
 
  private:
@@ -59,10 +59,10 @@ class Dropout : public Module {
 };
 
 // fc1 (d -> hidden), GELU (tanh approximation), fc2 (hidden -> d).
-class MLP : public Module {
+class MLP : public Layer {
  public:
   MLP(std::int64_t dim, std::int64_t hidden, Generator& gen = default_generator(), Init init = Init::pytorch);
-  Tensor forward(const Tensor& x) const;
+  Tensor forward(const Tensor& x) override;
 
  private:
   std::shared_ptr<Linear> fc1_, fc2_;

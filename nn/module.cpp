@@ -1,5 +1,7 @@
 #include "nn/module.hpp"
 
+#include <algorithm>
+
 #include "autograd/grad_mode.hpp"
 #include "core/error.hpp"
 
@@ -87,12 +89,53 @@ void Module::zero_grad() {
   for (auto& p : parameters()) p.zero_grad();
 }
 
+std::int64_t Module::add_forward_hook(ForwardHook hook) {
+  ELLIPSE_CHECK(static_cast<bool>(hook), "Module::add_forward_hook: the hook is empty");
+  forward_hooks_.emplace_back(next_hook_id_, std::move(hook));
+  return next_hook_id_++;
+}
+
+void Module::remove_forward_hook(std::int64_t id) {
+  const auto it = std::find_if(forward_hooks_.begin(), forward_hooks_.end(),
+                               [id](const auto& entry) { return entry.first == id; });
+  ELLIPSE_CHECK(it != forward_hooks_.end(), "Module::remove_forward_hook: no hook with id {} on this module", id);
+  forward_hooks_.erase(it);
+}
+
+Tensor Module::hooked(Tensor output) const {
+  for (const auto& [id, hook] : forward_hooks_) {
+    Tensor replacement = hook(*this, output);
+    if (replacement.defined()) output = std::move(replacement);
+  }
+  return output;
+}
+
 Tensor Module::register_parameter(const std::string& name, Tensor value) {
   for (const auto& [key, existing] : parameters_)
     ELLIPSE_CHECK(key != name, "Module::register_parameter: '{}' is already registered", name);
   value.requires_grad_(true);
   parameters_.emplace_back(name, value);
   return value;
+}
+
+Sequential::Sequential(std::vector<std::shared_ptr<Layer>> layers) {
+  for (auto& layer : layers) push_back(std::move(layer));
+}
+
+Sequential& Sequential::push_back(std::shared_ptr<Layer> layer) {
+  ELLIPSE_CHECK(layer != nullptr, "Sequential::push_back: layer {} is null", layers_.size());
+  layers_.push_back(register_module(std::to_string(layers_.size()), std::move(layer)));
+  return *this;
+}
+
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor y = x;
+  for (const auto& layer : layers_) y = layer->forward(y);
+  return hooked(std::move(y));
+}
+
+Lambda::Lambda(std::function<Tensor(const Tensor&)> function) : function_(std::move(function)) {
+  ELLIPSE_CHECK(static_cast<bool>(function_), "Lambda: the function is empty");
 }
 
 }  // namespace ellipse::nn

@@ -1,6 +1,8 @@
 #pragma once
 // Module: a tree of named parameters and sub-modules, with PyTorch-style dotted names
 // ("blocks.0.attn.qkv.weight") and a train/eval flag.
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -52,7 +54,19 @@ class Module {
   bool training() const { return training_; }
   void zero_grad();
 
+  // Forward hooks, for probes and interventions: each runs on this module's output every time its forward
+  // returns, in the order they were added, and returns either an undefined tensor (keep the output) or a tensor
+  // that replaces it for the caller and for the hooks after it. For a module whose forward returns several
+  // tensors (an attention layer, a block), the hooks see the one its caller adds to the residual stream. Returns
+  // an id for remove_forward_hook.
+  using ForwardHook = std::function<Tensor(const Module& module, const Tensor& output)>;
+  std::int64_t add_forward_hook(ForwardHook hook);
+  void remove_forward_hook(std::int64_t id);  // an unknown id is an error
+
  protected:
+  // The last step of every forward in the library: runs the forward hooks on `output`. A module of one's own
+  // returns through it too, to be hookable.
+  Tensor hooked(Tensor output) const;
   Tensor register_parameter(const std::string& name, Tensor value);
   template <class M>
   std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> module) {
@@ -66,7 +80,41 @@ class Module {
   Module& find_module(const std::string& name);
   std::vector<std::pair<std::string, Tensor>> parameters_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  std::vector<std::pair<std::int64_t, ForwardHook>> forward_hooks_;
+  std::int64_t next_hook_id_ = 0;
   bool training_ = true;
+};
+
+// A module of one tensor in and one tensor out, called through a virtual forward: what Sequential chains, and
+// the type to hold when any such layer will do.
+class Layer : public Module {
+ public:
+  virtual Tensor forward(const Tensor& x) = 0;
+};
+
+// Layers applied in order, named "0", "1", ... (so their parameters are "0.weight", as in torch.nn.Sequential).
+class Sequential : public Layer {
+ public:
+  Sequential() = default;
+  explicit Sequential(std::vector<std::shared_ptr<Layer>> layers);
+  Sequential& push_back(std::shared_ptr<Layer> layer);
+  Tensor forward(const Tensor& x) override;
+  std::size_t size() const { return layers_.size(); }
+  Layer& operator[](std::size_t i) const { return *layers_.at(i); }
+
+ private:
+  std::vector<std::shared_ptr<Layer>> layers_;
+};
+
+// A layer without parameters from a function of one tensor, for Sequential: Lambda([](const Tensor& x) {
+// return relu(x); }).
+class Lambda : public Layer {
+ public:
+  explicit Lambda(std::function<Tensor(const Tensor&)> function);
+  Tensor forward(const Tensor& x) override { return hooked(function_(x)); }
+
+ private:
+  std::function<Tensor(const Tensor&)> function_;
 };
 
 }  // namespace ellipse::nn

@@ -175,7 +175,7 @@ void parameters_to_f64(const nn::Module& module) {
   }
 }
 
-GPTConfig tiny_gpt(nn::AttentionKind attention, nn::MetricMode metric, std::int64_t layers = 3) {
+GPTConfig tiny_gpt(std::string attention, nn::MetricMode metric, std::int64_t layers = 3) {
   GPTConfig c;
   c.name = "tiny";
   c.vocab = 10;
@@ -357,7 +357,7 @@ TEST_CASE("attention: an elliptical layer without v_prev is standard attention (
   CHECK_FALSE(layer.last_metric().defined());
 
   // Blocks: elliptical attention from layer 1 on, layer 0 always standard.
-  const nn::BlockConfig config{.dim = 8, .heads = 2, .attention = nn::AttentionKind::elliptical,
+  const nn::BlockConfig config{.dim = 8, .heads = 2, .attention = "elliptical",
                                .metric = nn::MetricMode::causal};
   const nn::Block first(config, 0), second(config, 1);
   CHECK(dynamic_cast<const nn::EllipticalAttention*>(&first.attention()) == nullptr);
@@ -374,7 +374,7 @@ TEST_CASE("attention: an elliptical layer without v_prev is standard attention (
   CHECK_ERROR(nn::parse_metric_mode("global"), "global");
   CHECK_ERROR(nn::parse_attention_kind("linear"), "linear");
   CHECK(nn::parse_metric_mode("causal") == nn::MetricMode::causal);
-  CHECK(nn::parse_attention_kind("elliptical") == nn::AttentionKind::elliptical);
+  CHECK(nn::parse_attention_kind("elliptical") == "elliptical");
 }
 
 // ---- 2. gradients and the stop-gradient ----------------------------------------------------------------
@@ -502,14 +502,14 @@ TEST_CASE("attention: m is a stop-gradient; the layer's gradients are those of q
 TEST_CASE("attention: causal metric keeps a GPT causal; the sequence metric does not") {
   const std::vector<std::int64_t> base{1, 4, 2, 8, 5, 7, 3, 0, 9, 6, 2, 1, 5, 3, 8, 4};  // B=2, N=8
   struct Case {
-    nn::AttentionKind kind;
+    std::string kind;
     nn::MetricMode mode;
     bool causal;  // expected: positions before t are untouched by token t
   };
-  for (const Case c : {Case{nn::AttentionKind::standard, nn::MetricMode::causal, true},
-                       Case{nn::AttentionKind::elliptical, nn::MetricMode::causal, true},
-                       Case{nn::AttentionKind::elliptical, nn::MetricMode::sequence, false}}) {
-    CAPTURE(nn::attention_kind_name(c.kind));
+  for (const Case& c : {Case{"standard", nn::MetricMode::causal, true},
+                       Case{"elliptical", nn::MetricMode::causal, true},
+                       Case{"elliptical", nn::MetricMode::sequence, false}}) {
+    CAPTURE(c.kind);
     CAPTURE(nn::metric_mode_name(c.mode));
     GPT model(tiny_gpt(c.kind, c.mode), 5);
     randomize(model, 21);
@@ -578,10 +578,10 @@ TEST_CASE("attention: cached decoding equals the full forward for standard and c
   const std::vector<std::int64_t> ids{3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4};  // B=2, N=10
   constexpr std::int64_t kN = 10;
   const std::vector<std::vector<std::int64_t>> schedules{{1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {3, 2, 4, 1}, {10}, {1, 9}};
-  for (auto [kind, mode] : {std::pair{nn::AttentionKind::standard, nn::MetricMode::causal},
-                            std::pair{nn::AttentionKind::elliptical, nn::MetricMode::causal},
-                            std::pair{nn::AttentionKind::elliptical, nn::MetricMode::sequence}}) {
-    CAPTURE(nn::attention_kind_name(kind));
+  for (auto [kind, mode] : {std::pair{"standard", nn::MetricMode::causal},
+                            std::pair{"elliptical", nn::MetricMode::causal},
+                            std::pair{"elliptical", nn::MetricMode::sequence}}) {
+    CAPTURE(kind);
     CAPTURE(nn::metric_mode_name(mode));
     GPT model(tiny_gpt(kind, mode), 8);
     randomize(model, 31);
@@ -780,16 +780,16 @@ TEST_CASE("scaled_dot_product_attention: m is a constant; bad shapes, dtypes and
 
 namespace {
 
-std::unique_ptr<nn::Attention> make_layer(nn::AttentionKind kind, nn::MetricMode mode, std::int64_t dim,
+std::unique_ptr<nn::Attention> make_layer(const std::string& kind, nn::MetricMode mode, std::int64_t dim,
                                           std::int64_t heads, Generator& gen) {
-  if (kind == nn::AttentionKind::standard) return std::make_unique<nn::Attention>(dim, heads, gen);
+  if (kind == "standard") return std::make_unique<nn::Attention>(dim, heads, gen);
   return std::make_unique<nn::EllipticalAttention>(dim, heads, mode, gen);
 }
 
-const std::vector<std::pair<nn::AttentionKind, nn::MetricMode>> kLayerKinds = {
-    {nn::AttentionKind::standard, nn::MetricMode::causal},
-    {nn::AttentionKind::elliptical, nn::MetricMode::sequence},
-    {nn::AttentionKind::elliptical, nn::MetricMode::causal},
+const std::vector<std::pair<std::string, nn::MetricMode>> kLayerKinds = {
+    {"standard", nn::MetricMode::causal},
+    {"elliptical", nn::MetricMode::sequence},
+    {"elliptical", nn::MetricMode::causal},
 };
 
 }  // namespace
@@ -802,7 +802,7 @@ TEST_CASE("attention: a layer's outputs and gradients are the same on its fused 
     for (auto [kind, mode] : kLayerKinds) {
       for (bool causal : {false, true}) {
         CAPTURE(d.device.str());
-        CAPTURE(nn::attention_kind_name(kind));
+        CAPTURE(kind);
         CAPTURE(nn::metric_mode_name(mode));
         CAPTURE(causal);
         Generator gen(23);
@@ -839,7 +839,7 @@ TEST_CASE("attention: a layer decoding with a cache equals its full forward, on 
     for (auto [kind, mode] : kLayerKinds) {
       if (mode == nn::MetricMode::sequence) continue;  // not causal, so not equal by design (see section 5)
       CAPTURE(d.device.str());
-      CAPTURE(nn::attention_kind_name(kind));
+      CAPTURE(kind);
       Generator gen(29);
       const auto layer = make_layer(kind, mode, kD, kHeads, gen);
       layer->to(d.device);

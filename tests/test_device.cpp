@@ -34,7 +34,7 @@ constexpr std::int64_t kVocab = 7;
 // gpt-tiny with elliptical attention, so that every kind of parameter and op is involved.
 GPT tiny_gpt(std::uint64_t seed) {
   GPTConfig config = gpt_preset("gpt-tiny", kVocab);
-  config.attention = nn::AttentionKind::elliptical;
+  config.attention = "elliptical";
   return GPT(config, seed);
 }
 

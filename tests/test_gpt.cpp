@@ -34,7 +34,7 @@ using ellipse::testing::TempDir;
 
 std::string read_bytes(const std::string& path) { return io::read_file(path, std::uint64_t{1} << 30); }
 
-GPTConfig tiny_config(nn::AttentionKind attention = nn::AttentionKind::elliptical, std::int64_t layers = 2) {
+GPTConfig tiny_config(std::string attention = "elliptical", std::int64_t layers = 2) {
   GPTConfig c;
   c.name = "gpt-s";
   c.vocab = 9;
@@ -69,8 +69,8 @@ void write_text(const std::string& path, const std::string& text) { io::write_fi
 // ---- 6. presets and the parameter names --------------------------------------------------------------
 
 TEST_CASE("gpt: preset parameter counts at V=65, both attention kinds") {
-  for (auto kind : {nn::AttentionKind::standard, nn::AttentionKind::elliptical}) {
-    CAPTURE(nn::attention_kind_name(kind));
+  for (const std::string kind : {"standard", "elliptical"}) {
+    CAPTURE(kind);
     GPTConfig s = gpt_preset("gpt-s", 65);
     CHECK(s.n_layer == 4);
     CHECK(s.d_model == 128);
@@ -93,8 +93,8 @@ TEST_CASE("gpt: preset parameter counts at V=65, both attention kinds") {
 }
 
 TEST_CASE("gpt: parameter names and shapes are the checkpoint format, and nothing else") {
-  for (auto kind : {nn::AttentionKind::standard, nn::AttentionKind::elliptical}) {
-    CAPTURE(nn::attention_kind_name(kind));
+  for (const std::string kind : {"standard", "elliptical"}) {
+    CAPTURE(kind);
     GPTConfig config = tiny_config(kind);
     config.dropout = 0.1;  // dropout has no parameters
     const std::int64_t v = config.vocab, d = config.d_model, t = config.seq_len;
@@ -128,12 +128,12 @@ TEST_CASE("gpt: parameter names and shapes are the checkpoint format, and nothin
     // Blocks 1.. are elliptical when asked, block 0 never.
     CHECK(dynamic_cast<nn::EllipticalAttention*>(&model.block(0).attention()) == nullptr);
     CHECK((dynamic_cast<nn::EllipticalAttention*>(&model.block(1).attention()) != nullptr) ==
-          (kind == nn::AttentionKind::elliptical));
+          (kind == "elliptical"));
   }
 }
 
 TEST_CASE("named_modules and module: every layer by its dotted name, typed, with errors naming the name") {
-  GPT model(tiny_config(nn::AttentionKind::elliptical));
+  GPT model(tiny_config("elliptical"));
   std::vector<std::string> names;
   for (const auto& [name, module] : model.named_modules()) {
     CHECK(module != nullptr);
@@ -321,7 +321,7 @@ TEST_CASE("checkpoint: parameters round trip; bad files are rejected without tou
   CHECK(snapshot(c) == before);
 
   // A model of another shape cannot load it either.
-  GPT wide(tiny_config(nn::AttentionKind::elliptical, 3), 0);
+  GPT wide(tiny_config("elliptical", 3), 0);
   const auto wide_before = snapshot(wide);
   CHECK_ERROR(load_parameters(good, wide), good, "blocks.2");
   CHECK(snapshot(wide) == wide_before);
@@ -346,17 +346,17 @@ TEST_CASE("checkpoint: config.json round trip and validation") {
   CHECK(parsed.config.n_head == 3);
   CHECK(parsed.config.seq_len == 32);
   CHECK(parsed.config.vocab == config.vocab);
-  CHECK(parsed.config.attention == nn::AttentionKind::elliptical);
+  CHECK(parsed.config.attention == "elliptical");
   CHECK(parsed.config.metric == nn::MetricMode::random);
   CHECK(parsed.config.dropout == 0.25);
   CHECK(parsed.tokenizer.vocab() == vocab);
   CHECK(gpt_config_json(parsed.config, parsed.tokenizer.vocab()) == json);
   for (auto mode : {nn::MetricMode::sequence, nn::MetricMode::causal}) {
     config.metric = mode;
-    config.attention = nn::AttentionKind::standard;
+    config.attention = "standard";
     const auto again = parse_gpt_config_json(gpt_config_json(config, vocab), "c.json").config;
     CHECK(again.metric == mode);
-    CHECK(again.attention == nn::AttentionKind::standard);
+    CHECK(again.attention == "standard");
   }
 
   // Each bad variant is the good text with one edit; the error names the path.
@@ -435,7 +435,7 @@ GPTTrainOptions tiny_training(const std::string& text, const std::string& out) {
   GPTTrainOptions o;
   o.text_path = text;
   o.config = "gpt-s";
-  o.attention = nn::AttentionKind::elliptical;
+  o.attention = "elliptical";
   o.steps = 6;
   o.batch = 2;
   o.warmup = 2;
@@ -480,7 +480,7 @@ TEST_CASE("train: metrics, checkpoints, an exact resume and evaluation of the sa
   }
   const auto config = parse_gpt_config_json(read_bytes(dir / "full/config.json"), "config.json");
   CHECK(config.config.name == "gpt-s");
-  CHECK(config.config.attention == nn::AttentionKind::elliptical);
+  CHECK(config.config.attention == "elliptical");
   CHECK(config.config.metric == nn::MetricMode::causal);
   CHECK(config.tokenizer.vocab() == U"\n abcdef");
 
@@ -524,7 +524,7 @@ TEST_CASE("train: metrics, checkpoints, an exact resume and evaluation of the sa
   other_flags.seed = 12;
   CHECK_ERROR(train_gpt(other_flags, nullptr, nullptr), "seed=12");
   GPTTrainOptions other_model = second;
-  other_model.attention = nn::AttentionKind::standard;
+  other_model.attention = "standard";
   CHECK_ERROR(train_gpt(other_model, nullptr, nullptr), "standard");
   const std::string short_path = dir / "short.txt";
   write_text(short_path, pattern_text(500));

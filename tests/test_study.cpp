@@ -205,10 +205,9 @@ PassValues pass_values(const std::vector<nn::Block*>& blocks) {
     v.collapse_block.push_back(nn::token_collapse(block->last_output()));
     v.redundancy.push_back(nn::head_redundancy(block->attention().last_attention()));
     std::vector<Vec> layer;
-    if (const auto* e = dynamic_cast<const nn::EllipticalAttention*>(&block->attention());
-        e && e->last_metric().defined()) {
-      const Shape& s = e->last_metric().shape();  // [B, H, rows, dh]
-      const Vec m = as_doubles(e->last_metric());
+    if (const Tensor& metric = block->attention().last_metric(); metric.defined()) {
+      const Shape& s = metric.shape();  // [B, H, rows, dh]
+      const Vec m = as_doubles(metric);
       layer.assign(static_cast<std::size_t>(s[1]), Vec(static_cast<std::size_t>(s[3]), 0.0));
       for (std::int64_t b = 0; b < s[0]; ++b)
         for (std::int64_t h = 0; h < s[1]; ++h)
@@ -262,7 +261,7 @@ TEST_CASE("BlockProbe on a ViT: batch-weighted averages of what the hooks keep; 
   config.n_layer = 3;
   config.d_model = 16;
   config.n_head = 2;
-  config.attention = nn::AttentionKind::elliptical;
+  config.attention = "elliptical";
   ViT model(config, 4);
   const auto blocks = blocks_of(model, config.n_layer);
   NoGradGuard no_grad;
@@ -319,7 +318,7 @@ TEST_CASE("BlockProbe on a ViT: batch-weighted averages of what the hooks keep; 
   CHECK_ERROR(again.collect(), "BlockProbe::collect", "has not run a forward pass");
 
   // A standard ViT has no m anywhere.
-  config.attention = nn::AttentionKind::standard;
+  config.attention = "standard";
   ViT standard(config, 4);
   const auto standard_blocks = blocks_of(standard, config.n_layer);
   nn::BlockProbe probe(standard_blocks);
@@ -339,7 +338,7 @@ TEST_CASE("BlockProbe on a causal elliptical GPT: m is [B, H, N, dh] and average
   config.d_model = 16;
   config.n_head = 2;
   config.seq_len = 8;
-  config.attention = nn::AttentionKind::elliptical;
+  config.attention = "elliptical";
   config.metric = nn::MetricMode::causal;
   GPT model(config, 2);
   const auto blocks = blocks_of(model, config.n_layer);
@@ -374,7 +373,7 @@ TEST_CASE("BlockProbe on a causal elliptical GPT: m is [B, H, N, dh] and average
 namespace {
 
 // A ViT checkpoint for 28x28 inputs written directly (inspect only reads config.json and the weights).
-ViTConfig write_vit_checkpoint(const std::string& dir, nn::AttentionKind attention) {
+ViTConfig write_vit_checkpoint(const std::string& dir, std::string attention) {
   ViTConfig config;
   config.name = "tiny";
   config.n_layer = 3;
@@ -397,11 +396,11 @@ TEST_CASE("cli: inspect a ViT writes the maps, the class token's attention, m an
   const LabeledImages test = load_fashion_mnist(data, "test");
   const std::int64_t image_index = 5;
 
-  for (const auto kind : {nn::AttentionKind::standard, nn::AttentionKind::elliptical}) {
-    const bool elliptical = kind == nn::AttentionKind::elliptical;
+  for (const std::string kind : {"standard", "elliptical"}) {
+    const bool elliptical = kind == "elliptical";
     CAPTURE(elliptical);
-    const std::string model_dir = dir / ("model-" + std::string(nn::attention_kind_name(kind)));
-    const std::string out = dir / ("inspect-" + std::string(nn::attention_kind_name(kind)));
+    const std::string model_dir = dir / ("model-" + std::string(kind));
+    const std::string out = dir / ("inspect-" + std::string(kind));
     const ViTConfig config = write_vit_checkpoint(model_dir, kind);
     const Run run = run_ellipse({"inspect", "--model", model_dir, "--image", std::to_string(image_index), "--data",
                                  data, "--out", out});

@@ -114,7 +114,7 @@ TEST_CASE("corrupt_characters: bad arguments name the function and the problem")
 
 TEST_CASE("evaluate_gpt(context, targets): the windows read the context and predict the targets") {
   GPTConfig config = gpt_preset("gpt-tiny", 7);  // T = 32
-  config.attention = nn::AttentionKind::elliptical;
+  config.attention = "elliptical";
   GPT model(config, 3);
   const std::int64_t t = config.seq_len;
   const Ids clean = cycling_ids(static_cast<std::size_t>(3 * t + 5), 7);  // 3 windows; 4 ids left over

@@ -32,7 +32,7 @@ using namespace ellipse::testing;  // TempDir, the synthetic data set, run_ellip
 
 // A ViT small enough to train in-test on 28x28 inputs. Its patches are 4x4 as in the presets: the
 // textures' periods (2 and 4 pixels) divide 4, so every patch of a class looks alike.
-ViTConfig tiny_config(nn::AttentionKind attention = nn::AttentionKind::standard) {
+ViTConfig tiny_config(std::string attention = "standard") {
   ViTConfig c;
   c.name = "tiny";
   c.n_layer = 2;
@@ -265,7 +265,7 @@ TEST_CASE("vit: patchify orders patches row-major over the grid and pixels row-m
 }
 
 TEST_CASE("vit: presets, parameter count, names and shapes are the checkpoint format") {
-  for (auto attention : {nn::AttentionKind::standard, nn::AttentionKind::elliptical}) {
+  for (const std::string attention : {"standard", "elliptical"}) {
     ViTConfig config = vit_preset("vit-s");
     config.attention = attention;
     const ViT model(config);
@@ -320,8 +320,8 @@ TEST_CASE("vit: presets, parameter count, names and shapes are the checkpoint fo
 TEST_CASE("vit: forward shapes, seeds, batch independence and input checks") {
   Generator gen(11);
   const Tensor images = uniform({3, 28, 28}, 0.0, 1.0, gen);
-  for (auto attention : {nn::AttentionKind::standard, nn::AttentionKind::elliptical}) {
-    CAPTURE(nn::attention_kind_name(attention));
+  for (const std::string attention : {"standard", "elliptical"}) {
+    CAPTURE(attention);
     ViT model(tiny_config(attention), 4);
     model.eval();
     const Tensor logits = model.forward(images);
@@ -344,7 +344,7 @@ TEST_CASE("vit: forward shapes, seeds, batch independence and input checks") {
   }
   // Layer 0 is standard in both kinds, so one-layer models of the same seed agree; from layer 1 on they differ.
   for (std::int64_t layers : {1, 2}) {
-    ViTConfig s = tiny_config(nn::AttentionKind::standard), e = tiny_config(nn::AttentionKind::elliptical);
+    ViTConfig s = tiny_config("standard"), e = tiny_config("elliptical");
     s.n_layer = e.n_layer = layers;
     ViT standard(s, 9), elliptical(e, 9);
     const double diff = max_abs_diff(standard.forward(images).to_vector<float>(),
@@ -364,7 +364,7 @@ TEST_CASE("vit: config.json round trip, and every bad field named with the file"
   config.d_model = 12;
   config.n_head = 3;
   config.classes = 5;
-  config.attention = nn::AttentionKind::elliptical;
+  config.attention = "elliptical";
   config.metric = nn::MetricMode::causal;
   config.dropout = 0.25;
   const std::string text = vit_config_json(config);
@@ -376,7 +376,7 @@ TEST_CASE("vit: config.json round trip, and every bad field named with the file"
   CHECK(back.d_model == 12);
   CHECK(back.n_head == 3);
   CHECK(back.classes == 5);
-  CHECK(back.attention == nn::AttentionKind::elliptical);
+  CHECK(back.attention == "elliptical");
   CHECK(back.metric == nn::MetricMode::causal);
   CHECK(back.dropout == 0.25);
   CHECK(vit_config_json(back) == text);
@@ -422,7 +422,7 @@ TEST_CASE("vit: load_vit restores the saved model exactly, in eval mode") {
   TempDir dir;
   Generator gen(2);
   const Tensor images = uniform({4, 28, 28}, 0.0, 1.0, gen);
-  ViTConfig config = tiny_config(nn::AttentionKind::elliptical);
+  ViTConfig config = tiny_config("elliptical");
   config.dropout = 0.1;
   ViT model(config, 21);
   model.eval();
@@ -432,7 +432,7 @@ TEST_CASE("vit: load_vit restores the saved model exactly, in eval mode") {
 
   const auto loaded = load_vit(dir.str());
   CHECK_FALSE(loaded->training());
-  CHECK(loaded->config().attention == nn::AttentionKind::elliptical);
+  CHECK(loaded->config().attention == "elliptical");
   CHECK(loaded->config().dropout == 0.1);
   CHECK(loaded->forward(images).to_vector<float>() == logits);
   CHECK(loaded->forward(images).to_vector<float>() == logits);  // eval mode: no dropout draws
@@ -496,7 +496,7 @@ TEST_CASE("vit: f64 gradient check of logits and loss with respect to the images
   // Elliptical attention treats its metric m as a constant (a stop-gradient), so finite differences of
   // the whole model, which move m too, are not its gradient. The parameters after the last metric are
   // checked instead: there m does not move.
-  config.attention = nn::AttentionKind::elliptical;
+  config.attention = "elliptical";
   ViT elliptical(config, 6);
   convert_parameters_to_f64(elliptical);
   std::vector<Tensor> after_metric;
@@ -820,7 +820,7 @@ TEST_CASE("train_vit: learns the synthetic classes; an interrupted run resumes b
   CHECK(metrics[1].train_loss == last.train_loss);
   const ViTConfig saved = parse_vit_config_json(read_bytes(dir / "full/config.json"), "config.json");
   CHECK(saved.name == "vit-xs");
-  CHECK(saved.attention == nn::AttentionKind::standard);
+  CHECK(saved.attention == "standard");
   // The saved model evaluates to the run's last test numbers.
   const LabeledImages test = load_fashion_mnist(data, "test");
   const Accuracy reloaded = evaluate_vit(*load_vit(dir / "full"), test, {}, 32);
@@ -863,7 +863,7 @@ TEST_CASE("train_vit: learns the synthetic classes; an interrupted run resumes b
   CHECK_ERROR(train_vit(other, nullptr, nullptr), "augment=true");
   other = tiny_training(data, dir / "full");
   other.resume = true;
-  other.attention = nn::AttentionKind::elliptical;
+  other.attention = "elliptical";
   CHECK_ERROR(train_vit(other, nullptr, nullptr), "resuming", "the options ask for", "elliptical");
   other = tiny_training(data, dir / "full");
   other.resume = true;
@@ -937,7 +937,7 @@ TEST_CASE("cli: train vit and eval vit on synthetic files; bad flags exit 2 or 1
     CHECK_MESSAGE(fs::exists(out + "/" + file), file);
   CHECK(read_metrics(out + "/metrics.jsonl").size() == 2);
   CHECK(parse_vit_config_json(read_bytes(out + "/config.json"), "config.json").attention ==
-        nn::AttentionKind::elliptical);
+        "elliptical");
 
   auto eval_json = [&](const std::vector<std::string>& extra) {
     std::vector<std::string> args{"eval", "vit", "--model", out, "--data", data};
