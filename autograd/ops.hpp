@@ -105,8 +105,9 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 // as an attention layer's qkv projection gives them: its gradient is one tensor in qkv's memory layout, so it
 // reaches that projection without a buffer to gather q's, k's and v's gradients in.
 Tensor scaled_dot_product_attention_qkv(const Tensor& qkv, const Tensor& metric, double scale, bool causal);
-// Whether scaled_dot_product_attention has kernels for this device, dtype and head dim: on the CPU for f32
-// and f64 and any head dim, on CUDA for f32 and head dims up to 128.
+// Whether scaled_dot_product_attention has kernels for this device, dtype and head dim, as the device's backend
+// answers (Backend::supports_fused_attention): on the CPU for f32 and f64 and any head dim, on CUDA for f32 and
+// head dims up to 128. Throws as backend_for does when the device has no backend.
 bool fused_attention_supported(Device device, DType dtype, std::int64_t head_dim);
 // Whether it is also the faster way for this device, dtype, head dim and mask (the device's backend decides:
 // on the CPU only f32 attention with the AVX-512 GEMM); the attention layers take it when it is.

@@ -108,6 +108,9 @@ class Backend {
   virtual void scaled_softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t rows,
                                        std::int64_t n, double scale) = 0;
 
+  // Whether attention() and attention_backward() have kernels here for this dtype and head dim: the fused
+  // attention ops refuse what a backend does not support, and the layers then take the explicit path.
+  virtual bool supports_fused_attention(DType dtype, std::int64_t head_dim) const = 0;
   // Whether attention() is faster here than the explicit product, softmax and product for this dtype and
   // mask (the layers ask before taking it). The default says yes: a fused kernel skips the [Nq, Nk] scores.
   virtual bool prefers_fused_attention(DType dtype, bool causal) const;

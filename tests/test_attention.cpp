@@ -773,9 +773,12 @@ TEST_CASE("scaled_dot_product_attention: m is a constant; bad shapes, dtypes and
   // The kernels: any floating dtype and head dim on the CPU; f32 and head dims up to 128 on CUDA.
   CHECK(fused_attention_supported(Device::cpu(), DType::f64, 512));
   CHECK_FALSE(fused_attention_supported(Device::cpu(), DType::i64, 64));
-  CHECK(fused_attention_supported(Device::cuda(), DType::f32, 128));
-  CHECK_FALSE(fused_attention_supported(Device::cuda(), DType::f32, 129));
-  CHECK_FALSE(fused_attention_supported(Device::cuda(), DType::f64, 64));
+  for (const auto& d : testing::available_devices()) {
+    if (d.device.is_cpu()) continue;
+    CHECK(fused_attention_supported(d.device, DType::f32, 128));
+    CHECK_FALSE(fused_attention_supported(d.device, DType::f32, 129));
+    CHECK_FALSE(fused_attention_supported(d.device, DType::f64, 64));
+  }
 }
 
 namespace {

@@ -13,10 +13,6 @@ namespace {
 // another inner stride are copied first.
 Tensor unit_inner_stride(const Tensor& t) { return t.strides()[3] == 1 ? t.detach() : contiguous(t.detach()); }
 
-// The largest head dim that the CUDA attention kernels are instantiated for (backends/cuda/attention.cu); they
-// take f32 only.
-constexpr std::int64_t kCudaAttentionMaxHeadDim = 128;
-
 Tensor softmax_impl(std::string_view op, const Tensor& x, std::int64_t axis_in, bool log) {
   detail::check_defined(op, {&x});
   detail::check_floating(op, x);
@@ -73,8 +69,7 @@ Tensor scaled_softmax(const Tensor& x, double scale, bool causal) {
 }
 
 bool fused_attention_supported(Device device, DType dtype, std::int64_t head_dim) {
-  if (device.is_cpu()) return is_floating(dtype);
-  return dtype == DType::f32 && head_dim <= kCudaAttentionMaxHeadDim;
+  return backend_for(device).supports_fused_attention(dtype, head_dim);
 }
 
 bool fused_attention_preferred(Device device, DType dtype, std::int64_t head_dim, bool causal) {
@@ -113,8 +108,8 @@ FusedAttention fused_attention(std::string_view op, const Tensor& q, const Tenso
   ELLIPSE_CHECK(!causal || nk >= nq, "{}: a causal mask needs at least as many keys as queries, got q {} and k {}", op,
                 to_string(q.shape()), to_string(k.shape()));
   ELLIPSE_CHECK(fused_attention_supported(q.device(), q.dtype(), head_dim),
-                "{}: no kernel for {} on {} with head dim {} (CUDA's take f32 and head dims up to {})", op,
-                dtype_name(q.dtype()), q.device().str(), head_dim, kCudaAttentionMaxHeadDim);
+                "{}: {}'s backend has no kernel for {} with head dim {} (see fused_attention_supported; the explicit "
+                "path, matmul and scaled_softmax, takes any)", op, q.device().str(), dtype_name(q.dtype()), head_dim);
   FusedAttention a{.q = unit_inner_stride(q), .k = unit_inner_stride(k), .v = unit_inner_stride(v), .m = {},
                    .out = empty({batch, nq, heads, head_dim}, q.dtype(), q.device()).transpose(1, 2),
                    .lse = empty({batch, heads, nq}, q.dtype(), q.device()), .scale = scale, .causal = causal};

@@ -307,6 +307,8 @@ void attention_backward_gemm(const Tensor& q, const Tensor& k, const Tensor& v, 
 // output where the projection reads it, and with a causal mask they skip the keys past each block. Attention
 // forward and backward of one vit-s layer (B 128, N 50, 4 heads of 32) took 7.7 ms fused and 8.4-8.9 explicit on
 // a quiet 2-core Xeon; a causal gpt-s layer (B 16, N 128) 2.6-2.8 and 3.6-3.9 ms.
+bool CpuBackend::supports_fused_attention(DType dtype, std::int64_t) const { return is_floating(dtype); }
+
 bool CpuBackend::prefers_fused_attention(DType dtype, bool) const { return blocked_kernels_for(dtype); }
 
 void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric, double scale,

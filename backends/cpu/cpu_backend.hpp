@@ -45,6 +45,7 @@ class CpuBackend final : public Backend {
                       double scale, bool causal) override;
   void scaled_softmax_backward(const Tensor& y, const Tensor& gy, const Tensor& gx, std::int64_t rows, std::int64_t n,
                                double scale) override;
+  bool supports_fused_attention(DType dtype, std::int64_t head_dim) const override;
   bool prefers_fused_attention(DType dtype, bool causal) const override;
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric, double scale, bool causal,
                  const Tensor& out, const Tensor& lse) override;

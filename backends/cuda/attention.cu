@@ -362,14 +362,18 @@ AttentionArgs make_args(const Tensor& q, const Tensor& k, const Tensor& v, const
   return args;
 }
 
+// The widest head dim the kernels are instantiated for.
+constexpr int kMaxHeadDim = 128;
+
 // Calls f(std::integral_constant<int, W>) with W the smallest instantiated head-dim width >= dh.
 template <class F>
 void with_head_dim(const char* op, int dh, F&& f) {
   if (dh <= 16) return f(std::integral_constant<int, 16>{});
   if (dh <= 32) return f(std::integral_constant<int, 32>{});
   if (dh <= 64) return f(std::integral_constant<int, 64>{});
-  if (dh <= 128) return f(std::integral_constant<int, 128>{});
-  cuda::raise(std::string(op) + ": the CUDA kernels take head dims up to 128, got " + std::to_string(dh));
+  if (dh <= kMaxHeadDim) return f(std::integral_constant<int, kMaxHeadDim>{});
+  cuda::raise(std::string(op) + ": the CUDA kernels take head dims up to " + std::to_string(kMaxHeadDim) + ", got " +
+              std::to_string(dh));
 }
 
 // Blocks of kRowsPerBlock rows over every slice.
@@ -425,6 +429,10 @@ struct StagedOutput {
 };
 
 }  // namespace
+
+bool CudaBackend::supports_fused_attention(DType dtype, std::int64_t head_dim) const {
+  return dtype == DType::f32 && head_dim <= kMaxHeadDim;
+}
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& metric, double scale,
                             bool causal, const Tensor& out, const Tensor& lse) {
