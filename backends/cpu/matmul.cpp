@@ -60,7 +60,10 @@ void CpuBackend::matmul(const Tensor& a_in, const Tensor& b_in, const Tensor& ou
     auto readable = [&](const Tensor& t) {
       const auto& s = t.strides();
       const auto& shape = t.shape();
-      return own || as_gemm_operand(shape[nd - 2], shape[nd - 1], s[nd - 2], s[nd - 1]) ? t : t.contiguous();
+      if (own || as_gemm_operand(shape[nd - 2], shape[nd - 1], s[nd - 2], s[nd - 1])) return t;
+      Tensor dense = empty(shape, t.dtype(), t.device());  // this backend's copy kernel, not an autograd op
+      copy(t, dense);
+      return dense;
     };
     const Tensor a = readable(a_in), b = readable(b_in);
     const auto& sa = a.strides();
