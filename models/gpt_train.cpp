@@ -1,7 +1,6 @@
 #include "models/gpt_train.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -130,60 +129,45 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
   nn::AdamW optimizer(model.parameters(), {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = 1e-8,
                                            .weight_decay = o.weight_decay});
   Generator data_gen(o.seed ^ 0x5EEDDA7Aull);
-  std::int64_t start = 0;
   RunCheckpoints run(o.out_dir, "train gpt", flags_fingerprint(o, batch));
+  TrainLoop loop;
+  loop.end = o.stop_after > 0 ? o.stop_after : o.steps;
+  loop.steps = o.steps;
+  loop.clip = o.clip;
+  loop.items_per_step = batch * config.seq_len;
   RunningMean train_loss;  // since the last evaluation
-  auto save = [&](std::int64_t step, std::string_view metrics) {
-    TrainState state{.step = step,
-                     .generators = {{"data", data_gen.state()}, {"model", model.generator().state()}},
-                     .fields = {}};
-    train_loss.save(state, "loss");
-    run.save(model, optimizer, std::move(state), metrics);
-  };
   if (o.resume) {
     TrainState state = run.resume(model, optimizer);
     ELLIPSE_CHECK(state.generators.count("data") == 1 && state.generators.count("model") == 1,
                   "{}: the generators' states are missing", files.state);
     data_gen.set_state(state.generators["data"]);
     model.generator().set_state(state.generators["model"]);
-    start = state.step;
+    loop.start = state.step;
     train_loss.load(state, "loss", files.state);
   } else {
     run.start(gpt_config_json(config, tokenizer.vocab()));
   }
 
-  const auto t0 = std::chrono::steady_clock::now();
-  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-  const std::int64_t end = o.stop_after > 0 ? o.stop_after : o.steps;
   EvalRecord last;
-  std::int64_t tokens = 0;
-  const auto params = model.parameters();
-  for (std::int64_t step = start; step < end; ++step) {
-    const double lr = nn::warmup_cosine_lr(step, o.warmup, o.steps, o.lr, o.final_lr);
-    optimizer.set_lr(lr);
+  loop.learning_rate = [&](std::int64_t step) { return nn::warmup_cosine_lr(step, o.warmup, o.steps, o.lr, o.final_lr); };
+  loop.loss = [&](std::int64_t) {
     auto [inputs, targets] = sample_windows(split.train, batch, config.seq_len, data_gen, o.device);
-    optimizer.zero_grad();
-    const Tensor loss = cross_entropy(model.forward(inputs), targets);
-    const double loss_value = loss.item();
-    run.check_finite(loss_value, "the loss", step + 1);
-    loss.backward();
-    run.check_finite(nn::clip_grad_norm(params, o.clip), "the gradient norm", step + 1);
-    optimizer.step();
-    train_loss.add(loss_value);
-    tokens += batch * config.seq_len;
-    const double seconds = elapsed();
-    if (on_step) on_step({step + 1, o.steps, loss_value, lr, static_cast<double>(tokens) / seconds, seconds});
-
-    if ((step + 1) % o.eval_every == 0 || step + 1 == o.steps) {
-      last = {step + 1, train_loss.take(), evaluate_gpt(model, split.val), lr, static_cast<double>(tokens) / seconds,
-              elapsed()};
-      run.check_finite(last.val_loss, "the val loss", step + 1);
-      save(step + 1, metrics_line(last));
-      if (on_eval) on_eval(last);
-    } else if (step + 1 == end) {
-      save(step + 1, "");  // stopped between evaluations: a checkpoint only, as the uninterrupted run has no line here
-    }
-  }
+    return cross_entropy(model.forward(inputs), targets);
+  };
+  loop.evaluate_after = [&](std::int64_t done) { return done % o.eval_every == 0; };
+  loop.evaluate = [&](const TrainProgress& at, double mean_train_loss) {
+    last = {at.step, mean_train_loss, evaluate_gpt(model, split.val), at.lr, at.items_per_s, at.elapsed_s};
+    run.check_finite(last.val_loss, "the val loss", at.step);
+    if (on_eval) on_eval(last);
+    return metrics_line(last);
+  };
+  loop.state = [&](std::int64_t) {
+    return TrainState{.step = 0,
+                      .generators = {{"data", data_gen.state()}, {"model", model.generator().state()}},
+                      .fields = {}};
+  };
+  loop.on_step = on_step;
+  run_train_loop(loop, model, optimizer, run, train_loss);
   return last;
 }
 

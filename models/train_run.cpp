@@ -6,6 +6,7 @@
 #include <bit>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -162,6 +163,46 @@ void RunCheckpoints::save(const nn::Module& model, const nn::AdamW& optimizer, T
 
 void RunCheckpoints::check_finite(double value, std::string_view what, std::int64_t step) const {
   ellipse::check_finite(value, fmt::format("{}: {}", command_, what), step, files_.dir, saved_step_);
+}
+
+void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimizer, RunCheckpoints& run,
+                    RunningMean train_loss) {
+  ELLIPSE_CHECK(loop.learning_rate && loop.loss && loop.evaluate_after && loop.evaluate && loop.state,
+                "run_train_loop: learning_rate, loss, evaluate_after, evaluate and state must all be set");
+  ELLIPSE_CHECK(0 <= loop.start && loop.start <= loop.end && loop.end <= loop.steps && loop.clip > 0 &&
+                    loop.items_per_step >= 0,
+                "run_train_loop: expected 0 <= start ({}) <= end ({}) <= steps ({}), clip ({}) positive and "
+                "items_per_step ({}) not negative", loop.start, loop.end, loop.steps, loop.clip, loop.items_per_step);
+  const auto save = [&](std::int64_t done, std::string_view metrics) {
+    TrainState state = loop.state(done);
+    state.step = done;
+    train_loss.save(state, "loss");
+    run.save(model, optimizer, std::move(state), metrics);
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto params = model.parameters();
+  std::int64_t items = 0;
+  for (std::int64_t step = loop.start; step < loop.end; ++step) {
+    const double lr = loop.learning_rate(step);
+    optimizer.set_lr(lr);
+    optimizer.zero_grad();
+    const Tensor loss = loop.loss(step);
+    const double loss_value = loss.item();
+    run.check_finite(loss_value, "the loss", step + 1);
+    loss.backward();
+    run.check_finite(nn::clip_grad_norm(params, loop.clip), "the gradient norm", step + 1);
+    optimizer.step();
+    train_loss.add(loss_value);
+    items += loop.items_per_step;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const TrainProgress progress{step + 1, loop.steps, loss_value, lr, static_cast<double>(items) / seconds, seconds};
+    if (loop.on_step) loop.on_step(progress);
+    if (loop.evaluate_after(step + 1) || step + 1 == loop.steps) {
+      save(step + 1, loop.evaluate(progress, train_loss.take()));
+    } else if (step + 1 == loop.end) {
+      save(step + 1, "");  // stopped between evaluations: a checkpoint only, as the uninterrupted run has no line here
+    }
+  }
 }
 
 }  // namespace ellipse

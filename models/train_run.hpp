@@ -3,6 +3,7 @@
 // crash or SIGKILL at any moment, metrics.jsonl, the stop on a NaN or Inf, the progress they report, and a
 // running mean that survives a checkpoint bit for bit.
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -103,5 +104,32 @@ class RunCheckpoints {
   std::string command_, fingerprint_, metrics_;
   std::int64_t saved_step_ = 0;
 };
+
+// The training loop of both trainers, for research code's own models and data too. Per step (0-based `step`, from
+// `start` to `end`): the learning rate of learning_rate(step), zero_grad, loss(step) (the forward pass of the
+// step's batch), a stop on a NaN or Inf loss, backward, clipping of the global gradient norm to `clip` (a NaN or
+// Inf norm stops too), the optimizer's step and on_step. After a step where evaluate_after(step + 1) holds, or
+// after the schedule's last step, evaluate(progress, mean train loss since the last evaluation) runs and returns
+// its metrics.jsonl line, which is checkpointed with the run; a run stopped at `end` between evaluations is
+// checkpointed without a line. Every checkpoint holds state(step + 1) (a model's generators, say) plus the step
+// and the running train loss (under "loss"), and a resumed run passes that loss back as `train_loss`.
+struct TrainLoop {
+  std::int64_t start = 0;           // the first step to run: 0, or the resumed checkpoint's step
+  std::int64_t end = 0;             // stop after this many steps (the schedule's length, or earlier)
+  std::int64_t steps = 0;           // the schedule's length
+  double clip = 1.0;                // the largest global gradient norm
+  std::int64_t items_per_step = 0;  // tokens or images, for the throughput in TrainProgress
+  std::function<double(std::int64_t step)> learning_rate;
+  std::function<Tensor(std::int64_t step)> loss;  // a scalar, with its graph
+  std::function<bool(std::int64_t done)> evaluate_after;
+  // `progress` is the step's, its elapsed_s the training time up to the end of the step.
+  std::function<std::string(const TrainProgress& progress, double train_loss)> evaluate;
+  std::function<TrainState(std::int64_t done)> state;  // what to checkpoint besides the step and the loss
+  std::function<void(const TrainProgress&)> on_step;   // optional
+};
+// Runs `loop` on `model` with `optimizer`, checkpointing through `run`. Errors name the option that is wrong
+// (end past steps, a missing function) and, for a NaN or Inf, the run's command and step (check_finite).
+void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimizer, RunCheckpoints& run,
+                    RunningMean train_loss = {});
 
 }  // namespace ellipse

@@ -1,7 +1,6 @@
 #include "models/vit_train.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -327,67 +326,52 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
   nn::AdamW optimizer(model.parameters(), {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = 1e-8,
                                            .weight_decay = o.weight_decay});
   RunCheckpoints run(o.out_dir, "train vit", flags_fingerprint(o, batch));
+  TrainLoop loop;
+  loop.end = o.stop_after > 0 ? o.stop_after : steps;
+  loop.steps = steps;
+  loop.clip = o.clip;
+  loop.items_per_step = batch;
   RunningMean train_loss;  // since the last evaluation
-  std::int64_t start = 0;
   if (o.resume) {
     TrainState state = run.resume(model, optimizer);
     ELLIPSE_CHECK(state.generators.count("model") == 1, "{}: the model generator's state is missing", files.state);
     model.generator().set_state(state.generators["model"]);
-    start = state.step;
+    loop.start = state.step;
     train_loss.load(state, "loss", files.state);
-    ELLIPSE_CHECK(start < steps, "train vit: resuming {}: the run already finished (step {} of {}); nothing to do",
-                  o.out_dir, start, steps);
+    ELLIPSE_CHECK(loop.start < steps, "train vit: resuming {}: the run already finished (step {} of {}); nothing to do",
+                  o.out_dir, loop.start, steps);
   } else {
     run.start(vit_config_json(config));
   }
-  auto save = [&](std::int64_t step, std::string_view metrics) {
-    TrainState state{.step = step, .generators = {{"model", model.generator().state()}}, .fields = {}};
-    train_loss.save(state, "loss");
-    run.save(model, optimizer, std::move(state), metrics);
-  };
 
-  const auto t0 = std::chrono::steady_clock::now();
-  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-  const std::int64_t end = o.stop_after > 0 ? o.stop_after : steps;
-  const auto params = model.parameters();
   const Tensor train_images = contiguous(train.images), train_labels = contiguous(train.labels);
-  std::vector<std::int64_t> order;
-  std::int64_t images_seen = 0;
+  std::vector<std::int64_t> order;  // the current epoch's
   ViTEvalRecord last;
-  for (std::int64_t step = start; step < end; ++step) {
-    const std::int64_t epoch = step / steps_per_epoch, position = step % steps_per_epoch;
-    if (order.empty() || position == 0) order = epoch_order(train.size(), o.seed, epoch);
-    const double lr = nn::warmup_cosine_lr(step, warmup, steps, o.lr, o.final_lr);
-    optimizer.set_lr(lr);
+  loop.learning_rate = [&](std::int64_t step) { return nn::warmup_cosine_lr(step, warmup, steps, o.lr, o.final_lr); };
+  loop.loss = [&](std::int64_t step) {
+    const std::int64_t position = step % steps_per_epoch;
+    if (order.empty() || position == 0) order = epoch_order(train.size(), o.seed, step / steps_per_epoch);
     Generator augment_gen(mix64(o.seed ^ kAugmentSalt, static_cast<std::uint64_t>(step)));
     const std::int64_t* indices = order.data() + position * batch;
     const Tensor images =
         gather_images(train_images, indices, batch, o.augment ? &augment_gen : nullptr, o.max_shift, o.device);
-    const Tensor labels = gather_labels(train_labels, indices, batch, o.device);
-    optimizer.zero_grad();
-    const Tensor loss = cross_entropy(model.forward(images), labels);
-    const double loss_value = loss.item();
-    run.check_finite(loss_value, "the loss", step + 1);
-    loss.backward();
-    run.check_finite(nn::clip_grad_norm(params, o.clip), "the gradient norm", step + 1);
-    optimizer.step();
-    train_loss.add(loss_value);
-    images_seen += batch;
-    const double seconds = elapsed();
-    if (on_step) on_step({step + 1, steps, loss_value, lr, static_cast<double>(images_seen) / seconds, seconds});
-
-    if ((step + 1) % steps_per_epoch == 0) {
-      const Accuracy result = evaluate_vit(model, test);
-      run.check_finite(result.loss, "the test loss", step + 1);
-      last = {.step = step + 1, .epoch = epoch + 1, .train_loss = train_loss.take(), .test_loss = result.loss,
-              .test_acc = result.accuracy, .lr = lr, .images_per_s = static_cast<double>(images_seen) / seconds,
-              .elapsed_s = elapsed()};
-      save(step + 1, metrics_line(last));
-      if (on_eval) on_eval(last);
-    } else if (step + 1 == end) {
-      save(step + 1, "");  // stopped between evaluations: a checkpoint only, as the uninterrupted run has no line here
-    }
-  }
+    return cross_entropy(model.forward(images), gather_labels(train_labels, indices, batch, o.device));
+  };
+  loop.evaluate_after = [&](std::int64_t done) { return done % steps_per_epoch == 0; };
+  loop.evaluate = [&](const TrainProgress& at, double mean_train_loss) {
+    const Accuracy result = evaluate_vit(model, test);
+    run.check_finite(result.loss, "the test loss", at.step);
+    last = {.step = at.step, .epoch = at.step / steps_per_epoch, .train_loss = mean_train_loss,
+            .test_loss = result.loss, .test_acc = result.accuracy, .lr = at.lr, .images_per_s = at.items_per_s,
+            .elapsed_s = at.elapsed_s};
+    if (on_eval) on_eval(last);
+    return metrics_line(last);
+  };
+  loop.state = [&](std::int64_t) {
+    return TrainState{.step = 0, .generators = {{"model", model.generator().state()}}, .fields = {}};
+  };
+  loop.on_step = on_step;
+  run_train_loop(loop, model, optimizer, run, train_loss);
   return last;
 }
 

@@ -3,13 +3,16 @@
 // block, GPT and ViT, their checkpoints and the study probe.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "autograd/ops.hpp"
 #include "helpers.hpp"
+#include "core/io/file.hpp"
 #include "models/gpt.hpp"
+#include "models/train_run.hpp"
 #include "models/vit.hpp"
 #include "nn/analysis.hpp"
 #include "nn/optim.hpp"
@@ -251,4 +254,76 @@ TEST_CASE("a registered attention kind goes into the ViT; a probe names a layer 
   NoGradGuard no_grad;
   silent.forward(images);
   CHECK_THROWS_WITH(probe.collect(), doctest::Contains("the attention of layer 0 recorded no probabilities"));
+}
+
+namespace {
+
+// A regression net of one's own trained by the library's loop for `end` of 12 steps, into `dir` (resuming what
+// is there when `resume`); returns its parameters.
+std::vector<double> train_toy(const std::string& dir, std::int64_t end, bool resume) {
+  Generator init(0);
+  nn::Sequential model({std::make_shared<nn::Linear>(2, 16, true, init),
+                        std::make_shared<nn::Lambda>([](const Tensor& x) { return tanh(x); }),
+                        std::make_shared<nn::Linear>(16, 1, true, init)});
+  nn::AdamW optimizer(model.parameters(), {.lr = 1e-2});
+  RunCheckpoints run(dir, "toy", "lr=0.01");
+  Generator data(1);
+  TrainLoop loop;
+  loop.end = end;
+  loop.steps = 12;
+  loop.items_per_step = 32;
+  RunningMean train_loss;
+  if (resume) {
+    TrainState state = run.resume(model, optimizer);
+    data.set_state(state.generators.at("data"));
+    loop.start = state.step;
+    train_loss.load(state, "loss", run.files().state);
+  } else {
+    run.start("{}\n");
+  }
+  loop.learning_rate = [](std::int64_t step) { return nn::warmup_cosine_lr(step, 2, 12, 1e-2, 1e-3); };
+  loop.loss = [&](std::int64_t) {
+    const Tensor x = uniform({32, 2}, -1.0, 1.0, data);
+    return mean(pow(model.forward(x) - sum(x * x, {1}, true), 2.0));
+  };
+  loop.evaluate_after = [](std::int64_t done) { return done % 5 == 0; };
+  loop.evaluate = [](const TrainProgress& at, double mean_loss) {
+    CHECK(at.steps == 12);
+    return fmt::format("{{\"step\": {}, \"train_loss\": {:.17g}}}\n", at.step, mean_loss);
+  };
+  loop.state = [&](std::int64_t) { return TrainState{.step = 0, .generators = {{"data", data.state()}}, .fields = {}}; };
+  run_train_loop(loop, model, optimizer, run, train_loss);
+  std::vector<double> values;
+  for (const Tensor& p : model.parameters())
+    for (double v : p.to_vector<double>()) values.push_back(v);
+  return values;
+}
+
+}  // namespace
+
+TEST_CASE("run_train_loop: a module of one's own trains, evaluates, checkpoints and resumes exactly") {
+  testing::TempDir whole, stopped;
+  const std::vector<double> straight = train_toy(whole.str(), 12, false);
+  train_toy(stopped.str(), 7, false);  // stopped between evaluations: a checkpoint without a metrics line
+  CHECK(checkpoint_step(RunFiles(stopped.str())) == 7);
+  CHECK(train_toy(stopped.str(), 12, true) == straight);
+  const std::string metrics = io::read_file(whole / "metrics.jsonl", 1 << 20);
+  CHECK(io::read_file(stopped / "metrics.jsonl", 1 << 20) == metrics);
+  CHECK(std::count(metrics.begin(), metrics.end(), '\n') == 3);  // after steps 5, 10 and the last, 12
+  CHECK(metrics.find("{\"step\": 12, ") != std::string::npos);
+
+  // Options are named when wrong.
+  nn::Linear model(2, 1);
+  nn::AdamW optimizer(model.parameters());
+  RunCheckpoints run(whole / "other", "toy", "");
+  TrainLoop loop;
+  CHECK_THROWS_WITH(run_train_loop(loop, model, optimizer, run), doctest::Contains("must all be set"));
+  loop.learning_rate = [](std::int64_t) { return 1.0; };
+  loop.loss = [&](std::int64_t) { return sum(model.forward(ones({1, 2}))); };
+  loop.evaluate_after = [](std::int64_t) { return false; };
+  loop.evaluate = [](const TrainProgress&, double) { return std::string(); };
+  loop.state = [](std::int64_t) { return TrainState{}; };
+  loop.end = 5;
+  loop.steps = 4;
+  CHECK_THROWS_WITH(run_train_loop(loop, model, optimizer, run), doctest::Contains("end (5) <= steps (4)"));
 }
