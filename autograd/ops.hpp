@@ -47,6 +47,8 @@ Tensor exp(const Tensor& x);
 Tensor log(const Tensor& x);
 Tensor sqrt(const Tensor& x);
 Tensor abs(const Tensor& x);
+Tensor sin(const Tensor& x);  // of x in radians, x's shape; gradient cos(x)
+Tensor cos(const Tensor& x);  // of x in radians, x's shape; gradient -sin(x)
 Tensor clamp(const Tensor& x, double low, double high);
 Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);

@@ -15,7 +15,7 @@
 namespace ellipse {
 
 enum class UnaryOp {
-  neg, exp, log, sqrt, abs, tanh, sigmoid, relu, gelu,
+  neg, exp, log, sqrt, abs, tanh, sigmoid, relu, gelu, sin, cos,
   add_scalar,   // x + a
   mul_scalar,   // x * a
   pow_scalar,   // x ^ a

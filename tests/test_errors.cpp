@@ -63,6 +63,8 @@ TEST_CASE("i64 tensors given to floating ops") {
   CHECK_ERROR(exp(x), "exp", "i64", "[2, 3]");
   CHECK_ERROR(neg(x), "neg", "i64", "[2, 3]");
   CHECK_ERROR(relu(x), "relu", "i64", "[2, 3]");
+  CHECK_ERROR(sin(x), "sin", "i64", "[2, 3]");
+  CHECK_ERROR(cos(x), "cos", "i64", "[2, 3]");
   CHECK_ERROR(add(x, 1.0), "add", "i64", "[2, 3]");
   CHECK_ERROR(mul(x, x), "mul", "i64", "[2, 3]");
   CHECK_ERROR(matmul(x, i64({3, 2})), "matmul", "i64", "[2, 3]");

@@ -53,6 +53,8 @@ const std::vector<std::string> kRequiredOps = {
     // The rest of the public op set.
     "equal", "sum_to", "scaled_softmax", "scaled_dot_product_attention", "scaled_dot_product_attention_qkv",
     "linear",
+    // Ops research code reaches for beyond the transformer's.
+    "sin", "cos",
 };
 // clang-format on
 
@@ -820,6 +822,10 @@ std::vector<OpTest> op_table() {
         return 0.5 * v * (1.0 + std::tanh(c * (v + 0.044715 * v * v * v)));
       },
       normal_fn(1.5)));
+  add_entry(unary(
+      "sin", [](const Tensor& x) { return sin(x); }, [](double v) { return std::sin(v); }, normal_fn(2.0)));
+  add_entry(unary(
+      "cos", [](const Tensor& x) { return cos(x); }, [](double v) { return std::cos(v); }, normal_fn(2.0)));
 
   // pow: the exponent 2 has its own kernel path.
   add_entry({"pow", true, [](Generator& gen) {

@@ -115,6 +115,14 @@ Tensor abs(const Tensor& x) {
                   [](const Tensor& in) { return unary_kernel("abs", UnaryOp::sign, in); });
 }
 
+Tensor sin(const Tensor& x) {
+  return unary_op("sin", UnaryOp::sin, x, Reads::input, [](const Tensor& in) { return cos(in); });
+}
+
+Tensor cos(const Tensor& x) {
+  return unary_op("cos", UnaryOp::cos, x, Reads::input, [](const Tensor& in) { return neg(sin(in)); });
+}
+
 Tensor clamp(const Tensor& x, double low, double high) {
   ELLIPSE_CHECK(low <= high, "clamp: low ({}) must not exceed high ({})", low, high);
   return unary_op("clamp", UnaryOp::clamp, x, Reads::input, [low, high](const Tensor& in) {

@@ -99,6 +99,8 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a,
       case UnaryOp::sigmoid: return map1<T>(x, out, [](T v) { return cpu::sigmoid_fast(v); });
       case UnaryOp::relu: return map1<T>(x, out, [](T v) { return v > T(0) ? v : T(0); });
       case UnaryOp::gelu: return map1<T>(x, out, [](T v) { return cpu::gelu_fast(v); });
+      case UnaryOp::sin: return map1<T>(x, out, [](T v) { return std::sin(v); });
+      case UnaryOp::cos: return map1<T>(x, out, [](T v) { return std::cos(v); });
       case UnaryOp::add_scalar: return map1<T>(x, out, [ta](T v) { return v + ta; });
       case UnaryOp::mul_scalar: return map1<T>(x, out, [ta](T v) { return v * ta; });
       case UnaryOp::pow_scalar:

@@ -52,6 +52,8 @@ void unary_typed(const cuda::DeviceState& s, UnaryOp op, const Tensor& x, const 
     case UnaryOp::sigmoid: return map1<T>(s, x, out, [] __device__(T v) { return sigmoid(v); });
     case UnaryOp::relu: return map1<T>(s, x, out, [] __device__(T v) { return v > T(0) ? v : T(0); });
     case UnaryOp::gelu: return map1<T>(s, x, out, [] __device__(T v) { return gelu(v); });
+    case UnaryOp::sin: return map1<T>(s, x, out, [] __device__(T v) { return sin(v); });
+    case UnaryOp::cos: return map1<T>(s, x, out, [] __device__(T v) { return cos(v); });
     case UnaryOp::add_scalar: return map1<T>(s, x, out, [ta] __device__(T v) { return v + ta; });
     case UnaryOp::mul_scalar: return map1<T>(s, x, out, [ta] __device__(T v) { return v * ta; });
     case UnaryOp::pow_scalar:
