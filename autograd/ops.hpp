@@ -55,6 +55,13 @@ Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
 Tensor gelu(const Tensor& x);  // tanh approximation
 Tensor equal(const Tensor& a, const Tensor& b);  // 1 where equal, else 0; same dtype as the inputs; no gradient
+// The other comparisons, as equal: 1 where the relation holds, else 0, broadcast, in the inputs' dtype (any
+// dtype, i64 too); no gradient. A NaN compares false, except not_equal's, which is true.
+Tensor not_equal(const Tensor& a, const Tensor& b);      // a != b
+Tensor greater(const Tensor& a, const Tensor& b);        // a > b
+Tensor less(const Tensor& a, const Tensor& b);           // a < b
+Tensor greater_equal(const Tensor& a, const Tensor& b);  // a >= b
+Tensor less_equal(const Tensor& a, const Tensor& b);     // a <= b
 // cond != 0 picks a, else b; all three broadcast. Gradients flow to a and b.
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);  // x where mask == 0, else value

@@ -27,7 +27,8 @@ enum class UnaryOp {
 };
 
 enum class BinaryOp {
-  add, sub, mul, div, eq,
+  add, sub, mul, div,
+  eq, ne, gt, lt, ge, le,  // comparisons: 1 where a == b (!=, >, <, >=, <=) holds, else 0; any dtype
   gelu_backward,  // a * gelu'(b): GELU's backward in one pass, a the output's gradient and b the forward input
 };
 

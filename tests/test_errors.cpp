@@ -26,6 +26,11 @@ TEST_CASE("binary ops: shapes that do not broadcast") {
   CHECK_ERROR(div(a, b), "div", "[2, 3]", "[4]");
   CHECK_ERROR(a + b, "add", "[2, 3]", "[4]");
   CHECK_ERROR(equal(a, b), "equal", "[2, 3]", "[4]");
+  CHECK_ERROR(not_equal(a, b), "not_equal", "[2, 3]", "[4]");
+  CHECK_ERROR(greater(a, b), "greater", "[2, 3]", "[4]");
+  CHECK_ERROR(less(a, b), "less", "[2, 3]", "[4]");
+  CHECK_ERROR(greater_equal(a, b), "greater_equal", "[2, 3]", "[4]");
+  CHECK_ERROR(less_equal(a, b), "less_equal", "[2, 3]", "[4]");
   CHECK_ERROR(add(f32({3, 1, 4}), f32({5, 3})), "add", "[3, 1, 4]", "[5, 3]");
   CHECK_ERROR(where(f32({2, 3}), f32({3}), f32({2})), "where", "[2, 3]", "[2]");
   CHECK_ERROR(where(f32({5}), f32({2, 3}), f32({3})), "where", "[5]", "[2, 3]");
@@ -52,6 +57,7 @@ TEST_CASE("mixed dtypes") {
   CHECK_ERROR(mul(f64({3}), f32({2, 3})), "mul", "f64", "f32", "[3]", "[2, 3]");
   CHECK_ERROR(matmul(f32({2, 3}), f64({3, 4})), "matmul", "f32", "f64", "[2, 3]", "[3, 4]");
   CHECK_ERROR(where(f32({2}), f32({2}), f64({2})), "where", "f32", "f64");
+  CHECK_ERROR(greater(i64({2}), f32({2})), "greater", "i64", "f32");  // comparisons take i64, but not mixed
   CHECK_ERROR(concat({f32({2}), f64({2})}, 0), "concat", "f32", "f64");
   CHECK_ERROR(layer_norm(f32({2, 4}), f64({4}), f32({4})), "layer_norm", "f32", "f64", "[2, 4]", "[4]");
   // No silent promotion either way, including integers.

@@ -54,7 +54,7 @@ const std::vector<std::string> kRequiredOps = {
     "equal", "sum_to", "scaled_softmax", "scaled_dot_product_attention", "scaled_dot_product_attention_qkv",
     "linear",
     // Ops research code reaches for beyond the transformer's.
-    "sin", "cos",
+    "sin", "cos", "not_equal", "greater", "less", "greater_equal", "less_equal",
 };
 // clang-format on
 
@@ -1271,25 +1271,36 @@ std::vector<OpTest> op_table() {
          return cases;
        }});
 
-  add_entry({"equal", false, [](Generator& gen) {
-               std::vector<Case> cases;
-               auto f = [](const Tensors& x) { return equal(x[0], x[1]); };
-               auto r = [](const Hosts& x) {
-                 return ref_binary(x[0], x[1], [](double a, double b) { return a == b ? 1.0 : 0.0; });
-               };
-               auto a = normal_values(gen, {2, 3});
-               auto b = a;
-               b[1] += 1;
-               b[4] -= 2;
-               cases.push_back(make_case({F({2, 3}, a), F({2, 3}, b, Layout::strided)}, f, r));
-               cases.push_back(make_case(
-                   {F({3, 1}, {1, 2, 3}), F({3, 4}, {1, 2, 3, 1, 2, 2, 3, 0, 3, 3, 3, 3}, Layout::transposed)}, f, r,
-                   "broadcast"));
-               Case ints = make_case({Int({4}, {1, 2, 3, 4}), Int({4}, {1, 0, 3, 0})}, f, r, "i64");
-               ints.keeps_dtype = false;
-               cases.push_back(ints);
-               return cases;
-             }});
+  // Comparisons: every case holds equal, greater and smaller pairs.
+  auto comparison = [&](std::string name, BinaryTensorOp op, std::function<bool(double, double)> holds) {
+    add_entry({name, false, [=](Generator& gen) {
+                 std::vector<Case> cases;
+                 auto f = [op](const Tensors& x) { return op(x[0], x[1]); };
+                 auto r = [holds](const Hosts& x) {
+                   return ref_binary(x[0], x[1], [holds](double a, double b) { return holds(a, b) ? 1.0 : 0.0; });
+                 };
+                 auto a = normal_values(gen, {2, 3});
+                 auto b = a;
+                 b[1] += 1;
+                 b[4] -= 2;
+                 cases.push_back(make_case({F({2, 3}, a), F({2, 3}, b, Layout::strided)}, f, r));
+                 cases.push_back(make_case(
+                     {F({3, 1}, {1, 2, 3}), F({3, 4}, {1, 2, 3, 1, 2, 2, 3, 0, 3, 3, 3, 3}, Layout::transposed)}, f,
+                     r, "broadcast"));
+                 const double nan = std::numeric_limits<double>::quiet_NaN();
+                 cases.push_back(make_case({F({3}, {nan, 1, nan}), F({3}, {1, nan, nan})}, f, r, "NaN"));
+                 Case ints = make_case({Int({4}, {1, 2, 3, 4}), Int({4}, {1, 0, 3, 5})}, f, r, "i64");
+                 ints.keeps_dtype = false;
+                 cases.push_back(ints);
+                 return cases;
+               }});
+  };
+  comparison("equal", equal, std::equal_to<>());
+  comparison("not_equal", not_equal, std::not_equal_to<>());
+  comparison("greater", greater, std::greater<>());
+  comparison("less", less, std::less<>());
+  comparison("greater_equal", greater_equal, std::greater_equal<>());
+  comparison("less_equal", less_equal, std::less_equal<>());
 
   // ---- views and copies ----
   add_entry(

@@ -8,9 +8,15 @@ namespace ellipse {
 
 namespace {
 
+// Comparisons take any dtype (i64 ids too); arithmetic takes floating inputs.
+bool is_comparison(BinaryOp kind) {
+  return kind == BinaryOp::eq || kind == BinaryOp::ne || kind == BinaryOp::gt || kind == BinaryOp::lt ||
+         kind == BinaryOp::ge || kind == BinaryOp::le;
+}
+
 Tensor binary_kernel(std::string_view op, BinaryOp kind, const Tensor& a, const Tensor& b) {
   Backend& backend = detail::same_device_and_dtype(op, {&a, &b});
-  if (kind != BinaryOp::eq) detail::check_floating(op, a);
+  if (!is_comparison(kind)) detail::check_floating(op, a);
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
   Tensor out = empty(shape, a.dtype(), a.device());
   backend.binary(kind, a.detach().expand(shape), b.detach().expand(shape), out);
@@ -74,6 +80,11 @@ Tensor div(const Tensor& a, const Tensor& b) {
 }
 
 Tensor equal(const Tensor& a, const Tensor& b) { return binary_kernel("equal", BinaryOp::eq, a, b); }
+Tensor not_equal(const Tensor& a, const Tensor& b) { return binary_kernel("not_equal", BinaryOp::ne, a, b); }
+Tensor greater(const Tensor& a, const Tensor& b) { return binary_kernel("greater", BinaryOp::gt, a, b); }
+Tensor less(const Tensor& a, const Tensor& b) { return binary_kernel("less", BinaryOp::lt, a, b); }
+Tensor greater_equal(const Tensor& a, const Tensor& b) { return binary_kernel("greater_equal", BinaryOp::ge, a, b); }
+Tensor less_equal(const Tensor& a, const Tensor& b) { return binary_kernel("less_equal", BinaryOp::le, a, b); }
 
 Tensor add(const Tensor& x, double s) {
   Tensor y = unary_kernel("add", UnaryOp::add_scalar, x, s);

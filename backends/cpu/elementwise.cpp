@@ -130,6 +130,11 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
       case BinaryOp::mul: return run([](T x, T y) { return x * y; });
       case BinaryOp::div: return run([](T x, T y) { return x / y; });
       case BinaryOp::eq: return run([](T x, T y) { return x == y ? T(1) : T(0); });
+      case BinaryOp::ne: return run([](T x, T y) { return x != y ? T(1) : T(0); });
+      case BinaryOp::gt: return run([](T x, T y) { return x > y ? T(1) : T(0); });
+      case BinaryOp::lt: return run([](T x, T y) { return x < y ? T(1) : T(0); });
+      case BinaryOp::ge: return run([](T x, T y) { return x >= y ? T(1) : T(0); });
+      case BinaryOp::le: return run([](T x, T y) { return x <= y ? T(1) : T(0); });
       case BinaryOp::gelu_backward:
         // Integer tensors never get here: gelu's backward rule is the only caller.
         if constexpr (std::is_floating_point_v<T>) run([](T g, T x) { return g * cpu::gelu_grad_fast(x); });

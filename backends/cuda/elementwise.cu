@@ -84,6 +84,11 @@ void binary_typed(const cuda::DeviceState& s, BinaryOp op, const Tensor& a, cons
     case BinaryOp::mul: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x * y; });
     case BinaryOp::div: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x / y; });
     case BinaryOp::eq: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x == y ? T(1) : T(0); });
+    case BinaryOp::ne: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x != y ? T(1) : T(0); });
+    case BinaryOp::gt: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x > y ? T(1) : T(0); });
+    case BinaryOp::lt: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x < y ? T(1) : T(0); });
+    case BinaryOp::ge: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x >= y ? T(1) : T(0); });
+    case BinaryOp::le: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x <= y ? T(1) : T(0); });
     case BinaryOp::gelu_backward:
       // Integer tensors never get here: gelu's backward rule is the only caller.
       if constexpr (std::is_floating_point_v<T>)
