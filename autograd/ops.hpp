@@ -54,6 +54,10 @@ Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
 Tensor gelu(const Tensor& x);  // tanh approximation
+// The larger (smaller) of a and b, broadcast; NaN where either is NaN. The gradient goes to the larger (smaller)
+// input, split equally where they tie, as max's does.
+Tensor maximum(const Tensor& a, const Tensor& b);
+Tensor minimum(const Tensor& a, const Tensor& b);
 Tensor equal(const Tensor& a, const Tensor& b);  // 1 where equal, else 0; same dtype as the inputs; no gradient
 // The other comparisons, as equal: 1 where the relation holds, else 0, broadcast, in the inputs' dtype (any
 // dtype, i64 too); no gradient. A NaN compares false, except not_equal's, which is true.

@@ -28,6 +28,7 @@ enum class UnaryOp {
 
 enum class BinaryOp {
   add, sub, mul, div,
+  maximum, minimum,  // NaN where either input is NaN
   eq, ne, gt, lt, ge, le,  // comparisons: 1 where a == b (!=, >, <, >=, <=) holds, else 0; any dtype
   gelu_backward,  // a * gelu'(b): GELU's backward in one pass, a the output's gradient and b the forward input
 };

@@ -31,6 +31,8 @@ TEST_CASE("binary ops: shapes that do not broadcast") {
   CHECK_ERROR(less(a, b), "less", "[2, 3]", "[4]");
   CHECK_ERROR(greater_equal(a, b), "greater_equal", "[2, 3]", "[4]");
   CHECK_ERROR(less_equal(a, b), "less_equal", "[2, 3]", "[4]");
+  CHECK_ERROR(maximum(a, b), "maximum", "[2, 3]", "[4]");
+  CHECK_ERROR(minimum(a, b), "minimum", "[2, 3]", "[4]");
   CHECK_ERROR(add(f32({3, 1, 4}), f32({5, 3})), "add", "[3, 1, 4]", "[5, 3]");
   CHECK_ERROR(where(f32({2, 3}), f32({3}), f32({2})), "where", "[2, 3]", "[2]");
   CHECK_ERROR(where(f32({5}), f32({2, 3}), f32({3})), "where", "[5]", "[2, 3]");
@@ -73,6 +75,7 @@ TEST_CASE("i64 tensors given to floating ops") {
   CHECK_ERROR(cos(x), "cos", "i64", "[2, 3]");
   CHECK_ERROR(add(x, 1.0), "add", "i64", "[2, 3]");
   CHECK_ERROR(mul(x, x), "mul", "i64", "[2, 3]");
+  CHECK_ERROR(maximum(x, x), "maximum", "i64", "[2, 3]");
   CHECK_ERROR(matmul(x, i64({3, 2})), "matmul", "i64", "[2, 3]");
   CHECK_ERROR(sum(x), "sum", "i64", "[2, 3]");
   CHECK_ERROR(max(x, {1}), "max", "i64", "[2, 3]");

@@ -54,7 +54,7 @@ const std::vector<std::string> kRequiredOps = {
     "equal", "sum_to", "scaled_softmax", "scaled_dot_product_attention", "scaled_dot_product_attention_qkv",
     "linear",
     // Ops research code reaches for beyond the transformer's.
-    "sin", "cos", "not_equal", "greater", "less", "greater_equal", "less_equal",
+    "sin", "cos", "maximum", "minimum", "not_equal", "greater", "less", "greater_equal", "less_equal",
 };
 // clang-format on
 
@@ -624,6 +624,7 @@ ValueFn avoiding_fn(double low, double high, std::vector<double> kinks) {
 
 using BinaryTensorOp = std::function<Tensor(const Tensor&, const Tensor&)>;
 
+// operator_form: the op's operator, run on the small cases too (empty when the op has none).
 OpTest binary(std::string name, BinaryTensorOp op, BinaryTensorOp operator_form,
               std::function<double(double, double)> f, bool nonzero_b) {
   return {name, true, [=](Generator& gen) {
@@ -652,7 +653,7 @@ OpTest binary(std::string name, BinaryTensorOp op, BinaryTensorOp operator_form,
             };
             std::vector<Case> cases;
             for (const auto& p : pairs) {
-              for (int use_operator = 0; use_operator < (p.large ? 1 : 2); ++use_operator) {
+              for (int use_operator = 0; use_operator < (p.large || !operator_form ? 1 : 2); ++use_operator) {
                 Case c;
                 c.inputs = {F(p.a, normal_values(gen, p.a), p.la), F(p.b, b_values(p.b), p.lb)};
                 c.label = label_of(c.inputs, use_operator ? "(operator)" : "");
@@ -791,6 +792,8 @@ std::vector<OpTest> op_table() {
   add_entry(binary(
       "div", [](const Tensor& a, const Tensor& b) { return div(a, b); },
       [](const Tensor& a, const Tensor& b) { return a / b; }, [](double a, double b) { return a / b; }, true));
+  add_entry(binary("maximum", maximum, {}, [](double a, double b) { return std::max(a, b); }, false));
+  add_entry(binary("minimum", minimum, {}, [](double a, double b) { return std::min(a, b); }, false));
 
   // ---- elementwise, unary ----
   add_entry(unary(
@@ -1794,6 +1797,27 @@ TEST_CASE("max: tied maxima share the gradient equally") {
   Tensor y = from_vector<double>({2, 2}, {2}).requires_grad_();
   max(y).backward();
   CHECK(y.grad().to_vector<double>() == std::vector<double>{0.5, 0.5});
+}
+
+TEST_CASE("maximum and minimum: ties share the gradient equally, NaN propagates") {
+  Tensor a = from_vector<double>({1, 3, 2, 5}, {4}).requires_grad_();
+  Tensor b = from_vector<double>({2, 3, 2, 0}, {4}).requires_grad_();
+  maximum(a, b).backward(from_vector<double>({1, 2, 4, 8}, {4}));
+  CHECK(a.grad().to_vector<double>() == std::vector<double>{0, 1, 2, 8});
+  CHECK(b.grad().to_vector<double>() == std::vector<double>{1, 1, 2, 0});
+  a.zero_grad();
+  b.zero_grad();
+  minimum(a, b).backward(from_vector<double>({1, 2, 4, 8}, {4}));
+  CHECK(a.grad().to_vector<double>() == std::vector<double>{1, 1, 2, 0});
+  CHECK(b.grad().to_vector<double>() == std::vector<double>{0, 1, 2, 8});
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const auto& d : ellipse::testing::available_devices()) {
+    INFO("device ", d.device.str());
+    const Tensor x = from_vector<float>({nan, 1, nan}, {3}).to(d.device);
+    const Tensor y = from_vector<float>({1, nan, nan}, {3}).to(d.device);
+    for (const auto& values : {maximum(x, y).to_vector<float>(), minimum(x, y).to_vector<float>()})
+      CHECK(std::all_of(values.begin(), values.end(), [](float v) { return std::isnan(v); }));
+  }
 }
 
 TEST_CASE("causal_mask and masked attention scores") {

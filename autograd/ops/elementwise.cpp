@@ -45,6 +45,19 @@ Tensor unary_op(std::string_view op, UnaryOp kind, const Tensor& x, Reads reads,
   });
 }
 
+// maximum (direction 1) or minimum (direction -1). The gradient goes to the chosen input and splits equally
+// where a and b tie, as max's does: a's share is (1 + direction * sign(a - b)) / 2, b's the rest.
+Tensor extremum(std::string_view op, BinaryOp kind, double direction, const Tensor& a, const Tensor& b) {
+  Tensor out = binary_kernel(op, kind, a, b);
+  return record(op, out, {a, b},
+                [op, direction, a = a.detach(), b = b.detach()](const Tensor& g, const std::vector<bool>& needs) {
+                  const Tensor sign = unary_kernel(op, UnaryOp::sign, sub(a, b));
+                  const Tensor share_a = add(mul(sign, 0.5 * direction), 0.5);
+                  return std::vector{needs[0] ? sum_to(mul(g, share_a), a.shape()) : Tensor(),
+                                     needs[1] ? sum_to(mul(g, rsub(share_a, 1.0)), b.shape()) : Tensor()};
+                });
+}
+
 }  // namespace
 
 Tensor add(const Tensor& a, const Tensor& b) {
@@ -78,6 +91,9 @@ Tensor div(const Tensor& a, const Tensor& b) {
                                      needs[1] ? sum_to(neg(mul(ga, out)), b.shape()) : Tensor()};  // -g a / b^2
                 });
 }
+
+Tensor maximum(const Tensor& a, const Tensor& b) { return extremum("maximum", BinaryOp::maximum, 1.0, a, b); }
+Tensor minimum(const Tensor& a, const Tensor& b) { return extremum("minimum", BinaryOp::minimum, -1.0, a, b); }
 
 Tensor equal(const Tensor& a, const Tensor& b) { return binary_kernel("equal", BinaryOp::eq, a, b); }
 Tensor not_equal(const Tensor& a, const Tensor& b) { return binary_kernel("not_equal", BinaryOp::ne, a, b); }

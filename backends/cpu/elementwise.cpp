@@ -129,6 +129,8 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
       case BinaryOp::sub: return run([](T x, T y) { return x - y; });
       case BinaryOp::mul: return run([](T x, T y) { return x * y; });
       case BinaryOp::div: return run([](T x, T y) { return x / y; });
+      case BinaryOp::maximum: return run([](T x, T y) { return x > y || x != x ? x : y; });
+      case BinaryOp::minimum: return run([](T x, T y) { return x < y || x != x ? x : y; });
       case BinaryOp::eq: return run([](T x, T y) { return x == y ? T(1) : T(0); });
       case BinaryOp::ne: return run([](T x, T y) { return x != y ? T(1) : T(0); });
       case BinaryOp::gt: return run([](T x, T y) { return x > y ? T(1) : T(0); });

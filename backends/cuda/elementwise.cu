@@ -83,6 +83,9 @@ void binary_typed(const cuda::DeviceState& s, BinaryOp op, const Tensor& a, cons
     case BinaryOp::sub: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x - y; });
     case BinaryOp::mul: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x * y; });
     case BinaryOp::div: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x / y; });
+    // Not fmax and fmin, which drop a NaN.
+    case BinaryOp::maximum: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x > y || x != x ? x : y; });
+    case BinaryOp::minimum: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x < y || x != x ? x : y; });
     case BinaryOp::eq: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x == y ? T(1) : T(0); });
     case BinaryOp::ne: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x != y ? T(1) : T(0); });
     case BinaryOp::gt: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x > y ? T(1) : T(0); });
