@@ -171,6 +171,11 @@ TEST_CASE("concat and split") {
   CHECK_ERROR(concat({f32({2, 3}), f32({2, 3})}, 2), "concat", "axis 2");
   CHECK_ERROR(concat({}, 0), "concat");
   CHECK_ERROR(concat({f32({}), f32({})}, 0), "concat", "0-dimensional");
+  CHECK_ERROR(stack({f32({2, 3}), f32({3, 2})}, 0), "stack", "[3, 2]", "[2, 3]", "one shape");
+  CHECK_ERROR(stack({f32({2, 3}), f32({2, 3})}, 3), "stack", "axis 3", "[2, 3]", "-3 to 2");
+  CHECK_ERROR(stack({f32({2, 3}), f32({2, 3})}, -4), "stack", "axis -4", "[2, 3]");
+  CHECK_ERROR(stack({f32({2}), f64({2})}, 0), "stack", "f32", "f64");
+  CHECK_ERROR(stack({}, 0), "stack", "at least one");
   CHECK_ERROR(split(f32({2, 5}), {2, 2}, 1), "split", "[2, 2]", "[2, 5]");
   CHECK_ERROR(split(f32({2, 5}), {6, -1}, 1), "split", "-1");
   CHECK_ERROR(split(f32({2, 5}), {1, 1}, 2), "split", "axis 2");

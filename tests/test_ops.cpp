@@ -54,7 +54,7 @@ const std::vector<std::string> kRequiredOps = {
     "equal", "sum_to", "scaled_softmax", "scaled_dot_product_attention", "scaled_dot_product_attention_qkv",
     "linear",
     // Ops research code reaches for beyond the transformer's.
-    "sin", "cos", "maximum", "minimum", "not_equal", "greater", "less", "greater_equal", "less_equal",
+    "sin", "cos", "maximum", "minimum", "stack", "not_equal", "greater", "less", "greater_equal", "less_equal",
 };
 // clang-format on
 
@@ -394,6 +394,17 @@ Host ref_concat(const std::vector<Host>& xs, std::int64_t axis) {
     }
     FAIL("concat reference: index out of range");
     return 0.0;
+  });
+}
+
+Host ref_stack(const std::vector<Host>& xs, std::int64_t axis) {
+  const auto a = static_cast<std::size_t>(axis < 0 ? axis + static_cast<std::int64_t>(xs[0].shape.size()) + 1 : axis);
+  Shape shape = xs[0].shape;
+  shape.insert(shape.begin() + static_cast<std::ptrdiff_t>(a), static_cast<std::int64_t>(xs.size()));
+  return gather(shape, [&](const Index& i) {
+    Index src = i;
+    src.erase(src.begin() + static_cast<std::ptrdiff_t>(a));
+    return at(xs[static_cast<std::size_t>(i[a])], src);
   });
 }
 
@@ -1323,6 +1334,23 @@ std::vector<OpTest> op_table() {
          cases.push_back(make_case({F({3}, normal_values(gen, {3}))}, f(0), r(0), "a single tensor"));
          return cases;
        }});
+
+  add_entry({"stack", true, [](Generator& gen) {
+               std::vector<Case> cases;
+               auto f = [](std::int64_t axis) { return [axis](const Tensors& x) { return stack(x, axis); }; };
+               auto r = [](std::int64_t axis) { return [axis](const Hosts& x) { return ref_stack(x, axis); }; };
+               auto two_by_three = [&](Layout layout) { return F({2, 3}, normal_values(gen, {2, 3}), layout); };
+               for (std::int64_t axis : {0, 1, 2, -1, -3}) {
+                 cases.push_back(make_case(
+                     {two_by_three(Layout::contiguous), two_by_three(Layout::strided), two_by_three(Layout::contiguous)},
+                     f(axis), r(axis), "axis " + std::to_string(axis)));
+               }
+               cases.push_back(make_case({F({3, 2}, normal_values(gen, {3, 2}), Layout::transposed)}, f(1), r(1),
+                                         "a single tensor, axis 1"));
+               cases.push_back(make_case({F({}, {0.5}), F({}, {-2.0})}, f(0), r(0), "0-d tensors"));
+               cases.push_back(make_case({F({0, 2}, {}), F({0, 2}, {})}, f(1), r(1), "empty tensors"));
+               return cases;
+             }});
 
   add_entry({"split", true, [](Generator& gen) {
                std::vector<Case> cases;
