@@ -94,6 +94,13 @@ Tensor mean(const Tensor& x, const std::vector<std::int64_t>& axes = {}, bool ke
 Tensor max(const Tensor& x, const std::vector<std::int64_t>& axes = {}, bool keepdim = false);
 Tensor cumsum(const Tensor& x, std::int64_t axis);
 
+// ---- indexing (autograd/ops/indexing.cpp); indices are i64, and one outside [0, size) throws ----
+// x's entries at `index` (1-D) along `axis`: x's shape with index's length there. Any dtype; gradient to x.
+Tensor index_select(const Tensor& x, std::int64_t axis, const Tensor& index);
+// PyTorch's gather: out[p] = x[p with p[axis] = index[p]], of index's shape (x's rank, no axis longer than x's but
+// `axis`). Any dtype; the gradient is scatter-added back to x, repeated indices accumulating.
+Tensor gather(const Tensor& x, std::int64_t axis, const Tensor& index);
+
 // ---- linear algebra (autograd/ops/matmul.cpp) ----
 // 1-D, 2-D and batched: [..., M, K] @ [..., K, N] with the batch dims broadcast.
 Tensor matmul(const Tensor& a, const Tensor& b);

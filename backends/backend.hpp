@@ -149,6 +149,14 @@ class Backend {
   // gweight[ids[i], :] += gy[i, :] (gweight zeroed by the caller; repeated ids accumulate).
   virtual void embedding_backward(const Tensor& ids, const Tensor& gy, const Tensor& gweight) = 0;
 
+  // out[p] = x[p with p[axis] replaced by index[p]] at every position p of out. index (i64, each in
+  // [0, x.shape[axis]): validated by the op) has out's shape, and x's other axes are at least as long; all three
+  // strided. Any dtype.
+  virtual void gather(const Tensor& x, const Tensor& index, int axis, const Tensor& out) = 0;
+  // gather's adjoint: out[p with p[axis] replaced by index[p]] += src[p] at every position p of src (index of
+  // src's shape, as above; out zeroed by the caller; repeated indices accumulate). All three strided.
+  virtual void scatter_add(const Tensor& src, const Tensor& index, int axis, const Tensor& out) = 0;
+
   // Per-row cross-entropy of contiguous logits [rows, classes] against i64 targets [rows]. Rows whose
   // target equals ignore_index get loss 0. Writes losses [rows] and the log-sum-exp lse [rows].
   virtual void cross_entropy(const Tensor& logits, const Tensor& targets, std::int64_t ignore_index,

@@ -107,6 +107,21 @@ TEST_CASE("embedding: ids out of range or not i64") {
   CHECK_ERROR(embedding(f32({6}), ids({0})), "embedding", "[6]");
 }
 
+TEST_CASE("index_select and gather: indices out of range, of the wrong dtype or shape") {
+  const Tensor x = f32({3, 4});
+  CHECK_ERROR(index_select(x, 1, ids({0, 4})), "index_select", "index 4", "[0, 4)");
+  CHECK_ERROR(index_select(x, 0, ids({2, -1})), "index_select", "index -1", "[0, 3)");
+  CHECK_ERROR(index_select(x, 0, f32({2})), "index_select", "i64", "f32", "[2]");
+  CHECK_ERROR(index_select(x, 0, i64({2, 1})), "index_select", "1-dimensional", "[2, 1]");
+  CHECK_ERROR(index_select(x, 2, ids({0})), "index_select", "axis 2");
+  CHECK_ERROR(index_select(f32({}), 0, ids({0})), "index_select", "0-dimensional");
+  CHECK_ERROR(gather(x, 1, from_vector<std::int64_t>({0, 1, 5}, {3, 1})), "gather", "index 5", "[0, 4)");
+  CHECK_ERROR(gather(x, 0, i64({2, 5})), "gather", "[2, 5]", "[3, 4]", "axis 0");
+  CHECK_ERROR(gather(x, 1, i64({3})), "gather", "[3]", "[3, 4]", "rank");
+  CHECK_ERROR(gather(x, 1, f32({3, 1})), "gather", "i64", "f32");
+  CHECK_ERROR(gather(x, -3, i64({3, 1})), "gather", "axis -3");
+}
+
 TEST_CASE("cross_entropy: targets of the wrong shape, dtype or range") {
   const Tensor logits = f32({3, 4});
   CHECK_ERROR(cross_entropy(logits, ids({0, 1, 2, 3})), "cross_entropy", "[4]", "[3, 4]", "[3]");

@@ -54,7 +54,8 @@ const std::vector<std::string> kRequiredOps = {
     "equal", "sum_to", "scaled_softmax", "scaled_dot_product_attention", "scaled_dot_product_attention_qkv",
     "linear",
     // Ops research code reaches for beyond the transformer's.
-    "sin", "cos", "maximum", "minimum", "stack", "not_equal", "greater", "less", "greater_equal", "less_equal",
+    "sin", "cos", "maximum", "minimum", "not_equal", "greater", "less", "greater_equal", "less_equal", "stack",
+    "index_select", "gather",
 };
 // clang-format on
 
@@ -133,7 +134,7 @@ Shape broadcast(const Shape& a, const Shape& b) {
   return out;
 }
 
-Host gather(const Shape& shape, const std::function<double(const Index&)>& value) {
+Host tabulate(const Shape& shape, const std::function<double(const Index&)>& value) {
   Host out{shape, std::vector<double>(static_cast<std::size_t>(count(shape)))};
   for (std::int64_t i = 0; i < count(shape); ++i) out.v[static_cast<std::size_t>(i)] = value(unravel(i, shape));
   return out;
@@ -146,18 +147,18 @@ Host ref_map(const Host& x, const std::function<double(double)>& f) {
 }
 
 Host ref_binary(const Host& a, const Host& b, const std::function<double(double, double)>& f) {
-  return gather(broadcast(a.shape, b.shape),
+  return tabulate(broadcast(a.shape, b.shape),
                 [&](const Index& i) { return f(at(a, align(i, a.shape)), at(b, align(i, b.shape))); });
 }
 
 Host ref_where(const Host& c, const Host& a, const Host& b) {
-  return gather(broadcast(broadcast(c.shape, a.shape), b.shape), [&](const Index& i) {
+  return tabulate(broadcast(broadcast(c.shape, a.shape), b.shape), [&](const Index& i) {
     return at(c, align(i, c.shape)) != 0 ? at(a, align(i, a.shape)) : at(b, align(i, b.shape));
   });
 }
 
 Host ref_expand(const Host& x, const Shape& shape) {
-  return gather(shape, [&](const Index& i) { return at(x, align(i, x.shape)); });
+  return tabulate(shape, [&](const Index& i) { return at(x, align(i, x.shape)); });
 }
 
 Host ref_reshape(Host x, const Shape& shape) {
@@ -176,7 +177,7 @@ Host ref_matmul(Host a, Host b) {
   Shape shape = broadcast(batch_a, batch_b);
   shape.push_back(m);
   shape.push_back(n);
-  Host out = gather(shape, [&](const Index& i) {
+  Host out = tabulate(shape, [&](const Index& i) {
     const Index batch(i.begin(), i.end() - 2);
     Index ia = align(batch, batch_a), ib = align(batch, batch_b);
     ia.insert(ia.end(), {i[i.size() - 2], 0});
@@ -333,9 +334,30 @@ Host ref_embedding(const Host& w, const Host& ids) {
   const std::int64_t n = w.shape[1];
   Shape shape = ids.shape;
   shape.push_back(n);
-  return gather(shape, [&](const Index& i) {
+  return tabulate(shape, [&](const Index& i) {
     const Index id(i.begin(), i.end() - 1);
     return at(w, {static_cast<std::int64_t>(at(ids, id)), i.back()});
+  });
+}
+
+// out[p] = x[p with p[axis] = index[p]].
+Host ref_gather(const Host& x, std::int64_t axis, const Host& index) {
+  const auto a = static_cast<std::size_t>(axis < 0 ? axis + static_cast<std::int64_t>(x.shape.size()) : axis);
+  return tabulate(index.shape, [&](const Index& i) {
+    Index src = i;
+    src[a] = static_cast<std::int64_t>(at(index, i));
+    return at(x, src);
+  });
+}
+
+Host ref_index_select(const Host& x, std::int64_t axis, const Host& index) {
+  const auto a = static_cast<std::size_t>(axis < 0 ? axis + static_cast<std::int64_t>(x.shape.size()) : axis);
+  Shape shape = x.shape;
+  shape[a] = index.shape[0];
+  return tabulate(shape, [&](const Index& i) {
+    Index src = i;
+    src[a] = static_cast<std::int64_t>(index.v[static_cast<std::size_t>(i[a])]);
+    return at(x, src);
   });
 }
 
@@ -359,7 +381,7 @@ Host ref_cross_entropy(const Host& logits, const Host& targets, std::int64_t ign
 Host ref_permute(const Host& x, const std::vector<std::int64_t>& order) {
   Shape shape;
   for (auto o : order) shape.push_back(x.shape[static_cast<std::size_t>(o)]);
-  return gather(shape, [&](const Index& i) {
+  return tabulate(shape, [&](const Index& i) {
     Index src(i.size());
     for (std::size_t d = 0; d < order.size(); ++d) src[static_cast<std::size_t>(order[d])] = i[d];
     return at(x, src);
@@ -374,7 +396,7 @@ Host ref_slice(const Host& x, std::int64_t axis, std::int64_t start, std::int64_
   Shape shape = x.shape;
   shape[a] = 0;
   for (std::int64_t j = start; j < end; j += step) ++shape[a];
-  return gather(shape, [&](const Index& i) {
+  return tabulate(shape, [&](const Index& i) {
     Index src = i;
     src[a] = start + i[a] * step;
     return at(x, src);
@@ -386,7 +408,7 @@ Host ref_concat(const std::vector<Host>& xs, std::int64_t axis) {
   Shape shape = xs[0].shape;
   shape[a] = 0;
   for (const auto& x : xs) shape[a] += x.shape[a];
-  return gather(shape, [&](const Index& i) {
+  return tabulate(shape, [&](const Index& i) {
     Index src = i;
     for (const auto& x : xs) {
       if (src[a] < x.shape[a]) return at(x, src);
@@ -401,7 +423,7 @@ Host ref_stack(const std::vector<Host>& xs, std::int64_t axis) {
   const auto a = static_cast<std::size_t>(axis < 0 ? axis + static_cast<std::int64_t>(xs[0].shape.size()) + 1 : axis);
   Shape shape = xs[0].shape;
   shape.insert(shape.begin() + static_cast<std::ptrdiff_t>(a), static_cast<std::int64_t>(xs.size()));
-  return gather(shape, [&](const Index& i) {
+  return tabulate(shape, [&](const Index& i) {
     Index src = i;
     src.erase(src.begin() + static_cast<std::ptrdiff_t>(a));
     return at(xs[static_cast<std::size_t>(i[a])], src);
@@ -1182,6 +1204,54 @@ std::vector<OpTest> op_table() {
                return cases;
              }});
 
+  // Indexing: repeated indices (their gradients must add up), strided and transposed x and index, and large
+  // cases whose scatter-add runs on the threads.
+  struct IndexCase {
+    Input x;
+    std::int64_t axis;
+    Input index;
+  };
+  auto indexing_entry = [&](std::string name, std::function<Tensor(const Tensor&, std::int64_t, const Tensor&)> op,
+                            std::function<Host(const Host&, std::int64_t, const Host&)> reference,
+                            std::function<std::vector<IndexCase>(Generator&)> inputs) {
+    add_entry({name, true, [=](Generator& gen) {
+                 std::vector<Case> cases;
+                 for (const auto& [x, axis, index] : inputs(gen)) {
+                   const std::int64_t a = axis;
+                   cases.push_back(make_case(
+                       {x, index}, [op, a](const Tensors& t) { return op(t[0], a, t[1]); },
+                       [reference, a](const Hosts& h) { return reference(h[0], a, h[1]); },
+                       "axis " + std::to_string(a), count(x.shape) < 10000));  // large ones: no gradcheck
+                 }
+                 return cases;
+               }});
+  };
+  indexing_entry("index_select", index_select, ref_index_select, [](Generator& gen) {
+    return std::vector<IndexCase>{
+        {F({5, 3}, normal_values(gen, {5, 3})), 0, Int({4}, {4, 0, 4, 2})},
+        {F({3, 5}, normal_values(gen, {3, 5}), Layout::transposed), 1, Int({3}, {1, 1, 3})},
+        {F({2, 3, 4}, normal_values(gen, {2, 3, 4}), Layout::strided), -1, Int({5}, {3, 0, 3, 3, 1}, Layout::strided)},
+        {F({2, 3, 4}, normal_values(gen, {2, 3, 4})), 1, Int({2}, {2, 0})},
+        {F({4}, normal_values(gen, {4})), 0, Int({0}, {})},
+        {F({300, 200}, normal_values(gen, {300, 200})), 0, Int({400}, id_values(gen, {400}, 300))},
+        {F({200, 300}, normal_values(gen, {200, 300}), Layout::transposed), 1, Int({256}, id_values(gen, {256}, 300))},
+    };
+  });
+  indexing_entry("gather", gather, ref_gather, [](Generator& gen) {
+    return std::vector<IndexCase>{
+        {F({3, 4}, normal_values(gen, {3, 4})), 1, Int({3, 2}, {3, 3, 0, 1, 2, 2})},
+        // The index longer than x along the axis and shorter across it.
+        {F({4, 5}, normal_values(gen, {4, 5}), Layout::transposed), 0, Int({6, 3}, id_values(gen, {6, 3}, 4))},
+        {F({2, 3, 4}, normal_values(gen, {2, 3, 4}), Layout::strided), -1,
+         Int({2, 3, 3}, id_values(gen, {2, 3, 3}, 4), Layout::transposed)},
+        {F({2, 3, 4}, normal_values(gen, {2, 3, 4})), 1, Int({1, 4, 2}, id_values(gen, {1, 4, 2}, 3))},
+        {F({3, 2}, normal_values(gen, {3, 2})), 0, Int({0, 2}, {})},
+        {F({200, 300}, normal_values(gen, {200, 300})), 1, Int({200, 100}, id_values(gen, {200, 100}, 300))},
+        {F({300, 200}, normal_values(gen, {300, 200}), Layout::transposed), 0,
+         Int({500, 150}, id_values(gen, {500, 150}, 300))},
+    };
+  });
+
   add_entry({"cross_entropy", true, [](Generator& gen) {
                std::vector<Case> cases;
                auto with = [](std::int64_t ignore) {
@@ -1242,7 +1312,8 @@ std::vector<OpTest> op_table() {
       {"masked_fill", true, [](Generator& gen) {
          std::vector<Case> cases;
          auto causal = [](const Host& x, double value) {
-           return gather(x.shape, [&](const Index& i) { return i[i.size() - 1] > i[i.size() - 2] ? value : at(x, i); });
+           return tabulate(x.shape,
+                           [&](const Index& i) { return i[i.size() - 1] > i[i.size() - 2] ? value : at(x, i); });
          };
          // A finite fill keeps gradcheck's projection finite; -inf (attention's value) is checked
          // forward and against the f64 backward.
@@ -1339,11 +1410,10 @@ std::vector<OpTest> op_table() {
                std::vector<Case> cases;
                auto f = [](std::int64_t axis) { return [axis](const Tensors& x) { return stack(x, axis); }; };
                auto r = [](std::int64_t axis) { return [axis](const Hosts& x) { return ref_stack(x, axis); }; };
-               auto two_by_three = [&](Layout layout) { return F({2, 3}, normal_values(gen, {2, 3}), layout); };
+               auto part = [&](Layout layout) { return F({2, 3}, normal_values(gen, {2, 3}), layout); };
                for (std::int64_t axis : {0, 1, 2, -1, -3}) {
-                 cases.push_back(make_case(
-                     {two_by_three(Layout::contiguous), two_by_three(Layout::strided), two_by_three(Layout::contiguous)},
-                     f(axis), r(axis), "axis " + std::to_string(axis)));
+                 cases.push_back(make_case({part(Layout::contiguous), part(Layout::strided), part(Layout::contiguous)},
+                                           f(axis), r(axis), "axis " + std::to_string(axis)));
                }
                cases.push_back(make_case({F({3, 2}, normal_values(gen, {3, 2}), Layout::transposed)}, f(1), r(1),
                                          "a single tensor, axis 1"));
@@ -1848,6 +1918,19 @@ TEST_CASE("maximum and minimum: ties share the gradient equally, NaN propagates"
   }
 }
 
+TEST_CASE("index_select and gather take any dtype: i64 values come through exactly") {
+  const std::vector<std::int64_t> values = {10, 11, 12, 20, 21, 22};  // [2, 3]
+  for (const auto& d : ellipse::testing::available_devices()) {
+    INFO("device ", d.device.str());
+    const Tensor x = from_vector(values, {2, 3}).to(d.device);
+    const Tensor picked = index_select(x, 1, from_vector<std::int64_t>({2, 0, 2}, {3}).to(d.device));
+    CHECK(picked.dtype() == DType::i64);
+    CHECK(picked.to_vector<std::int64_t>() == std::vector<std::int64_t>{12, 10, 12, 22, 20, 22});
+    const Tensor gathered = gather(x, 0, from_vector<std::int64_t>({1, 0, 1}, {1, 3}).to(d.device));
+    CHECK(gathered.to_vector<std::int64_t>() == std::vector<std::int64_t>{20, 11, 22});
+  }
+}
+
 TEST_CASE("causal_mask and masked attention scores") {
   for (const auto& d : ellipse::testing::available_devices()) {
     INFO("device ", d.device.str());
@@ -2038,17 +2121,19 @@ TEST_CASE("thread pool: a child of fork() runs regions on workers of its own") {
 TEST_CASE("kernels give the same results on one thread and on all threads") {
   // The large table cases run with every thread; here the same ops run again on one thread. A kernel
   // that splits work wrongly between threads (races on repeated embedding ids, lost layer-norm partial
-  // sums, column sums split into blocks of columns) shows up as a difference.
+  // sums, column sums split into blocks of columns, repeated indices in a scatter-add) shows up as a difference.
   Generator gen(77);
   const Tensor x = randn({256, 300}, gen, DType::f64);
   const Tensor w = randn({300}, gen, DType::f64), b = randn({300}, gen, DType::f64);
   const Tensor table = randn({50, 600}, gen, DType::f64);
   const Tensor ids = randint({512}, 50, gen);
+  const Tensor columns = randint({512}, 300, gen);
   auto run = [&] {
     std::vector<std::vector<double>> results;
     Tensor xl = x.detach().requires_grad_(), wl = w.detach().requires_grad_(), tl = table.detach().requires_grad_();
     Tensor loss = sum(layer_norm(xl, wl, b, 1e-5) * softmax(xl, 0)) + sum(cumsum(xl, 1)) / 7.0 +
-                  sum(pow(embedding(tl, ids), 2.0)) + mean(max(xl, {0})) + sum(pow(sum(xl, {0}), 2.0));
+                  sum(pow(embedding(tl, ids), 2.0)) + mean(max(xl, {0})) + sum(pow(sum(xl, {0}), 2.0)) +
+                  sum(pow(index_select(xl, 1, columns), 2.0));
     loss.backward();
     results.push_back({loss.item()});
     results.push_back(xl.grad().to_vector<double>());
