@@ -100,6 +100,16 @@ Tensor index_select(const Tensor& x, std::int64_t axis, const Tensor& index);
 // PyTorch's gather: out[p] = x[p with p[axis] = index[p]], of index's shape (x's rank, no axis longer than x's but
 // `axis`). Any dtype; the gradient is scatter-added back to x, repeated indices accumulating.
 Tensor gather(const Tensor& x, std::int64_t axis, const Tensor& index);
+// The k largest entries of x along `axis` (the k smallest unless `largest`), best first, and their i64 indices: both
+// x's shape with k at axis. NaN ranks above every number; equal entries keep their index order. The gradient of
+// values goes back to the entries picked (gather's).
+struct TopK {
+  Tensor values, indices;
+};
+TopK topk(const Tensor& x, std::int64_t k, std::int64_t axis = -1, bool largest = true);
+// The i64 index of the largest entry along `axis` (the first among equals; NaN ranks highest): x's shape without
+// the axis (kept as 1 with keepdim). No gradient.
+Tensor argmax(const Tensor& x, std::int64_t axis, bool keepdim = false);
 
 // ---- linear algebra (autograd/ops/matmul.cpp) ----
 // 1-D, 2-D and batched: [..., M, K] @ [..., K, N] with the batch dims broadcast.

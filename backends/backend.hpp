@@ -157,6 +157,12 @@ class Backend {
   // src's shape, as above; out zeroed by the caller; repeated indices accumulate). All three strided.
   virtual void scatter_add(const Tensor& src, const Tensor& index, int axis, const Tensor& out) = 0;
 
+  // The indices of the k largest entries (the k smallest unless `largest`) along the middle axis of contiguous x
+  // [outer, n, inner] (k <= n), best first, into contiguous i64 indices [outer, k, inner]. NaN ranks above every
+  // number; equal entries keep their index order.
+  virtual void topk(const Tensor& x, const Tensor& indices, std::int64_t outer, std::int64_t n, std::int64_t inner,
+                    std::int64_t k, bool largest) = 0;
+
   // Per-row cross-entropy of contiguous logits [rows, classes] against i64 targets [rows]. Rows whose
   // target equals ignore_index get loss 0. Writes losses [rows] and the log-sum-exp lse [rows].
   virtual void cross_entropy(const Tensor& logits, const Tensor& targets, std::int64_t ignore_index,

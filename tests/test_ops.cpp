@@ -55,7 +55,7 @@ const std::vector<std::string> kRequiredOps = {
     "linear",
     // Ops research code reaches for beyond the transformer's.
     "sin", "cos", "maximum", "minimum", "not_equal", "greater", "less", "greater_equal", "less_equal", "stack",
-    "index_select", "gather",
+    "index_select", "gather", "topk", "argmax",
 };
 // clang-format on
 
@@ -361,6 +361,31 @@ Host ref_index_select(const Host& x, std::int64_t axis, const Host& index) {
   });
 }
 
+// The k largest (smallest) entries along `axis` and their indices: a stable sort of each lane, NaN ranked highest.
+std::vector<Host> ref_topk(const Host& x, std::int64_t k, std::int64_t axis, bool largest) {
+  const Lanes l = lanes(x.shape, axis);
+  Shape shape = x.shape;
+  shape[static_cast<std::size_t>(axis < 0 ? axis + static_cast<std::int64_t>(shape.size()) : axis)] = k;
+  Host values{shape, std::vector<double>(static_cast<std::size_t>(count(shape)))}, indices = values;
+  for (std::int64_t o = 0; o < l.outer; ++o)
+    for (std::int64_t i = 0; i < l.inner; ++i) {
+      auto value = [&](std::int64_t j) { return x.v[static_cast<std::size_t>((o * l.n + j) * l.inner + i)]; };
+      std::vector<std::int64_t> order(static_cast<std::size_t>(l.n));
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+        const double va = value(a), vb = value(b);
+        if (std::isnan(va) || std::isnan(vb)) return largest ? !std::isnan(vb) : !std::isnan(va);
+        return largest ? va > vb : va < vb;
+      });
+      for (std::int64_t r = 0; r < k; ++r) {
+        const auto at_r = static_cast<std::size_t>((o * k + r) * l.inner + i);
+        indices.v[at_r] = static_cast<double>(order[static_cast<std::size_t>(r)]);
+        values.v[at_r] = value(order[static_cast<std::size_t>(r)]);
+      }
+    }
+  return {values, indices};
+}
+
 Host ref_cross_entropy(const Host& logits, const Host& targets, std::int64_t ignore_index) {
   const std::int64_t classes = logits.shape.back(), rows = count(logits.shape) / classes;
   double total = 0;
@@ -575,6 +600,7 @@ struct Case {
   Reference reference;
   bool gradcheck = true;    // false for large cases: finite differences over them would be slow
   bool keeps_dtype = true;  // the outputs have the floating inputs' dtype
+  std::set<std::size_t> index_outputs;  // outputs of i64 indices: compared exactly, no gradient
   double f32_tolerance = kF32Tolerance;
   GradcheckOptions grad_options = default_grad_options();
 };
@@ -1252,6 +1278,71 @@ std::vector<OpTest> op_table() {
     };
   });
 
+  // Ranking: values with ties and NaN (forward and f32 backward only: no derivative where entries tie), a lane
+  // taken whole (k = n), none (k = 0), and large cases on the threads.
+  struct RankCase {
+    Input x;
+    std::int64_t k, axis;
+    bool largest;
+    bool ties = false;  // equal entries: no derivative there, so no gradcheck
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<double> ties = {0.5, -1, 0.5, 2, nan, -1, 0.5, nan, 2, 0.25, -1, 3};
+  auto ranking_cases = [ties](Generator& gen) {
+    return std::vector<RankCase>{
+        {F({3, 6}, distinct_values(gen, {3, 6})), 3, -1, true},
+        {F({4, 5}, distinct_values(gen, {4, 5}), Layout::transposed), 2, 0, false},
+        {F({2, 3, 7}, distinct_values(gen, {2, 3, 7}), Layout::strided), 3, 1, true},
+        {F({2, 5}, distinct_values(gen, {2, 5})), 5, 1, false},
+        {F({3, 4}, distinct_values(gen, {3, 4})), 0, 1, true},
+        {F({2, 6}, ties), 4, 1, true, true},
+        {F({2, 6}, ties), 6, -1, false, true},
+        {F({3, 4}, ties, Layout::transposed), 2, 0, true, true},
+        {F({100, 1000}, distinct_values(gen, {100, 1000})), 10, -1, true},
+        {F({600, 50}, distinct_values(gen, {600, 50})), 5, 0, false},
+    };
+  };
+  auto rank_label = [](const RankCase& r) {
+    return fmt::format("axis {} {}", r.axis, r.largest ? "largest" : "smallest");
+  };
+  add_entry({"topk", true, [=](Generator& gen) {
+               std::vector<Case> cases;
+               for (const auto& r : ranking_cases(gen)) {
+                 Case c;
+                 c.inputs = {r.x};
+                 c.label = label_of(c.inputs, fmt::format("k {} {}", r.k, rank_label(r)));
+                 c.forward = [r](const Tensors& t) {
+                   const TopK top = topk(t[0], r.k, r.axis, r.largest);
+                   return Tensors{top.values, top.indices};
+                 };
+                 c.reference = [r](const Hosts& h) { return ref_topk(h[0], r.k, r.axis, r.largest); };
+                 c.index_outputs = {1};
+                 c.gradcheck = !r.ties && count(r.x.shape) < 10000;
+                 cases.push_back(c);
+               }
+               return cases;
+             }});
+  add_entry({"argmax", false, [=](Generator& gen) {
+               std::vector<Case> cases;
+               for (const auto& r : ranking_cases(gen)) {
+                 if (!r.largest || r.k == 0) continue;
+                 for (bool keepdim : {false, true}) {
+                   Case c = make_case(
+                       {r.x}, [r, keepdim](const Tensors& t) { return argmax(t[0], r.axis, keepdim); },
+                       [r, keepdim](const Hosts& h) {
+                         Host index = ref_topk(h[0], 1, r.axis, true)[1];
+                         const auto rank = static_cast<std::int64_t>(h[0].shape.size());
+                         if (!keepdim) index.shape.erase(index.shape.begin() + (r.axis < 0 ? r.axis + rank : r.axis));
+                         return index;
+                       },
+                       rank_label(r) + (keepdim ? " keepdim" : ""));
+                   c.index_outputs = {0};
+                   cases.push_back(c);
+                 }
+               }
+               return cases;
+             }});
+
   add_entry({"cross_entropy", true, [](Generator& gen) {
                std::vector<Case> cases;
                auto with = [](std::int64_t ignore) {
@@ -1679,15 +1770,17 @@ double max_error(const Host& got, const Host& want) {
   return worst;
 }
 
-void check_outputs(const Tensors& got, const Hosts& want, DType dtype, Device device, bool keeps_dtype,
-                   double tolerance) {
+void check_outputs(const Case& c, const Tensors& got, const Hosts& want, DType dtype, Device device) {
   REQUIRE(got.size() == want.size());
   for (std::size_t k = 0; k < got.size(); ++k) {
     INFO("output ", k);
     REQUIRE(got[k].defined());
     CHECK(got[k].device() == device);
-    if (keeps_dtype) CHECK(dtype_name(got[k].dtype()) == dtype_name(dtype));
+    const bool indices = c.index_outputs.count(k) > 0;
+    if (indices) CHECK(dtype_name(got[k].dtype()) == dtype_name(DType::i64));
+    else if (c.keeps_dtype) CHECK(dtype_name(got[k].dtype()) == dtype_name(dtype));
     REQUIRE(to_string(got[k].shape()) == to_string(want[k].shape));
+    const double tolerance = indices ? 0.0 : dtype == DType::f32 ? c.f32_tolerance : kF64Tolerance;
     const double error = max_error(to_host(got[k]), want[k]);
     CHECK_MESSAGE(error <= tolerance, "forward error ", error, " above ", tolerance);
   }
@@ -1700,7 +1793,12 @@ std::vector<Host> backward_grads(const Case& c, DType dtype, Device device) {
   const Tensors outputs = c.forward(inputs);
   Generator gen(99);
   Tensor loss;
-  for (const auto& out : outputs) {
+  for (std::size_t k = 0; k < outputs.size(); ++k) {
+    const Tensor& out = outputs[k];
+    if (c.index_outputs.count(k)) {
+      CHECK_FALSE(out.requires_grad());
+      continue;
+    }
     REQUIRE(out.requires_grad());
     const Tensor direction = uniform(out.shape(), 0.5, 1.5, gen, out.dtype(), device);
     const Tensor term = sum(out * direction);
@@ -1723,11 +1821,11 @@ double run_gradcheck(const Case& c) {
   Tensors inputs;
   for (const auto& in : c.inputs) inputs.push_back(materialize(in, DType::f64, Device::cpu(), true));
   auto f = [&](const Tensors& xs) {
-    Tensors outs = c.forward(xs);
-    if (outs.size() == 1) return outs[0];
+    const Tensors outs = c.forward(xs);
     Tensors flat;
-    for (const auto& o : outs) flat.push_back(reshape(o, {-1}));
-    return concat(flat, 0);
+    for (std::size_t k = 0; k < outs.size(); ++k)
+      if (!c.index_outputs.count(k)) flat.push_back(reshape(outs[k], {-1}));
+    return flat.size() == 1 ? flat[0] : concat(flat, 0);
   };
   const GradcheckResult result = gradcheck(f, inputs, c.grad_options);
   INFO("worst: ", result.worst);
@@ -1741,7 +1839,7 @@ TEST_CASE("ops: the table's list of ops matches what autograd/ops.hpp declares")
   std::ifstream header(ELLIPSE_SOURCE_DIR "/autograd/ops.hpp");
   REQUIRE_MESSAGE(header.good(), "cannot read " ELLIPSE_SOURCE_DIR "/autograd/ops.hpp");
   // Declarations start a line with their return type: "Tensor add(const Tensor& a, ...".
-  const std::regex declaration(R"(^(?:Tensor|std::vector<Tensor>|EllipticalMetric) ([a-z_0-9]+)\()");
+  const std::regex declaration(R"(^(?:Tensor|std::vector<Tensor>|EllipticalMetric|TopK) ([a-z_0-9]+)\()");
   std::set<std::string> declared;
   for (std::string line; std::getline(header, line);) {
     std::smatch match;
@@ -1806,8 +1904,7 @@ TEST_CASE("ops: every op, forward and backward, on every backend") {
             }
             const Tensors outputs = c.forward(inputs);
             for (const auto& out : outputs) CHECK_FALSE(out.requires_grad());
-            check_outputs(outputs, c.reference(hosts), dtype, d.device, c.keeps_dtype,
-                          dtype == DType::f32 ? c.f32_tolerance : kF64Tolerance);
+            check_outputs(c, outputs, c.reference(hosts), dtype, d.device);
           }
           if (op.differentiable) {
             // The f32 backward on this device against the f64 backward on the CPU (checked by gradcheck).
@@ -2133,7 +2230,7 @@ TEST_CASE("kernels give the same results on one thread and on all threads") {
     Tensor xl = x.detach().requires_grad_(), wl = w.detach().requires_grad_(), tl = table.detach().requires_grad_();
     Tensor loss = sum(layer_norm(xl, wl, b, 1e-5) * softmax(xl, 0)) + sum(cumsum(xl, 1)) / 7.0 +
                   sum(pow(embedding(tl, ids), 2.0)) + mean(max(xl, {0})) + sum(pow(sum(xl, {0}), 2.0)) +
-                  sum(pow(index_select(xl, 1, columns), 2.0));
+                  sum(pow(index_select(xl, 1, columns), 2.0)) + sum(pow(topk(xl, 5, 0).values, 2.0));
     loss.backward();
     results.push_back({loss.item()});
     results.push_back(xl.grad().to_vector<double>());

@@ -1,4 +1,5 @@
-// Indexing: gather and index_select (a gather with the index broadcast), whose gradients are scatter-adds.
+// Indexing: gather and index_select (a gather with the index broadcast), whose gradients are scatter-adds; topk
+// (its indices from a kernel, its values their gather) and argmax (topk's first index).
 #include <optional>
 
 #include "autograd/ops/common.hpp"
@@ -27,6 +28,24 @@ Tensor gather_checked(std::string_view op, const Tensor& x, int axis, const Tens
   });
 }
 
+// The indices of the k largest (smallest) entries of x along `axis`, best first: x's shape with k there (no graph).
+Tensor topk_indices(const Tensor& x, std::int64_t k, int axis, bool largest) {
+  const auto split = detail::split_at(x.shape(), axis);
+  Shape shape = x.shape();
+  shape[axis] = k;
+  Tensor indices = empty(shape, DType::i64, x.device());
+  backend_for(x.device()).topk(contiguous(x.detach()), indices, split.outer, split.n, split.inner, k, largest);
+  return indices;
+}
+
+// Checks x for topk and argmax; returns the axis in [0, x.dim()).
+int check_ranking(std::string_view op, const Tensor& x, std::int64_t axis) {
+  detail::check_defined(op, {&x});
+  detail::check_floating(op, x);
+  ELLIPSE_CHECK(x.dim() > 0, "{}: cannot rank the entries of a 0-dimensional tensor", op);
+  return normalize_axis(axis, x.dim(), op);
+}
+
 }  // namespace
 
 Tensor gather(const Tensor& x, std::int64_t axis_in, const Tensor& index) {
@@ -47,6 +66,22 @@ Tensor index_select(const Tensor& x, std::int64_t axis_in, const Tensor& index) 
   Shape line(static_cast<std::size_t>(x.dim()), 1), shape = x.shape();
   line[axis] = shape[axis] = index.shape()[0];
   return gather_checked("index_select", x, axis, index.detach().reshape(line).expand(shape));
+}
+
+TopK topk(const Tensor& x, std::int64_t k, std::int64_t axis_in, bool largest) {
+  const int axis = check_ranking("topk", x, axis_in);
+  const std::int64_t n = x.shape()[axis];
+  ELLIPSE_CHECK(k >= 0 && k <= n, "topk: k = {} is out of range for axis {} of size {} (shape {})", k, axis, n,
+                to_string(x.shape()));
+  const Tensor indices = topk_indices(x, k, axis, largest);
+  return {.values = gather_checked("topk", x, axis, indices), .indices = indices};
+}
+
+Tensor argmax(const Tensor& x, std::int64_t axis_in, bool keepdim) {
+  const int axis = check_ranking("argmax", x, axis_in);
+  ELLIPSE_CHECK(x.shape()[axis] > 0, "argmax: axis {} of shape {} is empty", axis, to_string(x.shape()));
+  const Tensor index = topk_indices(x, 1, axis, true);
+  return keepdim ? index : index.squeeze(axis);
 }
 
 }  // namespace ellipse

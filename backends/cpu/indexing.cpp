@@ -1,6 +1,10 @@
-// CPU kernels: gather and its adjoint scatter_add.
+// CPU kernels: gather and its adjoint scatter_add, topk's indices.
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <numeric>
+#include <utility>
+#include <vector>
 
 #include "backends/cpu/cpu_backend.hpp"
 #include "backends/cpu/parallel.hpp"
@@ -56,6 +60,31 @@ void CpuBackend::scatter_add(const Tensor& src, const Tensor& index, int axis, c
             const auto& [s0, i0, o0] = starts[l];
             o[o0 + id[i0 + j * index_step] * out_step] += s[s0 + j * src_step];
           }
+      }
+    });
+  });
+}
+
+void CpuBackend::topk(const Tensor& x, const Tensor& indices, std::int64_t outer, std::int64_t n, std::int64_t inner,
+                      std::int64_t k, bool largest) {
+  dispatch_floating(x.dtype(), "topk", [&](auto tag) {
+    using T = decltype(tag);
+    auto above = [](T a, T b) { return (std::isnan(a) && !std::isnan(b)) || a > b; };  // NaN ranks highest
+    // One lane per (outer, inner) pair; its n entries are `inner` apart.
+    cpu::parallel_for(outer * inner, n, [&](std::int64_t begin, std::int64_t end) {
+      std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+      for (std::int64_t lane = begin; lane < end; ++lane) {
+        const T* in = x.data<T>() + lane / inner * n * inner + lane % inner;
+        std::int64_t* out = indices.data<std::int64_t>() + lane / inner * k * inner + lane % inner;
+        // A strict total order: the better value first, the lower index between equals.
+        auto first = [&](std::int64_t a, std::int64_t b) {
+          T va = in[a * inner], vb = in[b * inner];
+          if (!largest) std::swap(va, vb);  // smallest first: a is better when b's value ranks above a's
+          return above(va, vb) || (!above(vb, va) && a < b);
+        };
+        std::iota(order.begin(), order.end(), std::int64_t{0});
+        std::partial_sort(order.begin(), order.begin() + k, order.end(), first);
+        for (std::int64_t r = 0; r < k; ++r) out[r * inner] = order[static_cast<std::size_t>(r)];
       }
     });
   });

@@ -63,6 +63,8 @@ class CudaBackend final : public Backend {
   void embedding_backward(const Tensor& ids, const Tensor& gy, const Tensor& gweight) override;
   void gather(const Tensor& x, const Tensor& index, int axis, const Tensor& out) override;
   void scatter_add(const Tensor& src, const Tensor& index, int axis, const Tensor& out) override;
+  void topk(const Tensor& x, const Tensor& indices, std::int64_t outer, std::int64_t n, std::int64_t inner,
+            std::int64_t k, bool largest) override;
   void cross_entropy(const Tensor& logits, const Tensor& targets, std::int64_t ignore_index, const Tensor& losses,
                      const Tensor& lse) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,

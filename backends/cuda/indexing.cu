@@ -1,5 +1,5 @@
-// CUDA kernels: gather and its adjoint scatter_add. No float atomics: scatter_add gives each line along the axis
-// to one thread, which adds in order, so results repeat exactly and match the CPU's sums.
+// CUDA kernels: gather and its adjoint scatter_add, topk's indices. No float atomics: scatter_add gives each line
+// along the axis to one thread, which adds in order, so results repeat exactly and match the CPU's sums.
 #include <cstdint>
 
 #include "backends/cuda/common.cuh"
@@ -7,6 +7,7 @@
 namespace ellipse {
 
 using cuda::for_each_strided;
+using cuda::for_range;
 
 namespace {
 
@@ -42,6 +43,47 @@ void scatter_add_typed(const cuda::DeviceState& state, const Tensor& src, const 
                       });
 }
 
+template <class T>
+__device__ bool ranks_above(T a, T b) {
+  return (isnan(a) && !isnan(b)) || a > b;  // NaN ranks highest
+}
+
+// Whether entry a of a topk lane comes before entry b, as on the CPU: the better value first, the lower index
+// between equals.
+template <class T>
+__device__ bool topk_first(const T* lane, std::int64_t inner, std::int64_t a, std::int64_t b, bool largest) {
+  T va = lane[a * inner], vb = lane[b * inner];
+  if (!largest) {  // smallest first: a is better when b's value ranks above a's
+    const T swapped = va;
+    va = vb;
+    vb = swapped;
+  }
+  return ranks_above(va, vb) || (!ranks_above(vb, va) && a < b);
+}
+
+// One thread per lane picks its k entries in order, each the first of those after the previous pick: k passes over
+// the lane, no scratch memory.
+template <class T>
+void topk_typed(const cuda::DeviceState& state, const Tensor& x, const Tensor& indices, std::int64_t outer,
+                std::int64_t n, std::int64_t inner, std::int64_t k, bool largest) {
+  const T* src = x.data<T>();
+  std::int64_t* dst = indices.data<std::int64_t>();
+  for_range(state, "topk", outer * inner, [=] __device__(std::int64_t lane) {
+    const T* in = src + lane / inner * n * inner + lane % inner;
+    std::int64_t* out = dst + lane / inner * k * inner + lane % inner;
+    std::int64_t previous = -1;
+    for (std::int64_t r = 0; r < k; ++r) {
+      std::int64_t best = -1;
+      for (std::int64_t j = 0; j < n; ++j) {
+        if (previous >= 0 && !topk_first(in, inner, previous, j, largest)) continue;
+        if (best < 0 || topk_first(in, inner, j, best, largest)) best = j;
+      }
+      out[r * inner] = best;
+      previous = best;
+    }
+  });
+}
+
 }  // namespace
 
 void CudaBackend::gather(const Tensor& x, const Tensor& index, int axis, const Tensor& out) {
@@ -51,6 +93,12 @@ void CudaBackend::gather(const Tensor& x, const Tensor& index, int axis, const T
 void CudaBackend::scatter_add(const Tensor& src, const Tensor& index, int axis, const Tensor& out) {
   dispatch_floating(out.dtype(), "scatter_add",
                     [&](auto tag) { scatter_add_typed<decltype(tag)>(*state_, src, index, axis, out); });
+}
+
+void CudaBackend::topk(const Tensor& x, const Tensor& indices, std::int64_t outer, std::int64_t n, std::int64_t inner,
+                       std::int64_t k, bool largest) {
+  dispatch_floating(x.dtype(), "topk",
+                    [&](auto tag) { topk_typed<decltype(tag)>(*state_, x, indices, outer, n, inner, k, largest); });
 }
 
 }  // namespace ellipse
