@@ -110,6 +110,9 @@ TopK topk(const Tensor& x, std::int64_t k, std::int64_t axis = -1, bool largest 
 // The i64 index of the largest entry along `axis` (the first among equals; NaN ranks highest): x's shape without
 // the axis (kept as 1 with keepdim). No gradient.
 Tensor argmax(const Tensor& x, std::int64_t axis, bool keepdim = false);
+// A random permutation of 0..n-1, i64 [n], drawn from gen (one permutation per seed on every device); e.g. rows
+// shuffled by index_select(x, 0, randperm(n, gen)).
+Tensor randperm(std::int64_t n, Generator& gen = default_generator(), Device device = Device::cpu());
 
 // ---- linear algebra (autograd/ops/matmul.cpp) ----
 // 1-D, 2-D and batched: [..., M, K] @ [..., K, N] with the batch dims broadcast.

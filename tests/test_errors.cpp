@@ -122,7 +122,7 @@ TEST_CASE("index_select and gather: indices out of range, of the wrong dtype or 
   CHECK_ERROR(gather(x, -3, i64({3, 1})), "gather", "axis -3");
 }
 
-TEST_CASE("topk and argmax: k out of range, empty or missing axes, integer inputs") {
+TEST_CASE("topk, argmax and randperm: k out of range, empty or missing axes, integer inputs, negative sizes") {
   const Tensor x = f32({3, 4});
   CHECK_ERROR(topk(x, 5), "topk", "k = 5", "axis 1", "size 4", "[3, 4]");
   CHECK_ERROR(topk(x, -1, 0), "topk", "k = -1", "axis 0", "size 3");
@@ -132,6 +132,7 @@ TEST_CASE("topk and argmax: k out of range, empty or missing axes, integer input
   CHECK_ERROR(argmax(f32({2, 0}), 1), "argmax", "axis 1", "[2, 0]", "empty");
   CHECK_ERROR(argmax(x, -3), "argmax", "axis -3");
   CHECK_ERROR(argmax(i64({3}), 0), "argmax", "i64", "[3]");
+  CHECK_ERROR(randperm(-1), "randperm", "-1");
 }
 
 TEST_CASE("cross_entropy: targets of the wrong shape, dtype or range") {

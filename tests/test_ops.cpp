@@ -65,6 +65,7 @@ const std::map<std::string, std::string> kOpsOutsideTable = {
     {"elliptical_metric", "a stop-gradient; tests/test_attention.cpp checks it against the composition of ops"},
     {"causal_mask", "builds a constant from a size: no input to compare or differentiate"},
     {"to_device", "moves a tensor between devices; tests/test_device.cpp checks every pair"},
+    {"randperm", "draws from a Generator, with no input to compare or differentiate; a test case of its own below"},
 };
 
 constexpr double kF32Tolerance = 1e-5;      // forward, f32, relative (absolute below magnitude 1)
@@ -2025,6 +2026,28 @@ TEST_CASE("index_select and gather take any dtype: i64 values come through exact
     CHECK(picked.to_vector<std::int64_t>() == std::vector<std::int64_t>{12, 10, 12, 22, 20, 22});
     const Tensor gathered = gather(x, 0, from_vector<std::int64_t>({1, 0, 1}, {1, 3}).to(d.device));
     CHECK(gathered.to_vector<std::int64_t>() == std::vector<std::int64_t>{20, 11, 22});
+  }
+}
+
+TEST_CASE("randperm: a permutation of 0..n-1, one per seed, another for another seed") {
+  for (const auto& d : ellipse::testing::available_devices()) {
+    INFO("device ", d.device.str());
+    Generator a(3), b(3), c(4);
+    const Tensor perm = randperm(50, a, d.device);
+    CHECK(perm.dtype() == DType::i64);
+    CHECK(perm.device() == d.device);
+    const auto values = perm.to_vector<std::int64_t>();
+    auto sorted = values;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<std::int64_t> identity(50);
+    std::iota(identity.begin(), identity.end(), 0);
+    CHECK(sorted == identity);
+    CHECK(values != identity);
+    CHECK(randperm(50, b, d.device).to_vector<std::int64_t>() == values);
+    CHECK(randperm(50, c, d.device).to_vector<std::int64_t>() != values);
+    CHECK(randperm(50, a, d.device).to_vector<std::int64_t>() != values);  // the generator moved on
+    CHECK(randperm(0, a, d.device).shape() == Shape{0});
+    CHECK(randperm(1, a, d.device).to_vector<std::int64_t>() == std::vector<std::int64_t>{0});
   }
 }
 

@@ -1,6 +1,8 @@
 // Indexing: gather and index_select (a gather with the index broadcast), whose gradients are scatter-adds; topk
-// (its indices from a kernel, its values their gather) and argmax (topk's first index).
+// (its indices from a kernel, its values their gather) and argmax (topk's first index); randperm.
+#include <numeric>
 #include <optional>
+#include <utility>
 
 #include "autograd/ops/common.hpp"
 
@@ -82,6 +84,16 @@ Tensor argmax(const Tensor& x, std::int64_t axis_in, bool keepdim) {
   ELLIPSE_CHECK(x.shape()[axis] > 0, "argmax: axis {} of shape {} is empty", axis, to_string(x.shape()));
   const Tensor index = topk_indices(x, 1, axis, true);
   return keepdim ? index : index.squeeze(axis);
+}
+
+Tensor randperm(std::int64_t n, Generator& gen, Device device) {
+  ELLIPSE_CHECK(n >= 0, "randperm: n must be non-negative, got {}", n);
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+  std::iota(order.begin(), order.end(), std::int64_t{0});
+  // Fisher-Yates on the host with gen's integers: a seed gives one permutation on every device and platform.
+  for (std::int64_t i = n - 1; i > 0; --i)
+    std::swap(order[static_cast<std::size_t>(i)], order[static_cast<std::size_t>(gen.integer(i + 1))]);
+  return from_vector(order, {n}, device);
 }
 
 }  // namespace ellipse
