@@ -27,7 +27,7 @@ Tensor clone(const Tensor& x);       // always a fresh contiguous copy
 Tensor to_dtype(const Tensor& x, DType dtype);
 Tensor to_device(const Tensor& x, Device device);
 Tensor concat(const std::vector<Tensor>& xs, std::int64_t axis);
-// Tensors of one shape [...] along a new axis: [..., len(xs) at axis, ...]; axis from -(dim + 1) to dim.
+// Tensors of one shape side by side along a new axis (-(dim + 1) to dim): that shape with len(xs) inserted at axis.
 Tensor stack(const std::vector<Tensor>& xs, std::int64_t axis);
 std::vector<Tensor> split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t axis);
 // Sums `x` over broadcast dimensions down to `shape` (the adjoint of expand).
