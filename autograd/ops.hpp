@@ -27,6 +27,8 @@ Tensor clone(const Tensor& x);       // always a fresh contiguous copy
 Tensor to_dtype(const Tensor& x, DType dtype);
 Tensor to_device(const Tensor& x, Device device);
 Tensor concat(const std::vector<Tensor>& xs, std::int64_t axis);
+// Tensors of one shape side by side along a new axis (-(dim + 1) to dim): that shape with len(xs) inserted at axis.
+Tensor stack(const std::vector<Tensor>& xs, std::int64_t axis);
 std::vector<Tensor> split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t axis);
 // Sums `x` over broadcast dimensions down to `shape` (the adjoint of expand).
 Tensor sum_to(const Tensor& x, const Shape& shape);
@@ -47,12 +49,25 @@ Tensor exp(const Tensor& x);
 Tensor log(const Tensor& x);
 Tensor sqrt(const Tensor& x);
 Tensor abs(const Tensor& x);
+Tensor sin(const Tensor& x);  // of x in radians, x's shape; gradient cos(x)
+Tensor cos(const Tensor& x);  // of x in radians, x's shape; gradient -sin(x)
 Tensor clamp(const Tensor& x, double low, double high);
 Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor relu(const Tensor& x);
 Tensor gelu(const Tensor& x);  // tanh approximation
+// The larger (smaller) of a and b, broadcast; NaN where either is NaN. The gradient goes to the larger (smaller)
+// input, split equally where they tie, as max's does.
+Tensor maximum(const Tensor& a, const Tensor& b);
+Tensor minimum(const Tensor& a, const Tensor& b);
 Tensor equal(const Tensor& a, const Tensor& b);  // 1 where equal, else 0; same dtype as the inputs; no gradient
+// The other comparisons, as equal: 1 where the relation holds, else 0, broadcast, in the inputs' dtype (any
+// dtype, i64 too); no gradient. A NaN compares false, except not_equal's, which is true.
+Tensor not_equal(const Tensor& a, const Tensor& b);      // a != b
+Tensor greater(const Tensor& a, const Tensor& b);        // a > b
+Tensor less(const Tensor& a, const Tensor& b);           // a < b
+Tensor greater_equal(const Tensor& a, const Tensor& b);  // a >= b
+Tensor less_equal(const Tensor& a, const Tensor& b);     // a <= b
 // cond != 0 picks a, else b; all three broadcast. Gradients flow to a and b.
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);  // x where mask == 0, else value
@@ -78,6 +93,26 @@ Tensor mean(const Tensor& x, const std::vector<std::int64_t>& axes = {}, bool ke
 // Gradient splits equally between tied maxima.
 Tensor max(const Tensor& x, const std::vector<std::int64_t>& axes = {}, bool keepdim = false);
 Tensor cumsum(const Tensor& x, std::int64_t axis);
+
+// ---- indexing (autograd/ops/indexing.cpp); indices are i64, and one outside [0, size) throws ----
+// x's entries at `index` (1-D) along `axis`: x's shape with index's length there. Any dtype; gradient to x.
+Tensor index_select(const Tensor& x, std::int64_t axis, const Tensor& index);
+// PyTorch's gather: out[p] = x[p with p[axis] = index[p]], of index's shape (x's rank, no axis longer than x's but
+// `axis`). Any dtype; the gradient is scatter-added back to x, repeated indices accumulating.
+Tensor gather(const Tensor& x, std::int64_t axis, const Tensor& index);
+// The k largest entries of x along `axis` (the k smallest unless `largest`), best first, and their i64 indices: both
+// x's shape with k at axis. NaN ranks above every number; equal entries keep their index order. The gradient of
+// values goes back to the entries picked (gather's).
+struct TopK {
+  Tensor values, indices;
+};
+TopK topk(const Tensor& x, std::int64_t k, std::int64_t axis = -1, bool largest = true);
+// The i64 index of the largest entry along `axis` (the first among equals; NaN ranks highest): x's shape without
+// the axis (kept as 1 with keepdim). No gradient.
+Tensor argmax(const Tensor& x, std::int64_t axis, bool keepdim = false);
+// A random permutation of 0..n-1, i64 [n], drawn from gen (one permutation per seed on every device); e.g. rows
+// shuffled by index_select(x, 0, randperm(n, gen)).
+Tensor randperm(std::int64_t n, Generator& gen = default_generator(), Device device = Device::cpu());
 
 // ---- linear algebra (autograd/ops/matmul.cpp) ----
 // 1-D, 2-D and batched: [..., M, K] @ [..., K, N] with the batch dims broadcast.

@@ -15,7 +15,7 @@
 namespace ellipse {
 
 enum class UnaryOp {
-  neg, exp, log, sqrt, abs, tanh, sigmoid, relu, gelu,
+  neg, exp, log, sqrt, abs, tanh, sigmoid, relu, gelu, sin, cos,
   add_scalar,   // x + a
   mul_scalar,   // x * a
   pow_scalar,   // x ^ a
@@ -27,7 +27,9 @@ enum class UnaryOp {
 };
 
 enum class BinaryOp {
-  add, sub, mul, div, eq,
+  add, sub, mul, div,
+  maximum, minimum,  // NaN where either input is NaN
+  eq, ne, gt, lt, ge, le,  // comparisons: 1 where a == b (!=, >, <, >=, <=) holds, else 0; any dtype
   gelu_backward,  // a * gelu'(b): GELU's backward in one pass, a the output's gradient and b the forward input
 };
 
@@ -149,6 +151,20 @@ class Backend {
   virtual void embedding(const Tensor& weight, const Tensor& ids, const Tensor& out) = 0;
   // gweight[ids[i], :] += gy[i, :] (gweight zeroed by the caller; repeated ids accumulate).
   virtual void embedding_backward(const Tensor& ids, const Tensor& gy, const Tensor& gweight) = 0;
+
+  // out[p] = x[p with p[axis] replaced by index[p]] at every position p of out. index (i64, each in
+  // [0, x.shape[axis]): validated by the op) has out's shape, and x's other axes are at least as long; all three
+  // strided. Any dtype.
+  virtual void gather(const Tensor& x, const Tensor& index, int axis, const Tensor& out) = 0;
+  // gather's adjoint: out[p with p[axis] replaced by index[p]] += src[p] at every position p of src (index of
+  // src's shape, as above; out zeroed by the caller; repeated indices accumulate). All three strided.
+  virtual void scatter_add(const Tensor& src, const Tensor& index, int axis, const Tensor& out) = 0;
+
+  // The indices of the k largest entries (the k smallest unless `largest`) along the middle axis of contiguous x
+  // [outer, n, inner] (k <= n), best first, into contiguous i64 indices [outer, k, inner]. NaN ranks above every
+  // number; equal entries keep their index order.
+  virtual void topk(const Tensor& x, const Tensor& indices, std::int64_t outer, std::int64_t n, std::int64_t inner,
+                    std::int64_t k, bool largest) = 0;
 
   // Per-row cross-entropy of contiguous logits [rows, classes] against i64 targets [rows]. Rows whose
   // target equals ignore_index get loss 0. Writes losses [rows] and the log-sum-exp lse [rows].

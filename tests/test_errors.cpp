@@ -26,6 +26,13 @@ TEST_CASE("binary ops: shapes that do not broadcast") {
   CHECK_ERROR(div(a, b), "div", "[2, 3]", "[4]");
   CHECK_ERROR(a + b, "add", "[2, 3]", "[4]");
   CHECK_ERROR(equal(a, b), "equal", "[2, 3]", "[4]");
+  CHECK_ERROR(not_equal(a, b), "not_equal", "[2, 3]", "[4]");
+  CHECK_ERROR(greater(a, b), "greater", "[2, 3]", "[4]");
+  CHECK_ERROR(less(a, b), "less", "[2, 3]", "[4]");
+  CHECK_ERROR(greater_equal(a, b), "greater_equal", "[2, 3]", "[4]");
+  CHECK_ERROR(less_equal(a, b), "less_equal", "[2, 3]", "[4]");
+  CHECK_ERROR(maximum(a, b), "maximum", "[2, 3]", "[4]");
+  CHECK_ERROR(minimum(a, b), "minimum", "[2, 3]", "[4]");
   CHECK_ERROR(add(f32({3, 1, 4}), f32({5, 3})), "add", "[3, 1, 4]", "[5, 3]");
   CHECK_ERROR(where(f32({2, 3}), f32({3}), f32({2})), "where", "[2, 3]", "[2]");
   CHECK_ERROR(where(f32({5}), f32({2, 3}), f32({3})), "where", "[5]", "[2, 3]");
@@ -52,6 +59,7 @@ TEST_CASE("mixed dtypes") {
   CHECK_ERROR(mul(f64({3}), f32({2, 3})), "mul", "f64", "f32", "[3]", "[2, 3]");
   CHECK_ERROR(matmul(f32({2, 3}), f64({3, 4})), "matmul", "f32", "f64", "[2, 3]", "[3, 4]");
   CHECK_ERROR(where(f32({2}), f32({2}), f64({2})), "where", "f32", "f64");
+  CHECK_ERROR(greater(i64({2}), f32({2})), "greater", "i64", "f32");  // comparisons take i64, but not mixed
   CHECK_ERROR(concat({f32({2}), f64({2})}, 0), "concat", "f32", "f64");
   CHECK_ERROR(layer_norm(f32({2, 4}), f64({4}), f32({4})), "layer_norm", "f32", "f64", "[2, 4]", "[4]");
   // No silent promotion either way, including integers.
@@ -63,8 +71,11 @@ TEST_CASE("i64 tensors given to floating ops") {
   CHECK_ERROR(exp(x), "exp", "i64", "[2, 3]");
   CHECK_ERROR(neg(x), "neg", "i64", "[2, 3]");
   CHECK_ERROR(relu(x), "relu", "i64", "[2, 3]");
+  CHECK_ERROR(sin(x), "sin", "i64", "[2, 3]");
+  CHECK_ERROR(cos(x), "cos", "i64", "[2, 3]");
   CHECK_ERROR(add(x, 1.0), "add", "i64", "[2, 3]");
   CHECK_ERROR(mul(x, x), "mul", "i64", "[2, 3]");
+  CHECK_ERROR(maximum(x, x), "maximum", "i64", "[2, 3]");
   CHECK_ERROR(matmul(x, i64({3, 2})), "matmul", "i64", "[2, 3]");
   CHECK_ERROR(sum(x), "sum", "i64", "[2, 3]");
   CHECK_ERROR(max(x, {1}), "max", "i64", "[2, 3]");
@@ -94,6 +105,34 @@ TEST_CASE("embedding: ids out of range or not i64") {
   CHECK_ERROR(embedding(w, ids({0, 100})), "embedding", "100", "[0, 6)");
   CHECK_ERROR(embedding(w, f32({2})), "embedding", "i64", "f32", "[2]");
   CHECK_ERROR(embedding(f32({6}), ids({0})), "embedding", "[6]");
+}
+
+TEST_CASE("index_select and gather: indices out of range, of the wrong dtype or shape") {
+  const Tensor x = f32({3, 4});
+  CHECK_ERROR(index_select(x, 1, ids({0, 4})), "index_select", "index 4", "[0, 4)");
+  CHECK_ERROR(index_select(x, 0, ids({2, -1})), "index_select", "index -1", "[0, 3)");
+  CHECK_ERROR(index_select(x, 0, f32({2})), "index_select", "i64", "f32", "[2]");
+  CHECK_ERROR(index_select(x, 0, i64({2, 1})), "index_select", "1-dimensional", "[2, 1]");
+  CHECK_ERROR(index_select(x, 2, ids({0})), "index_select", "axis 2");
+  CHECK_ERROR(index_select(f32({}), 0, ids({0})), "index_select", "0-dimensional");
+  CHECK_ERROR(gather(x, 1, from_vector<std::int64_t>({0, 1, 5}, {3, 1})), "gather", "index 5", "[0, 4)");
+  CHECK_ERROR(gather(x, 0, i64({2, 5})), "gather", "[2, 5]", "[3, 4]", "axis 0");
+  CHECK_ERROR(gather(x, 1, i64({3})), "gather", "[3]", "[3, 4]", "rank");
+  CHECK_ERROR(gather(x, 1, f32({3, 1})), "gather", "i64", "f32");
+  CHECK_ERROR(gather(x, -3, i64({3, 1})), "gather", "axis -3");
+}
+
+TEST_CASE("topk, argmax and randperm: k out of range, empty or missing axes, integer inputs, negative sizes") {
+  const Tensor x = f32({3, 4});
+  CHECK_ERROR(topk(x, 5), "topk", "k = 5", "axis 1", "size 4", "[3, 4]");
+  CHECK_ERROR(topk(x, -1, 0), "topk", "k = -1", "axis 0", "size 3");
+  CHECK_ERROR(topk(x, 1, 2), "topk", "axis 2");
+  CHECK_ERROR(topk(f32({}), 1), "topk", "0-dimensional");
+  CHECK_ERROR(topk(i64({3}), 1), "topk", "i64", "[3]");
+  CHECK_ERROR(argmax(f32({2, 0}), 1), "argmax", "axis 1", "[2, 0]", "empty");
+  CHECK_ERROR(argmax(x, -3), "argmax", "axis -3");
+  CHECK_ERROR(argmax(i64({3}), 0), "argmax", "i64", "[3]");
+  CHECK_ERROR(randperm(-1), "randperm", "-1");
 }
 
 TEST_CASE("cross_entropy: targets of the wrong shape, dtype or range") {
@@ -160,6 +199,11 @@ TEST_CASE("concat and split") {
   CHECK_ERROR(concat({f32({2, 3}), f32({2, 3})}, 2), "concat", "axis 2");
   CHECK_ERROR(concat({}, 0), "concat");
   CHECK_ERROR(concat({f32({}), f32({})}, 0), "concat", "0-dimensional");
+  CHECK_ERROR(stack({f32({2, 3}), f32({3, 2})}, 0), "stack", "[3, 2]", "[2, 3]", "one shape");
+  CHECK_ERROR(stack({f32({2, 3}), f32({2, 3})}, 3), "stack", "axis 3", "[2, 3]", "-3 to 2");
+  CHECK_ERROR(stack({f32({2, 3}), f32({2, 3})}, -4), "stack", "axis -4", "[2, 3]");
+  CHECK_ERROR(stack({f32({2}), f64({2})}, 0), "stack", "f32", "f64");
+  CHECK_ERROR(stack({}, 0), "stack", "at least one");
   CHECK_ERROR(split(f32({2, 5}), {2, 2}, 1), "split", "[2, 2]", "[2, 5]");
   CHECK_ERROR(split(f32({2, 5}), {6, -1}, 1), "split", "-1");
   CHECK_ERROR(split(f32({2, 5}), {1, 1}, 2), "split", "axis 2");

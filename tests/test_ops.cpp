@@ -53,6 +53,9 @@ const std::vector<std::string> kRequiredOps = {
     // The rest of the public op set.
     "equal", "sum_to", "scaled_softmax", "scaled_dot_product_attention", "scaled_dot_product_attention_qkv",
     "linear",
+    // Ops research code reaches for beyond the transformer's.
+    "sin", "cos", "maximum", "minimum", "not_equal", "greater", "less", "greater_equal", "less_equal", "stack",
+    "index_select", "gather", "topk", "argmax",
 };
 // clang-format on
 
@@ -62,6 +65,7 @@ const std::map<std::string, std::string> kOpsOutsideTable = {
     {"elliptical_metric", "a stop-gradient; tests/test_attention.cpp checks it against the composition of ops"},
     {"causal_mask", "builds a constant from a size: no input to compare or differentiate"},
     {"to_device", "moves a tensor between devices; tests/test_device.cpp checks every pair"},
+    {"randperm", "draws from a Generator, with no input to compare or differentiate; a test case of its own below"},
 };
 
 constexpr double kF32Tolerance = 1e-5;      // forward, f32, relative (absolute below magnitude 1)
@@ -131,7 +135,7 @@ Shape broadcast(const Shape& a, const Shape& b) {
   return out;
 }
 
-Host gather(const Shape& shape, const std::function<double(const Index&)>& value) {
+Host tabulate(const Shape& shape, const std::function<double(const Index&)>& value) {
   Host out{shape, std::vector<double>(static_cast<std::size_t>(count(shape)))};
   for (std::int64_t i = 0; i < count(shape); ++i) out.v[static_cast<std::size_t>(i)] = value(unravel(i, shape));
   return out;
@@ -144,18 +148,18 @@ Host ref_map(const Host& x, const std::function<double(double)>& f) {
 }
 
 Host ref_binary(const Host& a, const Host& b, const std::function<double(double, double)>& f) {
-  return gather(broadcast(a.shape, b.shape),
+  return tabulate(broadcast(a.shape, b.shape),
                 [&](const Index& i) { return f(at(a, align(i, a.shape)), at(b, align(i, b.shape))); });
 }
 
 Host ref_where(const Host& c, const Host& a, const Host& b) {
-  return gather(broadcast(broadcast(c.shape, a.shape), b.shape), [&](const Index& i) {
+  return tabulate(broadcast(broadcast(c.shape, a.shape), b.shape), [&](const Index& i) {
     return at(c, align(i, c.shape)) != 0 ? at(a, align(i, a.shape)) : at(b, align(i, b.shape));
   });
 }
 
 Host ref_expand(const Host& x, const Shape& shape) {
-  return gather(shape, [&](const Index& i) { return at(x, align(i, x.shape)); });
+  return tabulate(shape, [&](const Index& i) { return at(x, align(i, x.shape)); });
 }
 
 Host ref_reshape(Host x, const Shape& shape) {
@@ -174,7 +178,7 @@ Host ref_matmul(Host a, Host b) {
   Shape shape = broadcast(batch_a, batch_b);
   shape.push_back(m);
   shape.push_back(n);
-  Host out = gather(shape, [&](const Index& i) {
+  Host out = tabulate(shape, [&](const Index& i) {
     const Index batch(i.begin(), i.end() - 2);
     Index ia = align(batch, batch_a), ib = align(batch, batch_b);
     ia.insert(ia.end(), {i[i.size() - 2], 0});
@@ -331,10 +335,56 @@ Host ref_embedding(const Host& w, const Host& ids) {
   const std::int64_t n = w.shape[1];
   Shape shape = ids.shape;
   shape.push_back(n);
-  return gather(shape, [&](const Index& i) {
+  return tabulate(shape, [&](const Index& i) {
     const Index id(i.begin(), i.end() - 1);
     return at(w, {static_cast<std::int64_t>(at(ids, id)), i.back()});
   });
+}
+
+// out[p] = x[p with p[axis] = index[p]].
+Host ref_gather(const Host& x, std::int64_t axis, const Host& index) {
+  const auto a = static_cast<std::size_t>(axis < 0 ? axis + static_cast<std::int64_t>(x.shape.size()) : axis);
+  return tabulate(index.shape, [&](const Index& i) {
+    Index src = i;
+    src[a] = static_cast<std::int64_t>(at(index, i));
+    return at(x, src);
+  });
+}
+
+Host ref_index_select(const Host& x, std::int64_t axis, const Host& index) {
+  const auto a = static_cast<std::size_t>(axis < 0 ? axis + static_cast<std::int64_t>(x.shape.size()) : axis);
+  Shape shape = x.shape;
+  shape[a] = index.shape[0];
+  return tabulate(shape, [&](const Index& i) {
+    Index src = i;
+    src[a] = static_cast<std::int64_t>(index.v[static_cast<std::size_t>(i[a])]);
+    return at(x, src);
+  });
+}
+
+// The k largest (smallest) entries along `axis` and their indices: a stable sort of each lane, NaN ranked highest.
+std::vector<Host> ref_topk(const Host& x, std::int64_t k, std::int64_t axis, bool largest) {
+  const Lanes l = lanes(x.shape, axis);
+  Shape shape = x.shape;
+  shape[static_cast<std::size_t>(axis < 0 ? axis + static_cast<std::int64_t>(shape.size()) : axis)] = k;
+  Host values{shape, std::vector<double>(static_cast<std::size_t>(count(shape)))}, indices = values;
+  for (std::int64_t o = 0; o < l.outer; ++o)
+    for (std::int64_t i = 0; i < l.inner; ++i) {
+      auto value = [&](std::int64_t j) { return x.v[static_cast<std::size_t>((o * l.n + j) * l.inner + i)]; };
+      std::vector<std::int64_t> order(static_cast<std::size_t>(l.n));
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) {
+        const double va = value(a), vb = value(b);
+        if (std::isnan(va) || std::isnan(vb)) return largest ? !std::isnan(vb) : !std::isnan(va);
+        return largest ? va > vb : va < vb;
+      });
+      for (std::int64_t r = 0; r < k; ++r) {
+        const auto at_r = static_cast<std::size_t>((o * k + r) * l.inner + i);
+        indices.v[at_r] = static_cast<double>(order[static_cast<std::size_t>(r)]);
+        values.v[at_r] = value(order[static_cast<std::size_t>(r)]);
+      }
+    }
+  return {values, indices};
 }
 
 Host ref_cross_entropy(const Host& logits, const Host& targets, std::int64_t ignore_index) {
@@ -357,7 +407,7 @@ Host ref_cross_entropy(const Host& logits, const Host& targets, std::int64_t ign
 Host ref_permute(const Host& x, const std::vector<std::int64_t>& order) {
   Shape shape;
   for (auto o : order) shape.push_back(x.shape[static_cast<std::size_t>(o)]);
-  return gather(shape, [&](const Index& i) {
+  return tabulate(shape, [&](const Index& i) {
     Index src(i.size());
     for (std::size_t d = 0; d < order.size(); ++d) src[static_cast<std::size_t>(order[d])] = i[d];
     return at(x, src);
@@ -372,7 +422,7 @@ Host ref_slice(const Host& x, std::int64_t axis, std::int64_t start, std::int64_
   Shape shape = x.shape;
   shape[a] = 0;
   for (std::int64_t j = start; j < end; j += step) ++shape[a];
-  return gather(shape, [&](const Index& i) {
+  return tabulate(shape, [&](const Index& i) {
     Index src = i;
     src[a] = start + i[a] * step;
     return at(x, src);
@@ -384,7 +434,7 @@ Host ref_concat(const std::vector<Host>& xs, std::int64_t axis) {
   Shape shape = xs[0].shape;
   shape[a] = 0;
   for (const auto& x : xs) shape[a] += x.shape[a];
-  return gather(shape, [&](const Index& i) {
+  return tabulate(shape, [&](const Index& i) {
     Index src = i;
     for (const auto& x : xs) {
       if (src[a] < x.shape[a]) return at(x, src);
@@ -392,6 +442,17 @@ Host ref_concat(const std::vector<Host>& xs, std::int64_t axis) {
     }
     FAIL("concat reference: index out of range");
     return 0.0;
+  });
+}
+
+Host ref_stack(const std::vector<Host>& xs, std::int64_t axis) {
+  const auto a = static_cast<std::size_t>(axis < 0 ? axis + static_cast<std::int64_t>(xs[0].shape.size()) + 1 : axis);
+  Shape shape = xs[0].shape;
+  shape.insert(shape.begin() + static_cast<std::ptrdiff_t>(a), static_cast<std::int64_t>(xs.size()));
+  return tabulate(shape, [&](const Index& i) {
+    Index src = i;
+    src.erase(src.begin() + static_cast<std::ptrdiff_t>(a));
+    return at(xs[static_cast<std::size_t>(i[a])], src);
   });
 }
 
@@ -540,6 +601,7 @@ struct Case {
   Reference reference;
   bool gradcheck = true;    // false for large cases: finite differences over them would be slow
   bool keeps_dtype = true;  // the outputs have the floating inputs' dtype
+  std::set<std::size_t> index_outputs;  // outputs of i64 indices: compared exactly, no gradient
   double f32_tolerance = kF32Tolerance;
   GradcheckOptions grad_options = default_grad_options();
 };
@@ -622,6 +684,7 @@ ValueFn avoiding_fn(double low, double high, std::vector<double> kinks) {
 
 using BinaryTensorOp = std::function<Tensor(const Tensor&, const Tensor&)>;
 
+// operator_form: the op's operator, run on the small cases too (empty when the op has none).
 OpTest binary(std::string name, BinaryTensorOp op, BinaryTensorOp operator_form,
               std::function<double(double, double)> f, bool nonzero_b) {
   return {name, true, [=](Generator& gen) {
@@ -650,7 +713,7 @@ OpTest binary(std::string name, BinaryTensorOp op, BinaryTensorOp operator_form,
             };
             std::vector<Case> cases;
             for (const auto& p : pairs) {
-              for (int use_operator = 0; use_operator < (p.large ? 1 : 2); ++use_operator) {
+              for (int use_operator = 0; use_operator < (p.large || !operator_form ? 1 : 2); ++use_operator) {
                 Case c;
                 c.inputs = {F(p.a, normal_values(gen, p.a), p.la), F(p.b, b_values(p.b), p.lb)};
                 c.label = label_of(c.inputs, use_operator ? "(operator)" : "");
@@ -789,6 +852,8 @@ std::vector<OpTest> op_table() {
   add_entry(binary(
       "div", [](const Tensor& a, const Tensor& b) { return div(a, b); },
       [](const Tensor& a, const Tensor& b) { return a / b; }, [](double a, double b) { return a / b; }, true));
+  add_entry(binary("maximum", maximum, {}, [](double a, double b) { return std::max(a, b); }, false));
+  add_entry(binary("minimum", minimum, {}, [](double a, double b) { return std::min(a, b); }, false));
 
   // ---- elementwise, unary ----
   add_entry(unary(
@@ -820,6 +885,10 @@ std::vector<OpTest> op_table() {
         return 0.5 * v * (1.0 + std::tanh(c * (v + 0.044715 * v * v * v)));
       },
       normal_fn(1.5)));
+  add_entry(unary(
+      "sin", [](const Tensor& x) { return sin(x); }, [](double v) { return std::sin(v); }, normal_fn(2.0)));
+  add_entry(unary(
+      "cos", [](const Tensor& x) { return cos(x); }, [](double v) { return std::cos(v); }, normal_fn(2.0)));
 
   // pow: the exponent 2 has its own kernel path.
   add_entry({"pow", true, [](Generator& gen) {
@@ -1162,6 +1231,119 @@ std::vector<OpTest> op_table() {
                return cases;
              }});
 
+  // Indexing: repeated indices (their gradients must add up), strided and transposed x and index, and large
+  // cases whose scatter-add runs on the threads.
+  struct IndexCase {
+    Input x;
+    std::int64_t axis;
+    Input index;
+  };
+  auto indexing_entry = [&](std::string name, std::function<Tensor(const Tensor&, std::int64_t, const Tensor&)> op,
+                            std::function<Host(const Host&, std::int64_t, const Host&)> reference,
+                            std::function<std::vector<IndexCase>(Generator&)> inputs) {
+    add_entry({name, true, [=](Generator& gen) {
+                 std::vector<Case> cases;
+                 for (const auto& [x, axis, index] : inputs(gen)) {
+                   const std::int64_t a = axis;
+                   cases.push_back(make_case(
+                       {x, index}, [op, a](const Tensors& t) { return op(t[0], a, t[1]); },
+                       [reference, a](const Hosts& h) { return reference(h[0], a, h[1]); },
+                       "axis " + std::to_string(a), count(x.shape) < 10000));  // large ones: no gradcheck
+                 }
+                 return cases;
+               }});
+  };
+  indexing_entry("index_select", index_select, ref_index_select, [](Generator& gen) {
+    return std::vector<IndexCase>{
+        {F({5, 3}, normal_values(gen, {5, 3})), 0, Int({4}, {4, 0, 4, 2})},
+        {F({3, 5}, normal_values(gen, {3, 5}), Layout::transposed), 1, Int({3}, {1, 1, 3})},
+        {F({2, 3, 4}, normal_values(gen, {2, 3, 4}), Layout::strided), -1, Int({5}, {3, 0, 3, 3, 1}, Layout::strided)},
+        {F({2, 3, 4}, normal_values(gen, {2, 3, 4})), 1, Int({2}, {2, 0})},
+        {F({4}, normal_values(gen, {4})), 0, Int({0}, {})},
+        {F({300, 200}, normal_values(gen, {300, 200})), 0, Int({400}, id_values(gen, {400}, 300))},
+        {F({200, 300}, normal_values(gen, {200, 300}), Layout::transposed), 1, Int({256}, id_values(gen, {256}, 300))},
+    };
+  });
+  indexing_entry("gather", gather, ref_gather, [](Generator& gen) {
+    return std::vector<IndexCase>{
+        {F({3, 4}, normal_values(gen, {3, 4})), 1, Int({3, 2}, {3, 3, 0, 1, 2, 2})},
+        // The index longer than x along the axis and shorter across it.
+        {F({4, 5}, normal_values(gen, {4, 5}), Layout::transposed), 0, Int({6, 3}, id_values(gen, {6, 3}, 4))},
+        {F({2, 3, 4}, normal_values(gen, {2, 3, 4}), Layout::strided), -1,
+         Int({2, 3, 3}, id_values(gen, {2, 3, 3}, 4), Layout::transposed)},
+        {F({2, 3, 4}, normal_values(gen, {2, 3, 4})), 1, Int({1, 4, 2}, id_values(gen, {1, 4, 2}, 3))},
+        {F({3, 2}, normal_values(gen, {3, 2})), 0, Int({0, 2}, {})},
+        {F({200, 300}, normal_values(gen, {200, 300})), 1, Int({200, 100}, id_values(gen, {200, 100}, 300))},
+        {F({300, 200}, normal_values(gen, {300, 200}), Layout::transposed), 0,
+         Int({500, 150}, id_values(gen, {500, 150}, 300))},
+    };
+  });
+
+  // Ranking: values with ties and NaN (forward and f32 backward only: no derivative where entries tie), a lane
+  // taken whole (k = n), none (k = 0), and large cases on the threads.
+  struct RankCase {
+    Input x;
+    std::int64_t k, axis;
+    bool largest;
+    bool ties = false;  // equal entries: no derivative there, so no gradcheck
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<double> ties = {0.5, -1, 0.5, 2, nan, -1, 0.5, nan, 2, 0.25, -1, 3};
+  auto ranking_cases = [ties](Generator& gen) {
+    return std::vector<RankCase>{
+        {F({3, 6}, distinct_values(gen, {3, 6})), 3, -1, true},
+        {F({4, 5}, distinct_values(gen, {4, 5}), Layout::transposed), 2, 0, false},
+        {F({2, 3, 7}, distinct_values(gen, {2, 3, 7}), Layout::strided), 3, 1, true},
+        {F({2, 5}, distinct_values(gen, {2, 5})), 5, 1, false},
+        {F({3, 4}, distinct_values(gen, {3, 4})), 0, 1, true},
+        {F({2, 6}, ties), 4, 1, true, true},
+        {F({2, 6}, ties), 6, -1, false, true},
+        {F({3, 4}, ties, Layout::transposed), 2, 0, true, true},
+        {F({100, 1000}, distinct_values(gen, {100, 1000})), 10, -1, true},
+        {F({600, 50}, distinct_values(gen, {600, 50})), 5, 0, false},
+    };
+  };
+  auto rank_label = [](const RankCase& r) {
+    return fmt::format("axis {} {}", r.axis, r.largest ? "largest" : "smallest");
+  };
+  add_entry({"topk", true, [=](Generator& gen) {
+               std::vector<Case> cases;
+               for (const auto& r : ranking_cases(gen)) {
+                 Case c;
+                 c.inputs = {r.x};
+                 c.label = label_of(c.inputs, fmt::format("k {} {}", r.k, rank_label(r)));
+                 c.forward = [r](const Tensors& t) {
+                   const TopK top = topk(t[0], r.k, r.axis, r.largest);
+                   return Tensors{top.values, top.indices};
+                 };
+                 c.reference = [r](const Hosts& h) { return ref_topk(h[0], r.k, r.axis, r.largest); };
+                 c.index_outputs = {1};
+                 c.gradcheck = !r.ties && count(r.x.shape) < 10000;
+                 cases.push_back(c);
+               }
+               return cases;
+             }});
+  add_entry({"argmax", false, [=](Generator& gen) {
+               std::vector<Case> cases;
+               for (const auto& r : ranking_cases(gen)) {
+                 if (!r.largest || r.k == 0) continue;
+                 for (bool keepdim : {false, true}) {
+                   Case c = make_case(
+                       {r.x}, [r, keepdim](const Tensors& t) { return argmax(t[0], r.axis, keepdim); },
+                       [r, keepdim](const Hosts& h) {
+                         Host index = ref_topk(h[0], 1, r.axis, true)[1];
+                         const auto rank = static_cast<std::int64_t>(h[0].shape.size());
+                         if (!keepdim) index.shape.erase(index.shape.begin() + (r.axis < 0 ? r.axis + rank : r.axis));
+                         return index;
+                       },
+                       rank_label(r) + (keepdim ? " keepdim" : ""));
+                   c.index_outputs = {0};
+                   cases.push_back(c);
+                 }
+               }
+               return cases;
+             }});
+
   add_entry({"cross_entropy", true, [](Generator& gen) {
                std::vector<Case> cases;
                auto with = [](std::int64_t ignore) {
@@ -1222,7 +1404,8 @@ std::vector<OpTest> op_table() {
       {"masked_fill", true, [](Generator& gen) {
          std::vector<Case> cases;
          auto causal = [](const Host& x, double value) {
-           return gather(x.shape, [&](const Index& i) { return i[i.size() - 1] > i[i.size() - 2] ? value : at(x, i); });
+           return tabulate(x.shape,
+                           [&](const Index& i) { return i[i.size() - 1] > i[i.size() - 2] ? value : at(x, i); });
          };
          // A finite fill keeps gradcheck's projection finite; -inf (attention's value) is checked
          // forward and against the f64 backward.
@@ -1265,25 +1448,36 @@ std::vector<OpTest> op_table() {
          return cases;
        }});
 
-  add_entry({"equal", false, [](Generator& gen) {
-               std::vector<Case> cases;
-               auto f = [](const Tensors& x) { return equal(x[0], x[1]); };
-               auto r = [](const Hosts& x) {
-                 return ref_binary(x[0], x[1], [](double a, double b) { return a == b ? 1.0 : 0.0; });
-               };
-               auto a = normal_values(gen, {2, 3});
-               auto b = a;
-               b[1] += 1;
-               b[4] -= 2;
-               cases.push_back(make_case({F({2, 3}, a), F({2, 3}, b, Layout::strided)}, f, r));
-               cases.push_back(make_case(
-                   {F({3, 1}, {1, 2, 3}), F({3, 4}, {1, 2, 3, 1, 2, 2, 3, 0, 3, 3, 3, 3}, Layout::transposed)}, f, r,
-                   "broadcast"));
-               Case ints = make_case({Int({4}, {1, 2, 3, 4}), Int({4}, {1, 0, 3, 0})}, f, r, "i64");
-               ints.keeps_dtype = false;
-               cases.push_back(ints);
-               return cases;
-             }});
+  // Comparisons: every case holds equal, greater and smaller pairs.
+  auto comparison = [&](std::string name, BinaryTensorOp op, std::function<bool(double, double)> holds) {
+    add_entry({name, false, [=](Generator& gen) {
+                 std::vector<Case> cases;
+                 auto f = [op](const Tensors& x) { return op(x[0], x[1]); };
+                 auto r = [holds](const Hosts& x) {
+                   return ref_binary(x[0], x[1], [holds](double a, double b) { return holds(a, b) ? 1.0 : 0.0; });
+                 };
+                 auto a = normal_values(gen, {2, 3});
+                 auto b = a;
+                 b[1] += 1;
+                 b[4] -= 2;
+                 cases.push_back(make_case({F({2, 3}, a), F({2, 3}, b, Layout::strided)}, f, r));
+                 cases.push_back(make_case(
+                     {F({3, 1}, {1, 2, 3}), F({3, 4}, {1, 2, 3, 1, 2, 2, 3, 0, 3, 3, 3, 3}, Layout::transposed)}, f,
+                     r, "broadcast"));
+                 const double nan = std::numeric_limits<double>::quiet_NaN();
+                 cases.push_back(make_case({F({3}, {nan, 1, nan}), F({3}, {1, nan, nan})}, f, r, "NaN"));
+                 Case ints = make_case({Int({4}, {1, 2, 3, 4}), Int({4}, {1, 0, 3, 5})}, f, r, "i64");
+                 ints.keeps_dtype = false;
+                 cases.push_back(ints);
+                 return cases;
+               }});
+  };
+  comparison("equal", equal, std::equal_to<>());
+  comparison("not_equal", not_equal, std::not_equal_to<>());
+  comparison("greater", greater, std::greater<>());
+  comparison("less", less, std::less<>());
+  comparison("greater_equal", greater_equal, std::greater_equal<>());
+  comparison("less_equal", less_equal, std::less_equal<>());
 
   // ---- views and copies ----
   add_entry(
@@ -1303,6 +1497,22 @@ std::vector<OpTest> op_table() {
          cases.push_back(make_case({F({3}, normal_values(gen, {3}))}, f(0), r(0), "a single tensor"));
          return cases;
        }});
+
+  add_entry({"stack", true, [](Generator& gen) {
+               std::vector<Case> cases;
+               auto f = [](std::int64_t axis) { return [axis](const Tensors& x) { return stack(x, axis); }; };
+               auto r = [](std::int64_t axis) { return [axis](const Hosts& x) { return ref_stack(x, axis); }; };
+               auto part = [&](Layout layout) { return F({2, 3}, normal_values(gen, {2, 3}), layout); };
+               for (std::int64_t axis : {0, 1, 2, -1, -3}) {
+                 cases.push_back(make_case({part(Layout::contiguous), part(Layout::strided), part(Layout::contiguous)},
+                                           f(axis), r(axis), "axis " + std::to_string(axis)));
+               }
+               cases.push_back(make_case({F({3, 2}, normal_values(gen, {3, 2}), Layout::transposed)}, f(1), r(1),
+                                         "a single tensor, axis 1"));
+               cases.push_back(make_case({F({}, {0.5}), F({}, {-2.0})}, f(0), r(0), "0-d tensors"));
+               cases.push_back(make_case({F({0, 2}, {}), F({0, 2}, {})}, f(1), r(1), "empty tensors"));
+               return cases;
+             }});
 
   add_entry({"split", true, [](Generator& gen) {
                std::vector<Case> cases;
@@ -1561,15 +1771,17 @@ double max_error(const Host& got, const Host& want) {
   return worst;
 }
 
-void check_outputs(const Tensors& got, const Hosts& want, DType dtype, Device device, bool keeps_dtype,
-                   double tolerance) {
+void check_outputs(const Case& c, const Tensors& got, const Hosts& want, DType dtype, Device device) {
   REQUIRE(got.size() == want.size());
   for (std::size_t k = 0; k < got.size(); ++k) {
     INFO("output ", k);
     REQUIRE(got[k].defined());
     CHECK(got[k].device() == device);
-    if (keeps_dtype) CHECK(dtype_name(got[k].dtype()) == dtype_name(dtype));
+    const bool indices = c.index_outputs.count(k) > 0;
+    if (indices) CHECK(dtype_name(got[k].dtype()) == dtype_name(DType::i64));
+    else if (c.keeps_dtype) CHECK(dtype_name(got[k].dtype()) == dtype_name(dtype));
     REQUIRE(to_string(got[k].shape()) == to_string(want[k].shape));
+    const double tolerance = indices ? 0.0 : dtype == DType::f32 ? c.f32_tolerance : kF64Tolerance;
     const double error = max_error(to_host(got[k]), want[k]);
     CHECK_MESSAGE(error <= tolerance, "forward error ", error, " above ", tolerance);
   }
@@ -1582,7 +1794,12 @@ std::vector<Host> backward_grads(const Case& c, DType dtype, Device device) {
   const Tensors outputs = c.forward(inputs);
   Generator gen(99);
   Tensor loss;
-  for (const auto& out : outputs) {
+  for (std::size_t k = 0; k < outputs.size(); ++k) {
+    const Tensor& out = outputs[k];
+    if (c.index_outputs.count(k)) {
+      CHECK_FALSE(out.requires_grad());
+      continue;
+    }
     REQUIRE(out.requires_grad());
     const Tensor direction = uniform(out.shape(), 0.5, 1.5, gen, out.dtype(), device);
     const Tensor term = sum(out * direction);
@@ -1605,11 +1822,11 @@ double run_gradcheck(const Case& c) {
   Tensors inputs;
   for (const auto& in : c.inputs) inputs.push_back(materialize(in, DType::f64, Device::cpu(), true));
   auto f = [&](const Tensors& xs) {
-    Tensors outs = c.forward(xs);
-    if (outs.size() == 1) return outs[0];
+    const Tensors outs = c.forward(xs);
     Tensors flat;
-    for (const auto& o : outs) flat.push_back(reshape(o, {-1}));
-    return concat(flat, 0);
+    for (std::size_t k = 0; k < outs.size(); ++k)
+      if (!c.index_outputs.count(k)) flat.push_back(reshape(outs[k], {-1}));
+    return flat.size() == 1 ? flat[0] : concat(flat, 0);
   };
   const GradcheckResult result = gradcheck(f, inputs, c.grad_options);
   INFO("worst: ", result.worst);
@@ -1623,7 +1840,7 @@ TEST_CASE("ops: the table's list of ops matches what autograd/ops.hpp declares")
   std::ifstream header(ELLIPSE_SOURCE_DIR "/autograd/ops.hpp");
   REQUIRE_MESSAGE(header.good(), "cannot read " ELLIPSE_SOURCE_DIR "/autograd/ops.hpp");
   // Declarations start a line with their return type: "Tensor add(const Tensor& a, ...".
-  const std::regex declaration(R"(^(?:Tensor|std::vector<Tensor>|EllipticalMetric) ([a-z_0-9]+)\()");
+  const std::regex declaration(R"(^(?:Tensor|std::vector<Tensor>|EllipticalMetric|TopK) ([a-z_0-9]+)\()");
   std::set<std::string> declared;
   for (std::string line; std::getline(header, line);) {
     std::smatch match;
@@ -1688,8 +1905,7 @@ TEST_CASE("ops: every op, forward and backward, on every backend") {
             }
             const Tensors outputs = c.forward(inputs);
             for (const auto& out : outputs) CHECK_FALSE(out.requires_grad());
-            check_outputs(outputs, c.reference(hosts), dtype, d.device, c.keeps_dtype,
-                          dtype == DType::f32 ? c.f32_tolerance : kF64Tolerance);
+            check_outputs(c, outputs, c.reference(hosts), dtype, d.device);
           }
           if (op.differentiable) {
             // The f32 backward on this device against the f64 backward on the CPU (checked by gradcheck).
@@ -1777,6 +1993,62 @@ TEST_CASE("max: tied maxima share the gradient equally") {
   Tensor y = from_vector<double>({2, 2}, {2}).requires_grad_();
   max(y).backward();
   CHECK(y.grad().to_vector<double>() == std::vector<double>{0.5, 0.5});
+}
+
+TEST_CASE("maximum and minimum: ties share the gradient equally, NaN propagates") {
+  Tensor a = from_vector<double>({1, 3, 2, 5}, {4}).requires_grad_();
+  Tensor b = from_vector<double>({2, 3, 2, 0}, {4}).requires_grad_();
+  maximum(a, b).backward(from_vector<double>({1, 2, 4, 8}, {4}));
+  CHECK(a.grad().to_vector<double>() == std::vector<double>{0, 1, 2, 8});
+  CHECK(b.grad().to_vector<double>() == std::vector<double>{1, 1, 2, 0});
+  a.zero_grad();
+  b.zero_grad();
+  minimum(a, b).backward(from_vector<double>({1, 2, 4, 8}, {4}));
+  CHECK(a.grad().to_vector<double>() == std::vector<double>{1, 1, 2, 0});
+  CHECK(b.grad().to_vector<double>() == std::vector<double>{0, 1, 2, 8});
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const auto& d : ellipse::testing::available_devices()) {
+    INFO("device ", d.device.str());
+    const Tensor x = from_vector<float>({nan, 1, nan}, {3}).to(d.device);
+    const Tensor y = from_vector<float>({1, nan, nan}, {3}).to(d.device);
+    for (const auto& values : {maximum(x, y).to_vector<float>(), minimum(x, y).to_vector<float>()})
+      CHECK(std::all_of(values.begin(), values.end(), [](float v) { return std::isnan(v); }));
+  }
+}
+
+TEST_CASE("index_select and gather take any dtype: i64 values come through exactly") {
+  const std::vector<std::int64_t> values = {10, 11, 12, 20, 21, 22};  // [2, 3]
+  for (const auto& d : ellipse::testing::available_devices()) {
+    INFO("device ", d.device.str());
+    const Tensor x = from_vector(values, {2, 3}).to(d.device);
+    const Tensor picked = index_select(x, 1, from_vector<std::int64_t>({2, 0, 2}, {3}).to(d.device));
+    CHECK(picked.dtype() == DType::i64);
+    CHECK(picked.to_vector<std::int64_t>() == std::vector<std::int64_t>{12, 10, 12, 22, 20, 22});
+    const Tensor gathered = gather(x, 0, from_vector<std::int64_t>({1, 0, 1}, {1, 3}).to(d.device));
+    CHECK(gathered.to_vector<std::int64_t>() == std::vector<std::int64_t>{20, 11, 22});
+  }
+}
+
+TEST_CASE("randperm: a permutation of 0..n-1, one per seed, another for another seed") {
+  for (const auto& d : ellipse::testing::available_devices()) {
+    INFO("device ", d.device.str());
+    Generator a(3), b(3), c(4);
+    const Tensor perm = randperm(50, a, d.device);
+    CHECK(perm.dtype() == DType::i64);
+    CHECK(perm.device() == d.device);
+    const auto values = perm.to_vector<std::int64_t>();
+    auto sorted = values;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<std::int64_t> identity(50);
+    std::iota(identity.begin(), identity.end(), 0);
+    CHECK(sorted == identity);
+    CHECK(values != identity);
+    CHECK(randperm(50, b, d.device).to_vector<std::int64_t>() == values);
+    CHECK(randperm(50, c, d.device).to_vector<std::int64_t>() != values);
+    CHECK(randperm(50, a, d.device).to_vector<std::int64_t>() != values);  // the generator moved on
+    CHECK(randperm(0, a, d.device).shape() == Shape{0});
+    CHECK(randperm(1, a, d.device).to_vector<std::int64_t>() == std::vector<std::int64_t>{0});
+  }
 }
 
 TEST_CASE("causal_mask and masked attention scores") {
@@ -1969,17 +2241,19 @@ TEST_CASE("thread pool: a child of fork() runs regions on workers of its own") {
 TEST_CASE("kernels give the same results on one thread and on all threads") {
   // The large table cases run with every thread; here the same ops run again on one thread. A kernel
   // that splits work wrongly between threads (races on repeated embedding ids, lost layer-norm partial
-  // sums, column sums split into blocks of columns) shows up as a difference.
+  // sums, column sums split into blocks of columns, repeated indices in a scatter-add) shows up as a difference.
   Generator gen(77);
   const Tensor x = randn({256, 300}, gen, DType::f64);
   const Tensor w = randn({300}, gen, DType::f64), b = randn({300}, gen, DType::f64);
   const Tensor table = randn({50, 600}, gen, DType::f64);
   const Tensor ids = randint({512}, 50, gen);
+  const Tensor columns = randint({512}, 300, gen);
   auto run = [&] {
     std::vector<std::vector<double>> results;
     Tensor xl = x.detach().requires_grad_(), wl = w.detach().requires_grad_(), tl = table.detach().requires_grad_();
     Tensor loss = sum(layer_norm(xl, wl, b, 1e-5) * softmax(xl, 0)) + sum(cumsum(xl, 1)) / 7.0 +
-                  sum(pow(embedding(tl, ids), 2.0)) + mean(max(xl, {0})) + sum(pow(sum(xl, {0}), 2.0));
+                  sum(pow(embedding(tl, ids), 2.0)) + mean(max(xl, {0})) + sum(pow(sum(xl, {0}), 2.0)) +
+                  sum(pow(index_select(xl, 1, columns), 2.0)) + sum(pow(topk(xl, 5, 0).values, 2.0));
     loss.backward();
     results.push_back({loss.item()});
     results.push_back(xl.grad().to_vector<double>());

@@ -1,6 +1,7 @@
 #pragma once
 // Validation helpers shared by the op definitions in this folder.
 #include <initializer_list>
+#include <optional>
 #include <string_view>
 
 #include "autograd/grad_mode.hpp"
@@ -33,6 +34,24 @@ inline Backend& same_device_and_dtype(std::string_view op, std::initializer_list
 inline void check_floating(std::string_view op, const Tensor& t) {
   ELLIPSE_CHECK(is_floating(t.dtype()), "{}: expected a floating tensor (f32 or f64), got {} of shape {}", op,
                 dtype_name(t.dtype()), to_string(t.shape()));
+}
+
+// Checks on the host that every id lies in [0, bound) or equals `allowed` (if given); returns how many
+// differ from `allowed` (an ignore_index may also be a valid class: those entries still count as ignored).
+inline std::int64_t check_ids(std::string_view op, const Tensor& ids, std::int64_t bound, std::string_view what,
+                              std::optional<std::int64_t> allowed) {
+  ELLIPSE_CHECK(ids.dtype() == DType::i64, "{}: {} must be i64, got {} of shape {}", op, what, dtype_name(ids.dtype()),
+                to_string(ids.shape()));
+  const Tensor host = ids.to(Device::cpu()).contiguous();
+  const std::int64_t* p = host.data<std::int64_t>();
+  std::int64_t counted = 0;
+  for (std::int64_t i = 0; i < host.numel(); ++i) {
+    const bool is_allowed = p[i] == allowed;
+    ELLIPSE_CHECK((p[i] >= 0 && p[i] < bound) || is_allowed, "{}: {} {} at position {} is out of range [0, {})", op,
+                  what, p[i], i, bound);
+    counted += !is_allowed;
+  }
+  return counted;
 }
 
 // A tensor sharing x's storage with the given geometry (no copy, no graph).

@@ -8,9 +8,15 @@ namespace ellipse {
 
 namespace {
 
+// Comparisons take any dtype (i64 ids too); arithmetic takes floating inputs.
+bool is_comparison(BinaryOp kind) {
+  return kind == BinaryOp::eq || kind == BinaryOp::ne || kind == BinaryOp::gt || kind == BinaryOp::lt ||
+         kind == BinaryOp::ge || kind == BinaryOp::le;
+}
+
 Tensor binary_kernel(std::string_view op, BinaryOp kind, const Tensor& a, const Tensor& b) {
   Backend& backend = detail::same_device_and_dtype(op, {&a, &b});
-  if (kind != BinaryOp::eq) detail::check_floating(op, a);
+  if (!is_comparison(kind)) detail::check_floating(op, a);
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), op);
   Tensor out = empty(shape, a.dtype(), a.device());
   backend.binary(kind, a.detach().expand(shape), b.detach().expand(shape), out);
@@ -37,6 +43,19 @@ Tensor unary_op(std::string_view op, UnaryOp kind, const Tensor& x, Reads reads,
   return record(op, y, {x}, [saved, derivative](const Tensor& g, const std::vector<bool>&) {
     return std::vector{mul(g, derivative(saved))};
   });
+}
+
+// maximum (direction 1) or minimum (direction -1). The gradient goes to the chosen input and splits equally
+// where a and b tie, as max's does: a's share is (1 + direction * sign(a - b)) / 2, b's the rest.
+Tensor extremum(std::string_view op, BinaryOp kind, double direction, const Tensor& a, const Tensor& b) {
+  Tensor out = binary_kernel(op, kind, a, b);
+  return record(op, out, {a, b},
+                [op, direction, a = a.detach(), b = b.detach()](const Tensor& g, const std::vector<bool>& needs) {
+                  const Tensor sign = unary_kernel(op, UnaryOp::sign, sub(a, b));
+                  const Tensor share_a = add(mul(sign, 0.5 * direction), 0.5);
+                  return std::vector{needs[0] ? sum_to(mul(g, share_a), a.shape()) : Tensor(),
+                                     needs[1] ? sum_to(mul(g, rsub(share_a, 1.0)), b.shape()) : Tensor()};
+                });
 }
 
 }  // namespace
@@ -73,7 +92,15 @@ Tensor div(const Tensor& a, const Tensor& b) {
                 });
 }
 
+Tensor maximum(const Tensor& a, const Tensor& b) { return extremum("maximum", BinaryOp::maximum, 1.0, a, b); }
+Tensor minimum(const Tensor& a, const Tensor& b) { return extremum("minimum", BinaryOp::minimum, -1.0, a, b); }
+
 Tensor equal(const Tensor& a, const Tensor& b) { return binary_kernel("equal", BinaryOp::eq, a, b); }
+Tensor not_equal(const Tensor& a, const Tensor& b) { return binary_kernel("not_equal", BinaryOp::ne, a, b); }
+Tensor greater(const Tensor& a, const Tensor& b) { return binary_kernel("greater", BinaryOp::gt, a, b); }
+Tensor less(const Tensor& a, const Tensor& b) { return binary_kernel("less", BinaryOp::lt, a, b); }
+Tensor greater_equal(const Tensor& a, const Tensor& b) { return binary_kernel("greater_equal", BinaryOp::ge, a, b); }
+Tensor less_equal(const Tensor& a, const Tensor& b) { return binary_kernel("less_equal", BinaryOp::le, a, b); }
 
 Tensor add(const Tensor& x, double s) {
   Tensor y = unary_kernel("add", UnaryOp::add_scalar, x, s);
@@ -113,6 +140,14 @@ Tensor sqrt(const Tensor& x) {
 Tensor abs(const Tensor& x) {
   return unary_op("abs", UnaryOp::abs, x, Reads::input,
                   [](const Tensor& in) { return unary_kernel("abs", UnaryOp::sign, in); });
+}
+
+Tensor sin(const Tensor& x) {
+  return unary_op("sin", UnaryOp::sin, x, Reads::input, [](const Tensor& in) { return cos(in); });
+}
+
+Tensor cos(const Tensor& x) {
+  return unary_op("cos", UnaryOp::cos, x, Reads::input, [](const Tensor& in) { return neg(sin(in)); });
 }
 
 Tensor clamp(const Tensor& x, double low, double high) {

@@ -27,24 +27,6 @@ Tensor softmax_impl(std::string_view op, const Tensor& x, std::int64_t axis_in, 
   });
 }
 
-// Checks on the host that every id lies in [0, bound) or equals `allowed` (if given); returns how many
-// differ from `allowed` (an ignore_index may also be a valid class: those entries still count as ignored).
-std::int64_t check_ids(std::string_view op, const Tensor& ids, std::int64_t bound, std::string_view what,
-                       std::optional<std::int64_t> allowed) {
-  ELLIPSE_CHECK(ids.dtype() == DType::i64, "{}: {} must be i64, got {} of shape {}", op, what, dtype_name(ids.dtype()),
-                to_string(ids.shape()));
-  const Tensor host = ids.to(Device::cpu()).contiguous();
-  const std::int64_t* p = host.data<std::int64_t>();
-  std::int64_t counted = 0;
-  for (std::int64_t i = 0; i < host.numel(); ++i) {
-    const bool is_allowed = p[i] == allowed;
-    ELLIPSE_CHECK((p[i] >= 0 && p[i] < bound) || is_allowed, "{}: {} {} at position {} is out of range [0, {})", op,
-                  what, p[i], i, bound);
-    counted += !is_allowed;
-  }
-  return counted;
-}
-
 }  // namespace
 
 Tensor softmax(const Tensor& x, std::int64_t axis) { return softmax_impl("softmax", x, axis, false); }
@@ -222,7 +204,7 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
   ELLIPSE_CHECK(ids.device() == weight.device(), "embedding: ids are on {}, weight on {}", ids.device().str(),
                 weight.device().str());
   const std::int64_t vocab = weight.shape()[0], n = weight.shape()[1];
-  check_ids("embedding", ids, vocab, "id", std::nullopt);
+  detail::check_ids("embedding", ids, vocab, "id", std::nullopt);
   Shape shape = ids.shape();
   shape.push_back(n);
   Tensor out = empty(shape, weight.dtype(), weight.device());
@@ -246,7 +228,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, std::int64_t i
                 targets.device().str(), logits.device().str());
   const std::int64_t classes = logits.shape().back(), rows = numel(row_shape);
   ELLIPSE_CHECK(classes > 0, "cross_entropy: logits {} have no classes", to_string(logits.shape()));
-  const std::int64_t counted = check_ids("cross_entropy", targets, classes, "target", ignore_index);
+  const std::int64_t counted = detail::check_ids("cross_entropy", targets, classes, "target", ignore_index);
 
   const Tensor flat = reshape(contiguous(logits.detach()), {rows, classes});
   const Tensor flat_targets = reshape(contiguous(targets), {rows});

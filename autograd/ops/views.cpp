@@ -1,5 +1,5 @@
 // Views and copies: reshape, permute, narrow, slice, select, expand, (un)squeeze, contiguous, clone,
-// dtype and device conversion, concat, split, sum_to. Views share storage; their backward rules put the
+// dtype and device conversion, concat, stack, split, sum_to. Views share storage; their backward rules put the
 // gradient back into the input's shape.
 #include <numeric>
 #include <optional>
@@ -289,6 +289,22 @@ Tensor concat(const std::vector<Tensor>& xs, std::int64_t axis_in) {
   return record("concat", out, xs, [sizes, axis](const Tensor& g, const std::vector<bool>&) {
     return split(g, sizes, axis);
   });
+}
+
+Tensor stack(const std::vector<Tensor>& xs, std::int64_t axis) {
+  ELLIPSE_CHECK(!xs.empty(), "stack: needs at least one tensor");
+  for (const auto& x : xs) detail::same_device_and_dtype("stack", {&xs[0], &x});
+  const std::int64_t dim = xs[0].dim();
+  ELLIPSE_CHECK(axis >= -(dim + 1) && axis <= dim,
+                "stack: axis {} is out of range for a new axis of {} (from {} to {})", axis, to_string(xs[0].shape()),
+                -(dim + 1), dim);
+  std::vector<Tensor> parts;
+  for (const auto& x : xs) {
+    ELLIPSE_CHECK(x.shape() == xs[0].shape(), "stack: shape {} does not match {}; stacked tensors need one shape",
+                  to_string(x.shape()), to_string(xs[0].shape()));
+    parts.push_back(unsqueeze(x, axis));
+  }
+  return concat(parts, axis);  // axis counts the same in the unsqueezed parts, from either end
 }
 
 std::vector<Tensor> split(const Tensor& x, const std::vector<std::int64_t>& sizes, std::int64_t axis_in) {

@@ -1,7 +1,7 @@
 #pragma once
 // The CPU backend: its own AVX-512 GEMM for f32 matrix products (OpenBLAS for f64, and for f32 on processors
-// without AVX-512), and loops on its own thread pool for everything else. One file per op family
-// (elementwise.cpp, reduce.cpp, matmul.cpp and sgemm.cpp, nn.cpp, attention.cpp) holds the kernels declared here.
+// without AVX-512), and loops on its own thread pool for everything else. One file per op family (elementwise.cpp,
+// reduce.cpp, indexing.cpp, matmul.cpp and sgemm.cpp, nn.cpp, attention.cpp) holds the kernels declared here.
 #include <mutex>
 #include <unordered_map>
 
@@ -60,6 +60,10 @@ class CpuBackend final : public Backend {
                            const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) override;
   void embedding(const Tensor& weight, const Tensor& ids, const Tensor& out) override;
   void embedding_backward(const Tensor& ids, const Tensor& gy, const Tensor& gweight) override;
+  void gather(const Tensor& x, const Tensor& index, int axis, const Tensor& out) override;
+  void scatter_add(const Tensor& src, const Tensor& index, int axis, const Tensor& out) override;
+  void topk(const Tensor& x, const Tensor& indices, std::int64_t outer, std::int64_t n, std::int64_t inner,
+            std::int64_t k, bool largest) override;
   void cross_entropy(const Tensor& logits, const Tensor& targets, std::int64_t ignore_index, const Tensor& losses,
                      const Tensor& lse) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,

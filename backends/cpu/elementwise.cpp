@@ -99,6 +99,8 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double a,
       case UnaryOp::sigmoid: return map1<T>(x, out, [](T v) { return cpu::sigmoid_fast(v); });
       case UnaryOp::relu: return map1<T>(x, out, [](T v) { return v > T(0) ? v : T(0); });
       case UnaryOp::gelu: return map1<T>(x, out, [](T v) { return cpu::gelu_fast(v); });
+      case UnaryOp::sin: return map1<T>(x, out, [](T v) { return std::sin(v); });
+      case UnaryOp::cos: return map1<T>(x, out, [](T v) { return std::cos(v); });
       case UnaryOp::add_scalar: return map1<T>(x, out, [ta](T v) { return v + ta; });
       case UnaryOp::mul_scalar: return map1<T>(x, out, [ta](T v) { return v * ta; });
       case UnaryOp::pow_scalar:
@@ -127,7 +129,14 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
       case BinaryOp::sub: return run([](T x, T y) { return x - y; });
       case BinaryOp::mul: return run([](T x, T y) { return x * y; });
       case BinaryOp::div: return run([](T x, T y) { return x / y; });
+      case BinaryOp::maximum: return run([](T x, T y) { return x > y || x != x ? x : y; });
+      case BinaryOp::minimum: return run([](T x, T y) { return x < y || x != x ? x : y; });
       case BinaryOp::eq: return run([](T x, T y) { return x == y ? T(1) : T(0); });
+      case BinaryOp::ne: return run([](T x, T y) { return x != y ? T(1) : T(0); });
+      case BinaryOp::gt: return run([](T x, T y) { return x > y ? T(1) : T(0); });
+      case BinaryOp::lt: return run([](T x, T y) { return x < y ? T(1) : T(0); });
+      case BinaryOp::ge: return run([](T x, T y) { return x >= y ? T(1) : T(0); });
+      case BinaryOp::le: return run([](T x, T y) { return x <= y ? T(1) : T(0); });
       case BinaryOp::gelu_backward:
         // Integer tensors never get here: gelu's backward rule is the only caller.
         if constexpr (std::is_floating_point_v<T>) run([](T g, T x) { return g * cpu::gelu_grad_fast(x); });

@@ -1,6 +1,6 @@
 #pragma once
 // The CUDA backend: cuBLAS for matrix products (matmul.cpp), our own kernels for everything else, one file per
-// op family (elementwise.cu, reduce.cu, nn.cu, attention.cu), as in backends/cpu/.
+// op family (elementwise.cu, reduce.cu, indexing.cu, nn.cu, attention.cu), as in backends/cpu/.
 // This header is plain C++ (no CUDA types), so that the rest of the library can name the backend.
 #include <cstddef>
 #include <memory>
@@ -62,6 +62,10 @@ class CudaBackend final : public Backend {
                            const Tensor& gy, const Tensor& gx, const Tensor& gweight, const Tensor& gbias) override;
   void embedding(const Tensor& weight, const Tensor& ids, const Tensor& out) override;
   void embedding_backward(const Tensor& ids, const Tensor& gy, const Tensor& gweight) override;
+  void gather(const Tensor& x, const Tensor& index, int axis, const Tensor& out) override;
+  void scatter_add(const Tensor& src, const Tensor& index, int axis, const Tensor& out) override;
+  void topk(const Tensor& x, const Tensor& indices, std::int64_t outer, std::int64_t n, std::int64_t inner,
+            std::int64_t k, bool largest) override;
   void cross_entropy(const Tensor& logits, const Tensor& targets, std::int64_t ignore_index, const Tensor& losses,
                      const Tensor& lse) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,

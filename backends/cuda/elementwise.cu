@@ -52,6 +52,8 @@ void unary_typed(const cuda::DeviceState& s, UnaryOp op, const Tensor& x, const 
     case UnaryOp::sigmoid: return map1<T>(s, x, out, [] __device__(T v) { return sigmoid(v); });
     case UnaryOp::relu: return map1<T>(s, x, out, [] __device__(T v) { return v > T(0) ? v : T(0); });
     case UnaryOp::gelu: return map1<T>(s, x, out, [] __device__(T v) { return gelu(v); });
+    case UnaryOp::sin: return map1<T>(s, x, out, [] __device__(T v) { return sin(v); });
+    case UnaryOp::cos: return map1<T>(s, x, out, [] __device__(T v) { return cos(v); });
     case UnaryOp::add_scalar: return map1<T>(s, x, out, [ta] __device__(T v) { return v + ta; });
     case UnaryOp::mul_scalar: return map1<T>(s, x, out, [ta] __device__(T v) { return v * ta; });
     case UnaryOp::pow_scalar:
@@ -81,7 +83,15 @@ void binary_typed(const cuda::DeviceState& s, BinaryOp op, const Tensor& a, cons
     case BinaryOp::sub: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x - y; });
     case BinaryOp::mul: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x * y; });
     case BinaryOp::div: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x / y; });
+    // Not fmax and fmin, which drop a NaN.
+    case BinaryOp::maximum: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x > y || x != x ? x : y; });
+    case BinaryOp::minimum: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x < y || x != x ? x : y; });
     case BinaryOp::eq: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x == y ? T(1) : T(0); });
+    case BinaryOp::ne: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x != y ? T(1) : T(0); });
+    case BinaryOp::gt: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x > y ? T(1) : T(0); });
+    case BinaryOp::lt: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x < y ? T(1) : T(0); });
+    case BinaryOp::ge: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x >= y ? T(1) : T(0); });
+    case BinaryOp::le: return map2<T>(s, a, b, out, [] __device__(T x, T y) { return x <= y ? T(1) : T(0); });
     case BinaryOp::gelu_backward:
       // Integer tensors never get here: gelu's backward rule is the only caller.
       if constexpr (std::is_floating_point_v<T>)
