@@ -1,5 +1,6 @@
 #include "models/checkpoint.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <set>
 
@@ -28,6 +29,24 @@ void assign_parameters(const std::string& path, const std::map<std::string, Tens
   NoGradGuard no_grad;
   for (const auto& [name, param] : params)
     Tensor(param).copy_(source.at(prefix + name).to(param.dtype()).to(param.device()));
+}
+
+// Each module parameter's index in the optimizer, in named_parameters() order: the optimizer may hold them in
+// another order (its groups').
+std::vector<std::size_t> optimizer_order(const std::string& op, const nn::Module& module,
+                                         const nn::Optimizer& optimizer) {
+  const auto held = optimizer.parameters();
+  const auto params = module.named_parameters();
+  ELLIPSE_CHECK(held.size() == params.size(), "{}: the optimizer holds {} parameters, the model {}", op, held.size(),
+                params.size());
+  std::vector<std::size_t> order;
+  for (const auto& [name, param] : params) {
+    const auto found =
+        std::find_if(held.begin(), held.end(), [&](const Tensor& p) { return p.impl() == param.impl(); });
+    ELLIPSE_CHECK(found != held.end(), "{}: the optimizer does not hold parameter '{}'", op, name);
+    order.push_back(static_cast<std::size_t>(found - held.begin()));
+  }
+  return order;
 }
 
 std::map<std::string, Tensor> by_name(const io::SafetensorsFile& file) {
@@ -85,13 +104,12 @@ void save_train_state(const std::string& path, const nn::Module& module, const n
                       const TrainState& state) {
   NamedTensors tensors;
   const auto params = module.named_parameters();
+  const auto order = optimizer_order("save_train_state", module, optimizer);
   const auto moments = optimizer.state();
-  ELLIPSE_CHECK(moments.size() == 2 * params.size(), "save_train_state: the optimizer holds {} buffers for {} "
-                "parameters", moments.size(), params.size());
   for (std::size_t i = 0; i < params.size(); ++i) {
     tensors.emplace_back("param." + params[i].first, params[i].second.detach());
-    tensors.emplace_back("adam_m." + params[i].first, moments[2 * i]);
-    tensors.emplace_back("adam_v." + params[i].first, moments[2 * i + 1]);
+    tensors.emplace_back("adam_m." + params[i].first, moments[2 * order[i]]);
+    tensors.emplace_back("adam_v." + params[i].first, moments[2 * order[i] + 1]);
   }
   std::map<std::string, std::string> metadata = state.fields;
   metadata["step"] = std::to_string(state.step);
@@ -104,6 +122,7 @@ TrainState load_train_state(const std::string& path, nn::Module& module, nn::Ada
   const auto file = io::load_safetensors(path);
   const auto source = by_name(file);
   const auto params = module.named_parameters();
+  const auto order = optimizer_order("load_train_state", module, optimizer);
   reject_unknown(path, source, {"param.", "adam_m.", "adam_v."}, module);
   auto integer_field = [&](const std::string& key) {
     const auto found = file.metadata.find(key);
@@ -116,15 +135,17 @@ TrainState load_train_state(const std::string& path, nn::Module& module, nn::Ada
   TrainState state;
   state.step = integer_field("step");
   const std::int64_t optimizer_steps = integer_field("optimizer_steps");
-  std::vector<Tensor> moments;
-  for (const auto& [name, param] : params) {
-    for (const char* kind : {"adam_m.", "adam_v."}) {
-      const auto found = source.find(kind + name);
-      ELLIPSE_CHECK(found != source.end(), "{}: tensor '{}' is missing", path, kind + name);
+  std::vector<Tensor> moments(2 * params.size());  // in the optimizer's order: [m0, v0, m1, v1, ...]
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const auto& [name, param] = params[i];
+    for (std::size_t k = 0; k < 2; ++k) {
+      const std::string key = (k == 0 ? "adam_m." : "adam_v.") + name;
+      const auto found = source.find(key);
+      ELLIPSE_CHECK(found != source.end(), "{}: tensor '{}' is missing", path, key);
       ELLIPSE_CHECK(found->second.shape() == param.shape() && found->second.dtype() == param.dtype(),
-                    "{}: tensor '{}' is {} {}, expected {} {}", path, kind + name, dtype_name(found->second.dtype()),
+                    "{}: tensor '{}' is {} {}, expected {} {}", path, key, dtype_name(found->second.dtype()),
                     to_string(found->second.shape()), dtype_name(param.dtype()), to_string(param.shape()));
-      moments.push_back(found->second.to(param.device()));
+      moments[2 * order[i] + k] = found->second.to(param.device());
     }
   }
   for (const auto& [key, value] : file.metadata) {

@@ -286,3 +286,32 @@ TEST_CASE("reductions and layers refuse what has no answer, naming the op, the s
   CHECK_ERROR(nn::Dropout(1.0, gen), "Dropout", "[0, 1)", "got 1");
   CHECK_ERROR(nn::LayerNorm(4, 0.0), "LayerNorm", "eps", "eps=0");
 }
+
+TEST_CASE("optimizers: options, groups and state that do not fit") {
+  const Tensor w = f32({2, 2}).requires_grad_(), b = f32({2}).requires_grad_();
+  CHECK_ERROR(nn::AdamW({w}, {.lr = -1.0}), "AdamW", "learning rate", "-1");
+  CHECK_ERROR(nn::AdamW({w}, {.beta1 = 1.0}), "AdamW", "betas", "[0, 1)", "(1, 0.999)");
+  CHECK_ERROR(nn::AdamW({w}, {.eps = 0.0}), "AdamW", "eps 0");
+  CHECK_ERROR(nn::AdamW({w}, {.weight_decay = -0.5}), "AdamW", "weight_decay -0.5");
+  CHECK_ERROR(nn::AdamW({f32({2})}), "AdamW", "require grad", "[2]");
+  CHECK_ERROR(nn::AdamW({w, b, w}), "AdamW", "[2, 2]", "appears twice");
+  CHECK_ERROR(nn::AdamW({{.parameters = {w}}, {.parameters = {w}}}), "AdamW", "[2, 2]", "twice", "group 1");
+  CHECK_ERROR(nn::AdamW({{.parameters = {w}}, {.parameters = {b}, .lr_scale = -2.0}}), "AdamW", "group 1",
+              "lr_scale -2");
+  CHECK_ERROR(nn::SGD({{.parameters = {b}, .weight_decay = -1.0}}), "SGD", "group 0", "weight_decay -1");
+  CHECK_ERROR(nn::SGD({w}, {.momentum = -0.5}), "SGD", "momentum -0.5");
+  CHECK_ERROR(nn::SGD({w}, {.momentum = 0.9, .dampening = 1.5}), "SGD", "dampening 1.5", "[0, 1]");
+  CHECK_ERROR(nn::SGD({w}, {.nesterov = true}), "SGD", "nesterov", "momentum 0");
+  CHECK_ERROR(nn::SGD({w}, {.momentum = 0.9, .dampening = 0.1, .nesterov = true}), "SGD", "nesterov",
+              "dampening 0.1");
+
+  nn::AdamW adamw({w, b});
+  CHECK_ERROR(adamw.set_lr(-0.1), "AdamW::set_lr", "-0.1");
+  CHECK_ERROR(adamw.set_lr(NAN), "AdamW::set_lr", "nan");
+  CHECK_ERROR(adamw.load_state({f32({2, 2})}, 1), "AdamW::load_state", "1 buffers for 2 parameters", "expected 4");
+  CHECK_ERROR(adamw.load_state(adamw.state(), -1), "AdamW::load_state", "negative", "-1");
+  CHECK_ERROR(adamw.load_state({f32({2, 2}), f32({2, 2}), f32({3}), f32({2})}, 1), "AdamW::load_state", "buffer 2",
+              "[3]", "expected shape [2]");
+  nn::SGD sgd({w, b}, {.momentum = 0.9});
+  CHECK_ERROR(sgd.load_state({}, 0), "SGD::load_state", "0 buffers for 2 parameters", "expected 2");
+}
