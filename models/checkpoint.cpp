@@ -4,7 +4,6 @@
 #include <charconv>
 #include <set>
 
-#include "autograd/grad_mode.hpp"
 #include "core/error.hpp"
 #include "core/io/safetensors.hpp"
 
@@ -14,21 +13,31 @@ namespace {
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
-// Copies `source` tensors named prefix + parameter name into the module's parameters, all or nothing.
-void assign_parameters(const std::string& path, const std::map<std::string, Tensor>& source, const std::string& prefix,
-                       const nn::Module& module) {
-  const auto params = module.named_parameters();
-  for (const auto& [name, param] : params) {
-    const auto found = source.find(prefix + name);
-    ELLIPSE_CHECK(found != source.end(), "{}: tensor '{}' is missing", path, prefix + name);
-    ELLIPSE_CHECK(found->second.shape() == param.shape(), "{}: tensor '{}' has shape {}, the model expects {}", path,
-                  prefix + name, to_string(found->second.shape()), to_string(param.shape()));
-    ELLIPSE_CHECK(is_floating(found->second.dtype()), "{}: tensor '{}' is {}, expected a floating dtype", path,
-                  prefix + name, dtype_name(found->second.dtype()));
+// The tensors of `source` whose names start with `prefix`, named without it, as a state dict for
+// Module::load_state_dict; each floating one that names a parameter is converted to that parameter's dtype (a
+// file's F32 or F16 loads into any floating model).
+nn::StateDict parameter_dict(const std::map<std::string, Tensor>& source, const std::string& prefix,
+                             const nn::Module& module) {
+  std::map<std::string, DType> dtypes;
+  for (const auto& [name, param] : module.named_parameters()) dtypes.emplace(name, param.dtype());
+  nn::StateDict dict;
+  for (const auto& [key, tensor] : source) {
+    if (!key.starts_with(prefix)) continue;
+    const std::string name = key.substr(prefix.size());
+    const auto dtype = dtypes.find(name);
+    const bool convert = dtype != dtypes.end() && is_floating(tensor.dtype()) && is_floating(dtype->second);
+    dict.emplace_back(name, convert ? tensor.to(dtype->second) : tensor);
   }
-  NoGradGuard no_grad;
-  for (const auto& [name, param] : params)
-    Tensor(param).copy_(source.at(prefix + name).to(param.dtype()).to(param.device()));
+  return dict;
+}
+
+// Module::load_state_dict (all or nothing, strict) with `path` at the start of its errors.
+void load_into(const std::string& path, nn::Module& module, const nn::StateDict& dict) {
+  try {
+    module.load_state_dict(dict);
+  } catch (const Error& e) {
+    fail("{}: {}", path, e.what());
+  }
 }
 
 // Each module parameter's index in the optimizer, in named_parameters() order: the optimizer may hold them in
@@ -54,7 +63,6 @@ std::map<std::string, Tensor> by_name(const io::SafetensorsFile& file) {
 }
 
 // Throws naming the first tensor of `source` that is not prefix + the name of a parameter of `module`.
-// (Missing tensors are named by assign_parameters, so together every mismatch names a tensor.)
 void reject_unknown(const std::string& path, const std::map<std::string, Tensor>& source,
                     const std::vector<std::string>& prefixes, const nn::Module& module) {
   std::set<std::string> known;
@@ -94,9 +102,7 @@ void save_parameters(const std::string& path, const nn::Module& module,
 
 std::map<std::string, std::string> load_parameters(const std::string& path, nn::Module& module) {
   const auto file = io::load_safetensors(path);
-  const auto source = by_name(file);
-  reject_unknown(path, source, {""}, module);
-  assign_parameters(path, source, "", module);
+  load_into(path, module, parameter_dict(by_name(file), "", module));
   return file.metadata;
 }
 
@@ -155,7 +161,7 @@ TrainState load_train_state(const std::string& path, nn::Module& module, nn::Ada
       state.fields[key] = value;
     }
   }
-  assign_parameters(path, source, "param.", module);
+  load_into(path, module, parameter_dict(source, "param.", module));
   optimizer.load_state(moments, optimizer_steps);
   return state;
 }

@@ -315,3 +315,22 @@ TEST_CASE("optimizers: options, groups and state that do not fit") {
   nn::SGD sgd({w, b}, {.momentum = 0.9});
   CHECK_ERROR(sgd.load_state({}, 0), "SGD::load_state", "0 buffers for 2 parameters", "expected 2");
 }
+
+TEST_CASE("state dicts and dtype conversion that do not fit") {
+  Generator gen(0);
+  nn::Linear layer(2, 3, true, gen);
+  CHECK_ERROR(layer.load_state_dict({{"weight", f32({3, 2})}}), "Module::load_state_dict", "missing: 'bias'",
+              "unexpected: none");
+  CHECK_ERROR(layer.load_state_dict({{"weight", f32({3, 2})}, {"bias", f32({3})}, {"scale", f32({1})}}),
+              "Module::load_state_dict", "missing: none", "unexpected: 'scale'");
+  CHECK_ERROR(layer.load_state_dict({{"weight", f32({2, 3})}, {"bias", f32({3})}}), "Module::load_state_dict",
+              "'weight'", "f32 [2, 3]", "f32 [3, 2]");
+  CHECK_ERROR(layer.load_state_dict({{"weight", f64({3, 2})}, {"bias", f32({3})}}), "Module::load_state_dict",
+              "'weight'", "f64 [3, 2]", "f32 [3, 2]");
+  CHECK_ERROR(layer.load_state_dict({{"weight", f32({3, 2})}, {"bias", Tensor()}}), "Module::load_state_dict",
+              "'bias'", "undefined");
+  CHECK_ERROR(layer.load_state_dict({{"bias", f32({3})}, {"bias", f32({3})}}, false), "Module::load_state_dict",
+              "'bias'", "twice");
+  CHECK_ERROR(layer.to(DType::i64), "Module::to", "floating", "i64");
+
+}
