@@ -316,7 +316,7 @@ TEST_CASE("optimizers: options, groups and state that do not fit") {
   CHECK_ERROR(sgd.load_state({}, 0), "SGD::load_state", "0 buffers for 2 parameters", "expected 2");
 }
 
-TEST_CASE("state dicts and dtype conversion that do not fit") {
+TEST_CASE("state dicts, dtype conversion and batches that do not fit") {
   Generator gen(0);
   nn::Linear layer(2, 3, true, gen);
   CHECK_ERROR(layer.load_state_dict({{"weight", f32({3, 2})}}), "Module::load_state_dict", "missing: 'bias'",
@@ -333,4 +333,10 @@ TEST_CASE("state dicts and dtype conversion that do not fit") {
               "'bias'", "twice");
   CHECK_ERROR(layer.to(DType::i64), "Module::to", "floating", "i64");
 
+  CHECK_ERROR(nn::ShuffledBatches({f32({4, 2}), i64({5})}, 2, gen), "ShuffledBatches", "tensor 1 has 5 rows",
+              "[5]", "tensor 0 has 4", "[4, 2]");
+  CHECK_ERROR(nn::ShuffledBatches({f32({4, 2})}, 0, gen), "ShuffledBatches", "batch_size", "positive", "got 0");
+  CHECK_ERROR(nn::ShuffledBatches({f32({4, 2})}, -3, gen), "ShuffledBatches", "batch_size", "got -3");
+  CHECK_ERROR(nn::ShuffledBatches({}, 2, gen), "ShuffledBatches", "at least one tensor");
+  CHECK_ERROR(nn::ShuffledBatches({f32({4}), f32({})}, 2, gen), "ShuffledBatches", "tensor 1", "row", "shape []");
 }

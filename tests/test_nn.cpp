@@ -1,5 +1,5 @@
 // Research-facing pieces of nn above the ops: state dicts, converting a whole model's dtype (and gradchecking
-// it in f64), and training checkpoints of optimizers with parameter groups.
+// it in f64), shuffled mini-batches, and training checkpoints of optimizers with parameter groups.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -9,6 +9,7 @@
 
 #include "helpers.hpp"
 #include "models/checkpoint.hpp"
+#include "nn/data.hpp"
 #include "nn/layers.hpp"
 #include "nn/optim.hpp"
 
@@ -161,6 +162,77 @@ TEST_CASE("Module::to(DType::f64): a whole model passes gradcheck on its paramet
   const GradcheckResult result = gradcheck(forward, model.parameters(), {.step = 1e-5});
   INFO(result.worst);
   CHECK(result.max_error < 1e-6);
+}
+
+TEST_CASE("ShuffledBatches: every row once per pass, rows of the tensors paired, a fresh order each pass") {
+  for (const auto& d : available_devices()) {
+    CAPTURE(d.device.str());
+    // Row i of x is (i, -i) in f32; row i of the labels is i in i64.
+    std::vector<float> rows;
+    for (int i = 0; i < 10; ++i) rows.insert(rows.end(), {static_cast<float>(i), static_cast<float>(-i)});
+    const Tensor x = from_vector(rows, {10, 2}).to(d.device);
+    const Tensor labels = arange(0, 10, 1, DType::i64).to(d.device);
+    Generator gen(5);
+    nn::ShuffledBatches batches({x, labels}, 4, gen);
+    CHECK(batches.size() == 3);
+    CHECK(batches.rows() == 10);
+
+    std::vector<std::vector<std::int64_t>> orders;
+    for (int pass = 0; pass < 3; ++pass) {
+      std::vector<std::int64_t> order, sizes;
+      for (const std::vector<Tensor>& batch : batches) {
+        REQUIRE(batch.size() == 2);
+        CHECK(batch[0].device() == d.device);
+        CHECK(batch[1].dtype() == DType::i64);
+        sizes.push_back(batch[1].shape()[0]);
+        const auto ids = batch[1].to(Device::cpu()).to_vector<std::int64_t>();
+        const auto xs = batch[0].to(Device::cpu()).to_vector<float>();
+        for (std::size_t r = 0; r < ids.size(); ++r) {
+          CHECK(xs[2 * r] == static_cast<float>(ids[r]));  // the same row of both tensors
+          CHECK(xs[2 * r + 1] == -static_cast<float>(ids[r]));
+        }
+        order.insert(order.end(), ids.begin(), ids.end());
+      }
+      CHECK(sizes == std::vector<std::int64_t>{4, 4, 2});
+      std::vector<std::int64_t> sorted = order;
+      std::sort(sorted.begin(), sorted.end());
+      CHECK(sorted == labels.to(Device::cpu()).to_vector<std::int64_t>());
+      orders.push_back(order);
+    }
+    CHECK(orders[0] != orders[1]);
+    CHECK(orders[1] != orders[2]);
+
+    // The same seed gives the same passes; drop_last leaves out the short batch.
+    Generator again(5);
+    nn::ShuffledBatches replay({x, labels}, 4, again, /*drop_last=*/true);
+    CHECK(replay.size() == 2);
+    std::vector<std::int64_t> first_pass;
+    for (const auto& batch : replay) {
+      CHECK(batch[1].shape()[0] == 4);
+      for (const auto id : batch[1].to(Device::cpu()).to_vector<std::int64_t>()) first_pass.push_back(id);
+    }
+    CHECK(first_pass == std::vector<std::int64_t>(orders[0].begin(), orders[0].begin() + 8));
+  }
+  // Every order of 3 rows turns up (a shuffle that must move every row, say, would never keep one in place).
+  Generator seeded(7);
+  nn::ShuffledBatches three({arange(0, 3, 1, DType::i64)}, 3, seeded);
+  std::set<std::vector<std::int64_t>> seen;
+  for (int pass = 0; pass < 60; ++pass)
+    for (const auto& batch : three) seen.insert(batch[0].to_vector<std::int64_t>());
+  CHECK(seen.size() == 6);
+
+  // A batch as large as the data is one batch; rows without a gradient history whatever the input has.
+  Generator gen(6);
+  const Tensor w = ones({3, 2}).requires_grad_();
+  nn::ShuffledBatches whole({w}, 8, gen);
+  CHECK(whole.size() == 1);
+  for (const auto& batch : whole) {
+    CHECK(batch[0].shape() == Shape{3, 2});
+    CHECK_FALSE(batch[0].requires_grad());
+  }
+  nn::ShuffledBatches none({w}, 8, gen, /*drop_last=*/true);
+  CHECK(none.size() == 0);
+  CHECK(none.begin() == none.end());
 }
 
 TEST_CASE("training checkpoints pair each parameter with its moments whatever order the groups give them") {
