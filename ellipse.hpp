@@ -25,6 +25,7 @@
 #include "nn/analysis.hpp"
 #include "nn/attention.hpp"
 #include "nn/block.hpp"
+#include "nn/data.hpp"
 #include "nn/layers.hpp"
 #include "nn/module.hpp"
 #include "nn/optim.hpp"

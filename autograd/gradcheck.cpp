@@ -60,10 +60,13 @@ GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)
       value = saved;
       const double numeric = (plus - minus) / (2 * options.step);
       const double a = analytic[static_cast<std::size_t>(i)];
-      const double error = std::abs(a - numeric) / std::max({std::abs(a), std::abs(numeric), options.floor});
+      const double absolute = std::abs(a - numeric), magnitude = std::max(std::abs(a), std::abs(numeric));
+      const double error = absolute / std::max(magnitude, options.floor);
       if (!(error <= result.max_error)) {  // also catches NaN
         result.max_error = std::isnan(error) ? INFINITY : error;
-        result.worst = fmt::format("input {} element {}: analytic {:.10g}, numeric {:.10g}", k, i, a, numeric);
+        result.worst = fmt::format("input {} element {}: analytic {:.10g}, numeric {:.10g} (absolute error {:.3g}, "
+                                   "relative error {:.3g})", k, i, a, numeric, absolute,
+                                   magnitude > 0 ? absolute / magnitude : 0.0);
       }
     }
   }

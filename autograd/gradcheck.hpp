@@ -10,7 +10,9 @@ namespace ellipse {
 
 struct GradcheckResult {
   double max_error = 0;   // largest |analytic - numeric| / max(|analytic|, |numeric|, floor) over all entries
-  std::string worst;      // where it happened: "input 1 element 7: analytic ... numeric ..."
+  // Where it happened, with both errors there: "input 1 element 7: analytic ..., numeric ... (absolute error
+  // ..., relative error ...)" (the relative error divides by max(|analytic|, |numeric|), without the floor).
+  std::string worst;
 };
 
 struct GradcheckOptions {

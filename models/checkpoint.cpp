@@ -1,9 +1,9 @@
 #include "models/checkpoint.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <set>
 
-#include "autograd/grad_mode.hpp"
 #include "core/error.hpp"
 #include "core/io/safetensors.hpp"
 
@@ -13,21 +13,49 @@ namespace {
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
-// Copies `source` tensors named prefix + parameter name into the module's parameters, all or nothing.
-void assign_parameters(const std::string& path, const std::map<std::string, Tensor>& source, const std::string& prefix,
-                       const nn::Module& module) {
-  const auto params = module.named_parameters();
-  for (const auto& [name, param] : params) {
-    const auto found = source.find(prefix + name);
-    ELLIPSE_CHECK(found != source.end(), "{}: tensor '{}' is missing", path, prefix + name);
-    ELLIPSE_CHECK(found->second.shape() == param.shape(), "{}: tensor '{}' has shape {}, the model expects {}", path,
-                  prefix + name, to_string(found->second.shape()), to_string(param.shape()));
-    ELLIPSE_CHECK(is_floating(found->second.dtype()), "{}: tensor '{}' is {}, expected a floating dtype", path,
-                  prefix + name, dtype_name(found->second.dtype()));
+// The tensors of `source` whose names start with `prefix`, named without it, as a state dict for
+// Module::load_state_dict; each floating one that names a parameter is converted to that parameter's dtype (a
+// file's F32 or F16 loads into any floating model).
+nn::StateDict parameter_dict(const std::map<std::string, Tensor>& source, const std::string& prefix,
+                             const nn::Module& module) {
+  std::map<std::string, DType> dtypes;
+  for (const auto& [name, param] : module.named_parameters()) dtypes.emplace(name, param.dtype());
+  nn::StateDict dict;
+  for (const auto& [key, tensor] : source) {
+    if (!key.starts_with(prefix)) continue;
+    const std::string name = key.substr(prefix.size());
+    const auto dtype = dtypes.find(name);
+    const bool convert = dtype != dtypes.end() && is_floating(tensor.dtype()) && is_floating(dtype->second);
+    dict.emplace_back(name, convert ? tensor.to(dtype->second) : tensor);
   }
-  NoGradGuard no_grad;
-  for (const auto& [name, param] : params)
-    Tensor(param).copy_(source.at(prefix + name).to(param.dtype()).to(param.device()));
+  return dict;
+}
+
+// Module::load_state_dict (all or nothing, strict) with `path` at the start of its errors.
+void load_into(const std::string& path, nn::Module& module, const nn::StateDict& dict) {
+  try {
+    module.load_state_dict(dict);
+  } catch (const Error& e) {
+    fail("{}: {}", path, e.what());
+  }
+}
+
+// Each module parameter's index in the optimizer, in named_parameters() order: the optimizer may hold them in
+// another order (its groups').
+std::vector<std::size_t> optimizer_order(const std::string& op, const nn::Module& module,
+                                         const nn::Optimizer& optimizer) {
+  const auto held = optimizer.parameters();
+  const auto params = module.named_parameters();
+  ELLIPSE_CHECK(held.size() == params.size(), "{}: the optimizer holds {} parameters, the model {}", op, held.size(),
+                params.size());
+  std::vector<std::size_t> order;
+  for (const auto& [name, param] : params) {
+    const auto found =
+        std::find_if(held.begin(), held.end(), [&](const Tensor& p) { return p.impl() == param.impl(); });
+    ELLIPSE_CHECK(found != held.end(), "{}: the optimizer does not hold parameter '{}'", op, name);
+    order.push_back(static_cast<std::size_t>(found - held.begin()));
+  }
+  return order;
 }
 
 std::map<std::string, Tensor> by_name(const io::SafetensorsFile& file) {
@@ -35,7 +63,6 @@ std::map<std::string, Tensor> by_name(const io::SafetensorsFile& file) {
 }
 
 // Throws naming the first tensor of `source` that is not prefix + the name of a parameter of `module`.
-// (Missing tensors are named by assign_parameters, so together every mismatch names a tensor.)
 void reject_unknown(const std::string& path, const std::map<std::string, Tensor>& source,
                     const std::vector<std::string>& prefixes, const nn::Module& module) {
   std::set<std::string> known;
@@ -75,9 +102,7 @@ void save_parameters(const std::string& path, const nn::Module& module,
 
 std::map<std::string, std::string> load_parameters(const std::string& path, nn::Module& module) {
   const auto file = io::load_safetensors(path);
-  const auto source = by_name(file);
-  reject_unknown(path, source, {""}, module);
-  assign_parameters(path, source, "", module);
+  load_into(path, module, parameter_dict(by_name(file), "", module));
   return file.metadata;
 }
 
@@ -85,13 +110,12 @@ void save_train_state(const std::string& path, const nn::Module& module, const n
                       const TrainState& state) {
   NamedTensors tensors;
   const auto params = module.named_parameters();
+  const auto order = optimizer_order("save_train_state", module, optimizer);
   const auto moments = optimizer.state();
-  ELLIPSE_CHECK(moments.size() == 2 * params.size(), "save_train_state: the optimizer holds {} buffers for {} "
-                "parameters", moments.size(), params.size());
   for (std::size_t i = 0; i < params.size(); ++i) {
     tensors.emplace_back("param." + params[i].first, params[i].second.detach());
-    tensors.emplace_back("adam_m." + params[i].first, moments[2 * i]);
-    tensors.emplace_back("adam_v." + params[i].first, moments[2 * i + 1]);
+    tensors.emplace_back("adam_m." + params[i].first, moments[2 * order[i]]);
+    tensors.emplace_back("adam_v." + params[i].first, moments[2 * order[i] + 1]);
   }
   std::map<std::string, std::string> metadata = state.fields;
   metadata["step"] = std::to_string(state.step);
@@ -104,6 +128,7 @@ TrainState load_train_state(const std::string& path, nn::Module& module, nn::Ada
   const auto file = io::load_safetensors(path);
   const auto source = by_name(file);
   const auto params = module.named_parameters();
+  const auto order = optimizer_order("load_train_state", module, optimizer);
   reject_unknown(path, source, {"param.", "adam_m.", "adam_v."}, module);
   auto integer_field = [&](const std::string& key) {
     const auto found = file.metadata.find(key);
@@ -116,15 +141,17 @@ TrainState load_train_state(const std::string& path, nn::Module& module, nn::Ada
   TrainState state;
   state.step = integer_field("step");
   const std::int64_t optimizer_steps = integer_field("optimizer_steps");
-  std::vector<Tensor> moments;
-  for (const auto& [name, param] : params) {
-    for (const char* kind : {"adam_m.", "adam_v."}) {
-      const auto found = source.find(kind + name);
-      ELLIPSE_CHECK(found != source.end(), "{}: tensor '{}' is missing", path, kind + name);
+  std::vector<Tensor> moments(2 * params.size());  // in the optimizer's order: [m0, v0, m1, v1, ...]
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    const auto& [name, param] = params[i];
+    for (std::size_t k = 0; k < 2; ++k) {
+      const std::string key = (k == 0 ? "adam_m." : "adam_v.") + name;
+      const auto found = source.find(key);
+      ELLIPSE_CHECK(found != source.end(), "{}: tensor '{}' is missing", path, key);
       ELLIPSE_CHECK(found->second.shape() == param.shape() && found->second.dtype() == param.dtype(),
-                    "{}: tensor '{}' is {} {}, expected {} {}", path, kind + name, dtype_name(found->second.dtype()),
+                    "{}: tensor '{}' is {} {}, expected {} {}", path, key, dtype_name(found->second.dtype()),
                     to_string(found->second.shape()), dtype_name(param.dtype()), to_string(param.shape()));
-      moments.push_back(found->second.to(param.device()));
+      moments[2 * order[i] + k] = found->second.to(param.device());
     }
   }
   for (const auto& [key, value] : file.metadata) {
@@ -134,7 +161,7 @@ TrainState load_train_state(const std::string& path, nn::Module& module, nn::Ada
       state.fields[key] = value;
     }
   }
-  assign_parameters(path, source, "param.", module);
+  load_into(path, module, parameter_dict(source, "param.", module));
   optimizer.load_state(moments, optimizer_steps);
   return state;
 }

@@ -1,6 +1,9 @@
 #include "nn/module.hpp"
 
 #include <algorithm>
+#include <functional>
+#include <map>
+#include <set>
 
 #include "autograd/grad_mode.hpp"
 #include "core/error.hpp"
@@ -54,20 +57,85 @@ Module& Module::find_module(const std::string& name) {
   fail("Module::module: no module named '{}'", name);
 }
 
-Module& Module::to(Device device) {
+namespace {
+
+// Replaces each parameter p by replacement(p) where that is a new tensor (a contiguous copy of p's shape): p's
+// TensorImpl takes the copy's storage, strides and dtype, so every handle to p follows, and p's gradient is
+// dropped. Every copy is made before the first swap: a copy that throws leaves every parameter as it was.
+void replace_in_place(const std::vector<Tensor>& parameters, const std::function<Tensor(const Tensor&)>& replacement) {
   NoGradGuard no_grad;  // the copies are not part of any graph
-  // Every copy first, then the swaps: a copy that throws leaves every parameter where it was.
-  std::vector<std::pair<Tensor, Tensor>> moves;  // (parameter, its contiguous copy on `device`)
-  for (const auto& p : parameters())
-    if (p.device() != device) moves.emplace_back(p, p.to(device));
-  for (const auto& [param, copy] : moves) {
+  std::vector<std::pair<Tensor, Tensor>> swaps;  // (parameter, its replacement)
+  for (const auto& p : parameters) {
+    Tensor copy = replacement(p);
+    if (copy.impl() != p.impl()) swaps.emplace_back(p, std::move(copy));
+  }
+  for (const auto& [param, copy] : swaps) {
     TensorImpl& impl = *param.impl();
     impl.storage = copy.storage();
     impl.strides = copy.strides();
     impl.offset = 0;
+    impl.dtype = copy.dtype();
     impl.grad.reset();
   }
+}
+
+std::string quoted(const std::vector<std::string>& names) {
+  return names.empty() ? "none" : fmt::format("'{}'", fmt::join(names, "', '"));
+}
+
+}  // namespace
+
+Module& Module::to(Device device) {
+  replace_in_place(parameters(), [device](const Tensor& p) { return p.to(device); });
   return *this;
+}
+
+Module& Module::to(DType dtype) {
+  ELLIPSE_CHECK(is_floating(dtype), "Module::to: parameters must be floating, got {}", dtype_name(dtype));
+  replace_in_place(parameters(), [dtype](const Tensor& p) { return p.to(dtype); });
+  return *this;
+}
+
+StateDict Module::state_dict() const {
+  NoGradGuard no_grad;
+  StateDict out;
+  for (const auto& [name, p] : named_parameters()) out.emplace_back(name, p.detach().clone());
+  return out;
+}
+
+IncompatibleNames Module::load_state_dict(const StateDict& dict, bool strict) {
+  std::map<std::string, Tensor> given;
+  for (const auto& [name, value] : dict)
+    ELLIPSE_CHECK(given.emplace(name, value).second, "Module::load_state_dict: '{}' appears twice in the dict", name);
+  const auto params = named_parameters();
+  IncompatibleNames skipped;
+  std::set<std::string> known;
+  for (const auto& [name, param] : params) {
+    known.insert(name);
+    if (given.count(name) == 0) skipped.missing.push_back(name);
+  }
+  for (const auto& [name, value] : dict)
+    if (known.count(name) == 0) skipped.unexpected.push_back(name);
+  ELLIPSE_CHECK(!strict || (skipped.missing.empty() && skipped.unexpected.empty()), "Module::load_state_dict: the "
+                "names do not match the parameters (missing: {}; unexpected: {})", quoted(skipped.missing),
+                quoted(skipped.unexpected));
+
+  std::vector<std::pair<Tensor, Tensor>> assignments;  // (parameter, its new value)
+  for (const auto& [name, param] : params) {
+    const auto found = given.find(name);
+    if (found == given.end()) continue;
+    const Tensor& value = found->second;
+    ELLIPSE_CHECK(value.defined(), "Module::load_state_dict: '{}' is an undefined tensor", name);
+    ELLIPSE_CHECK(value.shape() == param.shape() && value.dtype() == param.dtype(), "Module::load_state_dict: '{}' is "
+                  "{} {}, the parameter is {} {}", name, dtype_name(value.dtype()), to_string(value.shape()),
+                  dtype_name(param.dtype()), to_string(param.shape()));
+    assignments.emplace_back(param, value);
+  }
+  NoGradGuard no_grad;
+  // Every transfer first, then the copies: a transfer that throws (out of memory) leaves the parameters as they were.
+  for (auto& [param, value] : assignments) value = value.to(param.device());
+  for (auto& [param, value] : assignments) param.copy_(value);
+  return skipped;
 }
 
 Device Module::device() const {

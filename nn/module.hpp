@@ -13,6 +13,14 @@
 
 namespace ellipse::nn {
 
+// Tensors by parameter name, in order.
+using StateDict = std::vector<std::pair<std::string, Tensor>>;
+
+// The names Module::load_state_dict skipped: parameters the dict lacks, and entries that name no parameter.
+struct IncompatibleNames {
+  std::vector<std::string> missing, unexpected;
+};
+
 class Module {
  public:
   virtual ~Module() = default;
@@ -48,6 +56,19 @@ class Module {
   Module& to(Device device);
   // The device of the parameters (the CPU when there are none); throws when they are on several.
   Device device() const;
+  // Converts every parameter to the floating `dtype` in place and returns *this, as to(Device) moves them:
+  // handles follow, gradients of converted parameters are dropped, all or nothing. For gradchecking a whole
+  // model in f64 (build the optimizer after the conversion: its state has the parameters' dtype).
+  Module& to(DType dtype);
+
+  // Detached copies of the parameters under their dotted names, in named_parameters() order: a snapshot that
+  // later training does not change (io::save_safetensors writes it as it is).
+  StateDict state_dict() const;
+  // Copies `dict` into the parameters in place, onto each parameter's device; handles to them follow. Each
+  // entry must have its parameter's shape and dtype. With `strict` the names must be exactly the parameters';
+  // otherwise missing and unexpected names are skipped and returned. Validates everything before copying
+  // anything: on an error no parameter has changed.
+  IncompatibleNames load_state_dict(const StateDict& dict, bool strict = true);
 
   void train(bool on = true);
   void eval() { train(false); }

@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <numbers>
+#include <set>
+#include <string_view>
 
 #include "autograd/grad_mode.hpp"
 #include "autograd/ops.hpp"
@@ -10,61 +12,145 @@
 
 namespace ellipse::nn {
 
-AdamW::AdamW(std::vector<Tensor> parameters, AdamWOptions options)
-    : parameters_(std::move(parameters)), options_(options) {
-  ELLIPSE_CHECK(options.lr >= 0 && options.eps > 0 && options.weight_decay >= 0, "AdamW: invalid options (lr {}, "
-                "eps {}, weight_decay {})", options.lr, options.eps, options.weight_decay);
+namespace {
+void check_lr(std::string_view where, double lr) {
+  ELLIPSE_CHECK(std::isfinite(lr) && lr >= 0, "{}: the learning rate must be finite and >= 0, got {}", where, lr);
+}
+}  // namespace
+
+Optimizer::Optimizer(std::string name, std::vector<ParamGroup> groups, double lr, int buffers_per_parameter,
+                     const std::function<double(const Tensor&)>& default_weight_decay)
+    : name_(std::move(name)), lr_(lr) {
+  check_lr(name_, lr);
+  std::set<const TensorImpl*> seen;
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    const ParamGroup& group = groups[g];
+    ELLIPSE_CHECK(std::isfinite(group.lr_scale) && group.lr_scale >= 0, "{}: group {} has lr_scale {}, expected a "
+                  "finite value >= 0", name_, g, group.lr_scale);
+    ELLIPSE_CHECK(!group.weight_decay || (std::isfinite(*group.weight_decay) && *group.weight_decay >= 0),
+                  "{}: group {} has weight_decay {}, expected a finite value >= 0", name_, g,
+                  group.weight_decay.value_or(0));
+    for (const auto& p : group.parameters) {
+      ELLIPSE_CHECK(p.defined() && p.is_contiguous() && p.requires_grad(), "{}: parameters must be contiguous leaves "
+                    "that require grad (group {}, shape {})", name_, g,
+                    p.defined() ? to_string(p.shape()) : "undefined");
+      ELLIPSE_CHECK(seen.insert(p.impl().get()).second, "{}: a parameter of shape {} appears twice (group {})", name_,
+                    to_string(p.shape()), g);
+      Slot slot{p, group.lr_scale, group.weight_decay.value_or(default_weight_decay(p)), {}};
+      for (int b = 0; b < buffers_per_parameter; ++b) slot.buffers.push_back(zeros_like(p));
+      slots_.push_back(std::move(slot));
+    }
+  }
+}
+
+void Optimizer::zero_grad() {
+  for (auto& slot : slots_) slot.parameter.zero_grad();
+}
+
+void Optimizer::set_lr(double lr) {
+  check_lr(name_ + "::set_lr", lr);
+  lr_ = lr;
+}
+
+std::vector<Tensor> Optimizer::parameters() const {
+  std::vector<Tensor> out;
+  for (const auto& slot : slots_) out.push_back(slot.parameter);
+  return out;
+}
+
+std::vector<Tensor> Optimizer::state() const {
+  std::vector<Tensor> out;
+  for (const auto& slot : slots_) out.insert(out.end(), slot.buffers.begin(), slot.buffers.end());
+  return out;
+}
+
+void Optimizer::load_state(const std::vector<Tensor>& state, std::int64_t steps) {
+  std::vector<Tensor> buffers = this->state();  // handles to the buffers themselves
+  ELLIPSE_CHECK(state.size() == buffers.size(), "{}::load_state: {} buffers for {} parameters (expected {})", name_,
+                state.size(), slots_.size(), buffers.size());
+  ELLIPSE_CHECK(steps >= 0, "{}::load_state: negative step count {}", name_, steps);
+  // Every buffer checked before the first is overwritten.
+  for (std::size_t i = 0; i < buffers.size(); ++i)
+    ELLIPSE_CHECK(state[i].defined() && state[i].shape() == buffers[i].shape(), "{}::load_state: buffer {} is {}, "
+                  "expected shape {}", name_, i, state[i].defined() ? to_string(state[i].shape()) : "undefined",
+                  to_string(buffers[i].shape()));
+  NoGradGuard no_grad;
+  for (std::size_t i = 0; i < buffers.size(); ++i) buffers[i].copy_(state[i].to(buffers[i].device()));
+  steps_ = steps;
+}
+
+Tensor Optimizer::gradient(const Slot& slot) const {
+  const Tensor& p = slot.parameter;
+  const Tensor g = p.grad();
+  if (!g.defined()) return {};
+  for (const auto& buffer : slot.buffers)
+    ELLIPSE_CHECK(buffer.device() == p.device() && buffer.dtype() == p.dtype(), "{}::step: a parameter of shape {} is "
+                  "{} on {} but its state {} on {}; create the optimizer after moving or converting the model "
+                  "(Module::to)", name_, to_string(p.shape()), dtype_name(p.dtype()), p.device().str(),
+                  dtype_name(buffer.dtype()), buffer.device().str());
+  return contiguous(g);
+}
+
+namespace {
+std::vector<ParamGroup> one_group(std::vector<Tensor> parameters) { return {{.parameters = std::move(parameters)}}; }
+}  // namespace
+
+AdamW::AdamW(std::vector<Tensor> parameters, AdamWOptions options) : AdamW(one_group(std::move(parameters)), options) {}
+
+AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options)
+    : Optimizer("AdamW", std::move(groups), options.lr, 2,
+                [&options](const Tensor& p) { return p.dim() >= 2 ? options.weight_decay : 0.0; }),
+      options_(options) {
+  ELLIPSE_CHECK(options.eps > 0 && options.weight_decay >= 0, "AdamW: invalid options (eps {}, weight_decay {}); "
+                "expected eps > 0 and weight_decay >= 0", options.eps, options.weight_decay);
   ELLIPSE_CHECK(options.beta1 >= 0 && options.beta1 < 1 && options.beta2 >= 0 && options.beta2 < 1,
                 "AdamW: betas must lie in [0, 1), got ({}, {})", options.beta1, options.beta2);
-  for (const auto& p : parameters_) {
-    ELLIPSE_CHECK(p.is_contiguous() && p.requires_grad(), "AdamW: parameters must be contiguous leaves that "
-                  "require grad (shape {})", to_string(p.shape()));
-    m_.push_back(zeros_like(p));
-    v_.push_back(zeros_like(p));
-  }
 }
 
 void AdamW::step() {
   NoGradGuard no_grad;
-  ++steps_;
-  const double t = static_cast<double>(steps_);
-  for (std::size_t i = 0; i < parameters_.size(); ++i) {
-    const Tensor& p = parameters_[i];
-    const Tensor g = p.grad();
+  const double t = static_cast<double>(begin_step());
+  for (Slot& slot : slots()) {
+    const Tensor g = gradient(slot);
     if (!g.defined()) continue;
-    ELLIPSE_CHECK(m_[i].device() == p.device(), "AdamW::step: a parameter of shape {} is on {} but its moments on "
-                  "{}; create the optimizer after moving the model (Module::to)", to_string(p.shape()),
-                  p.device().str(), m_[i].device().str());
-    const AdamWStep step{options_.lr, options_.beta1, options_.beta2, options_.eps,
-                         p.dim() >= 2 ? options_.weight_decay : 0.0, 1.0 - std::pow(options_.beta1, t),
-                         1.0 - std::pow(options_.beta2, t)};
-    backend_for(p.device()).adamw_step(p, contiguous(g), m_[i], v_[i], step);
+    const AdamWStep step{lr() * slot.lr_scale, options_.beta1, options_.beta2, options_.eps, slot.weight_decay,
+                         1.0 - std::pow(options_.beta1, t), 1.0 - std::pow(options_.beta2, t)};
+    backend_for(slot.parameter.device()).adamw_step(slot.parameter, g, slot.buffers[0], slot.buffers[1], step);
   }
 }
 
-void AdamW::zero_grad() {
-  for (auto& p : parameters_) p.zero_grad();
+SGD::SGD(std::vector<Tensor> parameters, SGDOptions options) : SGD(one_group(std::move(parameters)), options) {}
+
+SGD::SGD(std::vector<ParamGroup> groups, SGDOptions options)
+    : Optimizer("SGD", std::move(groups), options.lr, options.momentum != 0 ? 1 : 0,
+                [&options](const Tensor&) { return options.weight_decay; }),
+      options_(options) {
+  ELLIPSE_CHECK(options.momentum >= 0 && options.dampening >= 0 && options.dampening <= 1 && options.weight_decay >= 0,
+                "SGD: invalid options (momentum {}, dampening {}, weight_decay {}); expected momentum >= 0, dampening "
+                "in [0, 1], weight_decay >= 0", options.momentum, options.dampening, options.weight_decay);
+  ELLIPSE_CHECK(!options.nesterov || (options.momentum > 0 && options.dampening == 0), "SGD: nesterov needs momentum > "
+                "0 and dampening 0, got momentum {} and dampening {}", options.momentum, options.dampening);
 }
 
-std::vector<Tensor> AdamW::state() const {
-  std::vector<Tensor> out;
-  for (std::size_t i = 0; i < m_.size(); ++i) {
-    out.push_back(m_[i]);
-    out.push_back(v_[i]);
-  }
-  return out;
-}
-
-void AdamW::load_state(const std::vector<Tensor>& state, std::int64_t steps) {
-  ELLIPSE_CHECK(state.size() == 2 * parameters_.size(), "AdamW::load_state: {} buffers for {} parameters (expected {})",
-                state.size(), parameters_.size(), 2 * parameters_.size());
-  ELLIPSE_CHECK(steps >= 0, "AdamW::load_state: negative step count {}", steps);
+void SGD::step() {
   NoGradGuard no_grad;
-  for (std::size_t i = 0; i < parameters_.size(); ++i) {
-    m_[i].copy_(state[2 * i].to(m_[i].device()));
-    v_[i].copy_(state[2 * i + 1].to(v_[i].device()));
+  const bool first_step = begin_step() == 1;
+  for (Slot& slot : slots()) {
+    Tensor g = gradient(slot);
+    if (!g.defined()) continue;
+    Tensor& p = slot.parameter;
+    if (slot.weight_decay != 0) g = add(g, mul(p, slot.weight_decay));
+    if (options_.momentum != 0) {
+      Tensor& buffer = slot.buffers[0];
+      if (first_step) {
+        buffer.copy_(g);
+      } else {
+        buffer.mul_(options_.momentum).add_(g, 1.0 - options_.dampening);
+      }
+      g = options_.nesterov ? add(g, mul(buffer, options_.momentum)) : buffer;
+    }
+    p.add_(g, -lr() * slot.lr_scale);
   }
-  steps_ = steps;
 }
 
 double clip_grad_norm(const std::vector<Tensor>& parameters, double max_norm) {

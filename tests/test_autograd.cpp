@@ -7,6 +7,7 @@
 #include <cmath>
 #include <functional>
 #include <memory>
+#include <string>
 #include <thread>
 
 #include "autograd/node.hpp"
@@ -381,4 +382,24 @@ TEST_CASE("record makes nodes only when an input requires grad") {
   // Integer results carry no gradient even from a floating input that requires grad.
   CHECK_FALSE(x.to(DType::i64).requires_grad());
   CHECK_FALSE(equal(x, x).requires_grad());
+}
+
+TEST_CASE("gradcheck reports the worst element with its absolute and its relative error") {
+  // 3x with a backward rule that gives 2.5: every element's gradient is off by a sixth of its value.
+  const auto wrong_triple = [](const std::vector<Tensor>& in) {
+    return record("wrong_triple", mul(in[0].detach(), 3.0), {in[0]},
+                  [](const Tensor& g, const std::vector<bool>&) { return std::vector{mul(g, 2.5)}; });
+  };
+  const Tensor x = from_vector(std::vector<double>{1.0, -2.0}, {2}).requires_grad_();
+  const GradcheckResult result = gradcheck(wrong_triple, {x});
+  INFO(result.worst);
+  CHECK(result.max_error == doctest::Approx(1.0 / 6.0).epsilon(1e-6));
+  CHECK(result.worst.find("input 0 element ") == 0);
+  CHECK(result.worst.find("relative error 0.167)") != std::string::npos);
+  // The absolute error is half the projection direction's entry there, which lies in [0.5, 1.5].
+  const auto at = result.worst.find("absolute error ");
+  REQUIRE(at != std::string::npos);
+  const double absolute = std::stod(result.worst.substr(at + 15));
+  CHECK(absolute >= 0.25);
+  CHECK(absolute <= 0.75);
 }

@@ -330,3 +330,57 @@ TEST_CASE("reductions and layers refuse what has no answer, naming the op, the s
   CHECK_ERROR(nn::Dropout(1.0, gen), "Dropout", "[0, 1)", "got 1");
   CHECK_ERROR(nn::LayerNorm(4, 0.0), "LayerNorm", "eps", "eps=0");
 }
+
+TEST_CASE("optimizers: options, groups and state that do not fit") {
+  const Tensor w = f32({2, 2}).requires_grad_(), b = f32({2}).requires_grad_();
+  CHECK_ERROR(nn::AdamW({w}, {.lr = -1.0}), "AdamW", "learning rate", "-1");
+  CHECK_ERROR(nn::AdamW({w}, {.beta1 = 1.0}), "AdamW", "betas", "[0, 1)", "(1, 0.999)");
+  CHECK_ERROR(nn::AdamW({w}, {.eps = 0.0}), "AdamW", "eps 0");
+  CHECK_ERROR(nn::AdamW({w}, {.weight_decay = -0.5}), "AdamW", "weight_decay -0.5");
+  CHECK_ERROR(nn::AdamW({f32({2})}), "AdamW", "require grad", "[2]");
+  CHECK_ERROR(nn::AdamW({w, b, w}), "AdamW", "[2, 2]", "appears twice");
+  CHECK_ERROR(nn::AdamW({{.parameters = {w}}, {.parameters = {w}}}), "AdamW", "[2, 2]", "twice", "group 1");
+  CHECK_ERROR(nn::AdamW({{.parameters = {w}}, {.parameters = {b}, .lr_scale = -2.0}}), "AdamW", "group 1",
+              "lr_scale -2");
+  CHECK_ERROR(nn::SGD({{.parameters = {b}, .weight_decay = -1.0}}), "SGD", "group 0", "weight_decay -1");
+  CHECK_ERROR(nn::SGD({w}, {.momentum = -0.5}), "SGD", "momentum -0.5");
+  CHECK_ERROR(nn::SGD({w}, {.momentum = 0.9, .dampening = 1.5}), "SGD", "dampening 1.5", "[0, 1]");
+  CHECK_ERROR(nn::SGD({w}, {.nesterov = true}), "SGD", "nesterov", "momentum 0");
+  CHECK_ERROR(nn::SGD({w}, {.momentum = 0.9, .dampening = 0.1, .nesterov = true}), "SGD", "nesterov",
+              "dampening 0.1");
+
+  nn::AdamW adamw({w, b});
+  CHECK_ERROR(adamw.set_lr(-0.1), "AdamW::set_lr", "-0.1");
+  CHECK_ERROR(adamw.set_lr(NAN), "AdamW::set_lr", "nan");
+  CHECK_ERROR(adamw.load_state({f32({2, 2})}, 1), "AdamW::load_state", "1 buffers for 2 parameters", "expected 4");
+  CHECK_ERROR(adamw.load_state(adamw.state(), -1), "AdamW::load_state", "negative", "-1");
+  CHECK_ERROR(adamw.load_state({f32({2, 2}), f32({2, 2}), f32({3}), f32({2})}, 1), "AdamW::load_state", "buffer 2",
+              "[3]", "expected shape [2]");
+  nn::SGD sgd({w, b}, {.momentum = 0.9});
+  CHECK_ERROR(sgd.load_state({}, 0), "SGD::load_state", "0 buffers for 2 parameters", "expected 2");
+}
+
+TEST_CASE("state dicts, dtype conversion and batches that do not fit") {
+  Generator gen(0);
+  nn::Linear layer(2, 3, true, gen);
+  CHECK_ERROR(layer.load_state_dict({{"weight", f32({3, 2})}}), "Module::load_state_dict", "missing: 'bias'",
+              "unexpected: none");
+  CHECK_ERROR(layer.load_state_dict({{"weight", f32({3, 2})}, {"bias", f32({3})}, {"scale", f32({1})}}),
+              "Module::load_state_dict", "missing: none", "unexpected: 'scale'");
+  CHECK_ERROR(layer.load_state_dict({{"weight", f32({2, 3})}, {"bias", f32({3})}}), "Module::load_state_dict",
+              "'weight'", "f32 [2, 3]", "f32 [3, 2]");
+  CHECK_ERROR(layer.load_state_dict({{"weight", f64({3, 2})}, {"bias", f32({3})}}), "Module::load_state_dict",
+              "'weight'", "f64 [3, 2]", "f32 [3, 2]");
+  CHECK_ERROR(layer.load_state_dict({{"weight", f32({3, 2})}, {"bias", Tensor()}}), "Module::load_state_dict",
+              "'bias'", "undefined");
+  CHECK_ERROR(layer.load_state_dict({{"bias", f32({3})}, {"bias", f32({3})}}, false), "Module::load_state_dict",
+              "'bias'", "twice");
+  CHECK_ERROR(layer.to(DType::i64), "Module::to", "floating", "i64");
+
+  CHECK_ERROR(nn::ShuffledBatches({f32({4, 2}), i64({5})}, 2, gen), "ShuffledBatches", "tensor 1 has 5 rows",
+              "[5]", "tensor 0 has 4", "[4, 2]");
+  CHECK_ERROR(nn::ShuffledBatches({f32({4, 2})}, 0, gen), "ShuffledBatches", "batch_size", "positive", "got 0");
+  CHECK_ERROR(nn::ShuffledBatches({f32({4, 2})}, -3, gen), "ShuffledBatches", "batch_size", "got -3");
+  CHECK_ERROR(nn::ShuffledBatches({}, 2, gen), "ShuffledBatches", "at least one tensor");
+  CHECK_ERROR(nn::ShuffledBatches({f32({4}), f32({})}, 2, gen), "ShuffledBatches", "tensor 1", "row", "shape []");
+}
