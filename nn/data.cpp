@@ -27,27 +27,15 @@ std::int64_t ShuffledBatches::size() const {
   return drop_last_ ? rows() / batch_size_ : (rows() + batch_size_ - 1) / batch_size_;
 }
 
-ShuffledBatches::Iterator ShuffledBatches::begin() {
-  // Fisher-Yates on the host with the library's generator: the same seed gives the same order everywhere.
-  auto order = std::make_shared<std::vector<std::int64_t>>(static_cast<std::size_t>(rows()));
-  for (std::size_t i = 0; i < order->size(); ++i) (*order)[i] = static_cast<std::int64_t>(i);
-  for (std::int64_t i = rows() - 1; i > 0; --i)
-    std::swap((*order)[static_cast<std::size_t>(i)], (*order)[static_cast<std::size_t>(gen_->integer(i + 1))]);
-  return Iterator(this, std::move(order), 0);
-}
+ShuffledBatches::Iterator ShuffledBatches::begin() { return Iterator(this, randperm(rows(), *gen_), 0); }
 
 std::vector<Tensor> ShuffledBatches::Iterator::operator*() const {
   const std::int64_t batch_size = owner_->batch_size_;
   const std::int64_t first = batch_ * batch_size, count = std::min(batch_size, owner_->rows() - first);
   NoGradGuard no_grad;
+  const Tensor rows = narrow(order_, 0, first, count);
   std::vector<Tensor> batch;
-  for (const Tensor& t : owner_->tensors_) {
-    // One row at a time, with ops that every device and dtype have.
-    std::vector<Tensor> rows;
-    for (std::int64_t i = first; i < first + count; ++i)
-      rows.push_back(t.detach().narrow(0, (*order_)[static_cast<std::size_t>(i)], 1));
-    batch.push_back(concat(rows, 0));
-  }
+  for (const Tensor& t : owner_->tensors_) batch.push_back(index_select(t.detach(), 0, rows.to(t.device())));
   return batch;
 }
 

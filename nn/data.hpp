@@ -3,7 +3,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
-#include <memory>
 #include <utility>
 #include <vector>
 
@@ -26,7 +25,7 @@ class ShuffledBatches {
     using iterator_category = std::input_iterator_tag;
     using value_type = std::vector<Tensor>;
     using difference_type = std::ptrdiff_t;
-    // Gathers the batch (one copy per row and tensor).
+    // Gathers the batch (index_select of the pass's rows, one per tensor, on the tensor's device).
     std::vector<Tensor> operator*() const;
     Iterator& operator++() {
       ++batch_;
@@ -36,16 +35,16 @@ class ShuffledBatches {
 
    private:
     friend class ShuffledBatches;
-    Iterator(const ShuffledBatches* owner, std::shared_ptr<const std::vector<std::int64_t>> order, std::int64_t batch)
+    Iterator(const ShuffledBatches* owner, Tensor order, std::int64_t batch)
         : owner_(owner), order_(std::move(order)), batch_(batch) {}
     const ShuffledBatches* owner_;
-    std::shared_ptr<const std::vector<std::int64_t>> order_;  // this pass's permutation of the rows
+    Tensor order_;  // this pass's permutation of the rows, i64 on the CPU
     std::int64_t batch_;
   };
 
   // Draws a new order: the start of a pass.
   Iterator begin();
-  Iterator end() const { return Iterator(this, nullptr, size()); }
+  Iterator end() const { return Iterator(this, {}, size()); }
   // Batches per pass.
   std::int64_t size() const;
   std::int64_t rows() const { return tensors_.front().shape()[0]; }

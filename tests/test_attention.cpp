@@ -160,21 +160,6 @@ double max_abs_diff(const Tensor& a, const Tensor& b) {
   return max_abs_diff(a.to_vector<double>(), b.to_vector<double>());
 }
 
-// Converts a module's parameters to f64 in place (the handles the layers hold see the change), so that the
-// layer itself can be gradient-checked in double precision.
-void parameters_to_f64(const nn::Module& module) {
-  for (const auto& [name, p] : module.named_parameters()) {
-    const Tensor copy = p.detach().to(DType::f64).clone();
-    TensorImpl& impl = *p.impl();
-    impl.storage = copy.storage();
-    impl.shape = copy.shape();
-    impl.strides = copy.strides();
-    impl.offset = copy.offset();
-    impl.dtype = DType::f64;
-    impl.grad.reset();
-  }
-}
-
 GPTConfig tiny_gpt(std::string attention, nn::MetricMode metric, std::int64_t layers = 3) {
   GPTConfig c;
   c.name = "tiny";
@@ -429,7 +414,7 @@ TEST_CASE("attention: f64 gradient checks of the elliptical layer with m held co
       CAPTURE(rows);
       Tensor m = uniform({kBatch, kHeads, rows, kDh}, 0.2, 1.0, gen, DType::f64);
       FixedMetricAttention layer(kD, kHeads, m);
-      parameters_to_f64(layer);
+      layer.to(DType::f64);
       const Tensor x = randn({kBatch, kN, kD}, gen, DType::f64).requires_grad_();
       std::vector<Tensor> inputs = layer.parameters();
       inputs.push_back(x);
@@ -460,7 +445,7 @@ TEST_CASE("attention: m is a stop-gradient; the layer's gradients are those of q
       CAPTURE(causal);
       Generator gen(17);
       nn::EllipticalAttention layer(kD, kHeads, mode, gen);
-      parameters_to_f64(layer);
+      layer.to(DType::f64);
       const Tensor x = randn({kBatch, kN, kD}, gen, DType::f64).requires_grad_();
       // v_prev is a leaf that requires grad: the layer may use it only through m, so it must get nothing.
       const Tensor v_prev = randn({kBatch, kHeads, kN, kDh}, gen, DType::f64).requires_grad_();
