@@ -14,6 +14,8 @@
 #include "core/random.hpp"
 #include "core/shape.hpp"
 #include "core/tensor.hpp"
+#include "dist/communicator.hpp"
+#include "dist/data_parallel.hpp"
 #include "models/checkpoint.hpp"
 #include "models/fashion_mnist.hpp"
 #include "models/gpt.hpp"

@@ -1,0 +1,65 @@
+#include "dist/communicator.hpp"
+
+#include <cstdlib>
+#include <cstdio>
+
+#include "autograd/ops.hpp"
+#include "core/error.hpp"
+
+namespace ellipse::dist {
+
+namespace {
+
+void check_contiguous(std::string_view collective, const Tensor& t) {
+  ELLIPSE_CHECK(t.defined() && t.is_contiguous(), "{}: expected a contiguous tensor, got {}", collective,
+                t.defined() ? to_string(t.shape()) + " with strides " + to_string(t.strides()) : "undefined");
+}
+
+class SingleProcess final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  int local_rank() const override { return 0; }
+  std::string_view name() const override { return "single process"; }
+  void all_reduce(const Tensor& t, Reduction reduction) override {
+    check_contiguous("all_reduce", t);
+    ELLIPSE_CHECK(reduction == Reduction::sum || is_floating(t.dtype()),
+                  "all_reduce: averaging needs a floating dtype, got {}", dtype_name(t.dtype()));
+  }
+  void broadcast(const Tensor& t, int root) override {
+    check_contiguous("broadcast", t);
+    ELLIPSE_CHECK(root == 0, "broadcast: root {} is not a rank of a single process", root);
+  }
+  Tensor all_gather(const Tensor& t) override {
+    check_contiguous("all_gather", t);
+    return clone(unsqueeze(t.detach(), 0));
+  }
+  void barrier() override {}
+  [[noreturn]] void abort(int code, std::string_view message) override {
+    std::fprintf(stderr, "%.*s\n", static_cast<int>(message.size()), message.data());
+    std::exit(code);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_single_process() { return std::make_unique<SingleProcess>(); }
+
+bool launched_by_mpi() {
+  // Open MPI's mpirun, PMIx (Open MPI 4+, Slurm) and PMI (MPICH, Slurm's srun --mpi=pmi2) name the rank.
+  for (const char* variable : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"})
+    if (std::getenv(variable) != nullptr) return true;
+  return false;
+}
+
+Communicator& world() {
+  static const std::unique_ptr<Communicator> communicator = [] {
+    if (!launched_by_mpi()) return make_single_process();
+    ELLIPSE_CHECK(mpi_built(), "dist::world: this process was started by an MPI launcher, but ellipse was built "
+                  "without MPI (configure with -DELLIPSE_MPI=ON and libopenmpi-dev installed)");
+    return make_mpi();
+  }();
+  return *communicator;
+}
+
+}  // namespace ellipse::dist

@@ -1,0 +1,48 @@
+#pragma once
+// Collectives between the processes of a multi-process run, behind one interface: a single process (every
+// collective is the identity; the default) and MPI (launched by mpirun or srun; dist/mpi_communicator.cpp,
+// built when ELLIPSE_MPI finds an MPI). Every rank calls the same collectives in the same order with tensors of
+// the same shape and dtype; tensors are reduced in place. Tensors on a GPU go through host memory.
+#include <memory>
+#include <string_view>
+
+#include "../core/tensor.hpp"
+
+namespace ellipse::dist {
+
+enum class Reduction { sum, average };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // The rank among the processes on this machine: which GPU a rank takes.
+  virtual int local_rank() const = 0;
+  virtual std::string_view name() const = 0;  // "single process" or "mpi"
+
+  // t (contiguous, f32, f64 or i64; average needs a floating dtype) becomes the sum or mean over the ranks.
+  virtual void all_reduce(const Tensor& t, Reduction reduction) = 0;
+  // t (contiguous) becomes root's t on every rank.
+  virtual void broadcast(const Tensor& t, int root) = 0;
+  // [size, ...t's shape] on every rank, rank r's t at index r (t contiguous).
+  virtual Tensor all_gather(const Tensor& t) = 0;
+  virtual void barrier() = 0;
+  // Ends every process of the run with `code`, after printing `message` with this rank: what a rank that
+  // cannot go on calls, so that the others do not wait for it forever.
+  [[noreturn]] virtual void abort(int code, std::string_view message) = 0;
+};
+
+std::unique_ptr<Communicator> make_single_process();
+// Initialises MPI (MPI_Init_thread, funneled: collectives come from the thread that calls them) on the first
+// call and finalises it at exit. Throws when the library was built without MPI.
+std::unique_ptr<Communicator> make_mpi();
+// Whether this library was built with MPI (ELLIPSE_MPI), and whether this process was started by an MPI
+// launcher (mpirun, mpiexec or srun set the process's rank in its environment).
+bool mpi_built();
+bool launched_by_mpi();
+// This process's communicator, made on the first call: MPI when launched by an MPI launcher (an error if the
+// library was built without MPI, rather than N processes that each train alone), else a single process.
+Communicator& world();
+
+}  // namespace ellipse::dist
