@@ -302,7 +302,7 @@ TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun cont
 
   // Refused: an existing study, bad flags (2), a missing text (1, naming the file, creating nothing).
   check_bad({
-      {{"study", "gpt", "--preset", "smoke", "--data", text, "--out", out}, 1, {"study gpt", "already holds a study"}},
+      {{"study", "gpt", "--preset", "smoke", "--data", text, "--out", out}, 1, {"run_gpt_study", "already holds a study"}},
       {{"study", "gpt", "--preset", "bogus", "--data", text, "--out", dir / "s1"}, 2, {"--preset"}},
       {{"study", "gpt", "--m-modes", "bogus", "--data", text, "--out", dir / "s2"}, 2, {"--m-modes", "bogus"}},
       {{"study", "gpt", "--m-modes", "sequence,bogus", "--data", text, "--out", dir / "s3"}, 2, {"--m-modes"}},
@@ -331,7 +331,10 @@ TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun cont
     CHECK(resumed_summary[variant]["val_loss"] == summary[variant]["val_loss"]);
     CHECK(resumed_summary[variant]["corrupted"] == summary[variant]["corrupted"]);
   }
+  // Without their measurements (study.json), the finished runs are reused, not trained again.
   fs::remove(again + "/summary.json");
+  for (const char* variant : {"standard", "elliptical"})
+    REQUIRE(fs::remove(fmt::format("{}/runs/{}-seed0/study.json", again, variant)));
   const Run reused = run_ellipse({"study", "gpt", "--preset", "smoke", "--data", text, "--out", again});
   INFO(reused.err);
   REQUIRE(reused.status == 0);
@@ -344,4 +347,17 @@ TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun cont
     CHECK(reused_summary[variant]["val_loss"] == resumed_summary[variant]["val_loss"]);
     CHECK(reused_summary[variant]["train_seconds"] == resumed_summary[variant]["train_seconds"]);
   }
+
+  // With them, a rerun measures nothing: it needs neither a checkpoint nor a model, and writes the same
+  // summary.json byte for byte.
+  const std::string reused_text = read_bytes(again + "/summary.json");
+  fs::remove(again + "/summary.json");
+  for (const char* variant : {"standard", "elliptical"})
+    for (const char* file : {"model.safetensors", "train_state.safetensors"})
+      REQUIRE(fs::remove(fmt::format("{}/runs/{}-seed0/{}", again, variant, file)));
+  const Run cached = run_ellipse({"study", "gpt", "--preset", "smoke", "--data", text, "--out", again});
+  INFO(cached.err);
+  REQUIRE(cached.status == 0);
+  CHECK(cached.out.find("finished earlier") == std::string::npos);
+  CHECK(read_bytes(again + "/summary.json") == reused_text);
 }
