@@ -28,3 +28,5 @@
 #include "nn/layers.hpp"
 #include "nn/module.hpp"
 #include "nn/optim.hpp"
+#include "study/figures.hpp"
+#include "study/study.hpp"
