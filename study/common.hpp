@@ -1,10 +1,10 @@
 #pragma once
-// What the studies and the probe of one model (study.hpp) share, inside the library (these headers need
-// nlohmann/json, which the installed library does not; they are not installed): the figures drawn from a model's attention
-// layers (attention maps, the class token's attention, the metric m), statistics over seeds, the parts of
-// a study's summary and report that do not depend on the model (per-layer collapse and head redundancy,
-// training time, verdict lines, the layer charts), and the training runs that a study reuses or resumes
-// after an interruption, with the measurements taken on them.
+// What the studies and the probe of one model (study.hpp) share: the checks of their options, the probe loop,
+// the figures drawn from a model's attention layers (attention maps, the class token's attention, the metric
+// m), statistics over seeds, the parts of a study's summary and report that do not depend on the model
+// (per-layer collapse and head redundancy, training time, verdict lines, the layer charts), and the training
+// runs that a study reuses or resumes after an interruption, with the measurements taken on them. Internal to
+// the library and its program: it needs nlohmann/json, which users of the installed library do not.
 //
 // A study compares named variants (e.g. "standard" and "elliptical"): summary.json holds one object per
 // variant under its name, and the report's table one column per variant, in the order given.

@@ -7,7 +7,6 @@
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <optional>
 
 #include "autograd/ops.hpp"
 #include "core/error.hpp"
