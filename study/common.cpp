@@ -173,6 +173,11 @@ std::string kinds_title(const std::vector<std::string>& kinds) {
   return title;
 }
 
+std::string how_it_ran(const std::vector<std::string>& kinds, const std::string& args, const std::string& function) {
+  if (kinds == std::vector<std::string>{"standard", "elliptical"}) return fmt::format("Command: `ellipse study {}`.", args);
+  return fmt::format("Run from C++: `study::{}` with attention kinds {}.", function, fmt::join(kinds, ", "));
+}
+
 std::string table_header(const std::vector<std::string>& variants) {
   std::string rule = "|---";
   for (std::size_t i = 0; i < variants.size(); ++i) rule += "|---";

@@ -91,6 +91,10 @@ std::string device_flag(const Device& device);
 // The report's title words for the kinds compared: "Standard vs elliptical" for {"standard", "elliptical"}.
 std::string kinds_title(const std::vector<std::string>& kinds);
 
+// How a report says the study ran: "Command: `ellipse study ARGS`." when it compares the command's kinds
+// (standard and elliptical), and the library call `function` with its kinds otherwise.
+std::string how_it_ran(const std::vector<std::string>& kinds, const std::string& args, const std::string& function);
+
 // "| metric | standard | elliptical |\n|---|---|---|\n" for variants {"standard", "elliptical"}.
 std::string table_header(const std::vector<std::string>& variants);
 // "| label | cells[0] | cells[1] |\n".

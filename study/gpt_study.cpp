@@ -244,13 +244,16 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
       "characters of the val text; for \"p corrupted\", a fraction p of the val characters (exactly round(p N) "
       "positions, chosen uniformly, seeded by the seed) is replaced by a different character drawn uniformly from "
       "the vocabulary, in the context only: the targets stay the clean next characters. Collapse, head redundancy "
-      "and m averaged over the first {} val windows. Command: `ellipse study gpt --preset {} --seeds {}{} --data {}{} "
-      "--out {}`. Values are mean ± sample standard deviation over seeds (± 0 with one seed).\n\n",
+      "and m averaged over the first {} val windows. {} Values are mean ± sample standard deviation over seeds (± 0 "
+      "with one seed).\n\n",
       kinds_title(options.attention), options.preset, preset.config, preset.steps, summary["batch"].get<std::int64_t>(),
       options.text_path, options.seeds, options.seeds - 1,
       elliptical ? " `elliptical` estimates m with the causal (prefix-mean) estimator." : "", windows, seq_len,
-      std::min(preset.probe_windows, static_cast<std::int64_t>(val.clean.size()) / seq_len), options.preset,
-      options.seeds, m_modes_flag(variants), options.text_path, device_flag(options.device), options.out_dir);
+      std::min(preset.probe_windows, static_cast<std::int64_t>(val.clean.size()) / seq_len),
+      how_it_ran(options.attention,
+                 fmt::format("gpt --preset {} --seeds {}{} --data {}{} --out {}", options.preset, options.seeds,
+                             m_modes_flag(variants), options.text_path, device_flag(options.device), options.out_dir),
+                 "run_gpt_study"));
   for (const auto& v : variants)
     if (!caveat(v).empty()) md += fmt::format("Note on `{}`: {}.\n\n", v, caveat(v));
 

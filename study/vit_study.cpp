@@ -194,13 +194,15 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
       "# {} attention: ViT on Fashion-MNIST\n\n"
       "Preset `{}`: {} trained {} epochs of batch {}{}, {} seed(s) (0..{}), identical data order per seed. Clean accuracy "
       "and noise on all {} test images; FGSM and PGD-20 (step eps/4, random start) on the first {}; collapse, head "
-      "redundancy and m averaged over the first {}. Command: `ellipse study vit --preset {} --seeds {} --data {}{} "
-      "--out {}`. "
+      "redundancy and m averaged over the first {}. {} "
       "Values are mean ± sample standard deviation over seeds (± 0 with one seed).\n\n",
       kinds_title(kinds), options.preset, preset.config, preset.epochs, preset.batch, augmentation_words(preset),
       options.seeds, options.seeds - 1, test_images, std::min(test_images, preset.attack_images),
-      std::min(test_images, preset.probe_images), options.preset, options.seeds, options.data_dir,
-      device_flag(options.device), options.out_dir);
+      std::min(test_images, preset.probe_images),
+      how_it_ran(kinds,
+                 fmt::format("vit --preset {} --seeds {} --data {}{} --out {}", options.preset, options.seeds,
+                             options.data_dir, device_flag(options.device), options.out_dir),
+                 "run_vit_study"));
   auto row = [&](const std::string& label, auto&& stat_of_kind) {
     std::vector<std::string> cells;
     for (const auto& kind : kinds) cells.push_back(percent(stat_of_kind(summary[kind])));

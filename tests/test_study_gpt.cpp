@@ -396,6 +396,8 @@ TEST_CASE("run_gpt_study from C++: a registered kind of one's own beside standar
   CHECK(report.find("# Standard vs study-test-kind attention") == 0);
   CHECK(report.find("| metric | standard | study-test-kind |") != std::string::npos);
   CHECK(report.find("`elliptical` estimates m") == std::string::npos);
+  CHECK(report.find("Run from C++: `study::run_gpt_study` with attention kinds standard, study-test-kind.") !=
+        std::string::npos);
 
   auto fails_with = [&](auto change, const std::string& message) {
     study::StudyGptOptions bad = options;
