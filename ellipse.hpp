@@ -1,6 +1,7 @@
 #pragma once
 // Everything public in one include: `#include <ellipse/ellipse.hpp>` against an install or a build tree.
-// Everything lives in namespace ellipse (layers and optimizers in ellipse::nn, file formats in ellipse::io).
+// Everything lives in namespace ellipse (layers and optimizers in ellipse::nn, file formats in ellipse::io, the
+// studies in ellipse::study, their figures in ellipse::figures).
 #include "autograd/grad_mode.hpp"
 #include "autograd/gradcheck.hpp"
 #include "autograd/node.hpp"
@@ -31,3 +32,5 @@
 #include "nn/layers.hpp"
 #include "nn/module.hpp"
 #include "nn/optim.hpp"
+#include "study/figures.hpp"
+#include "study/study.hpp"

@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <fmt/format.h>
 
+#include "models/train_run.hpp"
+
 namespace ellipse::cli {
 
 Progress::Progress(std::int64_t total, std::int64_t plain_every)
@@ -13,14 +15,6 @@ Progress::Progress(std::int64_t total, std::int64_t plain_every)
 
 Progress::~Progress() {
   if (bar_drawn_) std::fputc('\n', stderr);
-}
-
-std::string format_duration(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) return "?";
-  const auto s = static_cast<long long>(seconds + 0.5);
-  if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
-  if (s >= 60) return fmt::format("{}m{:02}s", s / 60, s % 60);
-  return fmt::format("{}s", s);
 }
 
 void Progress::update(std::int64_t step, double elapsed_s, const std::string& detail) {

@@ -21,6 +21,4 @@ class Progress {
   bool bar_drawn_ = false;
 };
 
-std::string format_duration(double seconds);  // "1h02m", "3m10s", "42s"
-
 }  // namespace ellipse::cli

@@ -20,6 +20,14 @@
 
 namespace ellipse {
 
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const auto s = static_cast<long long>(seconds + 0.5);
+  if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
+  if (s >= 60) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  return fmt::format("{}s", s);
+}
+
 void start_run(const RunFiles& files, std::string_view config_json, std::string_view command) {
   std::filesystem::create_directories(files.dir);
   ELLIPSE_CHECK(!std::filesystem::exists(files.state) && !std::filesystem::exists(files.model), "{}: {} already holds "

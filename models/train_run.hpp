@@ -19,6 +19,9 @@ struct TrainProgress {
   double elapsed_s = 0;
 };
 
+// A training time for people: "1h02m", "3m10s", "42s"; "?" for a negative or non-finite one.
+std::string format_duration(double seconds);
+
 // A run directory: config.json, model.safetensors, train_state.safetensors and metrics.jsonl.
 struct RunFiles {
   explicit RunFiles(const std::string& dir)

@@ -1,5 +1,5 @@
 #pragma once
-// Readers for what cli/figures writes, for tests: decode_png (8-bit RGB PNGs, checked chunk by chunk and
+// Readers for what study/figures writes, for tests: decode_png (8-bit RGB PNGs, checked chunk by chunk and
 // inflated with zlib; the test program links ZLIB::ZLIB) and check_well_formed for SVG documents.
 #include <doctest/doctest.h>
 #include <zlib.h>
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "cli/figures.hpp"
+#include "study/figures.hpp"
 
 namespace ellipse::testing {
 

@@ -1,4 +1,4 @@
-// cli/figures: colour maps, the pixels of rendered heatmaps, the PNG bytes (decoded here with zlib), the SVG
+// study/figures: colour maps, the pixels of rendered heatmaps, the PNG bytes (decoded here with zlib), the SVG
 // line chart's text and structure, and the errors for invalid input.
 #include <doctest/doctest.h>
 #include <zlib.h>
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "cli/figures.hpp"
+#include "study/figures.hpp"
 #include "core/io/file.hpp"
 #include "figure_checks.hpp"
 #include "helpers.hpp"

@@ -485,8 +485,8 @@ TEST_CASE("cli: inspect a ViT writes the maps, the class token's attention, m an
   write_bytes(dir / "list/config.json", "[1, 2]");
   check_bad({
       {{"inspect", "--model", vit, "--image", "12", "--data", data, "--out", dir / "o1"}, 1,
-       {"--image 12 is out of range", "12 images"}},
-      {{"inspect", "--model", vit, "--text", "abc", "--data", data, "--out", dir / "o2"}, 1, {"holds a ViT", "--image"}},
+       {"image 12 is out of range", "12 images"}},
+      {{"inspect", "--model", vit, "--text", "abc", "--data", data, "--out", dir / "o2"}, 1, {"holds a ViT", "set image"}},
       {{"inspect", "--model", vit, "--data", data, "--out", dir / "o3"}, 1, {"holds a ViT"}},
       {{"inspect", "--model", vit, "--image", "-1", "--data", data, "--out", dir / "o4"}, 2, {"--image"}},
       {{"inspect", "--model", vit, "--image", "1", "--text", "ab", "--out", dir / "o5"}, 2, {"excludes"}},
@@ -537,7 +537,7 @@ TEST_CASE("cli: inspect a trained causal GPT: maps with nothing above the diagon
        {"129 characters", "context length 128"}},
       {{"inspect", "--model", model, "--text", "a", "--out", dir / "o2"}, 1, {"1 characters", "expected 2"}},
       {{"inspect", "--model", model, "--text", "cab?", "--out", dir / "o3"}, 1, {"'?'", "not in the vocabulary"}},
-      {{"inspect", "--model", model, "--image", "0", "--out", dir / "o4"}, 1, {"holds a GPT", "--text"}},
+      {{"inspect", "--model", model, "--image", "0", "--out", dir / "o4"}, 1, {"holds a GPT", "set text"}},
   });
 }
 

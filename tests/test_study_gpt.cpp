@@ -22,6 +22,7 @@
 #include "models/checkpoint.hpp"
 #include "models/gpt_train.hpp"
 #include "models/text.hpp"
+#include "study/study.hpp"
 #include "study_fixture.hpp"
 
 using namespace ellipse;
@@ -302,7 +303,7 @@ TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun cont
 
   // Refused: an existing study, bad flags (2), a missing text (1, naming the file, creating nothing).
   check_bad({
-      {{"study", "gpt", "--preset", "smoke", "--data", text, "--out", out}, 1, {"study gpt", "already holds a study"}},
+      {{"study", "gpt", "--preset", "smoke", "--data", text, "--out", out}, 1, {"run_gpt_study", "already holds a study"}},
       {{"study", "gpt", "--preset", "bogus", "--data", text, "--out", dir / "s1"}, 2, {"--preset"}},
       {{"study", "gpt", "--m-modes", "bogus", "--data", text, "--out", dir / "s2"}, 2, {"--m-modes", "bogus"}},
       {{"study", "gpt", "--m-modes", "sequence,bogus", "--data", text, "--out", dir / "s3"}, 2, {"--m-modes"}},
@@ -331,7 +332,10 @@ TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun cont
     CHECK(resumed_summary[variant]["val_loss"] == summary[variant]["val_loss"]);
     CHECK(resumed_summary[variant]["corrupted"] == summary[variant]["corrupted"]);
   }
+  // Without their measurements (study.json), the finished runs are reused, not trained again.
   fs::remove(again + "/summary.json");
+  for (const char* variant : {"standard", "elliptical"})
+    REQUIRE(fs::remove(fmt::format("{}/runs/{}-seed0/study.json", again, variant)));
   const Run reused = run_ellipse({"study", "gpt", "--preset", "smoke", "--data", text, "--out", again});
   INFO(reused.err);
   REQUIRE(reused.status == 0);
@@ -344,4 +348,71 @@ TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun cont
     CHECK(reused_summary[variant]["val_loss"] == resumed_summary[variant]["val_loss"]);
     CHECK(reused_summary[variant]["train_seconds"] == resumed_summary[variant]["train_seconds"]);
   }
+
+  // With them, a rerun measures nothing: it needs neither a checkpoint nor a model, and writes the same
+  // summary.json byte for byte.
+  const std::string reused_text = read_bytes(again + "/summary.json");
+  fs::remove(again + "/summary.json");
+  for (const char* variant : {"standard", "elliptical"})
+    for (const char* file : {"model.safetensors", "train_state.safetensors"})
+      REQUIRE(fs::remove(fmt::format("{}/runs/{}-seed0/{}", again, variant, file)));
+  const Run cached = run_ellipse({"study", "gpt", "--preset", "smoke", "--data", text, "--out", again});
+  INFO(cached.err);
+  REQUIRE(cached.status == 0);
+  CHECK(cached.out.find("finished earlier") == std::string::npos);
+  CHECK(read_bytes(again + "/summary.json") == reused_text);
+}
+
+TEST_CASE("run_gpt_study from C++: a registered kind of one's own beside standard; callbacks; option errors") {
+  // A kind of research code's own (here standard attention under another name) is studied like a built-in one.
+  nn::register_attention("study-test-kind",
+                         [](const nn::AttentionSlot& slot) { return nn::make_attention("standard", slot); });
+  TempDir dir;
+  const std::string text = dir / "text.txt";
+  write_bytes(text, pattern_text(4000).substr(0, 4000));
+  study::StudyGptOptions options;
+  options.preset = "smoke";
+  options.attention = {"standard", "study-test-kind"};
+  options.text_path = text;
+  options.out_dir = dir / "study";
+  std::int64_t steps = 0;
+  std::vector<std::string> messages;
+  study::StudyCallbacks callbacks;
+  callbacks.on_train_step = [&](const std::string& run, const TrainProgress& p) {
+    CHECK((run == "standard-seed0" || run == "study-test-kind-seed0"));
+    CHECK(p.steps == 20);
+    ++steps;
+  };
+  callbacks.on_message = [&](const std::string& line) { messages.push_back(line); };
+  const study::StudyResult result = study::run_gpt_study(options, callbacks);
+  CHECK(result.summarized);
+  CHECK(result.summary_path == options.out_dir + "/summary.json");
+  CHECK(steps == 2 * 20);
+  REQUIRE(messages.size() == 3);  // one line per run, then the headline
+  CHECK(messages[2].find("clean val loss: standard ") == 0);
+  const Json summary = read_json(result.summary_path);
+  CHECK(summary["variants"].get<std::vector<std::string>>() == std::vector<std::string>{"standard", "study-test-kind"});
+  const std::string report = read_bytes(result.report_path);
+  CHECK(report.find("# Standard vs study-test-kind attention") == 0);
+  CHECK(report.find("| metric | standard | study-test-kind |") != std::string::npos);
+  CHECK(report.find("`elliptical` estimates m") == std::string::npos);
+  CHECK(report.find("Run from C++: `study::run_gpt_study` with attention kinds standard, study-test-kind.") !=
+        std::string::npos);
+
+  auto fails_with = [&](auto change, const std::string& message) {
+    study::StudyGptOptions bad = options;
+    bad.out_dir = dir / "bad";
+    change(bad);
+    CAPTURE(message);
+    CHECK_THROWS_WITH(study::run_gpt_study(bad), doctest::Contains(message.c_str()));
+  };
+  fails_with([](auto& o) { o.attention = {"standard", "bogus"}; }, "run_gpt_study: attention kind 'bogus' is not registered");
+  fails_with([](auto& o) { o.attention = {"standard", "standard"}; }, "attention names 'standard' twice");
+  fails_with([](auto& o) { o.attention = {}; }, "attention names no kind");
+  fails_with([](auto& o) { o.seeds = 0; }, "run_gpt_study: seeds is 0; expected 1 to 100");
+  fails_with([](auto& o) { o.preset = "huge"; }, "run_gpt_study: preset 'huge' is unknown");
+  fails_with([](auto& o) { o.extra_metric_modes = {nn::MetricMode::random}; }, "has no 'elliptical' to vary");
+  fails_with([&](auto& o) { o.text_path = dir / "missing.txt"; }, "text_path '" + (dir / "missing.txt") + "' is not a file");
+  fails_with([&](auto& o) { o.out_dir = options.out_dir; }, "already holds a study");
+  CHECK_FALSE(fs::exists(dir / "bad"));
 }

@@ -13,7 +13,7 @@ packages=(
   libcli11-dev           # the command-line program's argument parsing
   nlohmann-json3-dev     # JSON: safetensors headers, the GPT's config.json and metrics
   libfmt-dev             # error messages and printing
-  libstb-dev             # PNG writing (cli/figures.cpp)
+  libstb-dev             # PNG writing (study/figures.cpp)
   zlib1g-dev             # gzip: Fashion-MNIST's .gz files; decoding PNGs in tests/test_figures
   dataset-fashion-mnist  # the ViT's data set, under /usr/share/datasets/fashion-mnist
   libopenmpi-dev         # MPI for multi-process training (ELLIPSE_MPI) ...

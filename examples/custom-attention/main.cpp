@@ -1,8 +1,9 @@
 // Research code that brings its own attention to the library's models: cosine attention (queries and keys
 // normalised per head, scores scaled by a learned per-head temperature), written here from library ops and
 // registered as the kind "cosine". It then trains inside the library's GPT through the library's trainer
-// (checkpoint reloaded by kind name), inside the ViT with a loop of our own, and is compared with standard
-// attention by the study's probes and a forward hook. Exit status 0 when every check holds.
+// (checkpoint reloaded by kind name), inside the ViT with a loop of our own, is compared with standard
+// attention by the study's probes and a forward hook, and then by the GPT study itself (study::run_gpt_study,
+// what `ellipse study gpt` runs). Exit status 0 when every check holds.
 #include <ellipse/ellipse.hpp>
 
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 
@@ -58,13 +60,21 @@ bool check(bool ok, const std::string& what) {
   return ok;
 }
 
-// The library's trainer, checkpoint loader and evaluation, with the kind given by name.
-bool gpt_with_cosine_attention(const std::filesystem::path& dir) {
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A small text of 14 distinct characters for the GPTs.
+std::filesystem::path write_text(const std::filesystem::path& dir) {
   const std::filesystem::path text = dir / "text.txt";
-  {
-    std::ofstream out(text);
-    for (int i = 0; i < 120; ++i) out << "the cat sat on the mat. the dog sat on the log. ";
-  }
+  std::ofstream out(text);
+  for (int i = 0; i < 120; ++i) out << "the cat sat on the mat. the dog sat on the log. ";
+  return text;
+}
+
+// The library's trainer, checkpoint loader and evaluation, with the kind given by name.
+bool gpt_with_cosine_attention(const std::filesystem::path& dir, const std::filesystem::path& text) {
   ellipse::GPTTrainOptions options;
   options.text_path = text.string();
   options.config = "gpt-tiny";
@@ -84,6 +94,26 @@ bool gpt_with_cosine_attention(const std::filesystem::path& dir) {
   return check(last.val_loss < 2.0, "the GPT with cosine attention learns (val loss " + std::to_string(last.val_loss) +
                                         ")") &
          check(is_cosine && loaded.model->config().attention == "cosine", "its checkpoint reloads as cosine attention");
+}
+
+// The GPT study with cosine attention beside standard attention: both trained with the same seed and data
+// order, their val losses clean and with a corrupted context, collapse and head redundancy in summary.json and
+// report.md. The smoke preset (gpt-tiny, 20 steps) keeps it to seconds; its numbers mean little.
+bool study_cosine_against_standard(const std::filesystem::path& dir, const std::filesystem::path& text) {
+  ellipse::study::StudyGptOptions options;
+  options.preset = "smoke";
+  options.attention = {"standard", "cosine"};
+  options.text_path = text.string();
+  options.out_dir = (dir / "study").string();
+  ellipse::study::StudyCallbacks callbacks;
+  callbacks.on_message = [](const std::string& line) { std::printf("study: %s\n", line.c_str()); };
+  const ellipse::study::StudyResult result = ellipse::study::run_gpt_study(options, callbacks);
+  const std::string summary = read_text(result.summary_path), report = read_text(result.report_path);
+  return check(result.summarized && summary.find("\"variants\": [\n    \"standard\",\n    \"cosine\"\n  ]") !=
+                                        std::string::npos,
+               "the study's summary.json holds both kinds") &
+         check(report.find("| metric | standard | cosine |") != std::string::npos,
+               "its report.md compares them side by side");
 }
 
 // Images whose class is the brightest of four quadrants, in a loop of our own; then a probe of the trained models.
@@ -157,7 +187,9 @@ int main() {
   const std::filesystem::path dir =
       std::filesystem::temp_directory_path() / ("ellipse-custom-attention-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
-  bool ok = gpt_with_cosine_attention(dir);
+  const std::filesystem::path text = write_text(dir);
+  bool ok = gpt_with_cosine_attention(dir, text);
+  ok &= study_cosine_against_standard(dir, text);
   std::filesystem::remove_all(dir);
 
   const ViTResult standard = train_vit_on_quadrants("standard"), cosine = train_vit_on_quadrants("cosine");

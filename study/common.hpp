@@ -1,24 +1,27 @@
 #pragma once
-// What `ellipse inspect`, `study vit` and `study gpt` share: the figures drawn from a model's attention
-// layers (attention maps, the class token's attention, the metric m), statistics over seeds, the parts of
-// a study's summary and report that do not depend on the model (per-layer collapse and head redundancy,
-// training time, verdict lines, the layer charts), and the training runs that a study reuses or resumes
-// after an interruption, with the measurements taken on them.
+// What the studies and the probe of one model (study.hpp) share: the checks of their options, the probe loop,
+// the figures drawn from a model's attention layers (attention maps, the class token's attention, the metric
+// m), statistics over seeds, the parts of a study's summary and report that do not depend on the model
+// (per-layer collapse and head redundancy, training time, verdict lines, the layer charts), and the training
+// runs that a study reuses or resumes after an interruption, with the measurements taken on them. Internal to
+// the library and its program: it needs nlohmann/json, which users of the installed library do not.
 //
 // A study compares named variants (e.g. "standard" and "elliptical"): summary.json holds one object per
 // variant under its name, and the report's table one column per variant, in the order given.
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "cli/figures.hpp"
 #include "core/tensor.hpp"
 #include "nn/analysis.hpp"
+#include "study/figures.hpp"
+#include "study/study.hpp"
 
-namespace ellipse::cli::study {
+namespace ellipse::study {
 
 using nlohmann::ordered_json;
 
@@ -28,6 +31,22 @@ std::vector<nn::Block*> blocks_of(Model& model, std::int64_t layers) {
   for (std::int64_t i = 0; i < layers; ++i) blocks.push_back(&model.block(static_cast<std::size_t>(i)));
   return blocks;
 }
+
+// ---- options ----
+
+// Throws naming `function` unless `kinds` are one or more distinct registered attention kinds, seeds is in
+// 1..100 and out_dir is named and holds no finished study (summary.json).
+void check_study_options(const std::string& function, const std::vector<std::string>& kinds, std::int64_t seeds,
+                         const std::string& out_dir);
+
+// ---- probes ----
+
+// Calls forward(first, count) over items [0, total) in batches of at most `batch`, without gradients and with
+// the blocks' study hooks on, and returns the averages over all of them. `while_hooked`, when given, runs after
+// the last batch while the hooks still hold its attention maps (write_attention reads them).
+nn::LayerStudy probe_blocks(const std::vector<nn::Block*>& blocks, std::int64_t total, std::int64_t batch,
+                            const std::function<void(std::int64_t first, std::int64_t count)>& forward,
+                            const std::function<void()>& while_hooked = {});
 
 // ---- figures of one model on one input ----
 
@@ -69,6 +88,13 @@ double std_of(const ordered_json& stat);
 // " --device cuda:0" for the report's command line; nothing for the CPU (the default).
 std::string device_flag(const Device& device);
 
+// The report's title words for the kinds compared: "Standard vs elliptical" for {"standard", "elliptical"}.
+std::string kinds_title(const std::vector<std::string>& kinds);
+
+// How a report says the study ran: "Command: `ellipse study ARGS`." when it compares the command's kinds
+// (standard and elliptical), and the library call `function` with its kinds otherwise.
+std::string how_it_ran(const std::vector<std::string>& kinds, const std::string& args, const std::string& function);
+
 // "| metric | standard | elliptical |\n|---|---|---|\n" for variants {"standard", "elliptical"}.
 std::string table_header(const std::vector<std::string>& variants);
 // "| label | cells[0] | cells[1] |\n".
@@ -94,6 +120,11 @@ std::string verdict(const std::string& what, const std::string& variant, const o
 std::string layer_conclusions(const ordered_json& summary, const std::vector<std::string>& variants,
                               const std::string& baseline);
 
+// Writes out_dir/report.md and then summary.json (last: it marks the study finished), tells `headline` and where
+// the outputs went, and returns their paths.
+StudyResult finish_study(const std::string& out_dir, const ordered_json& summary, const std::string& report,
+                         const std::string& headline, const StudyCallbacks& callbacks);
+
 // ---- figures of a study ----
 
 // A series over categories: the clean value `summary_variant[clean_key]` first, then
@@ -113,12 +144,21 @@ struct StudyTraining {
   double train_seconds = 0;  // the training time, summed over the parts of an interrupted run
 };
 
+// Passes `line` to callbacks.on_message, when there is one.
+void tell(const StudyCallbacks& callbacks, const std::string& line);
+
+// The trainer's step callback for the run `name`: forwards each step to callbacks.on_train_step.
+std::function<void(const TrainProgress&)> train_step_callback(const StudyCallbacks& callbacks, const std::string& name);
+// Passes an evaluation line of the run `name` to callbacks.on_train_eval, when there is one.
+void tell_eval(const StudyCallbacks& callbacks, const std::string& name, const std::string& line);
+
 // One training run of a study, in `run_dir`. A run that finished earlier (its last metrics line has
-// `done_key` == `done_value`, e.g. "epoch" 5 or "step" 2000) is reused, printing "NAME: finished earlier,
+// `done_key` == `done_value`, e.g. "epoch" 5 or "step" 2000) is reused, telling "NAME: finished earlier,
 // reusing DIR"; otherwise `train(resume)` runs the trainer, resuming when the directory holds a checkpoint.
 // The time of each part is added up in run_dir/train_seconds.txt.
 StudyTraining train_or_reuse(const std::string& name, const std::string& run_dir, const std::string& done_key,
-                             std::int64_t done_value, const std::function<void(bool resume)>& train);
+                             std::int64_t done_value, const std::function<void(bool resume)>& train,
+                             const StudyCallbacks& callbacks);
 
 // ---- measurements that survive an interruption ----
 
@@ -154,7 +194,52 @@ class MeasurementCache {
   ordered_json values_ = ordered_json::object();
 };
 
-}  // namespace ellipse::cli::study
+// The trainer's options of a study's run: `options` with the run's seed, its directory and the device.
+template <typename TrainOptions>
+TrainOptions for_run(TrainOptions options, std::uint64_t seed, std::string run_dir, Device device) {
+  options.seed = seed;
+  options.out_dir = std::move(run_dir);
+  options.device = device;
+  return options;
+}
+
+// A run of a study: its training (train_or_reuse with these arguments), its loaded model and its measurements
+// (a MeasurementCache in run_dir/study.json). The training and the model are taken up only when a measurement
+// missing from the cache needs them (the measurements ask for the training first).
+template <typename Loaded>
+class StudyRun {
+ public:
+  StudyRun(std::string name, std::string run_dir, std::string done_key, std::int64_t done_value,
+           std::function<void(bool resume)> train, std::function<Loaded()> load, const StudyCallbacks& callbacks)
+      : name_(std::move(name)), run_dir_(std::move(run_dir)), done_key_(std::move(done_key)), done_value_(done_value),
+        train_(std::move(train)), load_(std::move(load)), callbacks_(callbacks), cache_(run_dir_ + "/study.json") {}
+
+  const StudyTraining& training() {
+    if (!training_) training_ = train_or_reuse(name_, run_dir_, done_key_, done_value_, train_, callbacks_);
+    return *training_;
+  }
+  Loaded& loaded() {
+    if (!loaded_) loaded_.emplace(load_());
+    return *loaded_;
+  }
+  // The measurement `key` from the cache, or compute()'s result, cached first.
+  template <typename T, typename Compute>
+  T measure(const std::string& key, Compute&& compute) {
+    return cache_.template get<T>(key, std::forward<Compute>(compute));
+  }
+
+ private:
+  std::string name_, run_dir_, done_key_;
+  std::int64_t done_value_;
+  std::function<void(bool resume)> train_;
+  std::function<Loaded()> load_;
+  const StudyCallbacks& callbacks_;
+  MeasurementCache cache_;
+  std::optional<StudyTraining> training_;
+  std::optional<Loaded> loaded_;
+};
+
+}  // namespace ellipse::study
 
 namespace ellipse::nn {
 // For MeasurementCache (found by argument-dependent lookup).

@@ -1,5 +1,5 @@
-// `ellipse study gpt`: trains the character GPT with standard and elliptical attention side by side (same
-// seeds, same data order) and compares the val loss, clean and with a corrupted context, representation
+// run_gpt_study: trains the character GPT with attention kinds (standard and elliptical by default) side by
+// side (same seeds, same data order) and compares the val loss, clean and with a corrupted context, representation
 // collapse, head redundancy and the metric m. Outputs are described in docs/study.md.
 #include <fmt/format.h>
 
@@ -8,22 +8,15 @@
 #include <map>
 #include <optional>
 
-#include "autograd/grad_mode.hpp"
 #include "autograd/ops.hpp"
-#include "cli/commands.hpp"
-#include "cli/progress.hpp"
-#include "cli/study_common.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
 #include "models/gpt_train.hpp"
+#include "study/common.hpp"
 
-namespace ellipse::cli {
+namespace ellipse::study {
 
 namespace {
-
-using namespace study;
-
-constexpr const char* kDefaultText = "../shared/data/tinyshakespeare.txt";
 
 struct StudyPreset {
   std::string config;
@@ -36,7 +29,7 @@ StudyPreset study_preset(const std::string& name) {
   if (name == "full") return {.config = "gpt-s", .steps = 5000, .eval_every = 500, .probe_windows = 512};
   // For tests: a tiny model for a few steps, so that the whole study runs in seconds. Its numbers mean nothing.
   if (name == "smoke") return {.config = "gpt-tiny", .steps = 20, .eval_every = 10, .probe_windows = 16};
-  fail("study gpt: unknown preset '{}'; expected quick, full or smoke", name);
+  fail("run_gpt_study: preset '{}' is unknown; expected quick, full or smoke", name);
 }
 
 // The fractions of val characters replaced, and their keys in summary.json.
@@ -52,23 +45,31 @@ std::vector<std::string> corruption_keys() {
 // (and at most the context length).
 constexpr std::int64_t kSampleLineLength = 64;
 
-// One trained model of the study. "standard" and "elliptical" (the causal estimator of m: the honest one for a
-// causal model) always run; --m-modes adds "elliptical-sequence" and "elliptical-random".
+// One trained model of the study: an attention kind, and for "elliptical" the estimator of m ("elliptical" itself
+// uses the causal one, the honest one for a causal model; extra_metric_modes add "elliptical-sequence" and
+// "elliptical-random").
 struct Variant {
   std::string name;
   std::string attention;
   std::optional<nn::MetricMode> metric;  // elliptical only
 };
 
-std::vector<Variant> study_variants(const std::vector<std::string>& m_modes) {
-  std::vector<Variant> variants{{"standard", "standard", std::nullopt},
-                                {"elliptical", "elliptical", nn::MetricMode::causal}};
-  // In a fixed order whatever the order on the command line; causal is always there.
-  for (const auto mode : {nn::MetricMode::sequence, nn::MetricMode::random}) {
-    const std::string name(nn::metric_mode_name(mode));
-    if (std::find(m_modes.begin(), m_modes.end(), name) != m_modes.end())
-      variants.push_back({"elliptical-" + name, "elliptical", mode});
-  }
+std::vector<Variant> study_variants(const StudyGptOptions& options) {
+  const auto& kinds = options.attention;
+  const auto& modes = options.extra_metric_modes;
+  const bool elliptical = std::find(kinds.begin(), kinds.end(), "elliptical") != kinds.end();
+  ELLIPSE_CHECK(modes.empty() || elliptical, "run_gpt_study: extra_metric_modes has {} mode(s) but attention ({}) "
+                "has no 'elliptical' to vary", modes.size(), fmt::join(kinds, ", "));
+  ELLIPSE_CHECK(std::find(modes.begin(), modes.end(), nn::MetricMode::causal) == modes.end(),
+                "run_gpt_study: extra_metric_modes holds causal, the estimator of 'elliptical' itself; expected "
+                "sequence or random");
+  std::vector<Variant> variants;
+  for (const auto& kind : kinds)
+    variants.push_back({kind, kind, kind == "elliptical" ? std::optional(nn::MetricMode::causal) : std::nullopt});
+  // In a fixed order whatever the order of the options.
+  for (const auto mode : {nn::MetricMode::sequence, nn::MetricMode::random})
+    if (std::find(modes.begin(), modes.end(), mode) != modes.end())
+      variants.push_back({"elliptical-" + std::string(nn::metric_mode_name(mode)), "elliptical", mode});
   return variants;
 }
 
@@ -77,13 +78,6 @@ std::vector<std::string> names_of(const std::vector<Variant>& variants) {
   for (const auto& v : variants) names.push_back(v.name);
   return names;
 }
-
-struct StudyFlags {
-  std::string preset = "quick", out_dir = "runs/study-gpt", text_path = kDefaultText;
-  std::vector<std::string> m_modes;
-  std::int64_t seeds = 1;
-  Device device;
-};
 
 // What every run is evaluated on: the val split, clean and corrupted, the same for every variant of a seed.
 struct ValText {
@@ -98,70 +92,75 @@ struct RunResult {
   nn::LayerStudy layers;
 };
 
-RunResult study_run(const StudyFlags& flags, const StudyPreset& preset, const Variant& variant, std::uint64_t seed,
-                    const ValText& val, bool draw) {
+RunResult study_run(const StudyGptOptions& study, const StudyPreset& preset, const Variant& variant,
+                    std::uint64_t seed, const ValText& val, bool draw, const StudyCallbacks& callbacks) {
   const std::string name = fmt::format("{}-seed{}", variant.name, seed);
-  GPTTrainOptions options;
-  options.text_path = flags.text_path;
-  options.config = preset.config;
-  options.attention = variant.attention;
-  options.metric = variant.metric;
-  options.steps = preset.steps;
-  options.eval_every = preset.eval_every;
-  options.seed = seed;
-  options.out_dir = flags.out_dir + "/runs/" + name;
-  options.device = flags.device;
+  GPTTrainOptions preset_options;
+  preset_options.text_path = study.text_path;
+  preset_options.config = preset.config;
+  preset_options.attention = variant.attention;
+  preset_options.metric = variant.metric;
+  preset_options.steps = preset.steps;
+  preset_options.eval_every = preset.eval_every;
+  GPTTrainOptions options = for_run(preset_options, seed, study.out_dir + "/runs/" + name, study.device);
+  // Training and each measurement are cached in the run directory: the model is loaded only for what is missing.
+  StudyRun<LoadedGPT> run(
+      name, options.out_dir, "step", preset.steps,
+      [&](bool resume) {
+        options.resume = resume;
+        train_gpt(options, train_step_callback(callbacks, name), [&](const EvalRecord& r) {
+          tell_eval(callbacks, name, fmt::format("{} step {}: val_loss {:.4f}", name, r.step, r.val_loss));
+        });
+      },
+      [&] {
+        LoadedGPT loaded = load_gpt(options.out_dir, study.device);
+        ELLIPSE_CHECK(loaded.tokenizer.vocab() == val.tokenizer.vocab(), "run_gpt_study: the model in {} was trained "
+                      "on a text with another vocabulary than text_path {}; use another out_dir", options.out_dir,
+                      study.text_path);
+        return loaded;
+      },
+      callbacks);
+  auto model = [&]() -> GPT& { return *run.loaded().model; };
   RunResult result;
-  const StudyTraining trained = train_or_reuse(name, options.out_dir, "step", preset.steps, [&](bool resume) {
-    options.resume = resume;
-    std::optional<Progress> bar;
-    train_gpt(
-        options,
-        [&](const TrainProgress& p) {
-          if (!bar) bar.emplace(p.steps, 100);
-          bar->update(p.step, p.elapsed_s, fmt::format("{}  loss {:.4f}  {:.0f} tok/s", name, p.loss, p.items_per_s));
-        },
-        [&](const EvalRecord& r) { bar->line(fmt::format("{} step {}: val_loss {:.4f}", name, r.step, r.val_loss)); });
-  });
-  result.train_seconds = trained.train_seconds;
-
-  LoadedGPT loaded = load_gpt(options.out_dir, flags.device);
-  GPT& model = *loaded.model;
-  ELLIPSE_CHECK(loaded.tokenizer.vocab() == val.tokenizer.vocab(), "study gpt: the model in {} was trained on a text "
-                "with another vocabulary than --data {}; use another --out", options.out_dir, flags.text_path);
+  result.train_seconds = run.measure<double>("train_seconds", [&] { return run.training().train_seconds; });
   // The corrupted text is the context and the clean text the targets: a corrupted target is unpredictable by
   // construction and would add a term that swamps the difference between the models.
-  result.val_loss = evaluate_gpt(model, val.clean, val.clean);
-  for (const auto& context : val.corrupted[seed]) result.corrupted.push_back(evaluate_gpt(model, context, val.clean));
+  result.val_loss = run.measure<double>("val_loss", [&] { return evaluate_gpt(model(), val.clean, val.clean); });
+  const auto keys = corruption_keys();
+  for (std::size_t i = 0; i < keys.size(); ++i)
+    result.corrupted.push_back(run.measure<double>("corrupted " + keys[i], [&] {
+      return evaluate_gpt(model(), val.corrupted[seed][i], val.clean);
+    }));
 
-  const std::int64_t t = model.config().seq_len;
-  const auto blocks = blocks_of(model, model.config().n_layer);
-  {
-    NoGradGuard no_grad;
-    nn::BlockProbe probe(blocks);
-    const std::int64_t windows = std::min(preset.probe_windows, static_cast<std::int64_t>(val.clean.size()) / t);
-    for (std::int64_t first = 0; first < windows; first += 16) {
-      const std::int64_t count = std::min<std::int64_t>(16, windows - first);
-      const auto begin = val.clean.begin() + static_cast<std::ptrdiff_t>(first * t);
-      model.forward(from_vector(std::vector<std::int64_t>(begin, begin + count * t), {count, t}, flags.device));
-      probe.collect();
-    }
-    result.layers = probe.result();
+  auto blocks = [&] { return blocks_of(model(), model().config().n_layer); };
+  auto windows = [&](std::int64_t first, std::int64_t count) {
+    const std::int64_t t = model().config().seq_len;
+    const auto begin = val.clean.begin() + static_cast<std::ptrdiff_t>(first * t);
+    return from_vector(std::vector<std::int64_t>(begin, begin + count * t), {count, t}, study.device);
+  };
+  result.layers = run.measure<nn::LayerStudy>("layers", [&] {
+    const std::int64_t t = model().config().seq_len;
+    return probe_blocks(blocks(), std::min(preset.probe_windows, static_cast<std::int64_t>(val.clean.size()) / t), 16,
+                        [&](std::int64_t first, std::int64_t count) { model().forward(windows(first, count)); });
+  });
+  if (draw) {  // attention maps of the sample line, and m
+    run.measure<bool>("figures", [&] {
+      const std::string figures_dir = study.out_dir + "/figures";
+      const std::string prefix = variant.name + "_";
+      write_metric(figures_dir, result.layers, prefix);
+      const std::int64_t n = std::min(kSampleLineLength, model().config().seq_len);
+      probe_blocks(
+          blocks(), 1, 1,
+          [&](std::int64_t, std::int64_t) {
+            model().forward(from_vector(std::vector<std::int64_t>(val.clean.begin(), val.clean.begin() + n), {1, n},
+                                        study.device));
+          },
+          [&] { write_attention(figures_dir, blocks(), prefix); });
+      return true;
+    });
   }
-  if (draw) {  // attention maps of the sample line, and m (after `probe` is gone: probes must not overlap)
-    NoGradGuard no_grad;
-    const std::string figures_dir = flags.out_dir + "/figures";
-    const std::string prefix = variant.name + "_";
-    write_metric(figures_dir, result.layers, prefix);
-    nn::BlockProbe one(blocks);
-    const std::int64_t n = std::min(kSampleLineLength, t);
-    model.forward(
-        from_vector(std::vector<std::int64_t>(val.clean.begin(), val.clean.begin() + n), {1, n}, flags.device));
-    write_attention(figures_dir, blocks, prefix);
-  }
-  fmt::print("{}: val_loss {:.4f}  corrupted {:.4f}  ({})\n", name, result.val_loss, fmt::join(result.corrupted, " "),
-             format_duration(result.train_seconds));
-  std::fflush(stdout);
+  tell(callbacks, fmt::format("{}: val_loss {:.4f}  corrupted {:.4f}  ({})", name, result.val_loss,
+                              fmt::join(result.corrupted, " "), format_duration(result.train_seconds)));
   return result;
 }
 
@@ -233,23 +232,28 @@ std::string m_modes_flag(const std::vector<std::string>& variants) {
   return modes.empty() ? "" : fmt::format(" --m-modes {}", fmt::join(modes, ","));
 }
 
-std::string study_report(const ordered_json& summary, const StudyPreset& preset, const StudyFlags& flags,
+std::string study_report(const ordered_json& summary, const StudyPreset& preset, const StudyGptOptions& options,
                          const std::vector<std::string>& variants, const ValText& val, std::int64_t seq_len) {
   const std::int64_t windows = (static_cast<std::int64_t>(val.clean.size()) - 1) / seq_len;
+  const std::string& baseline = variants.front();
+  const bool elliptical = std::find(variants.begin(), variants.end(), "elliptical") != variants.end();
   std::string md = fmt::format(
-      "# Standard vs elliptical attention: character GPT\n\n"
+      "# {} attention: character GPT\n\n"
       "Preset `{}`: {} trained {} steps of batch {} on `{}` (first 90% train, last 10% val), {} seed(s) (0..{}), "
-      "identical initialisation and data order per seed. `elliptical` estimates m with the causal (prefix-mean) "
-      "estimator. Val losses (nats per character; lower is better) over the {} non-overlapping windows of {} "
+      "identical initialisation and data order per seed.{} Val losses (nats per character; lower is better) over the {} non-overlapping windows of {} "
       "characters of the val text; for \"p corrupted\", a fraction p of the val characters (exactly round(p N) "
       "positions, chosen uniformly, seeded by the seed) is replaced by a different character drawn uniformly from "
       "the vocabulary, in the context only: the targets stay the clean next characters. Collapse, head redundancy "
-      "and m averaged over the first {} val windows. Command: `ellipse study gpt --preset {} --seeds {}{} --data {}{} "
-      "--out {}`. Values are mean ± sample standard deviation over seeds (± 0 with one seed).\n\n",
-      flags.preset, preset.config, preset.steps, summary["batch"].get<std::int64_t>(), flags.text_path, flags.seeds,
-      flags.seeds - 1, windows, seq_len, std::min(preset.probe_windows, static_cast<std::int64_t>(val.clean.size()) / seq_len),
-      flags.preset, flags.seeds, m_modes_flag(variants),
-      flags.text_path, device_flag(flags.device), flags.out_dir);
+      "and m averaged over the first {} val windows. {} Values are mean ± sample standard deviation over seeds (± 0 "
+      "with one seed).\n\n",
+      kinds_title(options.attention), options.preset, preset.config, preset.steps, summary["batch"].get<std::int64_t>(),
+      options.text_path, options.seeds, options.seeds - 1,
+      elliptical ? " `elliptical` estimates m with the causal (prefix-mean) estimator." : "", windows, seq_len,
+      std::min(preset.probe_windows, static_cast<std::int64_t>(val.clean.size()) / seq_len),
+      how_it_ran(options.attention,
+                 fmt::format("gpt --preset {} --seeds {}{} --data {}{} --out {}", options.preset, options.seeds,
+                             m_modes_flag(variants), options.text_path, device_flag(options.device), options.out_dir),
+                 "run_gpt_study"));
   for (const auto& v : variants)
     if (!caveat(v).empty()) md += fmt::format("Note on `{}`: {}.\n\n", v, caveat(v));
 
@@ -268,18 +272,18 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
   const std::string worst = corruption_keys().back();
   md += "## What it shows\n\n";
   for (const auto& v : variants) {
-    if (v == "standard") continue;
-    const ordered_json& s = summary["standard"];
+    if (v == baseline) continue;
+    const ordered_json& s = summary[baseline];
     const ordered_json& e = summary[v];
     if (!caveat(v).empty()) md += fmt::format("- `{}`: {}.\n", v, caveat(v));
-    md += verdict("Clean val loss (lower is better)", v, e["val_loss"], "standard", s["val_loss"], flags.seeds, unit) +
+    md += verdict("Clean val loss (lower is better)", v, e["val_loss"], baseline, s["val_loss"], options.seeds, unit) +
           "\n";
     md += verdict(fmt::format("Val loss with p = {} corrupted (lower is better)", worst), v, e["corrupted"][worst],
-                  "standard", s["corrupted"][worst], flags.seeds, unit) + "\n";
+                  baseline, s["corrupted"][worst], options.seeds, unit) + "\n";
     md += verdict(fmt::format("What p = {} costs, corrupted minus clean loss (lower: more robust)", worst), v,
-                  corruption_cost(e, worst), "standard", corruption_cost(s, worst), flags.seeds, unit) + "\n";
+                  corruption_cost(e, worst), baseline, corruption_cost(s, worst), options.seeds, unit) + "\n";
   }
-  md += layer_conclusions(summary, variants, "standard") + "\n";
+  md += layer_conclusions(summary, variants, baseline) + "\n";
 
   const std::int64_t line_length = std::min(kSampleLineLength, seq_len);
   md += fmt::format(
@@ -299,79 +303,49 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
   return md;
 }
 
-int run_study_gpt(const StudyFlags& flags) {
-  use_device(flags.device);
-  const StudyPreset preset = study_preset(flags.preset);
-  const std::vector<Variant> variants = study_variants(flags.m_modes);
-  ELLIPSE_CHECK(!std::filesystem::exists(flags.out_dir + "/summary.json"), "study gpt: {} already holds a study; "
-                "choose another --out", flags.out_dir);
-  ELLIPSE_CHECK(std::filesystem::is_regular_file(flags.text_path), "study gpt: --data {}: no such file; pass a UTF-8 "
-                "text file with --data FILE (the default, {}, is where the README's commands read Tiny Shakespeare "
-                "from, relative to the working directory)", flags.text_path, kDefaultText);
+}  // namespace
+
+StudyResult run_gpt_study(const StudyGptOptions& options, const StudyCallbacks& callbacks) {
+  const StudyPreset preset = study_preset(options.preset);
+  const std::vector<Variant> variants = study_variants(options);
+  check_study_options("run_gpt_study", options.attention, options.seeds, options.out_dir);
+  ELLIPSE_CHECK(std::filesystem::is_regular_file(options.text_path), "run_gpt_study: text_path '{}' is not a file; "
+                "expected a UTF-8 text file", options.text_path);
 
   // The text as train_gpt reads it: the vocabulary of the whole text, the last 10% as val.
   ValText val;
-  const std::u32string text = decode_utf8(io::read_file(flags.text_path, std::uint64_t{1} << 31), flags.text_path);
+  const std::u32string text = decode_utf8(io::read_file(options.text_path, std::uint64_t{1} << 31), options.text_path);
   val.tokenizer = CharTokenizer::from_text(text);
   val.clean = split_train_val(val.tokenizer.encode(text)).val;
   const GPTConfig config = gpt_preset(preset.config, val.tokenizer.size());
   ELLIPSE_CHECK(static_cast<std::int64_t>(val.clean.size()) > config.seq_len && val.tokenizer.size() >= 2,
-                "study gpt: --data {}: its val part (the last 10%) has {} characters of {} distinct; expected more "
-                "than the context length {} and at least 2 distinct", flags.text_path, val.clean.size(),
+                "run_gpt_study: text_path {}: its val part (the last 10%) has {} characters of {} distinct; expected "
+                "more than the context length {} and at least 2 distinct", options.text_path, val.clean.size(),
                 val.tokenizer.size(), config.seq_len);
-  for (std::int64_t seed = 0; seed < flags.seeds; ++seed) {
+  for (std::int64_t seed = 0; seed < options.seeds; ++seed) {
     val.corrupted.emplace_back();
     for (std::size_t i = 0; i < kCorruption.size(); ++i)
       val.corrupted.back().push_back(corrupt_characters(val.clean, kCorruption[i], val.tokenizer.size(),
                                                         mix64(static_cast<std::uint64_t>(seed), i)));
   }
 
-  std::filesystem::create_directories(flags.out_dir + "/figures");
+  std::filesystem::create_directories(options.out_dir + "/figures");
   std::map<std::string, std::vector<RunResult>> results;
-  for (std::int64_t seed = 0; seed < flags.seeds; ++seed)
+  for (std::int64_t seed = 0; seed < options.seeds; ++seed)
     for (const auto& variant : variants)
       results[variant.name].push_back(
-          study_run(flags, preset, variant, static_cast<std::uint64_t>(seed), val, seed == 0));
+          study_run(options, preset, variant, static_cast<std::uint64_t>(seed), val, seed == 0, callbacks));
 
   const std::vector<std::string> names = names_of(variants);
-  ordered_json summary;
-  summary["preset"] = flags.preset;
-  summary["seeds"] = flags.seeds;
-  summary["config"] = preset.config;
-  summary["steps"] = preset.steps;
-  summary["batch"] = config.batch;
-  summary["data"] = flags.text_path;
-  summary["variants"] = names;
+  ordered_json summary{{"preset", options.preset}, {"seeds", options.seeds},   {"config", preset.config},
+                       {"steps", preset.steps},     {"batch", config.batch},     {"data", options.text_path},
+                       {"variants", names}};
   for (const auto& name : names) summary[name] = summarize(results[name]);
-  io::write_file_atomic(flags.out_dir + "/summary.json", summary.dump(2) + "\n");
-  write_study_figures(flags.out_dir + "/figures", summary, names);
-  io::write_file_atomic(flags.out_dir + "/report.md",
-                        study_report(summary, preset, flags, names, val, config.seq_len));
+  write_study_figures(options.out_dir + "/figures", summary, names);
   std::vector<std::string> losses;
   for (const auto& name : names) losses.push_back(fmt::format("{} {}", name, nats(summary[name]["val_loss"])));
-  fmt::print("clean val loss: {}\nwrote {}/summary.json, report.md and figures/\n", fmt::join(losses, ", "),
-             flags.out_dir);
-  return 0;
+  return finish_study(options.out_dir, summary, study_report(summary, preset, options, names, val, config.seq_len),
+                      fmt::format("clean val loss: {}", fmt::join(losses, ", ")), callbacks);
 }
 
-}  // namespace
-
-void add_study_gpt_command(CLI::App& study, Action& action) {
-  auto flags = std::make_shared<StudyFlags>();
-  auto* g = study.add_subcommand("gpt", "The character GPT: val loss clean and with a corrupted context, collapse, "
-                                        "redundancy, m");
-  g->add_option("--preset", flags->preset, "quick (gpt-s, 1000 steps), full (gpt-s, 5000 steps) or smoke (gpt-tiny, "
-                                           "20 steps: for tests)")
-      ->check(CLI::IsMember({"quick", "full", "smoke"}))->capture_default_str();
-  g->add_option("--m-modes", flags->m_modes, "Add elliptical variants with these estimators of m, comma-separated: "
-                                             "sequence, random (causal always runs, as `elliptical`)")
-      ->delimiter(',')->check(CLI::IsMember({"causal", "sequence", "random"}));
-  g->add_option("--seeds", flags->seeds, "Seeds per variant (0..N-1)")
-      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100}))->capture_default_str();
-  g->add_option("--data", flags->text_path, "UTF-8 text file (first 90% train, last 10% val)")->capture_default_str();
-  g->add_option("--out", flags->out_dir, "Output directory")->capture_default_str();
-  add_device_option(*g, flags->device);
-  g->callback([&action, flags] { action = [flags] { return run_study_gpt(*flags); }; });
-}
-
-}  // namespace ellipse::cli
+}  // namespace ellipse::study

@@ -1,4 +1,4 @@
-#include "cli/figures.hpp"
+#include "study/figures.hpp"
 
 // Only PNG-to-memory is needed; static linkage keeps these symbols from clashing with Debian's libstb.a
 // should anything link it.

@@ -1,19 +1,59 @@
-#include "cli/study_common.hpp"
+#include "study/common.hpp"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <optional>
 
+#include "autograd/grad_mode.hpp"
 #include "autograd/ops.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
 #include "core/io/npy.hpp"
 #include "models/train_run.hpp"
+#include "nn/attention.hpp"
 
-namespace ellipse::cli::study {
+namespace ellipse::study {
+
+// ---- options ----
+
+void check_study_options(const std::string& function, const std::vector<std::string>& kinds, std::int64_t seeds,
+                         const std::string& out_dir) {
+  const std::vector<std::string> registered = nn::attention_kinds();
+  ELLIPSE_CHECK(!kinds.empty(), "{}: attention names no kind; expected one or more of {}", function,
+                fmt::join(registered, ", "));
+  for (std::size_t i = 0; i < kinds.size(); ++i) {
+    ELLIPSE_CHECK(std::find(registered.begin(), registered.end(), kinds[i]) != registered.end(),
+                  "{}: attention kind '{}' is not registered; expected one of {}", function, kinds[i],
+                  fmt::join(registered, ", "));
+    ELLIPSE_CHECK(std::find(kinds.begin(), kinds.begin() + static_cast<std::ptrdiff_t>(i), kinds[i]) ==
+                      kinds.begin() + static_cast<std::ptrdiff_t>(i),
+                  "{}: attention names '{}' twice; expected distinct kinds", function, kinds[i]);
+  }
+  ELLIPSE_CHECK(seeds >= 1 && seeds <= 100, "{}: seeds is {}; expected 1 to 100", function, seeds);
+  ELLIPSE_CHECK(!out_dir.empty(), "{}: out_dir is empty; expected the study's output directory", function);
+  ELLIPSE_CHECK(!std::filesystem::exists(out_dir + "/summary.json"),
+                "{}: out_dir {} already holds a study (summary.json); choose another", function, out_dir);
+}
+
+// ---- probes ----
+
+nn::LayerStudy probe_blocks(const std::vector<nn::Block*>& blocks, std::int64_t total, std::int64_t batch,
+                            const std::function<void(std::int64_t first, std::int64_t count)>& forward,
+                            const std::function<void()>& while_hooked) {
+  NoGradGuard no_grad;
+  nn::BlockProbe probe(blocks);
+  for (std::int64_t first = 0; first < total; first += batch) {
+    forward(first, std::min(batch, total - first));
+    probe.collect();
+  }
+  if (while_hooked) while_hooked();
+  return probe.result();
+}
 
 // ---- figures of one model on one input ----
 
@@ -127,6 +167,17 @@ double std_of(const ordered_json& stat) { return stat["std"].get<double>(); }
 
 // ---- the report ----
 
+std::string kinds_title(const std::vector<std::string>& kinds) {
+  std::string title = fmt::format("{}", fmt::join(kinds, " vs "));
+  if (!title.empty()) title[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(title[0])));
+  return title;
+}
+
+std::string how_it_ran(const std::vector<std::string>& kinds, const std::string& args, const std::string& function) {
+  if (kinds == std::vector<std::string>{"standard", "elliptical"}) return fmt::format("Command: `ellipse study {}`.", args);
+  return fmt::format("Run from C++: `study::{}` with attention kinds {}.", function, fmt::join(kinds, ", "));
+}
+
 std::string table_header(const std::vector<std::string>& variants) {
   std::string rule = "|---";
   for (std::size_t i = 0; i < variants.size(); ++i) rule += "|---";
@@ -206,6 +257,16 @@ std::string layer_conclusions(const ordered_json& summary, const std::vector<std
   return md;
 }
 
+StudyResult finish_study(const std::string& out_dir, const ordered_json& summary, const std::string& report,
+                         const std::string& headline, const StudyCallbacks& callbacks) {
+  const StudyResult result{.summarized = true, .summary_path = out_dir + "/summary.json",
+                           .report_path = out_dir + "/report.md"};
+  io::write_file_atomic(result.report_path, report);
+  io::write_file_atomic(result.summary_path, summary.dump(2) + "\n");
+  tell(callbacks, fmt::format("{}\nwrote {}/summary.json, report.md and figures/", headline, out_dir));
+  return result;
+}
+
 // ---- figures of a study ----
 
 figures::Series clean_and_keyed_series(const ordered_json& summary_variant, const std::string& clean_key,
@@ -249,8 +310,23 @@ void write_layer_charts(const std::string& dir, const ordered_json& summary,
 
 // ---- training runs that survive an interruption ----
 
+void tell(const StudyCallbacks& callbacks, const std::string& line) {
+  if (callbacks.on_message) callbacks.on_message(line);
+}
+
+std::function<void(const TrainProgress&)> train_step_callback(const StudyCallbacks& callbacks,
+                                                               const std::string& name) {
+  if (!callbacks.on_train_step) return {};
+  return [&callbacks, name](const TrainProgress& progress) { callbacks.on_train_step(name, progress); };
+}
+
+void tell_eval(const StudyCallbacks& callbacks, const std::string& name, const std::string& line) {
+  if (callbacks.on_train_eval) callbacks.on_train_eval(name, line);
+}
+
 StudyTraining train_or_reuse(const std::string& name, const std::string& run_dir, const std::string& done_key,
-                             std::int64_t done_value, const std::function<void(bool resume)>& train) {
+                             std::int64_t done_value, const std::function<void(bool resume)>& train,
+                             const StudyCallbacks& callbacks) {
   const RunFiles files(run_dir);
   const std::string seconds_path = run_dir + "/train_seconds.txt";
   // The last metrics line up to the committed checkpoint: a run killed between its metrics line and its state
@@ -267,7 +343,7 @@ StudyTraining train_or_reuse(const std::string& name, const std::string& run_dir
   StudyTraining result;
   const auto earlier = resume ? last_record() : std::nullopt;
   if (earlier && earlier->value(done_key, std::int64_t{-1}) == done_value) {
-    fmt::print("{}: finished earlier, reusing {}\n", name, run_dir);
+    tell(callbacks, fmt::format("{}: finished earlier, reusing {}", name, run_dir));
     result.last_record = *earlier;
     result.train_seconds = seconds_before;
     return result;
@@ -300,7 +376,7 @@ void MeasurementCache::bad_entry(const std::string& key) const {
 
 void MeasurementCache::save() const { io::write_file_atomic(path_, values_.dump(2) + "\n"); }
 
-}  // namespace ellipse::cli::study
+}  // namespace ellipse::study
 
 namespace ellipse::nn {
 
