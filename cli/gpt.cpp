@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/io/file.hpp"
 #include "core/io/npy.hpp"
+#include "dist/communicator.hpp"
 #include "models/gpt_train.hpp"
 
 namespace ellipse::cli {
@@ -36,6 +37,7 @@ int run_train(TrainFlags flags) {
   if (!flags.m_mode.empty()) o.metric = nn::parse_metric_mode(flags.m_mode);
   if (flags.batch > 0) o.batch = flags.batch;
   resolve_run_dir(o.out_dir, o.resume, flags.resume, "train gpt", "runs/gpt");
+  o.communicator = &dist::world();  // under mpirun: data-parallel over its ranks, rank 0 writing and printing
   // With --json, stdout carries only the evaluations' JSON lines: no plain progress lines.
   Progress progress(o.steps, flags.json ? 0 : 50);
   const EvalRecord last = train_gpt(
@@ -50,7 +52,7 @@ int run_train(TrainFlags flags) {
                                                r.step, r.train_loss, r.val_loss, r.tokens_per_s,
                                                format_duration(r.elapsed_s)));
       });
-  if (flags.json) return 0;
+  if (flags.json || o.communicator->rank() != 0) return 0;
   if (o.stop_after > 0 && last.step != o.stop_after) {
     progress.line(fmt::format("stopped after step {}; checkpoint in {} (continue with --resume {})", o.stop_after,
                               o.out_dir, o.out_dir));

@@ -8,10 +8,12 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <string>
 
 #include "backends/backend.hpp"
 #include "cli/commands.hpp"
 #include "core/error.hpp"
+#include "dist/communicator.hpp"
 
 namespace {
 // OpenBLAS's threads (f64 products, and f32 ones on processors without AVX-512) are libgomp's, which reads
@@ -104,12 +106,18 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);  // prints help, the version, or the error
     return code == 0 ? 0 : 2;
   }
+  std::string error;
   try {
+    // Several processes of any other command would each do the whole job and write the same files.
+    const bool data_parallel = train->got_subcommand("gpt");
+    if (ellipse::dist::launched_by_mpi() && !data_parallel && ellipse::dist::world().size() > 1)
+      ellipse::fail("only `ellipse train gpt` runs over several MPI ranks; run this command as one process");
     return action ? action() : 0;
-  } catch (const ellipse::Error& e) {
-    std::fprintf(stderr, "ellipse: error: %s\n", e.what());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "ellipse: error: %s\n", e.what());
+    error = e.what();
   }
+  // Under an MPI launcher the other ranks may be waiting for this one in a collective: end them all.
+  if (ellipse::dist::launched_by_mpi() && ellipse::dist::mpi_built()) ellipse::dist::world().abort(1, "ellipse: error: " + error);
+  std::fprintf(stderr, "ellipse: error: %s\n", error.c_str());
   return 1;
 }

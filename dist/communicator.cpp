@@ -45,6 +45,11 @@ class SingleProcess final : public Communicator {
 
 std::unique_ptr<Communicator> make_single_process() { return std::make_unique<SingleProcess>(); }
 
+Communicator& single_process() {
+  static SingleProcess alone;
+  return alone;
+}
+
 bool launched_by_mpi() {
   // Open MPI's mpirun, PMIx (Open MPI 4+, Slurm) and PMI (MPICH, Slurm's srun --mpi=pmi2) name the rank.
   for (const char* variable : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"})

@@ -34,6 +34,8 @@ class Communicator {
 };
 
 std::unique_ptr<Communicator> make_single_process();
+// One shared single-process communicator: what a function given no communicator uses.
+Communicator& single_process();
 // Initialises MPI (MPI_Init_thread, funneled: collectives come from the thread that calls them) on the first
 // call and finalises it at exit. Throws when the library was built without MPI.
 std::unique_ptr<Communicator> make_mpi();

@@ -48,10 +48,19 @@ void average_gradients(const std::vector<Tensor>& parameters, Communicator& comm
   }
 }
 
-void check_same_on_all_ranks(Communicator& comm, std::string_view what, const std::string& value) {
-  // FNV-1a: equal strings give equal hashes on every rank; the chance that different ones collide is nil.
+std::uint64_t fingerprint(std::string_view bytes) {
   std::uint64_t hash = 14695981039346656037ull;
-  for (unsigned char c : value) hash = (hash ^ c) * 1099511628211ull;
+  for (unsigned char c : bytes) hash = (hash ^ c) * 1099511628211ull;
+  return hash;
+}
+
+std::uint64_t fingerprint(const std::vector<std::int64_t>& values) {
+  return fingerprint(std::string_view(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(std::int64_t)));
+}
+
+void check_same_on_all_ranks(Communicator& comm, std::string_view what, const std::string& value) {
+  // Equal strings give equal hashes on every rank; the chance that different ones collide is nil.
+  const std::uint64_t hash = fingerprint(value);
   const auto hashes = comm.all_gather(from_vector(std::vector<std::int64_t>{static_cast<std::int64_t>(hash)}, {1}))
                           .to_vector<std::int64_t>();
   for (std::size_t r = 1; r < hashes.size(); ++r)

@@ -50,8 +50,8 @@ std::vector<std::size_t> optimizer_order(const std::string& op, const nn::Module
                 params.size());
   std::vector<std::size_t> order;
   for (const auto& [name, param] : params) {
-    const auto found =
-        std::find_if(held.begin(), held.end(), [&](const Tensor& p) { return p.impl() == param.impl(); });
+    const auto& impl = param.impl();  // (clang 14 cannot capture a structured binding)
+    const auto found = std::find_if(held.begin(), held.end(), [&](const Tensor& p) { return p.impl() == impl; });
     ELLIPSE_CHECK(found != held.end(), "{}: the optimizer does not hold parameter '{}'", op, name);
     order.push_back(static_cast<std::size_t>(found - held.begin()));
   }

@@ -9,6 +9,7 @@
 #include "backends/backend.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
+#include "dist/data_parallel.hpp"
 #include "models/checkpoint.hpp"
 #include "nn/optim.hpp"
 
@@ -53,6 +54,11 @@ double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& ids, std::int64
 
 double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& context, const std::vector<std::int64_t>& targets,
                     std::int64_t batch) {
+  return evaluate_gpt(model, context, targets, batch, dist::single_process());
+}
+
+double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& context, const std::vector<std::int64_t>& targets,
+                    std::int64_t batch, dist::Communicator& comm) {
   ELLIPSE_CHECK(context.size() == targets.size(), "eval: the context has {} tokens but the targets {}; expected the "
                 "same length", context.size(), targets.size());
   const std::int64_t t = model.config().seq_len;
@@ -63,7 +69,7 @@ double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& context, const 
   model.eval();
   const Device device = model.device();
   double total = 0;
-  for (std::int64_t first = 0; first < windows; first += batch) {
+  for (std::int64_t first = batch * comm.rank(); first < windows; first += batch * comm.size()) {
     const std::int64_t count = std::min(batch, windows - first);
     std::vector<std::int64_t> inputs, next;
     for (std::int64_t w = first; w < first + count; ++w) {
@@ -75,6 +81,11 @@ double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& context, const 
     total += cross_entropy(logits, from_vector(next, {count, t}, device)).item() * static_cast<double>(count);
   }
   model.train(was_training);
+  if (comm.size() > 1) {
+    Tensor sum = from_vector(std::vector<double>{total}, {1});
+    comm.all_reduce(sum, dist::Reduction::sum);
+    total = sum.item();
+  }
   return total / static_cast<double>(windows);
 }
 
@@ -88,6 +99,7 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
   backend_for(o.device);  // an unusable device fails here, before any file is read or written
   const DetectAnomalyGuard anomaly(o.detect_anomaly || anomaly_detection_enabled());
   const RunFiles files(o.out_dir);
+  dist::Communicator& comm = o.communicator ? *o.communicator : dist::single_process();
 
   GPTConfig config;
   CharTokenizer tokenizer;
@@ -117,6 +129,12 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
   }
   const std::int64_t batch = o.batch.value_or(config.batch);
   ELLIPSE_CHECK(batch > 0, "train gpt: batch must be positive, got {}", batch);
+  ELLIPSE_CHECK(batch % comm.size() == 0, "train gpt: the batch of {} does not split evenly over {} ranks", batch,
+                comm.size());
+  const std::int64_t rank_batch = batch / comm.size();
+  dist::check_same_on_all_ranks(comm, "train gpt: the options", flags_fingerprint(o, batch) + " " + o.out_dir);
+  dist::check_same_on_all_ranks(comm, "train gpt: the text", fmt::format("{} ids, hash {}", ids.size(),
+                                                                          dist::fingerprint(ids)));
   const TextSplit split = split_train_val(ids);
   ELLIPSE_CHECK(static_cast<std::int64_t>(split.train.size()) > config.seq_len &&
                 static_cast<std::int64_t>(split.val.size()) > config.seq_len,
@@ -137,28 +155,34 @@ EvalRecord train_gpt(const GPTTrainOptions& o, const std::function<void(const Tr
   loop.items_per_step = batch * config.seq_len;
   RunningMean train_loss;  // since the last evaluation
   if (o.resume) {
-    TrainState state = run.resume(model, optimizer);
+    TrainState state = resume_run(run, model, optimizer, comm);
     ELLIPSE_CHECK(state.generators.count("data") == 1 && state.generators.count("model") == 1,
                   "{}: the generators' states are missing", files.state);
     data_gen.set_state(state.generators["data"]);
     model.generator().set_state(state.generators["model"]);
     loop.start = state.step;
     train_loss.load(state, "loss", files.state);
-  } else {
+  } else if (comm.rank() == 0) {
     run.start(gpt_config_json(config, tokenizer.vocab()));
   }
+  dist::check_same_on_all_ranks(comm, "train gpt: the model", dist::parameter_signature(model));
+  dist::broadcast_parameters(model, comm);
+  loop.communicator = &comm;
 
   EvalRecord last;
   loop.learning_rate = [&](std::int64_t step) { return nn::warmup_cosine_lr(step, o.warmup, o.steps, o.lr, o.final_lr); };
   loop.loss = [&](std::int64_t) {
+    // Every rank draws the whole batch's windows (one generator state everywhere) and trains on its share.
     auto [inputs, targets] = sample_windows(split.train, batch, config.seq_len, data_gen, o.device);
-    return cross_entropy(model.forward(inputs), targets);
+    const std::int64_t first = comm.rank() * rank_batch;
+    return cross_entropy(model.forward(narrow(inputs, 0, first, rank_batch)), narrow(targets, 0, first, rank_batch));
   };
   loop.evaluate_after = [&](std::int64_t done) { return done % o.eval_every == 0; };
   loop.evaluate = [&](const TrainProgress& at, double mean_train_loss) {
-    last = {at.step, mean_train_loss, evaluate_gpt(model, split.val), at.lr, at.items_per_s, at.elapsed_s};
+    last = {at.step, mean_train_loss, evaluate_gpt(model, split.val, split.val, 32, comm), at.lr, at.items_per_s,
+            at.elapsed_s};
     run.check_finite(last.val_loss, "the val loss", at.step);
-    if (on_eval) on_eval(last);
+    if (on_eval && comm.rank() == 0) on_eval(last);
     return metrics_line(last);
   };
   loop.state = [&](std::int64_t) {

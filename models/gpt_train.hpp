@@ -28,6 +28,9 @@ struct GPTTrainOptions {
   std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
   bool detect_anomaly = false;            // name the first op that produces a NaN or Inf (slow; see grad_mode.hpp)
   Device device = Device::cpu();          // where the model trains; checkpoints are the same on every device
+  // Data-parallel training over these ranks (null: this process alone; the CLI passes dist::world()). `batch` stays
+  // the global batch, split evenly: each rank computes its share of every step's windows.
+  dist::Communicator* communicator = nullptr;
 };
 
 struct EvalRecord {
@@ -43,6 +46,10 @@ struct EvalRecord {
 // writes anything; with detect_anomaly the error names the op that produced it. An unusable device is an
 // error before anything is read or written. The model is initialised on the CPU, so a seed gives the same
 // start on every device, and a run may be resumed on another device than the one it started on.
+// With a communicator of several ranks, every rank calls train_gpt with the same options: they check that they
+// agree (options, text, parameters), start from rank 0's parameters, split each step's windows and the
+// evaluation, and only rank 0 writes the run's files and calls on_step and on_eval; the files are those of one
+// process training on the global batch, up to the summation order.
 EvalRecord train_gpt(const GPTTrainOptions& options, const std::function<void(const TrainProgress&)>& on_step,
                      const std::function<void(const EvalRecord&)>& on_eval);
 
@@ -55,6 +62,10 @@ double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& ids, std::int64
 // `ellipse study gpt` passes a corrupted text as the context and the clean text as the targets.
 double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& context, const std::vector<std::int64_t>& targets,
                     std::int64_t batch = 32);
+// The same over several ranks: each evaluates every size-th batch of windows and the sums are reduced, so every
+// rank returns the whole evaluation.
+double evaluate_gpt(GPT& model, const std::vector<std::int64_t>& context, const std::vector<std::int64_t>& targets,
+                    std::int64_t batch, dist::Communicator& comm);
 
 struct SampleOptions {
   std::int64_t tokens = 200;

@@ -17,6 +17,7 @@
 #include "core/error.hpp"
 #include "core/io/file.hpp"
 #include "core/io/safetensors.hpp"
+#include "dist/data_parallel.hpp"
 
 namespace ellipse {
 
@@ -173,6 +174,21 @@ void RunCheckpoints::check_finite(double value, std::string_view what, std::int6
   ellipse::check_finite(value, fmt::format("{}: {}", command_, what), step, files_.dir, saved_step_);
 }
 
+TrainState resume_run(RunCheckpoints& run, nn::Module& model, nn::AdamW& optimizer, dist::Communicator& comm) {
+  TrainState state;
+  if (comm.rank() == 0) state = run.resume(model, optimizer);
+  comm.barrier();
+  if (comm.rank() != 0) state = run.resume(model, optimizer);
+  return state;
+}
+
+double mean_over_ranks(dist::Communicator& comm, double value) {
+  if (comm.size() == 1) return value;
+  Tensor t = from_vector(std::vector<double>{value}, {1});
+  comm.all_reduce(t, dist::Reduction::average);
+  return t.item();
+}
+
 void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimizer, RunCheckpoints& run,
                     RunningMean train_loss) {
   ELLIPSE_CHECK(loop.learning_rate && loop.loss && loop.evaluate_after && loop.evaluate && loop.state,
@@ -189,25 +205,29 @@ void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimiz
   };
   const auto t0 = std::chrono::steady_clock::now();
   const auto params = model.parameters();
+  dist::Communicator& comm = loop.communicator ? *loop.communicator : dist::single_process();
+  const bool writer = comm.rank() == 0;
   std::int64_t items = 0;
   for (std::int64_t step = loop.start; step < loop.end; ++step) {
     const double lr = loop.learning_rate(step);
     optimizer.set_lr(lr);
     optimizer.zero_grad();
     const Tensor loss = loop.loss(step);
-    const double loss_value = loss.item();
+    const double loss_value = mean_over_ranks(comm, loss.item());
     run.check_finite(loss_value, "the loss", step + 1);
     loss.backward();
+    dist::average_gradients(params, comm);
     run.check_finite(nn::clip_grad_norm(params, loop.clip), "the gradient norm", step + 1);
     optimizer.step();
     train_loss.add(loss_value);
     items += loop.items_per_step;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const TrainProgress progress{step + 1, loop.steps, loss_value, lr, static_cast<double>(items) / seconds, seconds};
-    if (loop.on_step) loop.on_step(progress);
+    if (loop.on_step && writer) loop.on_step(progress);
     if (loop.evaluate_after(step + 1) || step + 1 == loop.steps) {
-      save(step + 1, loop.evaluate(progress, train_loss.take()));
-    } else if (step + 1 == loop.end) {
+      const std::string metrics = loop.evaluate(progress, train_loss.take());
+      if (writer) save(step + 1, metrics);
+    } else if (step + 1 == loop.end && writer) {
       save(step + 1, "");  // stopped between evaluations: a checkpoint only, as the uninterrupted run has no line here
     }
   }

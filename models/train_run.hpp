@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 
+#include "../dist/communicator.hpp"
 #include "checkpoint.hpp"
 
 namespace ellipse {
@@ -129,7 +130,17 @@ struct TrainLoop {
   std::function<std::string(const TrainProgress& progress, double train_loss)> evaluate;
   std::function<TrainState(std::int64_t done)> state;  // what to checkpoint besides the step and the loss
   std::function<void(const TrainProgress&)> on_step;   // optional
+  // Data-parallel training over these ranks (null: this process alone). Each rank's loss(step) is the mean over
+  // its equal share of the step's global batch; the loop averages the losses and the gradients over the ranks
+  // (before the NaN check and the clipping, so every rank decides alike and takes the same step), only rank 0
+  // writes checkpoints and gets on_step, and `evaluate` runs on every rank (it may split its work and reduce).
+  dist::Communicator* communicator = nullptr;
 };
+// RunCheckpoints::resume on every rank: rank 0 first (it may repair the run's files), then the others, which
+// only read them.
+TrainState resume_run(RunCheckpoints& run, nn::Module& model, nn::AdamW& optimizer, dist::Communicator& comm);
+// `value` averaged over the ranks (itself for a single process): a loss or metric every rank then agrees on.
+double mean_over_ranks(dist::Communicator& comm, double value);
 // Runs `loop` on `model` with `optimizer`, checkpointing through `run`. Errors name the option that is wrong
 // (end past steps, a missing function) and, for a NaN or Inf, the run's command and step (check_finite).
 void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimizer, RunCheckpoints& run,

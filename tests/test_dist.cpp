@@ -3,6 +3,13 @@
 // ranks contributed. Every rank runs every case in the same order, as collectives need.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -98,4 +105,129 @@ TEST_CASE("dist: check_same_on_all_ranks passes on agreement and names the ranks
       "the configuration differs across ranks: rank 0 and rank " + std::to_string(comm().size() - 1) + " disagree";
   CHECK_THROWS_WITH(dist::check_same_on_all_ranks(comm(), "the configuration", mine),
                     doctest::Contains(expected.c_str()));
+}
+
+namespace {
+
+// One directory path for every rank: rank 0's process id, broadcast.
+std::filesystem::path shared_scratch_dir() {
+  Tensor id = full({1}, static_cast<double>(::getpid()), DType::i64);
+  comm().broadcast(id, 0);
+  return std::filesystem::temp_directory_path() /
+         ("ellipse_test_dist_" + std::to_string(id.to_vector<std::int64_t>()[0]));
+}
+
+std::vector<double> flat_values(const std::vector<Tensor>& tensors) {
+  std::vector<double> values;
+  for (const Tensor& t : tensors)
+    for (double v : t.to_vector<double>()) values.push_back(v);
+  return values;
+}
+
+// The train_loss of each line of a metrics.jsonl.
+std::vector<double> train_losses(const std::string& path) {
+  std::vector<double> losses;
+  const std::string text = io::read_file(path, 1 << 20);
+  for (std::size_t at = text.find("\"train_loss\":"); at != std::string::npos; at = text.find("\"train_loss\":", at + 1))
+    losses.push_back(std::strtod(text.c_str() + at + 13, nullptr));
+  return losses;
+}
+
+double worst_relative_difference(const std::vector<double>& a, const std::vector<double>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]) / std::abs(b[i]));
+  return worst;
+}
+
+// ||a - b|| / ||b||. Elementwise, a few parameters differ by more than rounding: the key biases, whose gradient
+// is zero but for rounding (a key bias adds the same amount to every score of a row), so AdamW's normalised step
+// turns each run's rounding noise into steps of up to lr.
+double norm_relative_difference(const std::vector<double>& a, const std::vector<double>& b) {
+  REQUIRE(a.size() == b.size());
+  double difference = 0, norm = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    difference += (a[i] - b[i]) * (a[i] - b[i]);
+    norm += b[i] * b[i];
+  }
+  return std::sqrt(difference / norm);
+}
+
+}  // namespace
+
+TEST_CASE("dist: train_gpt over the ranks gives one process's losses and parameters on the global batch") {
+  const std::filesystem::path dir = shared_scratch_dir();
+  const std::string text = (dir / "text.txt").string();
+  if (comm().rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    std::ofstream out(text);
+    for (int i = 0; i < 60; ++i) out << "the cat sat on the mat; a dog sat on a log. ";
+  }
+  comm().barrier();
+  GPTTrainOptions o;
+  o.text_path = text;
+  o.config = "gpt-tiny";
+  o.attention = "elliptical";
+  o.batch = 8;  // splits over 1, 2 and 4 ranks
+  o.steps = 12;
+  o.eval_every = 6;
+  o.warmup = 2;
+  o.lr = 3e-3;
+  o.out_dir = (dir / "parallel").string();
+  o.communicator = &comm();
+  int on_step_calls = 0, on_eval_calls = 0;
+  train_gpt(o, [&](const TrainProgress&) { ++on_step_calls; }, [&](const EvalRecord&) { ++on_eval_calls; });
+  CHECK(on_step_calls == (comm().rank() == 0 ? 12 : 0));  // progress and metrics from rank 0 only
+  CHECK(on_eval_calls == (comm().rank() == 0 ? 2 : 0));
+
+  if (comm().rank() == 0) {  // the same run in this process alone
+    GPTTrainOptions single = o;
+    single.out_dir = (dir / "single").string();
+    single.communicator = nullptr;
+    train_gpt(single, {}, {});
+    for (const char* file : {"config.json", "metrics.jsonl", "model.safetensors", "train_state.safetensors"})
+      CHECK(std::filesystem::exists(std::filesystem::path(o.out_dir) / file));
+    const auto parallel_losses = train_losses(o.out_dir + "/metrics.jsonl");
+    CHECK(parallel_losses.size() == 2);
+    CHECK(worst_relative_difference(parallel_losses, train_losses(single.out_dir + "/metrics.jsonl")) < 1e-6);
+    CHECK(norm_relative_difference(flat_values(load_gpt(o.out_dir).model->parameters()),
+                                   flat_values(load_gpt(single.out_dir).model->parameters())) < 1e-5);
+  }
+  comm().barrier();
+  if (comm().rank() == 0) std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("dist: run_train_loop over the ranks leaves every rank with the same parameters, bit for bit") {
+  const std::filesystem::path dir = shared_scratch_dir();
+  Generator init(0);
+  nn::Sequential model({std::make_shared<nn::Linear>(3, 8, true, init),
+                        std::make_shared<nn::Lambda>([](const Tensor& x) { return tanh(x); }),
+                        std::make_shared<nn::Linear>(8, 1, true, init)});
+  nn::AdamW optimizer(model.parameters(), {.lr = 1e-2});
+  RunCheckpoints run((dir / "loop").string(), "toy", "");
+  if (comm().rank() == 0) run.start("{}\n");
+  Generator data(static_cast<std::uint64_t>(7 + comm().rank()));  // each rank's own data
+  TrainLoop loop;
+  loop.steps = loop.end = 10;
+  loop.communicator = &comm();
+  loop.learning_rate = [](std::int64_t) { return 1e-2; };
+  loop.loss = [&](std::int64_t) {
+    const Tensor x = uniform({16, 3}, -1.0, 1.0, data);
+    return mean(pow(model.forward(x) - sum(x, {1}, true), 2.0));
+  };
+  loop.evaluate_after = [](std::int64_t) { return false; };
+  loop.evaluate = [](const TrainProgress& at, double loss) {
+    return "{\"step\": " + std::to_string(at.step) + ", \"train_loss\": " + std::to_string(loss) + "}\n";
+  };
+  loop.state = [](std::int64_t) { return TrainState{}; };
+  run_train_loop(loop, model, optimizer, run);
+  std::string bits;
+  for (const Tensor& p : model.parameters()) {
+    const auto values = p.to_vector<float>();
+    bits.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+  }
+  CHECK_NOTHROW(dist::check_same_on_all_ranks(comm(), "the trained parameters", bits));
+  comm().barrier();
+  if (comm().rank() == 0) std::filesystem::remove_all(dir);
 }
