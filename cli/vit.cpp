@@ -8,6 +8,7 @@
 #include "cli/commands.hpp"
 #include "cli/progress.hpp"
 #include "core/error.hpp"
+#include "dist/communicator.hpp"
 #include "models/vit_train.hpp"
 
 namespace ellipse::cli {
@@ -28,6 +29,7 @@ int run_train(TrainFlags flags) {
   if (!flags.m_mode.empty()) o.metric = nn::parse_metric_mode(flags.m_mode);
   if (flags.batch > 0) o.batch = flags.batch;
   resolve_run_dir(o.out_dir, o.resume, flags.resume, "train vit", "runs/vit");
+  o.communicator = &dist::world();  // under mpirun: data-parallel over its ranks, rank 0 writing and printing
   std::optional<Progress> bar;  // the step count is known once the data is loaded: made on the first step
   std::int64_t steps = 0;
   const ViTEvalRecord last = train_vit(
@@ -43,6 +45,7 @@ int run_train(TrainFlags flags) {
                               "{})", r.epoch, r.step, r.train_loss, r.test_loss, 100 * r.test_acc, r.images_per_s,
                               format_duration(r.elapsed_s)));
       });
+  if (o.communicator->rank() != 0) return 0;
   auto print = [&](const std::string& text) { bar ? bar->line(text) : fmt::print("{}\n", text); };
   // Stopped early, also when the stop falls at the end of an epoch (last.step == stop_after there).
   if (o.stop_after > 0 && (steps == 0 || o.stop_after < steps)) {

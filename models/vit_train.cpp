@@ -11,6 +11,7 @@
 #include "backends/backend.hpp"
 #include "core/error.hpp"
 #include "core/io/file.hpp"
+#include "dist/data_parallel.hpp"
 #include "nn/optim.hpp"
 
 namespace ellipse {
@@ -241,8 +242,12 @@ std::string Perturbation::str() const {
   return "";
 }
 
-Accuracy evaluate_vit(ViT& model, const LabeledImages& all, const Perturbation& perturbation, std::int64_t limit,
-                      std::int64_t batch) {
+namespace {
+
+// Batches rank, rank + size, ... of the data on this rank, the sums reduced over the ranks. Perturbations draw
+// from one generator in batch order, so they need a single process.
+Accuracy evaluate_batches(ViT& model, const LabeledImages& all, const Perturbation& perturbation, std::int64_t limit,
+                          std::int64_t batch, dist::Communicator& comm) {
   ELLIPSE_CHECK(batch > 0 && limit >= 0, "eval vit: batch ({}) must be positive and limit ({}) not negative", batch,
                 limit);
   const LabeledImages data = first_items(all, limit);
@@ -259,7 +264,7 @@ Accuracy evaluate_vit(ViT& model, const LabeledImages& all, const Perturbation& 
   const std::int64_t side = images.shape()[1], n = data.size();
   double loss_sum = 0;
   std::int64_t correct = 0;
-  for (std::int64_t first = 0; first < n; first += batch) {
+  for (std::int64_t first = batch * comm.rank(); first < n; first += batch * comm.size()) {
     const std::int64_t count = std::min(batch, n - first);
     const Shape shape{count, side, side};
     const Tensor batch_labels = narrow(data.labels, 0, first, count);
@@ -279,9 +284,28 @@ Accuracy evaluate_vit(ViT& model, const LabeledImages& all, const Perturbation& 
     }
   }
   model.train(was_training);
+  if (comm.size() > 1) {
+    Tensor sums = from_vector(std::vector<double>{loss_sum, static_cast<double>(correct)}, {2});
+    comm.all_reduce(sums, dist::Reduction::sum);
+    const auto values = sums.to_vector<double>();
+    loss_sum = values[0];
+    correct = std::llround(values[1]);
+  }
   return {.accuracy = static_cast<double>(correct) / static_cast<double>(n),
           .loss = loss_sum / static_cast<double>(n),
           .count = n};
+}
+
+}  // namespace
+
+Accuracy evaluate_vit(ViT& model, const LabeledImages& all, const Perturbation& perturbation, std::int64_t limit,
+                      std::int64_t batch) {
+  return evaluate_batches(model, all, perturbation, limit, batch, dist::single_process());
+}
+
+Accuracy evaluate_vit(ViT& model, const LabeledImages& all, std::int64_t limit, std::int64_t batch,
+                      dist::Communicator& comm) {
+  return evaluate_batches(model, all, {}, limit, batch, comm);
 }
 
 ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const TrainProgress&)>& on_step,
@@ -297,6 +321,7 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
   backend_for(o.device);  // an unusable device fails here, before any file is read or written
   const DetectAnomalyGuard anomaly(o.detect_anomaly || anomaly_detection_enabled());
   const RunFiles files(o.out_dir);
+  dist::Communicator& comm = o.communicator ? *o.communicator : dist::single_process();
   ViTConfig config;
   if (o.resume) {
     config = parse_vit_config_json(io::read_file(files.config, 1 << 20), files.config);
@@ -311,6 +336,10 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
     config.metric = o.metric.value_or(nn::MetricMode::sequence);
   }
   const std::int64_t batch = o.batch.value_or(config.batch);
+  ELLIPSE_CHECK(batch > 0 && batch % comm.size() == 0, "train vit: the batch of {} does not split evenly over {} "
+                "ranks", batch, comm.size());
+  const std::int64_t rank_batch = batch / comm.size();
+  dist::check_same_on_all_ranks(comm, "train vit: the options", flags_fingerprint(o, batch) + " " + o.out_dir);
   const LabeledImages train = first_items(load_fashion_mnist(o.data_dir, "train"), o.limit_train);
   const LabeledImages test = first_items(load_fashion_mnist(o.data_dir, "test"), o.limit_test);
   const std::int64_t steps_per_epoch = train.size() / batch, steps = steps_per_epoch * o.epochs;
@@ -333,16 +362,22 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
   loop.items_per_step = batch;
   RunningMean train_loss;  // since the last evaluation
   if (o.resume) {
-    TrainState state = run.resume(model, optimizer);
+    TrainState state = resume_run(run, model, optimizer, comm);
     ELLIPSE_CHECK(state.generators.count("model") == 1, "{}: the model generator's state is missing", files.state);
     model.generator().set_state(state.generators["model"]);
     loop.start = state.step;
     train_loss.load(state, "loss", files.state);
     ELLIPSE_CHECK(loop.start < steps, "train vit: resuming {}: the run already finished (step {} of {}); nothing to do",
                   o.out_dir, loop.start, steps);
-  } else {
+  } else if (comm.rank() == 0) {
     run.start(vit_config_json(config));
   }
+  dist::check_same_on_all_ranks(comm, "train vit: the data", fmt::format("{} training and {} test images, hash {}",
+                                                                         train.size(), test.size(),
+                                                                         dist::fingerprint(train.labels.to_vector<std::int64_t>())));
+  dist::check_same_on_all_ranks(comm, "train vit: the model", dist::parameter_signature(model));
+  dist::broadcast_parameters(model, comm);
+  loop.communicator = &comm;
 
   const Tensor train_images = contiguous(train.images), train_labels = contiguous(train.labels);
   std::vector<std::int64_t> order;  // the current epoch's
@@ -353,18 +388,21 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
     if (order.empty() || position == 0) order = epoch_order(train.size(), o.seed, step / steps_per_epoch);
     Generator augment_gen(mix64(o.seed ^ kAugmentSalt, static_cast<std::uint64_t>(step)));
     const std::int64_t* indices = order.data() + position * batch;
+    // The whole batch's images (the augmentation draws for each image in batch order), then this rank's share.
     const Tensor images =
         gather_images(train_images, indices, batch, o.augment ? &augment_gen : nullptr, o.max_shift, o.device);
-    return cross_entropy(model.forward(images), gather_labels(train_labels, indices, batch, o.device));
+    const Tensor labels = gather_labels(train_labels, indices, batch, o.device);
+    const std::int64_t first = comm.rank() * rank_batch;
+    return cross_entropy(model.forward(narrow(images, 0, first, rank_batch)), narrow(labels, 0, first, rank_batch));
   };
   loop.evaluate_after = [&](std::int64_t done) { return done % steps_per_epoch == 0; };
   loop.evaluate = [&](const TrainProgress& at, double mean_train_loss) {
-    const Accuracy result = evaluate_vit(model, test);
+    const Accuracy result = evaluate_vit(model, test, 0, 500, comm);
     run.check_finite(result.loss, "the test loss", at.step);
     last = {.step = at.step, .epoch = at.step / steps_per_epoch, .train_loss = mean_train_loss,
             .test_loss = result.loss, .test_acc = result.accuracy, .lr = at.lr, .images_per_s = at.items_per_s,
             .elapsed_s = at.elapsed_s};
-    if (on_eval) on_eval(last);
+    if (on_eval && comm.rank() == 0) on_eval(last);
     return metrics_line(last);
   };
   loop.state = [&](std::int64_t) {

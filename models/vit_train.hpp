@@ -32,6 +32,9 @@ struct ViTTrainOptions {
   std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
   bool detect_anomaly = false;            // name the first op that produces a NaN or Inf (slow; see grad_mode.hpp)
   Device device = Device::cpu();          // where the model trains; checkpoints are the same on every device
+  // Data-parallel training over these ranks (null: this process alone; the CLI passes dist::world()), as in
+  // GPTTrainOptions: `batch` is the global batch, split evenly.
+  dist::Communicator* communicator = nullptr;
 };
 
 struct ViTEvalRecord {
@@ -44,6 +47,8 @@ struct ViTEvalRecord {
 // or SIGKILL at any moment, and a NaN or Inf loss, gradient norm or test loss stops the run before it writes
 // anything, as in train_gpt (RunCheckpoints in train_run.hpp). The device is checked, and the model initialised
 // on the CPU, as there.
+// With a communicator of several ranks, as train_gpt: the same options on every rank, checked; rank 0's start;
+// each step's images split, the evaluation too; rank 0 alone writes and reports.
 ViTEvalRecord train_vit(const ViTTrainOptions& options, const std::function<void(const TrainProgress&)>& on_step,
                         const std::function<void(const ViTEvalRecord&)>& on_eval);
 
@@ -68,5 +73,9 @@ struct Accuracy {
 // model's device. The attacks differentiate the loss with respect to the input pixels through the autograd.
 Accuracy evaluate_vit(ViT& model, const LabeledImages& data, const Perturbation& perturbation = {},
                       std::int64_t limit = 0, std::int64_t batch = 500);
+// Clean accuracy over several ranks: each evaluates every size-th batch and the counts are reduced, so every rank
+// returns the whole evaluation.
+Accuracy evaluate_vit(ViT& model, const LabeledImages& data, std::int64_t limit, std::int64_t batch,
+                      dist::Communicator& comm);
 
 }  // namespace ellipse

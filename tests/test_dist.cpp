@@ -16,6 +16,7 @@
 
 #include "dist/communicator.hpp"
 #include "dist/data_parallel.hpp"
+#include "fashion_fixture.hpp"
 #include "helpers.hpp"
 
 using namespace ellipse;
@@ -228,6 +229,40 @@ TEST_CASE("dist: run_train_loop over the ranks leaves every rank with the same p
     bits.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
   }
   CHECK_NOTHROW(dist::check_same_on_all_ranks(comm(), "the trained parameters", bits));
+  comm().barrier();
+  if (comm().rank() == 0) std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("dist: train_vit over the ranks gives one process's losses and accuracy on the global batch") {
+  const std::filesystem::path dir = shared_scratch_dir();
+  if (comm().rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    testing::write_dataset((dir / "data").string(), 96, 40);
+  }
+  comm().barrier();
+  ViTTrainOptions o;
+  o.data_dir = (dir / "data").string();
+  o.config = "vit-xs";
+  o.attention = "elliptical";
+  o.batch = 16;  // splits over 1, 2 and 4 ranks
+  o.epochs = 2;
+  o.augment = true;  // each image's shift drawn in batch order, whichever rank trains on it
+  o.out_dir = (dir / "parallel").string();
+  o.communicator = &comm();
+  const ViTEvalRecord parallel = train_vit(o, {}, {});
+  if (comm().rank() == 0) {
+    ViTTrainOptions single = o;
+    single.out_dir = (dir / "single").string();
+    single.communicator = nullptr;
+    const ViTEvalRecord alone = train_vit(single, {}, {});
+    CHECK(parallel.step == alone.step);
+    CHECK(parallel.train_loss == doctest::Approx(alone.train_loss).epsilon(1e-6));
+    CHECK(parallel.test_loss == doctest::Approx(alone.test_loss).epsilon(1e-5));
+    CHECK(parallel.test_acc == alone.test_acc);
+    CHECK(worst_relative_difference(train_losses(o.out_dir + "/metrics.jsonl"),
+                                    train_losses(single.out_dir + "/metrics.jsonl")) < 1e-6);
+  }
   comm().barrier();
   if (comm().rank() == 0) std::filesystem::remove_all(dir);
 }
