@@ -33,7 +33,7 @@ class CosineAttention : public nn::AttentionLayer {
   }
 
   nn::AttentionOutput forward(const Tensor& x, bool causal, const Tensor&, nn::KVCache* cache) override {
-    ELLIPSE_CHECK(cache == nullptr, "CosineAttention: incremental decoding is not implemented");
+    ELLIPSE_CHECK(cache == nullptr, "CosineAttention: takes whole sequences only (no key-value cache)");
     const std::int64_t batch = x.shape()[0], n = x.shape()[1];
     const Tensor heads = ellipse::permute(ellipse::view(qkv_->forward(x), {batch, n, 3, heads_, head_dim_}),
                                           {2, 0, 3, 1, 4});  // [3, B, H, N, dh]
