@@ -109,9 +109,11 @@ int main(int argc, char** argv) {
   std::string error;
   try {
     // Several processes of any other command would each do the whole job and write the same files.
-    const bool data_parallel = train->got_subcommand("gpt") || train->got_subcommand("vit");
-    if (ellipse::dist::launched_by_mpi() && !data_parallel && ellipse::dist::world().size() > 1)
-      ellipse::fail("only `ellipse train gpt|vit` runs over several MPI ranks; run this command as one process");
+    const bool multi_process = train->got_subcommand("gpt") || train->got_subcommand("vit") ||
+                               study->got_subcommand("gpt") || study->got_subcommand("vit");
+    if (ellipse::dist::launched_by_mpi() && !multi_process && ellipse::dist::world().size() > 1)
+      ellipse::fail("only `ellipse train gpt|vit` and `ellipse study gpt|vit` run over several MPI ranks; run this "
+                    "command as one process");
     return action ? action() : 0;
   } catch (const std::exception& e) {
     error = e.what();

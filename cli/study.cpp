@@ -1,5 +1,5 @@
 // `ellipse study vit` and `ellipse study gpt`: the flags of the library's studies (study/study.hpp), with
-// progress bars for their training runs.
+// progress bars for their training runs. Under mpirun the ranks share out the runs.
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -10,6 +10,7 @@
 #include "cli/commands.hpp"
 #include "cli/progress.hpp"
 #include "core/error.hpp"
+#include "dist/communicator.hpp"
 #include "study/study.hpp"
 
 namespace ellipse::cli {
@@ -57,33 +58,56 @@ class StudyProgress {
   std::string run_;
 };
 
+// The flags both studies share: the variants, one variant's runs only, the seeds and the output directory.
+void add_shared_study_flags(CLI::App& command, std::vector<std::string>& kinds, std::string& only, std::int64_t& seeds,
+                            std::string& out_dir) {
+  command.add_option("--kinds", kinds, "Variants to compare, comma-separated, the first the baseline: attention "
+                                       "kinds (standard, elliptical) and elliptical-MODE for another estimator of m "
+                                       "(sequence, causal, random; e.g. elliptical-random, the random-m ablation)")
+      ->delimiter(',')->capture_default_str();
+  command.add_option("--only", only, "Train and measure only this variant's runs (to split a study across processes "
+                                     "or machines); a later call without it writes the summary");
+  command.add_option("--seeds", seeds, "Seeds per variant (0..N-1)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100}))->capture_default_str();
+  command.add_option("--out", out_dir, "Output directory")->capture_default_str();
+}
+
+// Runs a study's call on this process's share of the runs (under mpirun: the ranks deal out the runs, rank 0
+// writes the summary); only rank 0 draws progress bars, the others print their runs' results with their rank.
+template <typename Options, typename Study>
+void run_study(Options& options, const char* items, Study&& study) {
+  use_device(options.device);
+  dist::Communicator& world = dist::world();
+  options.communicator = &world;
+  StudyProgress progress(items);
+  study::StudyCallbacks callbacks = progress.callbacks();
+  if (world.rank() != 0) {
+    const int rank = world.rank();
+    callbacks = {.on_train_step = {}, .on_train_eval = {}, .on_message = [rank](const std::string& line) {
+                   fmt::print("[rank {}] {}\n", rank, line);
+                   std::fflush(stdout);
+                 }};
+  }
+  if (!study(options, callbacks).summarized && world.rank() == 0)
+    fmt::print("measured the {} runs in {}/runs; once every variant's are measured, run again without --only to "
+               "write summary.json, report.md and the comparison figures\n",
+               options.only, options.out_dir);
+}
+
 }  // namespace
 
 void add_study_vit_command(CLI::App& study, Action& action) {
   auto options = std::make_shared<study::StudyVitOptions>();
-  auto attention = std::make_shared<std::string>("both");
   auto* v = study.add_subcommand("vit", "The ViT on Fashion-MNIST: accuracy, robustness, collapse, redundancy, m");
   v->add_option("--preset", options->preset,
                 "quick (vit-xs, 5 epochs) or full (vit-s, 60 epochs, random shifts of up to 1 pixel and flips)")
       ->check(CLI::IsMember({"quick", "full"}))->capture_default_str();
-  v->add_option("--attn", *attention,
-                "Train and measure only this kind's runs (to split a study across processes or machines); "
-                "the summary is written by a later call with both")
-      ->check(CLI::IsMember({"standard", "elliptical", "both"}))->capture_default_str();
-  v->add_option("--seeds", options->seeds, "Seeds per attention kind (0..N-1)")
-      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100}))->capture_default_str();
+  add_shared_study_flags(*v, options->attention, options->only, options->seeds, options->out_dir);
   v->add_option("--data", options->data_dir, "Directory of the Fashion-MNIST .gz files")->capture_default_str();
-  v->add_option("--out", options->out_dir, "Output directory")->capture_default_str();
   add_device_option(*v, options->device);
-  v->callback([&action, options, attention] {
-    action = [options, attention] {
-      use_device(options->device);
-      options->only = *attention == "both" ? "" : *attention;
-      StudyProgress progress("img");
-      if (!study::run_vit_study(*options, progress.callbacks()).summarized)
-        fmt::print("measured the {} runs in {}/runs; once the other kind's are measured too, run again without "
-                   "--attn to write summary.json, report.md and the comparison figures\n",
-                   options->only, options->out_dir);
+  v->callback([&action, options] {
+    action = [options] {
+      run_study(*options, "img", study::run_vit_study);
       return 0;
     };
   });
@@ -92,33 +116,22 @@ void add_study_vit_command(CLI::App& study, Action& action) {
 void add_study_gpt_command(CLI::App& study, Action& action) {
   auto options = std::make_shared<study::StudyGptOptions>();
   options->text_path = kDefaultText;
-  auto m_modes = std::make_shared<std::vector<std::string>>();
   auto* g = study.add_subcommand("gpt", "The character GPT: val loss clean and with a corrupted context, collapse, "
                                         "redundancy, m");
   g->add_option("--preset", options->preset, "quick (gpt-s, 1000 steps), full (gpt-s, 5000 steps) or smoke "
                                              "(gpt-tiny, 20 steps: for tests)")
       ->check(CLI::IsMember({"quick", "full", "smoke"}))->capture_default_str();
-  g->add_option("--m-modes", *m_modes, "Add elliptical variants with these estimators of m, comma-separated: "
-                                       "sequence, random (causal always runs, as `elliptical`)")
-      ->delimiter(',')->check(CLI::IsMember({"causal", "sequence", "random"}));
-  g->add_option("--seeds", options->seeds, "Seeds per variant (0..N-1)")
-      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100}))->capture_default_str();
+  add_shared_study_flags(*g, options->attention, options->only, options->seeds, options->out_dir);
   g->add_option("--data", options->text_path, "UTF-8 text file (first 90% train, last 10% val)")
       ->capture_default_str();
-  g->add_option("--out", options->out_dir, "Output directory")->capture_default_str();
   add_device_option(*g, options->device);
-  g->callback([&action, options, m_modes] {
-    action = [options, m_modes] {
-      use_device(options->device);
+  g->callback([&action, options] {
+    action = [options] {
       // The default text is where the README's commands put Tiny Shakespeare: say so rather than just "no file".
       ELLIPSE_CHECK(std::filesystem::is_regular_file(options->text_path), "study gpt: --data {}: no such file; pass "
                     "a UTF-8 text file with --data FILE (the default, {}, is where the README's commands read Tiny "
                     "Shakespeare from, relative to the working directory)", options->text_path, kDefaultText);
-      options->extra_metric_modes.clear();
-      for (const auto& mode : *m_modes)
-        if (mode != "causal") options->extra_metric_modes.push_back(nn::parse_metric_mode(mode));
-      StudyProgress progress("tok");
-      study::run_gpt_study(*options, progress.callbacks());
+      run_study(*options, "tok", study::run_gpt_study);
       return 0;
     };
   });

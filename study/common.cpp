@@ -21,23 +21,71 @@ namespace ellipse::study {
 
 // ---- options ----
 
-void check_study_options(const std::string& function, const std::vector<std::string>& kinds, std::int64_t seeds,
-                         const std::string& out_dir) {
+std::vector<StudyVariant> check_study_options(const std::string& function, const std::vector<std::string>& names,
+                                              nn::MetricMode default_metric, std::int64_t seeds,
+                                              const std::string& only, const std::string& out_dir) {
   const std::vector<std::string> registered = nn::attention_kinds();
-  ELLIPSE_CHECK(!kinds.empty(), "{}: attention names no kind; expected one or more of {}", function,
+  ELLIPSE_CHECK(!names.empty(), "{}: attention names no kind; expected one or more of {}, or elliptical-MODE", function,
                 fmt::join(registered, ", "));
-  for (std::size_t i = 0; i < kinds.size(); ++i) {
-    ELLIPSE_CHECK(std::find(registered.begin(), registered.end(), kinds[i]) != registered.end(),
-                  "{}: attention kind '{}' is not registered; expected one of {}", function, kinds[i],
-                  fmt::join(registered, ", "));
-    ELLIPSE_CHECK(std::find(kinds.begin(), kinds.begin() + static_cast<std::ptrdiff_t>(i), kinds[i]) ==
-                      kinds.begin() + static_cast<std::ptrdiff_t>(i),
-                  "{}: attention names '{}' twice; expected distinct kinds", function, kinds[i]);
+  std::vector<StudyVariant> variants;
+  for (const auto& name : names) {
+    StudyVariant variant{.name = name, .attention = name, .metric = std::nullopt};
+    const std::string prefix = "elliptical-";
+    if (std::find(registered.begin(), registered.end(), name) == registered.end()) {
+      ELLIPSE_CHECK(name.starts_with(prefix), "{}: attention kind '{}' is not registered; expected one of {}, or "
+                    "elliptical-MODE (MODE: sequence, causal or random)", function, name, fmt::join(registered, ", "));
+      const std::string mode = name.substr(prefix.size());
+      ELLIPSE_CHECK(mode == "sequence" || mode == "causal" || mode == "random", "{}: attention variant '{}' names the "
+                    "estimator '{}'; expected elliptical-sequence, elliptical-causal or elliptical-random", function,
+                    name, mode);
+      variant.attention = "elliptical";
+      variant.metric = nn::parse_metric_mode(mode);
+      ELLIPSE_CHECK(variant.metric != default_metric, "{}: attention variant '{}' is 'elliptical' itself (this model "
+                    "estimates m with {} by default); name it 'elliptical'", function, name,
+                    nn::metric_mode_name(default_metric));
+    }
+    for (const auto& earlier : variants)
+      ELLIPSE_CHECK(earlier.name != name, "{}: attention names '{}' twice; expected distinct kinds", function, name);
+    variants.push_back(variant);
   }
+  ELLIPSE_CHECK(only.empty() || std::find(names.begin(), names.end(), only) != names.end(),
+                "{}: only is '{}'; expected empty or one of attention ({})", function, only, fmt::join(names, ", "));
   ELLIPSE_CHECK(seeds >= 1 && seeds <= 100, "{}: seeds is {}; expected 1 to 100", function, seeds);
   ELLIPSE_CHECK(!out_dir.empty(), "{}: out_dir is empty; expected the study's output directory", function);
   ELLIPSE_CHECK(!std::filesystem::exists(out_dir + "/summary.json"),
                 "{}: out_dir {} already holds a study (summary.json); choose another", function, out_dir);
+  return variants;
+}
+
+std::vector<StudyRunSlot> runs_of_this_process(const std::vector<StudyVariant>& variants, std::int64_t seeds,
+                                               const std::string& only, const dist::Communicator& communicator) {
+  std::vector<StudyRunSlot> runs;
+  std::int64_t index = 0;
+  for (std::int64_t seed = 0; seed < seeds; ++seed)
+    for (std::size_t v = 0; v < variants.size(); ++v) {
+      if (!only.empty() && variants[v].name != only) continue;
+      if (index++ % communicator.size() == communicator.rank()) runs.push_back({.variant = v, .seed = seed});
+    }
+  return runs;
+}
+
+void check_run_measured(const std::string& out_dir, const std::string& name, std::int64_t seed) {
+  const std::string dir = fmt::format("{}/runs/{}-seed{}", out_dir, name, seed);
+  ELLIPSE_CHECK(std::filesystem::is_regular_file(dir + "/study.json"), "study: rank 0 finds no measurements of run "
+                "{}-seed{} in {} after every rank finished its runs; the processes of a study must share out_dir (one "
+                "machine, or a shared filesystem)", name, seed, dir);
+}
+
+StudyResult shared_result(const std::string& out_dir, const StudyResult& written, dist::Communicator& comm) {
+  if (comm.size() == 1) return written;
+  comm.barrier();
+  return {.summarized = true, .summary_path = out_dir + "/summary.json", .report_path = out_dir + "/report.md"};
+}
+
+std::vector<std::string> names_of(const std::vector<StudyVariant>& variants) {
+  std::vector<std::string> names;
+  for (const auto& v : variants) names.push_back(v.name);
+  return names;
 }
 
 // ---- probes ----
@@ -115,16 +163,8 @@ ordered_json layer_json(const nn::LayerStudy& s) {
 
 // ---- statistics over seeds ----
 
-Stat stat_of(const std::vector<double>& values) {
-  Stat s;
-  for (double v : values) s.mean += v / static_cast<double>(values.size());
-  for (double v : values) s.std += (v - s.mean) * (v - s.mean);
-  s.std = values.size() > 1 ? std::sqrt(s.std / static_cast<double>(values.size() - 1)) : 0.0;
-  return s;
-}
-
 ordered_json stat_json(const std::vector<double>& values) {
-  const Stat s = stat_of(values);
+  const Spread s = spread_of(values);
   return {{"mean", s.mean}, {"std", s.std}, {"values", values}};
 }
 
@@ -151,11 +191,11 @@ void add_layer_stats(ordered_json& variant, const std::vector<nn::LayerStudy>& p
     for (const auto& study : per_seed) values.push_back(study.*field);
     std::vector<double> means, stds;
     for (std::size_t l = 0; l < values.front().size(); ++l) {
-      const Stat s = stat_of(column(values, l));
+      const Spread s = spread_of(column(values, l));
       means.push_back(s.mean);
       stds.push_back(s.std);
     }
-    return ordered_json{{"mean", means}, {"std", stds}};
+    return ordered_json{{"mean", means}, {"std", stds}, {"values", values}};
   };
   variant["collapse_attn"] = per_layer(&nn::LayerStudy::collapse_attn);
   variant["collapse_block"] = per_layer(&nn::LayerStudy::collapse_block);
@@ -164,6 +204,45 @@ void add_layer_stats(ordered_json& variant, const std::vector<nn::LayerStudy>& p
 
 double mean_of(const ordered_json& stat) { return stat["mean"].get<double>(); }
 double std_of(const ordered_json& stat) { return stat["std"].get<double>(); }
+std::vector<double> values_of(const ordered_json& stat) { return stat["values"].get<std::vector<double>>(); }
+
+std::vector<double> layer_means(const ordered_json& layer_stat) {
+  std::vector<double> means;
+  for (const auto& per_layer : layer_stat["values"]) means.push_back(spread_of(per_layer.get<std::vector<double>>()).mean);
+  return means;
+}
+
+std::vector<Measurement> layer_measurements() {
+  const VerdictUnit cosine{.scale = 1, .decimals = 3, .unit = ""};
+  auto of = [](const std::string& key) {
+    return [key](const ordered_json& variant) { return layer_means(variant[key]); };
+  };
+  return {{"collapse_attn", "collapse of attention outputs, mean over layers", Better::lower, cosine,
+           of("collapse_attn")},
+          {"collapse_block", "collapse of block outputs, mean over layers", Better::lower, cosine, of("collapse_block")},
+          {"head_redundancy", "L2 distance between heads' maps, mean over layers", Better::higher, cosine,
+           of("head_redundancy")}};
+}
+
+ordered_json compare_variants(const ordered_json& summary, const std::vector<std::string>& variants,
+                              const std::vector<Measurement>& measurements) {
+  ordered_json comparisons = ordered_json::object();
+  for (std::size_t v = 1; v < variants.size(); ++v) {
+    ordered_json& of_variant = comparisons[variants[v]];
+    for (const auto& m : measurements) {
+      // A difference that rounds to 0 in the report's last digit is none.
+      const double negligible = 0.5 * std::pow(10.0, -m.unit.decimals) / m.unit.scale;
+      const PairedComparison c = compare_paired(m.per_seed(summary[variants.front()]),
+                                                m.per_seed(summary[variants[v]]), m.better, negligible);
+      of_variant[m.key] = {{"differences", c.differences},
+                           {"mean", c.difference.mean},
+                           {"std", c.difference.std},
+                           {"ci95", c.ci95 ? ordered_json::array({c.ci95->lo, c.ci95->hi}) : ordered_json()},
+                           {"verdict", verdict_name(c.verdict)}};
+    }
+  }
+  return comparisons;
+}
 
 // ---- the report ----
 
@@ -173,9 +252,17 @@ std::string kinds_title(const std::vector<std::string>& kinds) {
   return title;
 }
 
-std::string how_it_ran(const std::vector<std::string>& kinds, const std::string& args, const std::string& function) {
-  if (kinds == std::vector<std::string>{"standard", "elliptical"}) return fmt::format("Command: `ellipse study {}`.", args);
-  return fmt::format("Run from C++: `study::{}` with attention kinds {}.", function, fmt::join(kinds, ", "));
+std::string kinds_flag(const std::vector<std::string>& variants) {
+  if (variants == std::vector<std::string>{"standard", "elliptical"}) return "";
+  return fmt::format(" --kinds {}", fmt::join(variants, ","));
+}
+
+std::string how_it_ran(const std::vector<std::string>& variants, const std::string& args, const std::string& function) {
+  const bool built_in = std::all_of(variants.begin(), variants.end(), [](const std::string& v) {
+    return v == "standard" || v == "elliptical" || v.starts_with("elliptical-");
+  });
+  if (built_in) return fmt::format("Command: `ellipse study {}`.", args);
+  return fmt::format("Run from C++: `study::{}` with attention kinds {}.", function, fmt::join(variants, ", "));
 }
 
 std::string table_header(const std::vector<std::string>& variants) {
@@ -190,15 +277,6 @@ std::string table_row(const std::string& label, const std::vector<std::string>& 
   return fmt::format("| {} | {} |\n", label, fmt::join(cells, " | "));
 }
 
-namespace {
-
-double mean_over_layers(const ordered_json& per_layer) {
-  double total = 0;
-  for (const auto& x : per_layer["mean"]) total += x.get<double>() / static_cast<double>(per_layer["mean"].size());
-  return total;
-}
-
-}  // namespace
 
 std::string layer_and_time_rows(const ordered_json& summary, const std::vector<std::string>& variants) {
   auto row = [&](const std::string& label, auto&& cell) {
@@ -220,41 +298,68 @@ std::string layer_and_time_rows(const ordered_json& summary, const std::vector<s
              [](const ordered_json& variant) { return fmt::format("{:.0f}", mean_of(variant["train_seconds"])); });
 }
 
-std::string verdict(const std::string& what, const std::string& variant, const ordered_json& variant_stat,
-                    const std::string& baseline, const ordered_json& baseline_stat, std::int64_t seeds,
-                    const VerdictUnit& unit) {
-  const double diff = unit.scale * (mean_of(variant_stat) - mean_of(baseline_stat));
-  const double spread = unit.scale * std::max(std_of(baseline_stat), std_of(variant_stat));
-  std::string judgement;
-  if (seeds < 2)
-    judgement = "one seed, so no spread to judge it by";
-  else if (std::abs(diff) <= 2 * spread)
-    judgement = fmt::format("within twice the seed spread ({:.{}f} {}): no clear difference", spread, unit.decimals,
-                            unit.unit);
-  else
-    judgement = fmt::format("more than twice the seed spread ({:.{}f} {})", spread, unit.decimals, unit.unit);
-  return fmt::format("- {}: {} {:+.{}f} {} vs {} ({}).", what, variant, diff, unit.decimals, unit.unit, baseline,
-                     judgement);
+namespace {
+
+std::string better_words(Better better) { return better == Better::higher ? "higher is better" : "lower is better"; }
+
+// A value or difference in a measurement's unit, e.g. "+0.20 points"; `sign` shows + for positive numbers.
+std::string in_unit(const VerdictUnit& unit, double value, bool sign) {
+  const std::string number = sign ? fmt::format("{:+.{}f}", unit.scale * value, unit.decimals)
+                                  : fmt::format("{:.{}f}", unit.scale * value, unit.decimals);
+  return unit.unit.empty() ? number : number + " " + unit.unit;
 }
 
-std::string layer_conclusions(const ordered_json& summary, const std::vector<std::string>& variants,
-                              const std::string& baseline) {
-  std::string md;
-  const double base_collapse = mean_over_layers(summary[baseline]["collapse_block"]);
-  for (const auto& v : variants) {
-    if (v == baseline) continue;
-    const double collapse = mean_over_layers(summary[v]["collapse_block"]);
-    md += fmt::format("- Collapse of the block outputs, mean over layers: {} {:.3f}, {} {:.3f} ({}).\n", baseline,
-                      base_collapse, v, collapse,
-                      collapse < base_collapse ? fmt::format("{} tokens stay less alike", v)
-                                               : fmt::format("{} attention does not reduce it here", v));
+std::string interval_words(const VerdictUnit& unit, const ordered_json& comparison) {
+  if (comparison["ci95"].is_null()) return "no interval";
+  return fmt::format("[{:+.{}f}, {:+.{}f}]", unit.scale * comparison["ci95"][0].get<double>(), unit.decimals,
+                     unit.scale * comparison["ci95"][1].get<double>(), unit.decimals);
+}
+
+}  // namespace
+
+std::string measurement_rows(const ordered_json& summary, const std::vector<std::string>& variants,
+                             const std::vector<Measurement>& measurements) {
+  std::string rows;
+  for (const auto& m : measurements) {
+    std::vector<std::string> cells;
+    for (const auto& v : variants) {
+      const Spread s = spread_of(m.per_seed(summary[v]));
+      cells.push_back(fmt::format("{:.{}f} ± {:.{}f}", m.unit.scale * s.mean, m.unit.decimals, m.unit.scale * s.std,
+                                  m.unit.decimals));
+    }
+    rows += table_row(m.label, cells);
   }
-  std::vector<std::string> redundancy;
-  for (const auto& v : variants)
-    redundancy.push_back(fmt::format("{} {:.3f}", v, mean_over_layers(summary[v]["head_redundancy"])));
-  md += fmt::format("- Head redundancy, mean over layers: {} (larger means heads differ more).\n",
-                    fmt::join(redundancy, ", "));
+  return rows;
+}
+
+std::string comparison_tables(const ordered_json& comparisons, const std::vector<std::string>& variants,
+                              const std::vector<Measurement>& measurements, std::int64_t seeds) {
+  std::string md;
+  for (std::size_t v = 1; v < variants.size(); ++v) {
+    md += fmt::format("### {} minus {}, seed by seed ({} seed{})\n\n", variants[v], variants.front(), seeds,
+                      seeds == 1 ? "" : "s");
+    md += "| measurement | better when | mean difference | 95% interval | verdict |\n|---|---|---|---|---|\n";
+    for (const auto& m : measurements) {
+      const ordered_json& c = comparisons[variants[v]][m.key];
+      md += fmt::format("| {} | {} | {} | {} | {} |\n", m.label, m.better == Better::higher ? "higher" : "lower",
+                        in_unit(m.unit, c["mean"].get<double>(), true), interval_words(m.unit, c),
+                        c["verdict"].get<std::string>());
+    }
+    md += "\n";
+  }
   return md;
+}
+
+std::string verdict_line(const Measurement& measurement, const std::string& variant, const std::string& baseline,
+                         const ordered_json& comparisons, std::int64_t seeds) {
+  const ordered_json& c = comparisons[variant][measurement.key];
+  const std::string difference = in_unit(measurement.unit, c["mean"].get<double>(), true);
+  if (c["ci95"].is_null())
+    return fmt::format("- {} ({}): {} {} vs {}; one seed, so no interval and no verdict.", measurement.label,
+                       better_words(measurement.better), variant, difference, baseline);
+  return fmt::format("- {} ({}): {} {} vs {}, 95% interval {} over {} seeds: **{}**.", measurement.label,
+                     better_words(measurement.better), variant, difference, baseline,
+                     interval_words(measurement.unit, c), seeds, c["verdict"].get<std::string>());
 }
 
 StudyResult finish_study(const std::string& out_dir, const ordered_json& summary, const std::string& report,

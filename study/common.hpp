@@ -10,6 +10,7 @@
 // variant under its name, and the report's table one column per variant, in the order given.
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -17,8 +18,10 @@
 #include <vector>
 
 #include "core/tensor.hpp"
+#include "dist/communicator.hpp"
 #include "nn/analysis.hpp"
 #include "study/figures.hpp"
+#include "study/statistics.hpp"
 #include "study/study.hpp"
 
 namespace ellipse::study {
@@ -34,10 +37,67 @@ std::vector<nn::Block*> blocks_of(Model& model, std::int64_t layers) {
 
 // ---- options ----
 
-// Throws naming `function` unless `kinds` are one or more distinct registered attention kinds, seeds is in
-// 1..100 and out_dir is named and holds no finished study (summary.json).
-void check_study_options(const std::string& function, const std::vector<std::string>& kinds, std::int64_t seeds,
-                         const std::string& out_dir);
+// A model a study trains: an attention kind and, for elliptical attention, the estimator of m.
+struct StudyVariant {
+  std::string name;                      // as named in the options; also in summary.json and runs/NAME-seedN
+  std::string attention;                 // a registered kind
+  std::optional<nn::MetricMode> metric;  // unset: the model's default estimator
+};
+
+// The variants that a study's `attention` option names (study.hpp says how), after checking them and the other
+// options; throws naming `function` unless the names are distinct variants, seeds is in 1..100, `only` is empty
+// or one of the names, and out_dir is named and holds no finished study (summary.json). `default_metric` is the
+// model's own estimator, which "elliptical" uses: "elliptical-" followed by its name would repeat that variant.
+std::vector<StudyVariant> check_study_options(const std::string& function, const std::vector<std::string>& names,
+                                              nn::MetricMode default_metric, std::int64_t seeds,
+                                              const std::string& only, const std::string& out_dir);
+
+// The runs of a study, seed-major: (seed 0, every variant), (seed 1, ...). Under a communicator of several
+// processes, rank r trains and measures runs r, r + size, ...; `only` keeps one variant's runs.
+struct StudyRunSlot {
+  std::size_t variant = 0;
+  std::int64_t seed = 0;
+};
+std::vector<StudyRunSlot> runs_of_this_process(const std::vector<StudyVariant>& variants, std::int64_t seeds,
+                                               const std::string& only, const dist::Communicator& communicator);
+std::vector<std::string> names_of(const std::vector<StudyVariant>& variants);
+
+// A study's results so far, by (variant index, seed).
+template <typename Result>
+using StudyResults = std::map<std::pair<std::size_t, std::int64_t>, Result>;
+
+// Throws unless out_dir/runs/NAME-seedN holds its measurements (study.json), naming the run and the directory.
+void check_run_measured(const std::string& out_dir, const std::string& name, std::int64_t seed);
+
+// After each process has run its runs: waits for every rank, and on rank 0 adds the other ranks' runs to
+// `results` through run(slot), which finds their measurements cached in out_dir. Throws naming the run when its
+// measurements are missing there (the ranks must share out_dir). Returns whether this process writes the
+// summary: rank 0.
+template <typename Result, typename Run>
+bool gather_runs_on_rank0(const std::string& out_dir, const std::vector<StudyVariant>& variants, std::int64_t seeds,
+                          dist::Communicator& comm, StudyResults<Result>& results, Run&& run) {
+  if (comm.size() == 1) return true;
+  comm.barrier();
+  if (comm.rank() != 0) return false;
+  for (std::int64_t seed = 0; seed < seeds; ++seed)
+    for (std::size_t v = 0; v < variants.size(); ++v) {
+      if (results.contains({v, seed})) continue;
+      check_run_measured(out_dir, variants[v].name, seed);
+      results.emplace(std::pair(v, seed), run(StudyRunSlot{.variant = v, .seed = seed}));
+    }
+  return true;
+}
+
+// Variant v's results in seed order.
+template <typename Result>
+std::vector<Result> runs_of_variant(const StudyResults<Result>& results, std::size_t v, std::int64_t seeds) {
+  std::vector<Result> runs;
+  for (std::int64_t seed = 0; seed < seeds; ++seed) runs.push_back(results.at({v, seed}));
+  return runs;
+}
+
+// The result on every process, once rank 0 has written the summary (`written`, on rank 0).
+StudyResult shared_result(const std::string& out_dir, const StudyResult& written, dist::Communicator& comm);
 
 // ---- probes ----
 
@@ -69,19 +129,48 @@ ordered_json layer_json(const nn::LayerStudy& study);
 
 // ---- statistics over seeds ----
 
-struct Stat {
-  double mean = 0, std = 0;  // std: the sample standard deviation; 0 for a single value
-};
-Stat stat_of(const std::vector<double>& values);
 // {"mean", "std", "values"}.
 ordered_json stat_json(const std::vector<double>& values);
 // per_seed[seed][i] -> {keys[i]: stat_json over seeds}.
 ordered_json keyed_stats(const std::vector<std::vector<double>>& per_seed, const std::vector<std::string>& keys);
-// Adds collapse_attn, collapse_block and head_redundancy ({"mean": [per layer], "std": [per layer]}) over seeds.
+// Adds collapse_attn, collapse_block and head_redundancy over seeds: {"mean": [per layer], "std": [per layer],
+// "values": [per seed: [per layer]]}.
 void add_layer_stats(ordered_json& variant, const std::vector<nn::LayerStudy>& per_seed);
 
 double mean_of(const ordered_json& stat);
 double std_of(const ordered_json& stat);
+// A statistic's per-seed values.
+std::vector<double> values_of(const ordered_json& stat);
+// Per seed, the mean over layers of a layer statistic (e.g. variant["collapse_block"]).
+std::vector<double> layer_means(const ordered_json& layer_stat);
+
+// How the report prints a measurement's values and differences: multiplied by `scale`, with `decimals`,
+// followed by `unit` (may be empty).
+struct VerdictUnit {
+  double scale = 1;
+  int decimals = 2;
+  std::string unit{};
+};
+
+// One line of a study's table and of its paired comparisons.
+struct Measurement {
+  std::string key;    // its key under "comparisons" in summary.json
+  std::string label;  // the report's words for it
+  Better better;
+  VerdictUnit unit;
+  std::function<std::vector<double>(const ordered_json& variant)> per_seed;  // from the variant's summary
+};
+
+// The measurements of every study's layers, each a mean over layers: collapse of the attention and the block
+// outputs (lower is better: tokens stay distinct) and head redundancy as the L2 distance between heads' maps
+// (higher is better: heads differ).
+std::vector<Measurement> layer_measurements();
+
+// {variant: {key: {"differences": [per seed], "mean", "std", "ci95": [lo, hi] (null for one seed), "verdict"}}}:
+// each variant after the first (the baseline) minus the baseline, seed by seed. A mean difference that rounds to
+// 0 at the measurement's printed decimals counts as no difference.
+ordered_json compare_variants(const ordered_json& summary, const std::vector<std::string>& variants,
+                              const std::vector<Measurement>& measurements);
 
 // ---- the report ----
 
@@ -91,9 +180,11 @@ std::string device_flag(const Device& device);
 // The report's title words for the kinds compared: "Standard vs elliptical" for {"standard", "elliptical"}.
 std::string kinds_title(const std::vector<std::string>& kinds);
 
-// How a report says the study ran: "Command: `ellipse study ARGS`." when it compares the command's kinds
-// (standard and elliptical), and the library call `function` with its kinds otherwise.
-std::string how_it_ran(const std::vector<std::string>& kinds, const std::string& args, const std::string& function);
+// " --kinds a,b,c" for a command line, or nothing for the default variants (standard and elliptical).
+std::string kinds_flag(const std::vector<std::string>& variants);
+// How a report says the study ran: "Command: `ellipse study ARGS`." when the command can name its variants
+// (standard, elliptical and elliptical-MODE), and the library call `function` with its variants otherwise.
+std::string how_it_ran(const std::vector<std::string>& variants, const std::string& args, const std::string& function);
 
 // "| metric | standard | elliptical |\n|---|---|---|\n" for variants {"standard", "elliptical"}.
 std::string table_header(const std::vector<std::string>& variants);
@@ -103,22 +194,17 @@ std::string table_row(const std::string& label, const std::vector<std::string>& 
 // over seeds), and the training time.
 std::string layer_and_time_rows(const ordered_json& summary, const std::vector<std::string>& variants);
 
-// How a verdict prints a difference: multiplied by `scale`, with `decimals`, followed by `unit`.
-struct VerdictUnit {
-  double scale = 1;
-  int decimals = 2;
-  std::string unit;
-};
-// One honest sentence comparing a statistic of `variant` with `baseline`, e.g.
-// "- Clean accuracy: elliptical +0.20 points vs standard (one seed, so no spread to judge it by)."; the
-// difference counts as clear only when it exceeds twice the larger seed spread.
-std::string verdict(const std::string& what, const std::string& variant, const ordered_json& variant_stat,
-                    const std::string& baseline, const ordered_json& baseline_stat, std::int64_t seeds,
-                    const VerdictUnit& unit);
-// Collapse of the block outputs (one line per variant other than the baseline) and head redundancy (one line
-// for all variants), each as a mean over layers.
-std::string layer_conclusions(const ordered_json& summary, const std::vector<std::string>& variants,
-                              const std::string& baseline);
+// The table's rows for `measurements`: mean ± standard deviation over seeds per variant.
+std::string measurement_rows(const ordered_json& summary, const std::vector<std::string>& variants,
+                             const std::vector<Measurement>& measurements);
+// Per variant after the baseline, a table of its paired differences from the baseline: the mean difference, its
+// 95% interval and the verdict of each measurement. `comparisons` is compare_variants' result.
+std::string comparison_tables(const ordered_json& comparisons, const std::vector<std::string>& variants,
+                              const std::vector<Measurement>& measurements, std::int64_t seeds);
+// One sentence on a measurement of `variant` against the baseline, e.g. "- Clean accuracy (higher is better):
+// elliptical +0.20 points vs standard, 95% interval [-0.31, +0.71] over 3 seeds: no difference detected."
+std::string verdict_line(const Measurement& measurement, const std::string& variant, const std::string& baseline,
+                         const ordered_json& comparisons, std::int64_t seeds);
 
 // Writes out_dir/report.md and then summary.json (last: it marks the study finished), tells `headline` and where
 // the outputs went, and returns their paths.

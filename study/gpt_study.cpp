@@ -45,40 +45,6 @@ std::vector<std::string> corruption_keys() {
 // (and at most the context length).
 constexpr std::int64_t kSampleLineLength = 64;
 
-// One trained model of the study: an attention kind, and for "elliptical" the estimator of m ("elliptical" itself
-// uses the causal one, the honest one for a causal model; extra_metric_modes add "elliptical-sequence" and
-// "elliptical-random").
-struct Variant {
-  std::string name;
-  std::string attention;
-  std::optional<nn::MetricMode> metric;  // elliptical only
-};
-
-std::vector<Variant> study_variants(const StudyGptOptions& options) {
-  const auto& kinds = options.attention;
-  const auto& modes = options.extra_metric_modes;
-  const bool elliptical = std::find(kinds.begin(), kinds.end(), "elliptical") != kinds.end();
-  ELLIPSE_CHECK(modes.empty() || elliptical, "run_gpt_study: extra_metric_modes has {} mode(s) but attention ({}) "
-                "has no 'elliptical' to vary", modes.size(), fmt::join(kinds, ", "));
-  ELLIPSE_CHECK(std::find(modes.begin(), modes.end(), nn::MetricMode::causal) == modes.end(),
-                "run_gpt_study: extra_metric_modes holds causal, the estimator of 'elliptical' itself; expected "
-                "sequence or random");
-  std::vector<Variant> variants;
-  for (const auto& kind : kinds)
-    variants.push_back({kind, kind, kind == "elliptical" ? std::optional(nn::MetricMode::causal) : std::nullopt});
-  // In a fixed order whatever the order of the options.
-  for (const auto mode : {nn::MetricMode::sequence, nn::MetricMode::random})
-    if (std::find(modes.begin(), modes.end(), mode) != modes.end())
-      variants.push_back({"elliptical-" + std::string(nn::metric_mode_name(mode)), "elliptical", mode});
-  return variants;
-}
-
-std::vector<std::string> names_of(const std::vector<Variant>& variants) {
-  std::vector<std::string> names;
-  for (const auto& v : variants) names.push_back(v.name);
-  return names;
-}
-
 // What every run is evaluated on: the val split, clean and corrupted, the same for every variant of a seed.
 struct ValText {
   CharTokenizer tokenizer;
@@ -92,7 +58,7 @@ struct RunResult {
   nn::LayerStudy layers;
 };
 
-RunResult study_run(const StudyGptOptions& study, const StudyPreset& preset, const Variant& variant,
+RunResult study_run(const StudyGptOptions& study, const StudyPreset& preset, const StudyVariant& variant,
                     std::uint64_t seed, const ValText& val, bool draw, const StudyCallbacks& callbacks) {
   const std::string name = fmt::format("{}-seed{}", variant.name, seed);
   GPTTrainOptions preset_options;
@@ -186,13 +152,32 @@ ordered_json summarize(const std::vector<RunResult>& runs) {
 // "1.7504 ± 0.0031" for a loss statistic.
 std::string nats(const ordered_json& stat) { return fmt::format("{:.4f} ± {:.4f}", mean_of(stat), std_of(stat)); }
 
-// The increase of the val loss that the corruption of fraction `key` causes, per seed, as a statistic.
-ordered_json corruption_cost(const ordered_json& variant, const std::string& key) {
-  const auto clean = variant["val_loss"]["values"].get<std::vector<double>>();
-  const auto corrupted = variant["corrupted"][key]["values"].get<std::vector<double>>();
+// The increase of the val loss that the corruption of fraction `key` causes, per seed.
+std::vector<double> corruption_cost(const ordered_json& variant, const std::string& key) {
+  const auto clean = values_of(variant["val_loss"]);
+  const auto corrupted = values_of(variant["corrupted"][key]);
   std::vector<double> cost;
   for (std::size_t i = 0; i < clean.size(); ++i) cost.push_back(corrupted[i] - clean[i]);
-  return stat_json(cost);
+  return cost;
+}
+
+// Every measurement of a run, in the order of the report's table; `headline` keeps the ones that "What it shows"
+// states in words.
+std::vector<Measurement> study_measurements(bool headline) {
+  const VerdictUnit loss{.scale = 1, .decimals = 4, .unit = "nats"};
+  std::vector<Measurement> all{{"val_loss", "clean val loss", Better::lower, loss,
+                                [](const ordered_json& v) { return values_of(v["val_loss"]); }}};
+  const auto keys = corruption_keys();
+  for (const auto& key : keys)
+    if (!headline || key == keys.back())
+      all.push_back({"corrupted " + key, fmt::format("val loss, p = {} corrupted", key), Better::lower, loss,
+                     [key](const ordered_json& v) { return values_of(v["corrupted"][key]); }});
+  for (const auto& key : keys)
+    if (!headline || key == keys.back())
+      all.push_back({"corruption cost " + key, fmt::format("what p = {} costs (corrupted - clean)", key), Better::lower,
+                     loss, [key](const ordered_json& v) { return corruption_cost(v, key); }});
+  for (auto& m : layer_measurements()) all.push_back(std::move(m));
+  return all;
 }
 
 // What a reader must know about a variant before comparing its numbers; empty for the fair ones.
@@ -224,18 +209,11 @@ std::string printable_line(std::u32string_view line) {
   return out;
 }
 
-// " --m-modes sequence,random" for the variants beyond standard and elliptical (causal); empty without them.
-std::string m_modes_flag(const std::vector<std::string>& variants) {
-  std::vector<std::string> modes;
-  for (const auto& v : variants)
-    if (v.starts_with("elliptical-")) modes.push_back(v.substr(std::string("elliptical-").size()));
-  return modes.empty() ? "" : fmt::format(" --m-modes {}", fmt::join(modes, ","));
-}
-
 std::string study_report(const ordered_json& summary, const StudyPreset& preset, const StudyGptOptions& options,
                          const std::vector<std::string>& variants, const ValText& val, std::int64_t seq_len) {
   const std::int64_t windows = (static_cast<std::int64_t>(val.clean.size()) - 1) / seq_len;
   const std::string& baseline = variants.front();
+  const ordered_json& comparisons = summary["comparisons"];
   const bool elliptical = std::find(variants.begin(), variants.end(), "elliptical") != variants.end();
   std::string md = fmt::format(
       "# {} attention: character GPT\n\n"
@@ -245,45 +223,31 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
       "positions, chosen uniformly, seeded by the seed) is replaced by a different character drawn uniformly from "
       "the vocabulary, in the context only: the targets stay the clean next characters. Collapse, head redundancy "
       "and m averaged over the first {} val windows. {} Values are mean ± sample standard deviation over seeds (± 0 "
-      "with one seed).\n\n",
-      kinds_title(options.attention), options.preset, preset.config, preset.steps, summary["batch"].get<std::int64_t>(),
+      "with one seed); each variant is compared with `{}` seed by seed, with a 95% interval (Student's t over the "
+      "seeds) for the mean difference: a verdict of better or worse means the interval excludes 0 and the mean "
+      "difference does not round to 0 at the printed decimals.\n\n",
+      kinds_title(variants), options.preset, preset.config, preset.steps, summary["batch"].get<std::int64_t>(),
       options.text_path, options.seeds, options.seeds - 1,
       elliptical ? " `elliptical` estimates m with the causal (prefix-mean) estimator." : "", windows, seq_len,
       std::min(preset.probe_windows, static_cast<std::int64_t>(val.clean.size()) / seq_len),
-      how_it_ran(options.attention,
+      how_it_ran(variants,
                  fmt::format("gpt --preset {} --seeds {}{} --data {}{} --out {}", options.preset, options.seeds,
-                             m_modes_flag(variants), options.text_path, device_flag(options.device), options.out_dir),
-                 "run_gpt_study"));
+                             kinds_flag(variants), options.text_path, device_flag(options.device), options.out_dir),
+                 "run_gpt_study"),
+      baseline);
   for (const auto& v : variants)
     if (!caveat(v).empty()) md += fmt::format("Note on `{}`: {}.\n\n", v, caveat(v));
 
-  auto row = [&](const std::string& label, auto&& cell) {
-    std::vector<std::string> cells;
-    for (const auto& v : variants) cells.push_back(cell(summary[v]));
-    return table_row(label, cells);
-  };
-  md += table_header(variants);
-  md += row("clean val loss", [](const ordered_json& v) { return nats(v["val_loss"]); });
-  for (const auto& key : corruption_keys())
-    md += row(fmt::format("val loss, p = {} corrupted", key), [&](const ordered_json& v) { return nats(v["corrupted"][key]); });
+  md += table_header(variants) + measurement_rows(summary, variants, study_measurements(false));
   md += layer_and_time_rows(summary, variants) + "\n";
 
-  const VerdictUnit unit{.scale = 1, .decimals = 4, .unit = "nats"};
-  const std::string worst = corruption_keys().back();
   md += "## What it shows\n\n";
   for (const auto& v : variants) {
     if (v == baseline) continue;
-    const ordered_json& s = summary[baseline];
-    const ordered_json& e = summary[v];
     if (!caveat(v).empty()) md += fmt::format("- `{}`: {}.\n", v, caveat(v));
-    md += verdict("Clean val loss (lower is better)", v, e["val_loss"], baseline, s["val_loss"], options.seeds, unit) +
-          "\n";
-    md += verdict(fmt::format("Val loss with p = {} corrupted (lower is better)", worst), v, e["corrupted"][worst],
-                  baseline, s["corrupted"][worst], options.seeds, unit) + "\n";
-    md += verdict(fmt::format("What p = {} costs, corrupted minus clean loss (lower: more robust)", worst), v,
-                  corruption_cost(e, worst), baseline, corruption_cost(s, worst), options.seeds, unit) + "\n";
+    for (const auto& m : study_measurements(true)) md += verdict_line(m, v, baseline, comparisons, options.seeds) + "\n";
   }
-  md += layer_conclusions(summary, variants, baseline) + "\n";
+  md += "\n## Paired differences\n\n" + comparison_tables(comparisons, variants, study_measurements(false), options.seeds);
 
   const std::int64_t line_length = std::min(kSampleLineLength, seq_len);
   md += fmt::format(
@@ -307,8 +271,9 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
 
 StudyResult run_gpt_study(const StudyGptOptions& options, const StudyCallbacks& callbacks) {
   const StudyPreset preset = study_preset(options.preset);
-  const std::vector<Variant> variants = study_variants(options);
-  check_study_options("run_gpt_study", options.attention, options.seeds, options.out_dir);
+  const std::vector<StudyVariant> variants = check_study_options(
+      "run_gpt_study", options.attention, nn::MetricMode::causal, options.seeds, options.only, options.out_dir);
+  dist::Communicator& comm = options.communicator ? *options.communicator : dist::single_process();
   ELLIPSE_CHECK(std::filesystem::is_regular_file(options.text_path), "run_gpt_study: text_path '{}' is not a file; "
                 "expected a UTF-8 text file", options.text_path);
 
@@ -330,22 +295,35 @@ StudyResult run_gpt_study(const StudyGptOptions& options, const StudyCallbacks& 
   }
 
   std::filesystem::create_directories(options.out_dir + "/figures");
-  std::map<std::string, std::vector<RunResult>> results;
-  for (std::int64_t seed = 0; seed < options.seeds; ++seed)
-    for (const auto& variant : variants)
-      results[variant.name].push_back(
-          study_run(options, preset, variant, static_cast<std::uint64_t>(seed), val, seed == 0, callbacks));
+  auto run = [&](const StudyRunSlot& slot) {
+    return study_run(options, preset, variants[slot.variant], static_cast<std::uint64_t>(slot.seed), val,
+                     slot.seed == 0, callbacks);
+  };
+  StudyResults<RunResult> results;
+  for (const auto& slot : runs_of_this_process(variants, options.seeds, options.only, comm))
+    results.emplace(std::pair(slot.variant, slot.seed), run(slot));
+  if (!options.only.empty()) {
+    comm.barrier();
+    return {};
+  }
+  const bool writes = gather_runs_on_rank0(options.out_dir, variants, options.seeds, comm, results, run);
 
   const std::vector<std::string> names = names_of(variants);
-  ordered_json summary{{"preset", options.preset}, {"seeds", options.seeds},   {"config", preset.config},
-                       {"steps", preset.steps},     {"batch", config.batch},     {"data", options.text_path},
-                       {"variants", names}};
-  for (const auto& name : names) summary[name] = summarize(results[name]);
-  write_study_figures(options.out_dir + "/figures", summary, names);
-  std::vector<std::string> losses;
-  for (const auto& name : names) losses.push_back(fmt::format("{} {}", name, nats(summary[name]["val_loss"])));
-  return finish_study(options.out_dir, summary, study_report(summary, preset, options, names, val, config.seq_len),
-                      fmt::format("clean val loss: {}", fmt::join(losses, ", ")), callbacks);
+  StudyResult result;
+  if (writes) {
+    ordered_json summary{{"preset", options.preset}, {"seeds", options.seeds},   {"config", preset.config},
+                         {"steps", preset.steps},     {"batch", config.batch},     {"data", options.text_path},
+                         {"variants", names}};
+    for (std::size_t v = 0; v < variants.size(); ++v)
+      summary[names[v]] = summarize(runs_of_variant(results, v, options.seeds));
+    summary["comparisons"] = compare_variants(summary, names, study_measurements(false));
+    write_study_figures(options.out_dir + "/figures", summary, names);
+    std::vector<std::string> losses;
+    for (const auto& name : names) losses.push_back(fmt::format("{} {}", name, nats(summary[name]["val_loss"])));
+    result = finish_study(options.out_dir, summary, study_report(summary, preset, options, names, val, config.seq_len),
+                          fmt::format("clean val loss: {}", fmt::join(losses, ", ")), callbacks);
+  }
+  return shared_result(options.out_dir, result, comm);
 }
 
 }  // namespace ellipse::study

@@ -4,10 +4,19 @@
 // trained model on one input. The `ellipse study vit|gpt` and `ellipse inspect` commands fill these options and
 // draw progress bars from the callbacks; research code calls the same functions.
 //
-// The kinds a study compares are registered attention kinds (nn::register_attention), so a kind of one's own
-// can be studied beside the built-in ones. Runs live in out_dir/runs/KIND-seedN with their measurements in
-// study.json: a study that was interrupted, or called again after its summary was deleted, trains and measures
-// only what is missing.
+// A study compares variants named in its `attention` option, the first being the baseline: registered attention
+// kinds (nn::register_attention), so that a kind of one's own can be studied beside the built-in ones, and
+// "elliptical-MODE" for elliptical attention with another estimator of m than the model's default (MODE:
+// sequence, causal or random; the ViT's default is sequence, the GPT's causal). "elliptical-random" is the
+// paper's ablation: m drawn at random, so that an effect can be laid to the estimated metric rather than to
+// rescaling queries at all. Every variant is trained on the same seeds; for each measurement the report gives
+// the mean and spread over seeds and the paired difference from the baseline with its 95% interval and a
+// verdict (study/statistics.hpp).
+//
+// Runs live in out_dir/runs/VARIANT-seedN with their measurements in study.json: a study that was interrupted,
+// or called again after its summary was deleted, trains and measures only what is missing. Under a communicator
+// of several processes the runs are dealt out over the ranks (each trains its runs alone), and rank 0 writes
+// the summary once every rank is done: the ranks must share out_dir (one machine, or a shared filesystem).
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -15,6 +24,7 @@
 #include <vector>
 
 #include "../core/device.hpp"
+#include "../dist/communicator.hpp"
 #include "../models/fashion_mnist.hpp"
 #include "../models/train_run.hpp"
 #include "../nn/analysis.hpp"
@@ -33,8 +43,9 @@ struct StudyCallbacks {
 };
 
 struct StudyResult {
-  // False when `only` restricted the study to one kind: its runs are measured, but summary.json, report.md and
-  // the comparison figures wait for a call with every kind.
+  // False when `only` restricted the study to one variant: its runs are measured, but summary.json, report.md
+  // and the comparison figures wait for a call with every variant. Under several processes, true on every rank
+  // once rank 0 has written them.
   bool summarized = false;
   std::string summary_path{}, report_path{};
 };
@@ -43,12 +54,13 @@ struct StudyResult {
 // redundancy and m per layer.
 struct StudyVitOptions {
   std::string preset = "quick";                                  // quick (vit-xs, 5 epochs) or full (vit-s, 60)
-  std::vector<std::string> attention{"standard", "elliptical"};  // registered kinds; the first is the baseline
+  std::vector<std::string> attention{"standard", "elliptical"};  // variants (see above); the first is the baseline
   std::string only{};        // one of `attention`: train and measure only its runs (to split a study); empty: all
-  std::int64_t seeds = 1;    // 1..100: seeds 0..seeds-1 per kind
+  std::int64_t seeds = 1;    // 1..100: seeds 0..seeds-1 per variant
   std::string data_dir{kFashionMnistDir};  // the Fashion-MNIST .gz files
   std::string out_dir = "runs/study-vit";  // must not hold a finished study (summary.json)
   Device device{};
+  dist::Communicator* communicator = nullptr;  // the processes sharing the runs; null: this process alone
 };
 StudyResult run_vit_study(const StudyVitOptions& options, const StudyCallbacks& callbacks = {});
 
@@ -56,14 +68,15 @@ StudyResult run_vit_study(const StudyVitOptions& options, const StudyCallbacks& 
 // redundancy and m per layer.
 struct StudyGptOptions {
   std::string preset = "quick";  // quick (gpt-s, 1000 steps), full (gpt-s, 5000) or smoke (gpt-tiny, 20: for tests)
-  std::vector<std::string> attention{"standard", "elliptical"};  // registered kinds; the first is the baseline
-  // More variants of "elliptical" (which must be in `attention`, and estimates m with the causal estimator), one
-  // per other estimator: sequence, random; named "elliptical-sequence" and "elliptical-random".
-  std::vector<nn::MetricMode> extra_metric_modes{};
+  // Variants (see above); the first is the baseline. "elliptical" estimates m causally (from the prefix);
+  // "elliptical-sequence" is the paper's estimator, which lets future characters into m.
+  std::vector<std::string> attention{"standard", "elliptical"};
+  std::string only{};                      // one of `attention`: train and measure only its runs; empty: all
   std::int64_t seeds = 1;                  // 1..100: seeds 0..seeds-1 per variant
   std::string text_path{};                 // a UTF-8 text file: the first 90% train, the last 10% val
   std::string out_dir = "runs/study-gpt";  // must not hold a finished study (summary.json)
   Device device{};
+  dist::Communicator* communicator = nullptr;  // the processes sharing the runs; null: this process alone
 };
 StudyResult run_gpt_study(const StudyGptOptions& options, const StudyCallbacks& callbacks = {});
 

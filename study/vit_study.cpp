@@ -68,13 +68,14 @@ struct RunResult {
   nn::LayerStudy layers;
 };
 
-RunResult study_run(const StudyVitOptions& study, const StudyPreset& preset, const std::string& kind,
+RunResult study_run(const StudyVitOptions& study, const StudyPreset& preset, const StudyVariant& variant,
                     std::uint64_t seed, const LabeledImages& test, bool draw, const StudyCallbacks& callbacks) {
-  const std::string name = fmt::format("{}-seed{}", kind, seed);
+  const std::string name = fmt::format("{}-seed{}", variant.name, seed);
   ViTTrainOptions preset_options;
   preset_options.data_dir = study.data_dir;
   preset_options.config = preset.config;
-  preset_options.attention = kind;
+  preset_options.attention = variant.attention;
+  preset_options.metric = variant.metric;
   preset_options.epochs = preset.epochs;
   preset_options.batch = preset.batch;
   preset_options.augment = preset.augment;
@@ -118,7 +119,7 @@ RunResult study_run(const StudyVitOptions& study, const StudyPreset& preset, con
   if (draw) {  // attention maps of the first test image, and m
     run.measure<bool>("figures", [&] {
       const std::string figures_dir = study.out_dir + "/figures";
-      const std::string prefix = kind + "_";
+      const std::string prefix = variant.name + "_";
       write_metric(figures_dir, result.layers, prefix);
       const Tensor image = narrow(test.images, 0, 0, 1);
       probe_blocks(
@@ -166,6 +167,31 @@ std::string percent(const ordered_json& stat) {
   return fmt::format("{:.2f} ± {:.2f}", 100 * mean_of(stat), 100 * std_of(stat));
 }
 
+// Every measurement of a run, in the order of the report's table; `headline` keeps the ones that "What it shows"
+// states in words.
+std::vector<Measurement> study_measurements(bool headline) {
+  const VerdictUnit points{.scale = 100, .decimals = 2, .unit = "points"};
+  auto accuracy = [&](std::string key, std::string label, std::vector<std::string> path) {
+    return Measurement{std::move(key), std::move(label), Better::higher, points, [path](const ordered_json& variant) {
+                         const ordered_json* stat = &variant;
+                         for (const auto& step : path) stat = &(*stat)[step];
+                         return values_of(*stat);
+                       }};
+  };
+  std::vector<Measurement> all{accuracy("test_acc", "clean test accuracy (%)", {"test_acc"})};
+  for (const auto& key : sigma_keys())
+    if (!headline || key == "0.3")
+      all.push_back(accuracy("noise " + key, fmt::format("Gaussian noise sigma {} (%)", key), {"noise", key}));
+  for (const char* attack : {"fgsm", "pgd"})
+    for (const auto& key : eps_keys())
+      if (!headline || key == "4/255")
+        all.push_back(accuracy(fmt::format("{} {}", attack, key),
+                               fmt::format("{} eps {} (%)", attack == std::string("fgsm") ? "FGSM" : "PGD-20", key),
+                               {attack, key}));
+  for (auto& m : layer_measurements()) all.push_back(std::move(m));
+  return all;
+}
+
 void write_study_figures(const std::string& dir, const ordered_json& summary, const std::vector<std::string>& kinds) {
   figures::LineChart noise{.title = "Test accuracy under Gaussian pixel noise", .x_label = "noise sigma",
                            .y_label = "accuracy (%)"};
@@ -189,53 +215,37 @@ void write_study_figures(const std::string& dir, const ordered_json& summary, co
 std::string study_report(const ordered_json& summary, const StudyPreset& preset, const StudyVitOptions& options,
                          std::int64_t test_images) {
   const std::vector<std::string>& kinds = options.attention;
+  const ordered_json& comparisons = summary["comparisons"];
   const std::string& baseline = kinds.front();
   std::string md = fmt::format(
       "# {} attention: ViT on Fashion-MNIST\n\n"
       "Preset `{}`: {} trained {} epochs of batch {}{}, {} seed(s) (0..{}), identical data order per seed. Clean accuracy "
       "and noise on all {} test images; FGSM and PGD-20 (step eps/4, random start) on the first {}; collapse, head "
       "redundancy and m averaged over the first {}. {} "
-      "Values are mean ± sample standard deviation over seeds (± 0 with one seed).\n\n",
+      "Values are mean ± sample standard deviation over seeds (± 0 with one seed); each variant is compared with "
+      "`{}` seed by seed, with a 95% interval (Student's t over the seeds) for the mean difference: a verdict of "
+      "better or worse means the interval excludes 0 and the mean difference does not round to 0 at the printed "
+      "decimals.\n\n",
       kinds_title(kinds), options.preset, preset.config, preset.epochs, preset.batch, augmentation_words(preset),
       options.seeds, options.seeds - 1, test_images, std::min(test_images, preset.attack_images),
       std::min(test_images, preset.probe_images),
       how_it_ran(kinds,
-                 fmt::format("vit --preset {} --seeds {} --data {}{} --out {}", options.preset, options.seeds,
-                             options.data_dir, device_flag(options.device), options.out_dir),
-                 "run_vit_study"));
-  auto row = [&](const std::string& label, auto&& stat_of_kind) {
-    std::vector<std::string> cells;
-    for (const auto& kind : kinds) cells.push_back(percent(stat_of_kind(summary[kind])));
-    return table_row(label, cells);
-  };
-  md += table_header(kinds);
-  md += row("clean test accuracy (%)", [](const ordered_json& k) { return k["test_acc"]; });
-  for (const auto& key : sigma_keys())
-    md += row(fmt::format("Gaussian noise sigma {} (%)", key), [&](const ordered_json& k) { return k["noise"][key]; });
-  for (const char* attack : {"fgsm", "pgd"})
-    for (const auto& key : eps_keys())
-      md += row(fmt::format("{} eps {} (%)", attack == std::string("fgsm") ? "FGSM" : "PGD-20", key),
-                [&](const ordered_json& k) { return k[attack][key]; });
+                 fmt::format("vit --preset {} --seeds {}{} --data {}{} --out {}", options.preset, options.seeds,
+                             kinds_flag(kinds), options.data_dir, device_flag(options.device), options.out_dir),
+                 "run_vit_study"),
+      kinds.front());
+  md += table_header(kinds) + measurement_rows(summary, kinds, study_measurements(false));
   md += layer_and_time_rows(summary, kinds) + "\n";
 
-  const VerdictUnit points{.scale = 100, .decimals = 2, .unit = "points"};
   md += "## What it shows\n\n";
   for (const auto& kind : kinds) {
     if (kind == baseline) continue;
-    const ordered_json& b = summary[baseline];
-    const ordered_json& k = summary[kind];
-    auto accuracy_verdict = [&](const std::string& what, const ordered_json& (*stat)(const ordered_json&)) {
-      return verdict(what, kind, stat(k), baseline, stat(b), options.seeds, points) + "\n";
-    };
-    md += accuracy_verdict("Clean accuracy", [](const ordered_json& v) -> const ordered_json& { return v["test_acc"]; });
-    md += accuracy_verdict("Gaussian noise, sigma 0.3",
-                           [](const ordered_json& v) -> const ordered_json& { return v["noise"]["0.3"]; });
-    md += accuracy_verdict("FGSM, eps 4/255",
-                           [](const ordered_json& v) -> const ordered_json& { return v["fgsm"]["4/255"]; });
-    md += accuracy_verdict("PGD-20, eps 4/255",
-                           [](const ordered_json& v) -> const ordered_json& { return v["pgd"]["4/255"]; });
+    if (kind == "elliptical-random")
+      md += "- `elliptical-random` is the ablation: where it matches `elliptical`, the effect comes from rescaling "
+            "queries at all, not from the estimated metric.\n";
+    for (const auto& m : study_measurements(true)) md += verdict_line(m, kind, baseline, comparisons, options.seeds) + "\n";
   }
-  md += layer_conclusions(summary, kinds, baseline) + "\n";
+  md += "\n## Paired differences\n\n" + comparison_tables(comparisons, kinds, study_measurements(false), options.seeds);
   md += fmt::format("## Figures\n\n"
                     "- `figures/accuracy_vs_noise.svg`: clean accuracy and accuracy under noise sigma 0.1-0.3, {}, "
                     "error bars = seed spread.\n",
@@ -244,9 +254,9 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
         "- `figures/collapse_vs_layer.svg`: mean pairwise cosine similarity of tokens after each attention "
         "sublayer and each block.\n"
         "- `figures/head_redundancy_vs_layer.svg`: mean L2 distance between heads' attention maps per layer.\n";
-  if (std::find(kinds.begin(), kinds.end(), "elliptical") != kinds.end())
-    md += "- `figures/elliptical_metric.png`: m of seed 0, averaged over test images: one row per (layer, head) "
-          "from layer 1, head 0 down; one column per coordinate; colour 0 (dark) to 1 (yellow).\n";
+  if (std::any_of(kinds.begin(), kinds.end(), [](const std::string& k) { return k.starts_with("elliptical"); }))
+    md += "- `figures/<elliptical variant>_metric.png`: m of seed 0, averaged over test images: one row per (layer, "
+          "head) from layer 1, head 0 down; one column per coordinate; colour 0 (dark) to 1 (yellow).\n";
   md += fmt::format(
       "- `figures/{{{0}}}_attention.png`: attention maps of test image 0, rows = layers, columns = heads, queries "
       "down, keys across, each panel on its own colour scale.\n"
@@ -260,29 +270,38 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
 
 StudyResult run_vit_study(const StudyVitOptions& options, const StudyCallbacks& callbacks) {
   const StudyPreset preset = study_preset(options.preset);
-  check_study_options("run_vit_study", options.attention, options.seeds, options.out_dir);
-  const std::vector<std::string>& kinds = options.attention;
-  ELLIPSE_CHECK(options.only.empty() || std::find(kinds.begin(), kinds.end(), options.only) != kinds.end(),
-                "run_vit_study: only is '{}'; expected empty or one of attention ({})", options.only,
-                fmt::join(kinds, ", "));
+  const std::vector<StudyVariant> variants = check_study_options(
+      "run_vit_study", options.attention, nn::MetricMode::sequence, options.seeds, options.only, options.out_dir);
+  dist::Communicator& comm = options.communicator ? *options.communicator : dist::single_process();
   std::filesystem::create_directories(options.out_dir + "/figures");
   const LabeledImages test = load_fashion_mnist(options.data_dir, "test");
-  std::map<std::string, std::vector<RunResult>> results;
-  for (std::int64_t seed = 0; seed < options.seeds; ++seed)
-    for (const auto& kind : kinds)
-      if (options.only.empty() || options.only == kind)
-        results[kind].push_back(
-            study_run(options, preset, kind, static_cast<std::uint64_t>(seed), test, seed == 0, callbacks));
-  if (!options.only.empty()) return {};
+  auto run = [&](const StudyRunSlot& slot) {
+    return study_run(options, preset, variants[slot.variant], static_cast<std::uint64_t>(slot.seed), test,
+                     slot.seed == 0, callbacks);
+  };
+  StudyResults<RunResult> results;
+  for (const auto& slot : runs_of_this_process(variants, options.seeds, options.only, comm))
+    results.emplace(std::pair(slot.variant, slot.seed), run(slot));
+  if (!options.only.empty()) {
+    comm.barrier();
+    return {};
+  }
+  const bool writes = gather_runs_on_rank0(options.out_dir, variants, options.seeds, comm, results, run);
 
-  ordered_json summary{{"preset", options.preset}, {"seeds", options.seeds}, {"config", preset.config},
-                       {"epochs", preset.epochs},   {"batch", preset.batch}};
-  for (const auto& kind : kinds) summary[kind] = summarize(results[kind]);
-  write_study_figures(options.out_dir + "/figures", summary, kinds);
-  std::vector<std::string> accuracies;
-  for (const auto& kind : kinds) accuracies.push_back(fmt::format("{} {}%", kind, percent(summary[kind]["test_acc"])));
-  return finish_study(options.out_dir, summary, study_report(summary, preset, options, test.size()),
-                      fmt::format("clean test accuracy: {}", fmt::join(accuracies, ", ")), callbacks);
+  const std::vector<std::string> names = names_of(variants);
+  StudyResult result;
+  if (writes) {
+    ordered_json summary{{"preset", options.preset}, {"seeds", options.seeds}, {"config", preset.config},
+                         {"epochs", preset.epochs},   {"batch", preset.batch},  {"variants", names}};
+    for (std::size_t v = 0; v < variants.size(); ++v) summary[names[v]] = summarize(runs_of_variant(results, v, options.seeds));
+    summary["comparisons"] = compare_variants(summary, names, study_measurements(false));
+    write_study_figures(options.out_dir + "/figures", summary, names);
+    std::vector<std::string> accuracies;
+    for (const auto& name : names) accuracies.push_back(fmt::format("{} {}%", name, percent(summary[name]["test_acc"])));
+    result = finish_study(options.out_dir, summary, study_report(summary, preset, options, test.size()),
+                          fmt::format("clean test accuracy: {}", fmt::join(accuracies, ", ")), callbacks);
+  }
+  return shared_result(options.out_dir, result, comm);
 }
 
 }  // namespace ellipse::study

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "dist/data_parallel.hpp"
 #include "fashion_fixture.hpp"
 #include "helpers.hpp"
+#include "study/study.hpp"
 
 using namespace ellipse;
 
@@ -262,6 +264,53 @@ TEST_CASE("dist: train_vit over the ranks gives one process's losses and accurac
     CHECK(parallel.test_acc == alone.test_acc);
     CHECK(worst_relative_difference(train_losses(o.out_dir + "/metrics.jsonl"),
                                     train_losses(single.out_dir + "/metrics.jsonl")) < 1e-6);
+  }
+  comm().barrier();
+  if (comm().rank() == 0) std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("dist: run_gpt_study deals its runs out over the ranks; rank 0 writes one process's summary") {
+  const std::filesystem::path dir = shared_scratch_dir();
+  const std::string text = (dir / "text.txt").string();
+  if (comm().rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    std::ofstream out(text);
+    for (int i = 0; i < 90; ++i) out << "the cat sat on the mat; a dog sat on a log. ";
+  }
+  comm().barrier();
+  study::StudyGptOptions o;
+  o.preset = "smoke";
+  o.attention = {"standard", "elliptical"};
+  o.seeds = 2;
+  o.text_path = text;
+  o.out_dir = (dir / "parallel").string();
+  o.communicator = &comm();
+  std::vector<std::string> trained;
+  study::StudyCallbacks callbacks;
+  callbacks.on_train_step = [&](const std::string& run, const TrainProgress& p) {
+    if (p.step == 1) trained.push_back(run);
+  };
+  const study::StudyResult result = study::run_gpt_study(o, callbacks);
+  // Runs in seed-major order (standard-seed0, elliptical-seed0, standard-seed1, elliptical-seed1), rank r taking
+  // every size-th from the r-th: each trained once, by one rank.
+  const std::vector<std::string> runs{"standard-seed0", "elliptical-seed0", "standard-seed1", "elliptical-seed1"};
+  std::vector<std::string> mine;
+  for (std::size_t i = static_cast<std::size_t>(comm().rank()); i < runs.size(); i += static_cast<std::size_t>(comm().size()))
+    mine.push_back(runs[i]);
+  CHECK(trained == mine);
+  CHECK(result.summarized);  // on every rank, once rank 0 has written it
+  CHECK(std::filesystem::exists(result.summary_path));
+
+  if (comm().rank() == 0) {  // the same study in this process alone
+    study::StudyGptOptions single = o;
+    single.out_dir = (dir / "single").string();
+    single.communicator = nullptr;
+    nlohmann::json parallel = nlohmann::json::parse(io::read_file(result.summary_path, 1 << 20));
+    nlohmann::json alone = nlohmann::json::parse(io::read_file(study::run_gpt_study(single).summary_path, 1 << 20));
+    for (auto* s : {&parallel, &alone})
+      for (const auto& variant : o.attention) (*s)[variant].erase("train_seconds");
+    CHECK(parallel == alone);
   }
   comm().barrier();
   if (comm().rank() == 0) std::filesystem::remove_all(dir);

@@ -619,28 +619,57 @@ TEST_CASE("cli: study vit --preset quick on synthetic files: summary, report, fi
     CHECK(Json::parse(last)["test_acc"].get<double>() == acc);
   }
 
+  // One seed: each comparison holds the one difference, with no interval and no verdict.
+  const std::vector<std::string> measurement_keys{
+      "test_acc",       "noise 0.1",     "noise 0.2",     "noise 0.3",      "fgsm 1/255",    "fgsm 2/255",
+      "fgsm 4/255",     "fgsm 8/255",    "pgd 1/255",     "pgd 2/255",      "pgd 4/255",     "pgd 8/255",
+      "collapse_attn",  "collapse_block", "head_redundancy"};
+  REQUIRE(summary["comparisons"].size() == 1);
+  const Json& compared = summary["comparisons"]["elliptical"];
+  std::vector<std::string> sorted_keys = measurement_keys;
+  std::sort(sorted_keys.begin(), sorted_keys.end());
+  CHECK(keys_of(compared) == sorted_keys);
+  CHECK(compared["test_acc"]["differences"].get<Vec>() ==
+        Vec{summary["elliptical"]["test_acc"]["mean"].get<double>() - summary["standard"]["test_acc"]["mean"].get<double>()});
+  for (const auto& key : measurement_keys) {
+    CAPTURE(key);
+    CHECK(compared[key]["ci95"].is_null());
+    CHECK(compared[key]["verdict"] == "one seed: not judged");
+  }
+
   const std::string report = read_bytes(out + "/report.md");
-  CHECK(report.find("| metric | standard | elliptical |\n|---|---|---|\n") != std::string::npos);
+  const std::string table = report.substr(0, report.find("## What it shows"));
+  CHECK(table.find("| metric | standard | elliptical |\n|---|---|---|\n") != std::string::npos);
   std::vector<std::string> rows{"| clean test accuracy (%) |", "| Gaussian noise sigma 0.1 (%) |",
                                 "| Gaussian noise sigma 0.2 (%) |", "| Gaussian noise sigma 0.3 (%) |"};
   for (const char* attack : {"FGSM", "PGD-20"})
     for (const auto& e : eps_keys) rows.push_back(fmt::format("| {} eps {} (%) |", attack, e));
-  for (const char* r : {"| collapse, attention output, per layer |", "| collapse, block output, per layer |",
+  for (const char* r : {"| collapse of attention outputs, mean over layers |",
+                        "| collapse of block outputs, mean over layers |",
+                        "| L2 distance between heads' maps, mean over layers |",
+                        "| collapse, attention output, per layer |", "| collapse, block output, per layer |",
                         "| head redundancy (L2), per layer |", "| training time (s) |"})
     rows.push_back(r);
   for (const auto& r : rows) {
     CAPTURE(r);
-    const auto at = report.find("\n" + r);
+    const auto at = table.find("\n" + r);
     CHECK(at != std::string::npos);
-    CHECK(report.find("\n" + r, at + 1) == std::string::npos);
+    CHECK(table.find("\n" + r, at + 1) == std::string::npos);
   }
   std::size_t table_rows = 0;  // the header, the rule and one row per metric
   {
-    std::istringstream in(report);
+    std::istringstream in(table);
     std::string line;
     while (std::getline(in, line)) table_rows += line.rfind("| ", 0) == 0 || line.rfind("|---", 0) == 0;
   }
   CHECK(table_rows == rows.size() + 2);
+  // The paired table: one row per measurement, none judged on one seed.
+  const auto paired = report.find("### elliptical minus standard, seed by seed (1 seed)\n\n| measurement | better when |");
+  REQUIRE(paired != std::string::npos);
+  CHECK(report.find("| clean test accuracy (%) | higher | ", paired) != std::string::npos);
+  CHECK(report.find("| collapse of block outputs, mean over layers | lower | ", paired) != std::string::npos);
+  CHECK(report.find("| no interval | one seed: not judged |", paired) != std::string::npos);
+  CHECK(report.find("- clean test accuracy (%) (higher is better): elliptical ") != std::string::npos);
 
   // Every figure docs/study.md lists.
   const std::string figures = out + "/figures/";
@@ -670,7 +699,9 @@ TEST_CASE("cli: study vit --preset quick on synthetic files: summary, report, fi
       {{"study", "vit", "--preset", "quick", "--data", data, "--out", out}, 1, {"already holds a study"}},
       {{"study", "vit", "--seeds", "0", "--data", data, "--out", dir / "s0"}, 2, {"--seeds"}},
       {{"study", "vit", "--preset", "bogus", "--data", data, "--out", dir / "sb"}, 2, {"--preset"}},
-      {{"study", "vit", "--attn", "random", "--data", data, "--out", dir / "sa"}, 2, {"--attn"}},
+      {{"study", "vit", "--only", "random", "--data", data, "--out", dir / "sa"}, 1, {"only is 'random'"}},
+      {{"study", "vit", "--kinds", "standard,elliptical-sequence", "--data", data, "--out", dir / "sk"}, 1,
+       {"'elliptical-sequence' is 'elliptical' itself"}},
   });
   CHECK(read_bytes(out + "/summary.json") == summary_text);
 
@@ -679,10 +710,10 @@ TEST_CASE("cli: study vit --preset quick on synthetic files: summary, report, fi
   const std::string split = dir / "split";
   for (const char* kind : {"standard", "elliptical"}) {
     CAPTURE(kind);
-    const Run part = run_ellipse({"study", "vit", "--preset", "quick", "--attn", kind, "--data", data, "--out", split});
+    const Run part = run_ellipse({"study", "vit", "--preset", "quick", "--only", kind, "--data", data, "--out", split});
     INFO(part.err);
     REQUIRE(part.status == 0);
-    CHECK(part.out.find("run again without --attn") != std::string::npos);
+    CHECK(part.out.find("run again without --only") != std::string::npos);
     CHECK_FALSE(fs::exists(split + "/summary.json"));
     CHECK(read_json(split + "/runs/" + kind + "-seed0/study.json").contains("pgd 8/255"));
   }
@@ -694,7 +725,7 @@ TEST_CASE("cli: study vit --preset quick on synthetic files: summary, report, fi
   for (Json* s : {&split_summary, &whole_summary})
     for (const char* kind : {"standard", "elliptical"}) (*s)[kind].erase("train_seconds");
   CHECK(split_summary == whole_summary);
-  CHECK_FALSE(fs::exists(dir / "s0"));
+  for (const char* bad : {"s0", "sa", "sk"}) CHECK_FALSE(fs::exists(dir / bad));
 
   // The runs keep their measurements in study.json: a study resumed from its run directories measures only
   // what is missing (the standard run's PGD at 8/255, with its model) and needs no model or checkpoint for the

@@ -22,6 +22,7 @@
 #include "models/checkpoint.hpp"
 #include "models/gpt_train.hpp"
 #include "models/text.hpp"
+#include "study/statistics.hpp"
 #include "study/study.hpp"
 #include "study_fixture.hpp"
 
@@ -188,8 +189,8 @@ TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun cont
   const std::string text = dir / "text.txt", out = dir / "study";
   // 4000 characters: a val part of 400, 12 windows of gpt-tiny's 32.
   write_bytes(text, pattern_text(4000).substr(0, 4000));
-  const Run run = run_ellipse({"study", "gpt", "--preset", "smoke", "--m-modes", "random,causal,sequence", "--data",
-                               text, "--out", out});
+  const Run run = run_ellipse({"study", "gpt", "--preset", "smoke", "--kinds",
+                               "standard,elliptical,elliptical-sequence,elliptical-random", "--data", text, "--out", out});
   INFO(run.err);
   REQUIRE(run.status == 0);
 
@@ -199,7 +200,19 @@ TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun cont
   CHECK(summary["seeds"] == 1);
   CHECK(summary["config"] == "gpt-tiny");
   CHECK(summary["steps"] == 20);
-  CHECK(summary["variants"].get<std::vector<std::string>>() == kAllVariants);  // in this order, whatever the flag's
+  CHECK(summary["variants"].get<std::vector<std::string>>() == kAllVariants);
+  // Each variant against standard on the same seed, one difference each: no interval, no verdict.
+  for (std::size_t i = 1; i < kAllVariants.size(); ++i) {
+    const Json& compared = summary["comparisons"][kAllVariants[i]];
+    CHECK(compared.size() == 10);  // clean, 3 corrupted, 3 costs, 3 of the layers
+    CHECK(compared["corruption cost 0.1"]["differences"][0].get<double>() ==
+          doctest::Approx((single_value(summary[kAllVariants[i]]["corrupted"]["0.1"]) -
+                           single_value(summary[kAllVariants[i]]["val_loss"])) -
+                          (single_value(summary["standard"]["corrupted"]["0.1"]) -
+                           single_value(summary["standard"]["val_loss"])))
+              .epsilon(1e-12));
+    CHECK(compared["val_loss"]["verdict"] == "one seed: not judged");
+  }
 
   const Val val = val_split(text);
   const double uniform_loss = std::log(static_cast<double>(val.tokenizer.size()));
@@ -250,21 +263,25 @@ TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun cont
   const std::string report = read_bytes(out + "/report.md");
   CHECK(report.find("| metric | standard | elliptical | elliptical-sequence | elliptical-random |\n|---|---|---|---|---|\n") !=
         std::string::npos);
+  const std::string table = report.substr(0, report.find("## What it shows"));
   const std::vector<std::string> rows{"| clean val loss |", "| val loss, p = 0.015 corrupted |",
                                       "| val loss, p = 0.05 corrupted |", "| val loss, p = 0.1 corrupted |",
                                       "| collapse, attention output, per layer |", "| collapse, block output, per layer |",
-                                      "| head redundancy (L2), per layer |", "| training time (s) |"};
+                                      "| head redundancy (L2), per layer |", "| training time (s) |",
+                                      "| what p = 0.1 costs (corrupted - clean) |",
+                                      "| collapse of block outputs, mean over layers |"};
   for (const auto& r : rows) {
     CAPTURE(r);
-    const auto at = report.find("\n" + r);
+    const auto at = table.find("\n" + r);
     CHECK(at != std::string::npos);
-    CHECK(report.find("\n" + r, at + 1) == std::string::npos);
+    CHECK(table.find("\n" + r, at + 1) == std::string::npos);
   }
   CHECK(report.find("Note on `elliptical-sequence`") != std::string::npos);
   CHECK(report.find("not a fair comparison") != std::string::npos);
   CHECK(report.find("Note on `elliptical-random`") != std::string::npos);
-  CHECK(report.find("--m-modes sequence,random") != std::string::npos);
-  CHECK(report.find("Clean val loss (lower is better): elliptical ") != std::string::npos);
+  CHECK(report.find("--kinds standard,elliptical,elliptical-sequence,elliptical-random") != std::string::npos);
+  CHECK(report.find("- clean val loss (lower is better): elliptical ") != std::string::npos);
+  CHECK(report.find("### elliptical-random minus standard, seed by seed (1 seed)") != std::string::npos);
 
   // Every figure: the charts name each variant; the PNGs decode to the sizes their layout gives.
   const std::string figures = out + "/figures/";
@@ -305,8 +322,9 @@ TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun cont
   check_bad({
       {{"study", "gpt", "--preset", "smoke", "--data", text, "--out", out}, 1, {"run_gpt_study", "already holds a study"}},
       {{"study", "gpt", "--preset", "bogus", "--data", text, "--out", dir / "s1"}, 2, {"--preset"}},
-      {{"study", "gpt", "--m-modes", "bogus", "--data", text, "--out", dir / "s2"}, 2, {"--m-modes", "bogus"}},
-      {{"study", "gpt", "--m-modes", "sequence,bogus", "--data", text, "--out", dir / "s3"}, 2, {"--m-modes"}},
+      {{"study", "gpt", "--kinds", "standard,bogus", "--data", text, "--out", dir / "s2"}, 1, {"'bogus' is not registered"}},
+      {{"study", "gpt", "--kinds", "standard,elliptical-bogus", "--data", text, "--out", dir / "s3"}, 1,
+       {"estimator 'bogus'"}},
       {{"study", "gpt", "--seeds", "0", "--data", text, "--out", dir / "s4"}, 2, {"--seeds"}},
       {{"study", "gpt", "--preset", "smoke", "--data", dir / "missing.txt", "--out", dir / "s5"}, 1,
        {"study gpt", "--data", "missing.txt"}},
@@ -411,8 +429,155 @@ TEST_CASE("run_gpt_study from C++: a registered kind of one's own beside standar
   fails_with([](auto& o) { o.attention = {}; }, "attention names no kind");
   fails_with([](auto& o) { o.seeds = 0; }, "run_gpt_study: seeds is 0; expected 1 to 100");
   fails_with([](auto& o) { o.preset = "huge"; }, "run_gpt_study: preset 'huge' is unknown");
-  fails_with([](auto& o) { o.extra_metric_modes = {nn::MetricMode::random}; }, "has no 'elliptical' to vary");
+  fails_with([](auto& o) { o.attention = {"standard", "elliptical-causal"}; },
+             "run_gpt_study: attention variant 'elliptical-causal' is 'elliptical' itself");
+  fails_with([](auto& o) { o.only = "elliptical"; }, "run_gpt_study: only is 'elliptical'; expected empty or one of");
   fails_with([&](auto& o) { o.text_path = dir / "missing.txt"; }, "text_path '" + (dir / "missing.txt") + "' is not a file");
   fails_with([&](auto& o) { o.out_dir = options.out_dir; }, "already holds a study");
   CHECK_FALSE(fs::exists(dir / "bad"));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// statistics over seeds
+
+TEST_CASE("student_t_quantile: table values, the closed forms of 1 and 2 degrees of freedom, symmetry; errors") {
+  // Two-sided 95% critical values from published tables (9 significant digits).
+  const std::vector<std::pair<double, double>> table{{1, 12.7062047}, {2, 4.30265273}, {3, 3.18244631},
+                                                     {4, 2.77644511}, {9, 2.26215716}, {29, 2.04522964},
+                                                     {99, 1.98421695}};
+  for (const auto& [dof, t] : table) {
+    CAPTURE(dof);
+    CHECK(study::student_t_quantile(0.975, dof) == doctest::Approx(t).epsilon(1e-8));
+    CHECK(study::student_t_cdf(t, dof) == doctest::Approx(0.975).epsilon(1e-8));
+  }
+  for (double p : {0.6, 0.9, 0.999}) {
+    CAPTURE(p);
+    CHECK(study::student_t_quantile(p, 1) == doctest::Approx(std::tan(M_PI * (p - 0.5))).epsilon(1e-12));
+    CHECK(study::student_t_quantile(p, 2) == doctest::Approx((2 * p - 1) / std::sqrt(2 * p * (1 - p))).epsilon(1e-12));
+    CHECK(study::student_t_quantile(1 - p, 5.5) == doctest::Approx(-study::student_t_quantile(p, 5.5)).epsilon(1e-12));
+  }
+  CHECK(study::student_t_cdf(0, 3) == 0.5);
+  CHECK_THROWS_WITH(study::student_t_quantile(1, 3), doctest::Contains("student_t_quantile: p is 1; expected 0 < p < 1"));
+  CHECK_THROWS_WITH(study::student_t_quantile(0.5, 0), doctest::Contains("dof is 0; expected a positive"));
+  CHECK_THROWS_WITH(study::student_t_cdf(std::nan(""), 3), doctest::Contains("student_t_cdf: t is NaN"));
+}
+
+TEST_CASE("compare_paired: differences, spread, 95% interval and verdict against hand-computed values") {
+  using study::Better;
+  using study::Verdict;
+  // d = 0.03, 0.02, 0.01: mean 0.02, sample std 0.01, half-width 4.30265273 * 0.01 / sqrt(3) = 0.0248414.
+  auto loose = study::compare_paired({0.80, 0.82, 0.81}, {0.83, 0.84, 0.82}, Better::higher);
+  CHECK(loose.differences.size() == 3);
+  CHECK(loose.difference.mean == doctest::Approx(0.02).epsilon(1e-12));
+  CHECK(loose.difference.std == doctest::Approx(0.01).epsilon(1e-9));
+  REQUIRE(loose.ci95);
+  CHECK(loose.ci95->lo == doctest::Approx(0.02 - 0.0248414).epsilon(1e-5));
+  CHECK(loose.ci95->hi == doctest::Approx(0.02 + 0.0248414).epsilon(1e-5));
+  CHECK(loose.verdict == Verdict::no_difference);
+  CHECK(study::verdict_name(loose.verdict) == "no difference detected");
+  // d = 0.031, 0.030, 0.029: half-width 4.30265273 * 0.001 / sqrt(3) = 0.00248414, so [0.0275, 0.0325].
+  auto tight = study::compare_paired({0.80, 0.80, 0.80}, {0.831, 0.830, 0.829}, Better::higher);
+  REQUIRE(tight.ci95);
+  CHECK(tight.ci95->lo == doctest::Approx(0.03 - 0.00248414).epsilon(1e-5));
+  CHECK(tight.verdict == Verdict::better);
+  // The same numbers where lower is better (a loss) are worse; mirrored differences are better.
+  CHECK(study::compare_paired({0.80, 0.80, 0.80}, {0.831, 0.830, 0.829}, Better::lower).verdict == Verdict::worse);
+  CHECK(study::compare_paired({0.831, 0.830, 0.829}, {0.80, 0.80, 0.80}, Better::lower).verdict == Verdict::better);
+  // Two seeds: t(0.975, 1) = 12.7062047; d = 1, 3: mean 2, std sqrt(2), half-width 12.7062047.
+  auto two = study::compare_paired({0, 0}, {1, 3}, Better::higher);
+  CHECK(two.ci95->hi == doctest::Approx(2 + 12.7062047).epsilon(1e-8));
+  CHECK(two.verdict == Verdict::no_difference);
+  // A clear but negligible difference is none.
+  CHECK(study::compare_paired({0.80, 0.80, 0.80}, {0.831, 0.830, 0.829}, Better::higher, 0.05).verdict ==
+        Verdict::no_difference);
+  CHECK_THROWS_WITH(study::compare_paired({1}, {1}, Better::higher, -1), doctest::Contains("negligible is -1"));
+  // Identical runs differ by nothing: an interval of [0, 0] holds 0.
+  CHECK(study::compare_paired({1, 2}, {1, 2}, Better::higher).verdict == Verdict::no_difference);
+  // One seed: the difference, but no interval and no verdict.
+  auto one = study::compare_paired({0.5}, {0.7}, Better::higher);
+  CHECK(one.difference.mean == doctest::Approx(0.2));
+  CHECK(one.difference.std == 0);
+  CHECK_FALSE(one.ci95);
+  CHECK(one.verdict == Verdict::one_seed);
+  CHECK_THROWS_WITH(study::compare_paired({1, 2}, {1}, Better::higher),
+                    doctest::Contains("compare_paired: 2 baseline and 1 variant values"));
+  CHECK_THROWS_WITH(study::compare_paired({1, INFINITY}, {1, 2}, Better::higher),
+                    doctest::Contains("seed 1 has baseline inf"));
+}
+
+TEST_CASE("run_gpt_study over two seeds with elliptical-random: paired statistics; an interrupted study resumes "
+          "to the same summary, byte for byte from its caches") {
+  TempDir dir;
+  const std::string text = dir / "text.txt";
+  write_bytes(text, pattern_text(4000).substr(0, 4000));
+  study::StudyGptOptions options;
+  options.preset = "smoke";
+  options.attention = {"standard", "elliptical", "elliptical-random"};
+  options.seeds = 2;
+  options.text_path = text;
+
+  options.out_dir = dir / "whole";
+  const study::StudyResult whole = study::run_gpt_study(options);
+  REQUIRE(whole.summarized);
+  const Json summary = read_json(whole.summary_path);
+  CHECK(summary["variants"].get<std::vector<std::string>>() == options.attention);
+  for (const auto& variant : options.attention)
+    for (int seed = 0; seed < 2; ++seed)
+      CHECK(fs::exists(fmt::format("{}/runs/{}-seed{}/model.safetensors", options.out_dir, variant, seed)));
+
+  // The statistics recomputed from the per-seed values: t(0.975, 1) = 12.7062047 for two seeds.
+  for (const char* variant : {"elliptical", "elliptical-random"}) {
+    CAPTURE(variant);
+    const auto base = summary["standard"]["val_loss"]["values"].get<std::vector<double>>();
+    const auto ours = summary[variant]["val_loss"]["values"].get<std::vector<double>>();
+    REQUIRE((base.size() == 2 && ours.size() == 2));
+    const double d0 = ours[0] - base[0], d1 = ours[1] - base[1];
+    const double mean = (d0 + d1) / 2, sd = std::abs(d0 - d1) / std::sqrt(2.0);
+    const Json& c = summary["comparisons"][variant]["val_loss"];
+    CHECK(c["differences"].get<std::vector<double>>() == std::vector<double>{d0, d1});
+    CHECK(c["mean"].get<double>() == doctest::Approx(mean).epsilon(1e-12));
+    CHECK(c["std"].get<double>() == doctest::Approx(sd).epsilon(1e-9));
+    const double half = 12.7062047 * sd / std::sqrt(2.0);
+    CHECK(c["ci95"][0].get<double>() == doctest::Approx(mean - half).epsilon(1e-7));
+    CHECK(c["ci95"][1].get<double>() == doctest::Approx(mean + half).epsilon(1e-7));
+    const bool holds_zero = mean - half <= 0 && mean + half >= 0;
+    CHECK(c["verdict"] == (holds_zero ? "no difference detected" : mean + half < 0 ? "better" : "worse"));
+    const auto std_of_values = summary[variant]["val_loss"]["std"].get<double>();
+    CHECK(std_of_values == doctest::Approx(std::abs(ours[0] - ours[1]) / std::sqrt(2.0)).epsilon(1e-9));
+  }
+  const std::string report = read_bytes(whole.report_path);
+  CHECK(report.find("### elliptical-random minus standard, seed by seed (2 seeds)") != std::string::npos);
+  CHECK(report.find("--kinds standard,elliptical,elliptical-random") != std::string::npos);
+  CHECK(report.find("over 2 seeds: **") != std::string::npos);
+
+  // Interrupted during seed 1 of the random ablation (after its checkpoint at step 10), then called again: the
+  // run resumes from its checkpoint, and the summary equals the uninterrupted one but for the training times.
+  options.out_dir = dir / "interrupted";
+  study::StudyCallbacks stop;
+  stop.on_train_step = [](const std::string& run, const TrainProgress& p) {
+    if (run == "elliptical-random-seed1" && p.step == 15) throw std::runtime_error("interrupted");
+  };
+  CHECK_THROWS_WITH(study::run_gpt_study(options, stop), "interrupted");
+  CHECK_FALSE(fs::exists(options.out_dir + "/summary.json"));
+  std::vector<std::pair<std::string, std::int64_t>> steps;
+  study::StudyCallbacks record;
+  record.on_train_step = [&](const std::string& run, const TrainProgress& p) { steps.emplace_back(run, p.step); };
+  const study::StudyResult resumed = study::run_gpt_study(options, record);
+  REQUIRE(resumed.summarized);
+  Json resumed_summary = read_json(resumed.summary_path), whole_summary = summary;
+  for (Json* s : {&resumed_summary, &whole_summary})
+    for (const auto& variant : options.attention) (*s)[variant].erase("train_seconds");
+  CHECK(resumed_summary == whole_summary);
+  // Every other run was measured before the interruption; the interrupted one trains on from its checkpoint.
+  REQUIRE_FALSE(steps.empty());
+  CHECK(steps.front() == std::pair<std::string, std::int64_t>{"elliptical-random-seed1", 11});
+  CHECK(steps.back() == std::pair<std::string, std::int64_t>{"elliptical-random-seed1", 20});
+  CHECK(steps.size() == 10);
+
+  // From the run directories' caches alone, the summary and report come back byte for byte.
+  const std::string resumed_text = read_bytes(resumed.summary_path), report_text = read_bytes(resumed.report_path);
+  fs::remove(resumed.summary_path);
+  const study::StudyResult again = study::run_gpt_study(options);
+  CHECK(read_bytes(again.summary_path) == resumed_text);
+  CHECK(read_bytes(again.report_path) == report_text);
 }

@@ -102,13 +102,13 @@ fi
 if [[ -n "$study_data" ]]; then
   start=$SECONDS
   study=("$build/ellipse" study vit --preset full --device cuda --data "$study_data" --out "$study_out")
-  "${study[@]}" --attn standard >"$log_dir/study-standard.log" 2>&1 &
+  "${study[@]}" --only standard >"$log_dir/study-standard.log" 2>&1 &
   standard_pid=$!
   # A GPU in an exclusive compute mode takes one process at a time: then the kinds train one after the other.
   if [[ "$(nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -1)" == Exclusive* ]]; then
     wait "$standard_pid"
   fi
-  "${study[@]}" --attn elliptical >"$log_dir/study-elliptical.log" 2>&1
+  "${study[@]}" --only elliptical >"$log_dir/study-elliptical.log" 2>&1
   elliptical_status=$?
   wait "$standard_pid"
   standard_status=$?
