@@ -33,4 +33,5 @@
 #include "nn/module.hpp"
 #include "nn/optim.hpp"
 #include "study/figures.hpp"
+#include "study/statistics.hpp"
 #include "study/study.hpp"
