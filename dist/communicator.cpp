@@ -76,4 +76,11 @@ Communicator& world() {
   return *communicator;
 }
 
+Communicator& world(Device device) {
+  if (device.is_cpu() || !launched_by_mpi() || !nccl_built()) return world();
+  // Never destroyed, as the CUDA backends are not: at exit the CUDA runtime may be gone before static destructors run.
+  static Communicator* const nccl = make_nccl(world()).release();
+  return *nccl;
+}
+
 }  // namespace ellipse::dist

@@ -60,5 +60,9 @@ bool nccl_built();
 // This process's communicator, made on the first call: MPI when launched by an MPI launcher (an error if the
 // library was built without MPI, rather than N processes that each train alone), else a single process.
 Communicator& world();
+// The communicator for a run on `device`: world(), except for a CUDA device under an MPI launcher in a build with
+// NCCL, which gets NCCL over world()'s ranks (made on the first such call); its rank_device(device) is the GPU that
+// the run should use.
+Communicator& world(Device device);
 
 }  // namespace ellipse::dist
