@@ -5,15 +5,31 @@
 
 #include "autograd/ops.hpp"
 #include "core/error.hpp"
+#include "dist/collective_checks.hpp"
 
 namespace ellipse::dist {
 
-namespace {
+namespace detail {
 
 void check_contiguous(std::string_view collective, const Tensor& t) {
   ELLIPSE_CHECK(t.defined() && t.is_contiguous(), "{}: expected a contiguous tensor, got {}", collective,
                 t.defined() ? to_string(t.shape()) + " with strides " + to_string(t.strides()) : "undefined");
 }
+
+void check_all_reduce(const Tensor& t, Reduction reduction) {
+  check_contiguous("all_reduce", t);
+  ELLIPSE_CHECK(reduction == Reduction::sum || is_floating(t.dtype()),
+                "all_reduce: averaging needs a floating dtype, got {}", dtype_name(t.dtype()));
+}
+
+void check_broadcast(const Tensor& t, int root, int size) {
+  check_contiguous("broadcast", t);
+  ELLIPSE_CHECK(root >= 0 && root < size, "broadcast: root {} is not a rank of {}", root, size);
+}
+
+}  // namespace detail
+
+namespace {
 
 class SingleProcess final : public Communicator {
  public:
@@ -21,17 +37,10 @@ class SingleProcess final : public Communicator {
   int size() const override { return 1; }
   int local_rank() const override { return 0; }
   std::string_view name() const override { return "single process"; }
-  void all_reduce(const Tensor& t, Reduction reduction) override {
-    check_contiguous("all_reduce", t);
-    ELLIPSE_CHECK(reduction == Reduction::sum || is_floating(t.dtype()),
-                  "all_reduce: averaging needs a floating dtype, got {}", dtype_name(t.dtype()));
-  }
-  void broadcast(const Tensor& t, int root) override {
-    check_contiguous("broadcast", t);
-    ELLIPSE_CHECK(root == 0, "broadcast: root {} is not a rank of a single process", root);
-  }
+  void all_reduce(const Tensor& t, Reduction reduction) override { detail::check_all_reduce(t, reduction); }
+  void broadcast(const Tensor& t, int root) override { detail::check_broadcast(t, root, 1); }
   Tensor all_gather(const Tensor& t) override {
-    check_contiguous("all_gather", t);
+    detail::check_contiguous("all_gather", t);
     return clone(unsqueeze(t.detach(), 0));
   }
   void barrier() override {}
@@ -65,6 +74,13 @@ Communicator& world() {
     return make_mpi();
   }();
   return *communicator;
+}
+
+Communicator& world(Device device) {
+  if (device.is_cpu() || !launched_by_mpi() || !nccl_built()) return world();
+  // Never destroyed, as the CUDA backends are not: at exit the CUDA runtime may be gone before static destructors run.
+  static Communicator* const nccl = make_nccl(world()).release();
+  return *nccl;
 }
 
 }  // namespace ellipse::dist

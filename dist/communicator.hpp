@@ -1,8 +1,10 @@
 #pragma once
 // Collectives between the processes of a multi-process run, behind one interface: a single process (every
-// collective is the identity; the default) and MPI (launched by mpirun or srun; dist/mpi_communicator.cpp,
-// built when ELLIPSE_MPI finds an MPI). Every rank calls the same collectives in the same order with tensors of
-// the same shape and dtype; tensors are reduced in place. Tensors on a GPU go through host memory.
+// collective is the identity; the default), MPI (launched by mpirun or srun; dist/mpi_communicator.cpp, built when
+// ELLIPSE_MPI finds an MPI) and NCCL between GPUs (dist/nccl_communicator.cpp, built when ELLIPSE_NCCL finds NCCL).
+// Every rank calls the same collectives in the same order with tensors of the same shape and dtype; tensors are
+// reduced in place. MPI moves tensors on a GPU through host memory; NCCL moves them from GPU to GPU, one GPU per
+// rank, and hands CPU tensors to the MPI communicator it was made over.
 #include <memory>
 #include <string_view>
 
@@ -19,7 +21,10 @@ class Communicator {
   virtual int size() const = 0;
   // The rank among the processes on this machine: which GPU a rank takes.
   virtual int local_rank() const = 0;
-  virtual std::string_view name() const = 0;  // "single process" or "mpi"
+  virtual std::string_view name() const = 0;  // "single process", "mpi" or "nccl"
+  // The device this rank computes on when a run asks for `device`: `device` itself, except under NCCL, where each
+  // rank has a GPU of its own, cuda:local_rank(), and asking for cuda (cuda:0) means that one (another index throws).
+  virtual Device rank_device(Device device) const { return device; }
 
   // t (contiguous, f32, f64 or i64; average needs a floating dtype) becomes the sum or mean over the ranks.
   virtual void all_reduce(const Tensor& t, Reduction reduction) = 0;
@@ -43,8 +48,21 @@ std::unique_ptr<Communicator> make_mpi();
 // launcher (mpirun, mpiexec or srun set the process's rank in its environment).
 bool mpi_built();
 bool launched_by_mpi();
+// NCCL over the ranks of `host` (in practice world()'s MPI ranks), one GPU per rank: the rank of local rank L takes
+// cuda:L. Every rank calls it at once: if any rank has no such GPU, every rank throws, the error naming the local
+// rank and the GPU count. Rank 0 then makes NCCL's unique id and broadcasts it through `host`, and each rank joins.
+// CUDA tensors, which must be on the rank's GPU, go through NCCL on the CUDA backend's stream of that GPU, ordered
+// after every kernel queued before (the collective returns before it completes, as those kernels do); CPU tensors
+// go through `host`, which must outlive the result. Throws when the library was built without NCCL.
+std::unique_ptr<Communicator> make_nccl(Communicator& host);
+// Whether this library was built with NCCL (ELLIPSE_NCCL).
+bool nccl_built();
 // This process's communicator, made on the first call: MPI when launched by an MPI launcher (an error if the
 // library was built without MPI, rather than N processes that each train alone), else a single process.
 Communicator& world();
+// The communicator for a run on `device`: world(), except for a CUDA device under an MPI launcher in a build with
+// NCCL, which gets NCCL over world()'s ranks (made on the first such call); its rank_device(device) is the GPU that
+// the run should use.
+Communicator& world(Device device);
 
 }  // namespace ellipse::dist

@@ -10,6 +10,7 @@
 #include "autograd/grad_mode.hpp"
 #include "autograd/ops.hpp"
 #include "core/error.hpp"
+#include "dist/collective_checks.hpp"
 #include "dist/communicator.hpp"
 
 namespace ellipse::dist {
@@ -33,11 +34,10 @@ MPI_Datatype mpi_type(std::string_view collective, DType dtype) {
   fail("{}: unsupported dtype", collective);
 }
 
-// Runs `collective` on t's memory: t itself on the CPU, a host copy (copied back after) on another device.
+// Runs `collective` on t's memory (t checked by the caller): t itself on the CPU, a host copy (copied back after)
+// on another device.
 template <class F>
-void on_host(std::string_view collective, const Tensor& t, bool writes, F&& collective_call) {
-  ELLIPSE_CHECK(t.defined() && t.is_contiguous(), "{}: expected a contiguous tensor, got {}", collective,
-                t.defined() ? to_string(t.shape()) + " with strides " + to_string(t.strides()) : "undefined");
+void on_host(const Tensor& t, bool writes, F&& collective_call) {
   NoGradGuard no_grad;
   const Tensor host = t.device().is_cpu() ? t : t.detach().to(Device::cpu());
   collective_call(host);
@@ -82,9 +82,8 @@ class MpiCommunicator final : public Communicator {
   std::string_view name() const override { return "mpi"; }
 
   void all_reduce(const Tensor& t, Reduction reduction) override {
-    ELLIPSE_CHECK(!t.defined() || reduction == Reduction::sum || is_floating(t.dtype()),
-                  "all_reduce: averaging needs a floating dtype, got {}", dtype_name(t.dtype()));
-    on_host("all_reduce", t, true, [&](const Tensor& host) {
+    detail::check_all_reduce(t, reduction);
+    on_host(t, true, [&](const Tensor& host) {
       check_mpi(MPI_Allreduce(MPI_IN_PLACE, host.raw_data(), count(host), mpi_type("all_reduce", host.dtype()),
                               MPI_SUM, MPI_COMM_WORLD),
                 "MPI_Allreduce");
@@ -93,18 +92,19 @@ class MpiCommunicator final : public Communicator {
   }
 
   void broadcast(const Tensor& t, int root) override {
-    ELLIPSE_CHECK(root >= 0 && root < size_, "broadcast: root {} is not a rank of {}", root, size_);
-    on_host("broadcast", t, true, [&](const Tensor& host) {
+    detail::check_broadcast(t, root, size_);
+    on_host(t, true, [&](const Tensor& host) {
       check_mpi(MPI_Bcast(host.raw_data(), count(host), mpi_type("broadcast", host.dtype()), root, MPI_COMM_WORLD),
                 "MPI_Bcast");
     });
   }
 
   Tensor all_gather(const Tensor& t) override {
-    Shape shape = t.defined() ? t.shape() : Shape{};
+    detail::check_contiguous("all_gather", t);
+    Shape shape = t.shape();
     shape.insert(shape.begin(), size_);
     Tensor gathered;
-    on_host("all_gather", t, false, [&](const Tensor& host) {
+    on_host(t, false, [&](const Tensor& host) {
       gathered = empty(shape, host.dtype(), Device::cpu());
       check_mpi(MPI_Allgather(host.raw_data(), count(host), mpi_type("all_gather", host.dtype()), gathered.raw_data(),
                               count(host), mpi_type("all_gather", host.dtype()), MPI_COMM_WORLD),

@@ -28,8 +28,9 @@ struct GPTTrainOptions {
   std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
   bool detect_anomaly = false;            // name the first op that produces a NaN or Inf (slow; see grad_mode.hpp)
   Device device = Device::cpu();          // where the model trains; checkpoints are the same on every device
-  // Data-parallel training over these ranks (null: this process alone; the CLI passes dist::world()). `batch` stays
-  // the global batch, split evenly: each rank computes its share of every step's windows.
+  // Data-parallel training over these ranks (null: this process alone; the CLI passes dist::world(device), and makes
+  // `device` its rank_device: under NCCL, the rank's own GPU). `batch` stays the global batch, split evenly: each rank
+  // computes its share of every step's windows.
   dist::Communicator* communicator = nullptr;
 };
 

@@ -32,7 +32,7 @@ struct ViTTrainOptions {
   std::int64_t stop_after = 0;            // > 0: save and stop after this step, as an interruption would
   bool detect_anomaly = false;            // name the first op that produces a NaN or Inf (slow; see grad_mode.hpp)
   Device device = Device::cpu();          // where the model trains; checkpoints are the same on every device
-  // Data-parallel training over these ranks (null: this process alone; the CLI passes dist::world()), as in
+  // Data-parallel training over these ranks (null: this process alone; the CLI passes dist::world(device)), as in
   // GPTTrainOptions: `batch` is the global batch, split evenly.
   dist::Communicator* communicator = nullptr;
 };

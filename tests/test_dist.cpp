@@ -1,6 +1,8 @@
 // The communicator and data-parallel helpers (dist/). ctest runs this program as one process (every collective
 // the identity) and, where MPI is built, under mpirun with 2 and 4 ranks, where each case checks what the other
-// ranks contributed. Every rank runs every case in the same order, as collectives need.
+// ranks contributed. Every rank runs every case in the same order, as collectives need. The NCCL cases run where
+// NCCL is built and every rank has a GPU of its own (one process: one GPU; under mpirun -n N: N GPUs), and report
+// themselves skipped, with the reason, elsewhere.
 #include <doctest/doctest.h>
 
 #include <unistd.h>
@@ -264,6 +266,123 @@ TEST_CASE("dist: train_vit over the ranks gives one process's losses and accurac
     CHECK(parallel.test_acc == alone.test_acc);
     CHECK(worst_relative_difference(train_losses(o.out_dir + "/metrics.jsonl"),
                                     train_losses(single.out_dir + "/metrics.jsonl")) < 1e-6);
+  }
+  comm().barrier();
+  if (comm().rank() == 0) std::filesystem::remove_all(dir);
+}
+
+namespace {
+
+// NCCL over comm()'s ranks, or null after reporting why not. Every rank gets the same answer: make_nccl throws on
+// all of them when one has no GPU of its own.
+std::unique_ptr<dist::Communicator> nccl_or_skip() {
+  if (!dist::nccl_built()) {
+    MESSAGE("SKIPPED NCCL cases: ellipse was built without NCCL (ELLIPSE_NCCL)");
+    return nullptr;
+  }
+  std::unique_ptr<dist::Communicator> nccl;
+  const std::string reason = testing::error_message([&] { nccl = dist::make_nccl(comm()); });
+  if (!nccl) MESSAGE("SKIPPED NCCL cases: ", reason);
+  return nccl;
+}
+
+}  // namespace
+
+TEST_CASE("dist: NCCL sums, averages, broadcasts and gathers CUDA tensors, one GPU per rank") {
+  const auto nccl = nccl_or_skip();
+  if (!nccl) return;
+  CHECK(std::string(nccl->name()) == "nccl");
+  CHECK(nccl->rank() == comm().rank());
+  CHECK(nccl->size() == comm().size());
+  const Device gpu = nccl->rank_device(Device::cuda());
+  CHECK(gpu == Device::cuda(comm().local_rank()));
+  CHECK(nccl->rank_device(Device::cpu()) == Device::cpu());
+  CHECK_THROWS_WITH(nccl->rank_device(Device::cuda(comm().local_rank() + 1)), doctest::Contains("ask for cuda"));
+
+  const auto r = static_cast<double>(comm().rank());
+  for (DType dtype : {DType::f32, DType::f64}) {
+    CAPTURE(dtype_name(dtype));
+    Tensor t = full({2, 3}, r + 1, dtype, gpu);
+    nccl->all_reduce(t, dist::Reduction::sum);
+    CHECK(t.device() == gpu);
+    CHECK(t.to_vector<double>() == std::vector<double>(6, rank_sum() + comm().size()));
+    Tensor a = full({5}, r, dtype, gpu);
+    nccl->all_reduce(a, dist::Reduction::average);
+    for (double v : a.to_vector<double>())  // ncclAvg rounds its own way
+      CHECK(v == doctest::Approx(rank_sum() / comm().size()));
+  }
+  Tensor ids = full({4}, comm().rank(), DType::i64, gpu);
+  nccl->all_reduce(ids, dist::Reduction::sum);
+  CHECK(ids.to_vector<std::int64_t>() == std::vector<std::int64_t>(4, static_cast<std::int64_t>(rank_sum())));
+
+  const int root = comm().size() - 1;
+  Tensor b = full({3}, r * 10, DType::f32, gpu);
+  nccl->broadcast(b, root);
+  CHECK(b.to_vector<double>() == std::vector<double>(3, root * 10.0));
+
+  for (DType dtype : {DType::f32, DType::i64}) {
+    CAPTURE(dtype_name(dtype));
+    const Tensor gathered = nccl->all_gather(full({2}, r, dtype, gpu));
+    REQUIRE(gathered.shape() == Shape{comm().size(), 2});
+    CHECK(gathered.device() == gpu);
+    for (int k = 0; k < comm().size(); ++k)
+      CHECK(select(gathered, 0, k).to_vector<double>() == std::vector<double>{1.0 * k, 1.0 * k});
+  }
+
+  // CPU tensors go through the MPI communicator underneath (the trainers' losses and fingerprints).
+  Tensor host = full({2}, r);
+  nccl->all_reduce(host, dist::Reduction::sum);
+  CHECK(host.to_vector<double>() == std::vector<double>(2, rank_sum()));
+
+  CHECK_THROWS_WITH(nccl->all_reduce(full({2, 3}, 1.0, DType::f32, gpu).transpose(0, 1), dist::Reduction::sum),
+                    doctest::Contains("all_reduce: expected a contiguous tensor"));
+  CHECK_THROWS_WITH(nccl->all_reduce(full({2}, 1, DType::i64, gpu), dist::Reduction::average),
+                    doctest::Contains("averaging needs a floating dtype, got i64"));
+  CHECK_THROWS_WITH(nccl->broadcast(full({2}, 1.0, DType::f32, gpu), comm().size()),
+                    doctest::Contains("is not a rank"));
+  nccl->barrier();
+}
+
+TEST_CASE("dist: train_gpt through NCCL gives one GPU's losses: the same bits on one rank, to rounding on several") {
+  const auto nccl = nccl_or_skip();
+  if (!nccl) return;
+  const std::filesystem::path dir = shared_scratch_dir();
+  const std::string text = (dir / "text.txt").string();
+  if (comm().rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    std::ofstream out(text);
+    for (int i = 0; i < 60; ++i) out << "the cat sat on the mat; a dog sat on a log. ";
+  }
+  comm().barrier();
+  GPTTrainOptions o;
+  o.text_path = text;
+  o.config = "gpt-tiny";
+  o.attention = "elliptical";
+  o.batch = 8;
+  o.steps = 12;
+  o.eval_every = 6;
+  o.warmup = 2;
+  o.lr = 3e-3;
+  o.out_dir = (dir / "nccl").string();
+  o.device = nccl->rank_device(Device::cuda());
+  o.communicator = nccl.get();
+  train_gpt(o, {}, {});
+  if (comm().rank() == 0) {  // the same run on this rank's GPU alone
+    GPTTrainOptions single = o;
+    single.out_dir = (dir / "single").string();
+    single.communicator = nullptr;
+    train_gpt(single, {}, {});
+    const auto losses = train_losses(o.out_dir + "/metrics.jsonl");
+    const auto alone = train_losses(single.out_dir + "/metrics.jsonl");
+    CHECK(losses.size() == 2);
+    if (comm().size() == 1) {
+      CHECK(losses == alone);
+      CHECK(flat_values(load_gpt(o.out_dir).model->parameters()) ==
+            flat_values(load_gpt(single.out_dir).model->parameters()));
+    } else {
+      CHECK(worst_relative_difference(losses, alone) < 1e-5);
+    }
   }
   comm().barrier();
   if (comm().rank() == 0) std::filesystem::remove_all(dir);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One script for anyone with an NVIDIA GPU: configures and builds ellipse with the CUDA backend, runs the
-# CUDA tests (every op against the CPU, the fused attention against the explicit path), times training
-# steps of ellipse and PyTorch on the same GPU in the same run, optionally runs the full ViT study on the GPU,
-# and prints a short table last.
+# CUDA tests (every op against the CPU, the fused attention against the explicit path) and, where NCCL and MPI
+# are installed, the NCCL collectives and a `train gpt` through NCCL on one rank against the same run without it,
+# times training steps of ellipse and PyTorch on the same GPU in the same run, optionally runs the full ViT study
+# on the GPU, and prints a short table last.
 #
 #   tools/gpu-check.sh [--build DIR] [--arch native] [--steps 20] [--warmup 5] [--skip-tests] [--skip-bench]
 #                      [--study-data DIR [--study-out DIR]]
@@ -35,7 +36,8 @@ while [[ $# -gt 0 ]]; do
 done
 study_out=${study_out:-$build/study-vit-full}
 test_programs=(test_ops test_attention test_tensor test_gpt test_device)
-((tests == 1)) || test_programs=()
+nccl_programs=(test_dist)
+((tests == 1)) || test_programs=() nccl_programs=()
 python=${PYTHON:-python3}
 log_dir=${OUT:-$build}/gpu-check
 mkdir -p "$log_dir"
@@ -47,7 +49,7 @@ echo "gpu-check: ${card:-no GPU visible to nvidia-smi}"
 start=$SECONDS
 if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DELLIPSE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
        >"$log_dir/configure.log" 2>&1 ||
-   ! cmake --build "$build" -j"$(nproc)" --target ellipse_cli "${test_programs[@]}" \
+   ! cmake --build "$build" -j"$(nproc)" --target ellipse_cli "${test_programs[@]}" "${nccl_programs[@]}" \
        >"$log_dir/build.log" 2>&1; then
   for log in "$log_dir/configure.log" "$log_dir/build.log"; do [[ -f "$log" ]] && tail -40 "$log"; done
   echo "gpu-check: the build failed (logs in $log_dir)"
@@ -65,6 +67,51 @@ for test in "${test_programs[@]}"; do
   summary+=("| $test | $result | $((SECONDS - start)) s |")
   [[ "$result" == ok ]] || grep -E "ERROR|FAILED|SKIPPED|threw" "$log_dir/$test.log" | head -40
 done
+
+# NCCL (built when the CUDA backend, MPI and NCCL are all found): its collectives on this machine's GPUs (one rank,
+# then one rank per GPU when there are several), and `train gpt` on one rank through NCCL against the same run
+# without it, whose losses in metrics.jsonl must be the same numbers.
+if ((tests == 1)); then
+  start=$SECONDS
+  if ! grep -q "ellipse: NCCL ON" "$log_dir/configure.log"; then
+    summary+=("| nccl | skipped: built without NCCL ($(grep -o 'ellipse: NCCL.*' "$log_dir/configure.log")) | 0 s |")
+  else
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+    rank_counts=(1)
+    ((gpus > 1)) && rank_counts+=("$gpus")
+    result=ok
+    for ranks in "${rank_counts[@]}"; do
+      mpirun -n "$ranks" "$build/tests/test_dist" -tc='*NCCL*' >"$log_dir/test_dist_nccl$ranks.log" 2>&1
+      status=$?
+      if ((status != 0)) || grep -q "SKIPPED NCCL" "$log_dir/test_dist_nccl$ranks.log"; then
+        result="FAILED on $ranks rank(s) (status $status)"
+        grep -E "ERROR|FAILED|SKIPPED|threw" "$log_dir/test_dist_nccl$ranks.log" | head -40
+      fi
+    done
+    text=$log_dir/nccl-text.txt
+    for _ in $(seq 300); do echo "the quick brown fox jumps over the lazy dog; a lazy dog sleeps."; done >"$text"
+    train=(train gpt --text "$text" --config gpt-tiny --attn elliptical --steps 60 --eval-every 20 --batch 8
+           --device cuda)
+    rm -rf "$log_dir/gpt-plain" "$log_dir/gpt-nccl1"
+    # NCCL_DEBUG=VERSION makes NCCL print its version when a communicator starts: proof that the run used it.
+    "$build/ellipse" "${train[@]}" --out "$log_dir/gpt-plain" >"$log_dir/gpt-plain.log" 2>&1 &&
+      NCCL_DEBUG=VERSION mpirun -n 1 "$build/ellipse" "${train[@]}" --out "$log_dir/gpt-nccl1" \
+        >"$log_dir/gpt-nccl1.log" 2>&1
+    status=$?
+    losses() { grep -oE '"(train|val)_loss": ?[^,}]*' "$1/metrics.jsonl"; }
+    if ((status != 0)); then
+      result="FAILED: train gpt (status $status; gpt-plain.log, gpt-nccl1.log)"
+    elif ! grep -q "NCCL version" "$log_dir/gpt-nccl1.log"; then
+      result="FAILED: train gpt under mpirun -n 1 did not start NCCL (gpt-nccl1.log)"
+    elif ! diff <(losses "$log_dir/gpt-plain") <(losses "$log_dir/gpt-nccl1") >"$log_dir/gpt-nccl1.diff"; then
+      result="FAILED: the losses of train gpt through NCCL differ (gpt-nccl1.diff)"
+    else
+      echo "gpu-check: train gpt through NCCL on one rank logged the same $(losses "$log_dir/gpt-plain" | wc -l) losses"
+    fi
+    summary+=("| nccl (test_dist, train gpt 1 rank) | $result | $((SECONDS - start)) s |")
+  fi
+fi
 
 rows=()
 if [[ $bench == 1 ]]; then
