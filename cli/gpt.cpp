@@ -46,8 +46,7 @@ int run_train(TrainFlags flags) {
   const EvalRecord last = train_gpt(
       o,
       [&](const TrainProgress& p) {
-        progress.update(p.step, p.elapsed_s,
-                        fmt::format("loss {:.4f}  lr {:.2e}  {:.0f} tok/s", p.loss, p.lr, p.items_per_s));
+        progress.update(p.step, p.elapsed_s, train_step_detail(p, "tok"));
       },
       [&](const EvalRecord& r) {
         progress.line(flags.json ? eval_json(r)

@@ -3,7 +3,13 @@
 #include <cstdint>
 #include <string>
 
+#include "models/train_run.hpp"
+
 namespace ellipse::cli {
+
+// "loss 2.3100  lr 1.00e-03  12345 tok/s" for a training step (`items`: "tok" or "img"), and under several ranks
+// the share of the time in their all-reduces so far: "  comm 7%".
+std::string train_step_detail(const TrainProgress& p, const char* items);
 
 class Progress {
  public:

@@ -40,8 +40,7 @@ int run_train(TrainFlags flags) {
       [&](const TrainProgress& p) {
         steps = p.steps;
         if (!bar) bar.emplace(p.steps, 50);
-        bar->update(p.step, p.elapsed_s, fmt::format("loss {:.4f}  lr {:.2e}  {:.0f} img/s", p.loss, p.lr,
-                                                     p.items_per_s));
+        bar->update(p.step, p.elapsed_s, train_step_detail(p, "img"));
       },
       [&](const ViTEvalRecord& r) {
         bar->line(fmt::format("epoch {} (step {}): train_loss {:.4f}  test_loss {:.4f}  test_acc {:.2f}%  ({:.0f} img/s, "

@@ -208,21 +208,34 @@ void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimiz
   dist::Communicator& comm = loop.communicator ? *loop.communicator : dist::single_process();
   const bool writer = comm.rank() == 0;
   std::int64_t items = 0;
+  double communication_s = 0;
+  const auto timed = [&](auto&& collective) {
+    if (comm.size() == 1) return collective();  // no collective to time
+    const auto start = std::chrono::steady_clock::now();
+    auto result = collective();
+    communication_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return result;
+  };
   for (std::int64_t step = loop.start; step < loop.end; ++step) {
     const double lr = loop.learning_rate(step);
     optimizer.set_lr(lr);
     optimizer.zero_grad();
     const Tensor loss = loop.loss(step);
-    const double loss_value = mean_over_ranks(comm, loss.item());
+    const double own_loss = loss.item();  // waits for the step's forward pass, which is not communication
+    const double loss_value = timed([&] { return mean_over_ranks(comm, own_loss); });
     run.check_finite(loss_value, "the loss", step + 1);
     loss.backward();
-    dist::average_gradients(params, comm);
+    timed([&] {
+      dist::average_gradients(params, comm);
+      return 0;
+    });
     run.check_finite(nn::clip_grad_norm(params, loop.clip), "the gradient norm", step + 1);
     optimizer.step();
     train_loss.add(loss_value);
     items += loop.items_per_step;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const TrainProgress progress{step + 1, loop.steps, loss_value, lr, static_cast<double>(items) / seconds, seconds};
+    const TrainProgress progress{step + 1, loop.steps, loss_value, lr, static_cast<double>(items) / seconds, seconds,
+                                 communication_s};
     if (loop.on_step && writer) loop.on_step(progress);
     if (loop.evaluate_after(step + 1) || step + 1 == loop.steps) {
       const std::string metrics = loop.evaluate(progress, train_loss.take());

@@ -18,6 +18,10 @@ struct TrainProgress {
   double loss = 0, lr = 0;
   double items_per_s = 0;            // tokens (GPT) or images (ViT) per second
   double elapsed_s = 0;
+  // Of elapsed_s, the time in the loss and gradient all-reduces across ranks, waiting for the slowest rank included
+  // (0 on one process). It is host time in the calls: on a GPU, MPI's also waits for the kernels before it, while
+  // NCCL's only queues its work.
+  double communication_s = 0;
 };
 
 // A training time for people: "1h02m", "3m10s", "42s"; "?" for a negative or non-finite one.

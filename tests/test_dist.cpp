@@ -182,9 +182,20 @@ TEST_CASE("dist: train_gpt over the ranks gives one process's losses and paramet
   o.out_dir = (dir / "parallel").string();
   o.communicator = &comm();
   int on_step_calls = 0, on_eval_calls = 0;
-  train_gpt(o, [&](const TrainProgress&) { ++on_step_calls; }, [&](const EvalRecord&) { ++on_eval_calls; });
+  TrainProgress last;
+  train_gpt(
+      o,
+      [&](const TrainProgress& p) {
+        ++on_step_calls;
+        last = p;
+      },
+      [&](const EvalRecord&) { ++on_eval_calls; });
   CHECK(on_step_calls == (comm().rank() == 0 ? 12 : 0));  // progress and metrics from rank 0 only
   CHECK(on_eval_calls == (comm().rank() == 0 ? 2 : 0));
+  if (comm().rank() == 0) {  // the time in the all-reduces: some on several ranks, none on one
+    CHECK(last.communication_s <= last.elapsed_s);
+    CHECK((comm().size() > 1 ? last.communication_s > 0 : last.communication_s == 0));
+  }
 
   if (comm().rank() == 0) {  // the same run in this process alone
     GPTTrainOptions single = o;
