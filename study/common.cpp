@@ -224,21 +224,32 @@ std::vector<Measurement> layer_measurements() {
            of("head_redundancy")}};
 }
 
-ordered_json compare_variants(const ordered_json& summary, const std::vector<std::string>& variants,
+std::vector<ComparedPair> compared_pairs(const std::vector<std::string>& variants) {
+  std::vector<ComparedPair> pairs;
+  for (std::size_t v = 1; v < variants.size(); ++v) pairs.push_back({variants[v], variants.front(), variants[v]});
+  const auto has = [&](const std::string& name) {
+    return std::find(variants.begin() + 1, variants.end(), name) != variants.end();
+  };
+  if (has("elliptical") && has("elliptical-random"))
+    pairs.push_back({"elliptical", "elliptical-random", "elliptical vs elliptical-random"});
+  return pairs;
+}
+
+ordered_json compare_variants(const ordered_json& summary, const std::vector<ComparedPair>& pairs,
                               const std::vector<Measurement>& measurements) {
   ordered_json comparisons = ordered_json::object();
-  for (std::size_t v = 1; v < variants.size(); ++v) {
-    ordered_json& of_variant = comparisons[variants[v]];
+  for (const auto& pair : pairs) {
+    ordered_json& of_pair = comparisons[pair.key];
     for (const auto& m : measurements) {
       // A difference that rounds to 0 in the report's last digit is none.
       const double negligible = 0.5 * std::pow(10.0, -m.unit.decimals) / m.unit.scale;
-      const PairedComparison c = compare_paired(m.per_seed(summary[variants.front()]),
-                                                m.per_seed(summary[variants[v]]), m.better, negligible);
-      of_variant[m.key] = {{"differences", c.differences},
-                           {"mean", c.difference.mean},
-                           {"std", c.difference.std},
-                           {"ci95", c.ci95 ? ordered_json::array({c.ci95->lo, c.ci95->hi}) : ordered_json()},
-                           {"verdict", verdict_name(c.verdict)}};
+      const PairedComparison c = compare_paired(m.per_seed(summary[pair.reference]), m.per_seed(summary[pair.variant]),
+                                                m.better, negligible);
+      of_pair[m.key] = {{"differences", c.differences},
+                        {"mean", c.difference.mean},
+                        {"std", c.difference.std},
+                        {"ci95", c.ci95 ? ordered_json::array({c.ci95->lo, c.ci95->hi}) : ordered_json()},
+                        {"verdict", verdict_name(c.verdict)}};
     }
   }
   return comparisons;
@@ -332,15 +343,15 @@ std::string measurement_rows(const ordered_json& summary, const std::vector<std:
   return rows;
 }
 
-std::string comparison_tables(const ordered_json& comparisons, const std::vector<std::string>& variants,
+std::string comparison_tables(const ordered_json& comparisons, const std::vector<ComparedPair>& pairs,
                               const std::vector<Measurement>& measurements, std::int64_t seeds) {
   std::string md;
-  for (std::size_t v = 1; v < variants.size(); ++v) {
-    md += fmt::format("### {} minus {}, seed by seed ({} seed{})\n\n", variants[v], variants.front(), seeds,
+  for (const auto& pair : pairs) {
+    md += fmt::format("### {} minus {}, seed by seed ({} seed{})\n\n", pair.variant, pair.reference, seeds,
                       seeds == 1 ? "" : "s");
     md += "| measurement | better when | mean difference | 95% interval | verdict |\n|---|---|---|---|---|\n";
     for (const auto& m : measurements) {
-      const ordered_json& c = comparisons[variants[v]][m.key];
+      const ordered_json& c = comparisons[pair.key][m.key];
       md += fmt::format("| {} | {} | {} | {} | {} |\n", m.label, m.better == Better::higher ? "higher" : "lower",
                         in_unit(m.unit, c["mean"].get<double>(), true), interval_words(m.unit, c),
                         c["verdict"].get<std::string>());
@@ -350,15 +361,15 @@ std::string comparison_tables(const ordered_json& comparisons, const std::vector
   return md;
 }
 
-std::string verdict_line(const Measurement& measurement, const std::string& variant, const std::string& baseline,
-                         const ordered_json& comparisons, std::int64_t seeds) {
-  const ordered_json& c = comparisons[variant][measurement.key];
+std::string verdict_line(const Measurement& measurement, const ComparedPair& pair, const ordered_json& comparisons,
+                         std::int64_t seeds) {
+  const ordered_json& c = comparisons[pair.key][measurement.key];
   const std::string difference = in_unit(measurement.unit, c["mean"].get<double>(), true);
   if (c["ci95"].is_null())
     return fmt::format("- {} ({}): {} {} vs {}; one seed, so no interval and no verdict.", measurement.label,
-                       better_words(measurement.better), variant, difference, baseline);
+                       better_words(measurement.better), pair.variant, difference, pair.reference);
   return fmt::format("- {} ({}): {} {} vs {}, 95% interval {} over {} seeds: **{}**.", measurement.label,
-                     better_words(measurement.better), variant, difference, baseline,
+                     better_words(measurement.better), pair.variant, difference, pair.reference,
                      interval_words(measurement.unit, c), seeds, c["verdict"].get<std::string>());
 }
 

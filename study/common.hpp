@@ -166,10 +166,19 @@ struct Measurement {
 // (higher is better: heads differ).
 std::vector<Measurement> layer_measurements();
 
-// {variant: {key: {"differences": [per seed], "mean", "std", "ci95": [lo, hi] (null for one seed), "verdict"}}}:
-// each variant after the first (the baseline) minus the baseline, seed by seed. A mean difference that rounds to
-// 0 at the measurement's printed decimals counts as no difference.
-ordered_json compare_variants(const ordered_json& summary, const std::vector<std::string>& variants,
+// Two variants compared seed by seed: `variant` minus `reference`.
+struct ComparedPair {
+  std::string variant, reference;
+  std::string key;  // under "comparisons" in summary.json: the variant's name against the baseline, else "A vs B"
+};
+// Each variant after the first (the baseline) against the baseline; and, when both are there and neither is the
+// baseline, "elliptical" against its ablation "elliptical-random": what the estimated metric adds to rescaling
+// queries at all.
+std::vector<ComparedPair> compared_pairs(const std::vector<std::string>& variants);
+
+// {pair key: {measurement key: {"differences": [per seed], "mean", "std", "ci95": [lo, hi] (null for one seed),
+// "verdict"}}}. A mean difference that rounds to 0 at the measurement's printed decimals counts as none.
+ordered_json compare_variants(const ordered_json& summary, const std::vector<ComparedPair>& pairs,
                               const std::vector<Measurement>& measurements);
 
 // ---- the report ----
@@ -197,14 +206,14 @@ std::string layer_and_time_rows(const ordered_json& summary, const std::vector<s
 // The table's rows for `measurements`: mean ± standard deviation over seeds per variant.
 std::string measurement_rows(const ordered_json& summary, const std::vector<std::string>& variants,
                              const std::vector<Measurement>& measurements);
-// Per variant after the baseline, a table of its paired differences from the baseline: the mean difference, its
-// 95% interval and the verdict of each measurement. `comparisons` is compare_variants' result.
-std::string comparison_tables(const ordered_json& comparisons, const std::vector<std::string>& variants,
+// Per pair, a table of its paired differences: the mean difference, its 95% interval and the verdict of each
+// measurement. `comparisons` is compare_variants' result.
+std::string comparison_tables(const ordered_json& comparisons, const std::vector<ComparedPair>& pairs,
                               const std::vector<Measurement>& measurements, std::int64_t seeds);
-// One sentence on a measurement of `variant` against the baseline, e.g. "- Clean accuracy (higher is better):
-// elliptical +0.20 points vs standard, 95% interval [-0.31, +0.71] over 3 seeds: no difference detected."
-std::string verdict_line(const Measurement& measurement, const std::string& variant, const std::string& baseline,
-                         const ordered_json& comparisons, std::int64_t seeds);
+// One sentence on a measurement of a pair, e.g. "- clean test accuracy (%) (higher is better): elliptical +0.20
+// points vs standard, 95% interval [-0.31, +0.71] over 3 seeds: **no difference detected**."
+std::string verdict_line(const Measurement& measurement, const ComparedPair& pair, const ordered_json& comparisons,
+                         std::int64_t seeds);
 
 // Writes out_dir/report.md and then summary.json (last: it marks the study finished), tells `headline` and where
 // the outputs went, and returns their paths.

@@ -242,12 +242,16 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
   md += layer_and_time_rows(summary, variants) + "\n";
 
   md += "## What it shows\n\n";
-  for (const auto& v : variants) {
-    if (v == baseline) continue;
-    if (!caveat(v).empty()) md += fmt::format("- `{}`: {}.\n", v, caveat(v));
-    for (const auto& m : study_measurements(true)) md += verdict_line(m, v, baseline, comparisons, options.seeds) + "\n";
+  const std::vector<ComparedPair> pairs = compared_pairs(variants);
+  for (const auto& pair : pairs) {
+    if (pair.key != pair.variant)
+      md += "- `elliptical` against its ablation `elliptical-random` (m drawn at random): where `elliptical` is "
+            "better here, the estimated metric helps, not merely rescaling the queries.\n";
+    else if (!caveat(pair.variant).empty())
+      md += fmt::format("- `{}`: {}.\n", pair.variant, caveat(pair.variant));
+    for (const auto& m : study_measurements(true)) md += verdict_line(m, pair, comparisons, options.seeds) + "\n";
   }
-  md += "\n## Paired differences\n\n" + comparison_tables(comparisons, variants, study_measurements(false), options.seeds);
+  md += "\n## Paired differences\n\n" + comparison_tables(comparisons, pairs, study_measurements(false), options.seeds);
 
   const std::int64_t line_length = std::min(kSampleLineLength, seq_len);
   md += fmt::format(
@@ -316,7 +320,7 @@ StudyResult run_gpt_study(const StudyGptOptions& options, const StudyCallbacks& 
                          {"variants", names}};
     for (std::size_t v = 0; v < variants.size(); ++v)
       summary[names[v]] = summarize(runs_of_variant(results, v, options.seeds));
-    summary["comparisons"] = compare_variants(summary, names, study_measurements(false));
+    summary["comparisons"] = compare_variants(summary, compared_pairs(names), study_measurements(false));
     write_study_figures(options.out_dir + "/figures", summary, names);
     std::vector<std::string> losses;
     for (const auto& name : names) losses.push_back(fmt::format("{} {}", name, nats(summary[name]["val_loss"])));

@@ -216,7 +216,6 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
                          std::int64_t test_images) {
   const std::vector<std::string>& kinds = options.attention;
   const ordered_json& comparisons = summary["comparisons"];
-  const std::string& baseline = kinds.front();
   std::string md = fmt::format(
       "# {} attention: ViT on Fashion-MNIST\n\n"
       "Preset `{}`: {} trained {} epochs of batch {}{}, {} seed(s) (0..{}), identical data order per seed. Clean accuracy "
@@ -238,14 +237,14 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
   md += layer_and_time_rows(summary, kinds) + "\n";
 
   md += "## What it shows\n\n";
-  for (const auto& kind : kinds) {
-    if (kind == baseline) continue;
-    if (kind == "elliptical-random")
-      md += "- `elliptical-random` is the ablation: where it matches `elliptical`, the effect comes from rescaling "
-            "queries at all, not from the estimated metric.\n";
-    for (const auto& m : study_measurements(true)) md += verdict_line(m, kind, baseline, comparisons, options.seeds) + "\n";
+  const std::vector<ComparedPair> pairs = compared_pairs(kinds);
+  for (const auto& pair : pairs) {
+    if (pair.key != pair.variant)
+      md += "- `elliptical` against its ablation `elliptical-random` (m drawn at random): where `elliptical` is "
+            "better here, the estimated metric helps, not merely rescaling the queries.\n";
+    for (const auto& m : study_measurements(true)) md += verdict_line(m, pair, comparisons, options.seeds) + "\n";
   }
-  md += "\n## Paired differences\n\n" + comparison_tables(comparisons, kinds, study_measurements(false), options.seeds);
+  md += "\n## Paired differences\n\n" + comparison_tables(comparisons, pairs, study_measurements(false), options.seeds);
   md += fmt::format("## Figures\n\n"
                     "- `figures/accuracy_vs_noise.svg`: clean accuracy and accuracy under noise sigma 0.1-0.3, {}, "
                     "error bars = seed spread.\n",
@@ -294,7 +293,7 @@ StudyResult run_vit_study(const StudyVitOptions& options, const StudyCallbacks& 
     ordered_json summary{{"preset", options.preset}, {"seeds", options.seeds}, {"config", preset.config},
                          {"epochs", preset.epochs},   {"batch", preset.batch},  {"variants", names}};
     for (std::size_t v = 0; v < variants.size(); ++v) summary[names[v]] = summarize(runs_of_variant(results, v, options.seeds));
-    summary["comparisons"] = compare_variants(summary, names, study_measurements(false));
+    summary["comparisons"] = compare_variants(summary, compared_pairs(names), study_measurements(false));
     write_study_figures(options.out_dir + "/figures", summary, names);
     std::vector<std::string> accuracies;
     for (const auto& name : names) accuracies.push_back(fmt::format("{} {}%", name, percent(summary[name]["test_acc"])));

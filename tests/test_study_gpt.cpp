@@ -545,8 +545,15 @@ TEST_CASE("run_gpt_study over two seeds with elliptical-random: paired statistic
     const auto std_of_values = summary[variant]["val_loss"]["std"].get<double>();
     CHECK(std_of_values == doctest::Approx(std::abs(ours[0] - ours[1]) / std::sqrt(2.0)).epsilon(1e-9));
   }
+  // The ablation pair: elliptical minus elliptical-random, from the same per-seed values.
+  const Json& ablation = summary["comparisons"]["elliptical vs elliptical-random"]["val_loss"];
+  const auto e = summary["elliptical"]["val_loss"]["values"].get<std::vector<double>>();
+  const auto r = summary["elliptical-random"]["val_loss"]["values"].get<std::vector<double>>();
+  CHECK(ablation["differences"].get<std::vector<double>>() == std::vector<double>{e[0] - r[0], e[1] - r[1]});
+  CHECK(summary["comparisons"].size() == 3);
   const std::string report = read_bytes(whole.report_path);
   CHECK(report.find("### elliptical-random minus standard, seed by seed (2 seeds)") != std::string::npos);
+  CHECK(report.find("### elliptical minus elliptical-random, seed by seed (2 seeds)") != std::string::npos);
   CHECK(report.find("--kinds standard,elliptical,elliptical-random") != std::string::npos);
   CHECK(report.find("over 2 seeds: **") != std::string::npos);
 
