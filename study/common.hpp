@@ -62,38 +62,34 @@ std::vector<StudyRunSlot> runs_of_this_process(const std::vector<StudyVariant>& 
                                                const std::string& only, const dist::Communicator& communicator);
 std::vector<std::string> names_of(const std::vector<StudyVariant>& variants);
 
-// A study's results so far, by (variant index, seed).
-template <typename Result>
-using StudyResults = std::map<std::pair<std::size_t, std::int64_t>, Result>;
-
 // Throws unless out_dir/runs/NAME-seedN holds its measurements (study.json), naming the run and the directory.
 void check_run_measured(const std::string& out_dir, const std::string& name, std::int64_t seed);
 
-// After each process has run its runs: waits for every rank, and on rank 0 adds the other ranks' runs to
-// `results` through run(slot), which finds their measurements cached in out_dir. Throws naming the run when its
-// measurements are missing there (the ranks must share out_dir). Returns whether this process writes the
-// summary: rank 0.
-template <typename Result, typename Run>
-bool gather_runs_on_rank0(const std::string& out_dir, const std::vector<StudyVariant>& variants, std::int64_t seeds,
-                          dist::Communicator& comm, StudyResults<Result>& results, Run&& run) {
-  if (comm.size() == 1) return true;
+// Trains and measures this process's runs through run(slot), waits for every rank to finish its own, and returns on
+// the process that writes the summary (rank 0) every run's result as [variant][seed]: the other ranks' runs come
+// from their measurements cached in out_dir (the ranks must share it; check_run_measured says so otherwise). Empty
+// on the other ranks, and when `only` restricts the study to one variant.
+template <typename Run>
+auto run_study_runs(const std::vector<StudyVariant>& variants, std::int64_t seeds, const std::string& only,
+                    const std::string& out_dir, dist::Communicator& comm, Run&& run) {
+  using Result = decltype(run(StudyRunSlot{}));
+  std::map<std::pair<std::size_t, std::int64_t>, Result> mine;
+  for (const auto& slot : runs_of_this_process(variants, seeds, only, comm))
+    mine.emplace(std::pair(slot.variant, slot.seed), run(slot));
   comm.barrier();
-  if (comm.rank() != 0) return false;
-  for (std::int64_t seed = 0; seed < seeds; ++seed)
-    for (std::size_t v = 0; v < variants.size(); ++v) {
-      if (results.contains({v, seed})) continue;
+  std::vector<std::vector<Result>> all;
+  if (!only.empty() || comm.rank() != 0) return all;
+  all.resize(variants.size());
+  for (std::size_t v = 0; v < variants.size(); ++v)
+    for (std::int64_t seed = 0; seed < seeds; ++seed) {
+      if (const auto found = mine.find({v, seed}); found != mine.end()) {
+        all[v].push_back(found->second);
+        continue;
+      }
       check_run_measured(out_dir, variants[v].name, seed);
-      results.emplace(std::pair(v, seed), run(StudyRunSlot{.variant = v, .seed = seed}));
+      all[v].push_back(run(StudyRunSlot{.variant = v, .seed = seed}));
     }
-  return true;
-}
-
-// Variant v's results in seed order.
-template <typename Result>
-std::vector<Result> runs_of_variant(const StudyResults<Result>& results, std::size_t v, std::int64_t seeds) {
-  std::vector<Result> runs;
-  for (std::int64_t seed = 0; seed < seeds; ++seed) runs.push_back(results.at({v, seed}));
-  return runs;
+  return all;
 }
 
 // The result on every process, once rank 0 has written the summary (`written`, on rank 0).

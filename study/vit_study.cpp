@@ -278,21 +278,15 @@ StudyResult run_vit_study(const StudyVitOptions& options, const StudyCallbacks& 
     return study_run(options, preset, variants[slot.variant], static_cast<std::uint64_t>(slot.seed), test,
                      slot.seed == 0, callbacks);
   };
-  StudyResults<RunResult> results;
-  for (const auto& slot : runs_of_this_process(variants, options.seeds, options.only, comm))
-    results.emplace(std::pair(slot.variant, slot.seed), run(slot));
-  if (!options.only.empty()) {
-    comm.barrier();
-    return {};
-  }
-  const bool writes = gather_runs_on_rank0(options.out_dir, variants, options.seeds, comm, results, run);
+  const auto runs = run_study_runs(variants, options.seeds, options.only, options.out_dir, comm, run);
+  if (!options.only.empty()) return {};
 
   const std::vector<std::string> names = names_of(variants);
   StudyResult result;
-  if (writes) {
+  if (!runs.empty()) {  // the process that writes the summary
     ordered_json summary{{"preset", options.preset}, {"seeds", options.seeds}, {"config", preset.config},
                          {"epochs", preset.epochs},   {"batch", preset.batch},  {"variants", names}};
-    for (std::size_t v = 0; v < variants.size(); ++v) summary[names[v]] = summarize(runs_of_variant(results, v, options.seeds));
+    for (std::size_t v = 0; v < variants.size(); ++v) summary[names[v]] = summarize(runs[v]);
     summary["comparisons"] = compare_variants(summary, compared_pairs(names), study_measurements(false));
     write_study_figures(options.out_dir + "/figures", summary, names);
     std::vector<std::string> accuracies;

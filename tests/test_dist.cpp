@@ -122,6 +122,33 @@ std::filesystem::path shared_scratch_dir() {
          ("ellipse_test_dist_" + std::to_string(id.to_vector<std::int64_t>()[0]));
 }
 
+// A small text in dir (made afresh by rank 0) that every rank sees once this returns: `repeats` copies of a line.
+std::string write_shared_text(const std::filesystem::path& dir, int repeats) {
+  const std::string text = (dir / "text.txt").string();
+  if (comm().rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    std::ofstream out(text);
+    for (int i = 0; i < repeats; ++i) out << "the cat sat on the mat; a dog sat on a log. ";
+  }
+  comm().barrier();
+  return text;
+}
+
+// 12 steps of an elliptical gpt-tiny at batch 8 (which splits over 1, 2 and 4 ranks), evaluated every 6.
+GPTTrainOptions tiny_gpt_options(const std::string& text) {
+  GPTTrainOptions o;
+  o.text_path = text;
+  o.config = "gpt-tiny";
+  o.attention = "elliptical";
+  o.batch = 8;
+  o.steps = 12;
+  o.eval_every = 6;
+  o.warmup = 2;
+  o.lr = 3e-3;
+  return o;
+}
+
 std::vector<double> flat_values(const std::vector<Tensor>& tensors) {
   std::vector<double> values;
   for (const Tensor& t : tensors)
@@ -162,23 +189,8 @@ double norm_relative_difference(const std::vector<double>& a, const std::vector<
 
 TEST_CASE("dist: train_gpt over the ranks gives one process's losses and parameters on the global batch") {
   const std::filesystem::path dir = shared_scratch_dir();
-  const std::string text = (dir / "text.txt").string();
-  if (comm().rank() == 0) {
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    std::ofstream out(text);
-    for (int i = 0; i < 60; ++i) out << "the cat sat on the mat; a dog sat on a log. ";
-  }
-  comm().barrier();
-  GPTTrainOptions o;
-  o.text_path = text;
-  o.config = "gpt-tiny";
-  o.attention = "elliptical";
-  o.batch = 8;  // splits over 1, 2 and 4 ranks
-  o.steps = 12;
-  o.eval_every = 6;
-  o.warmup = 2;
-  o.lr = 3e-3;
+  const std::string text = write_shared_text(dir, 60);
+  GPTTrainOptions o = tiny_gpt_options(text);
   o.out_dir = (dir / "parallel").string();
   o.communicator = &comm();
   int on_step_calls = 0, on_eval_calls = 0;
@@ -358,23 +370,8 @@ TEST_CASE("dist: train_gpt through NCCL gives one GPU's losses: the same bits on
   const auto nccl = nccl_or_skip();
   if (!nccl) return;
   const std::filesystem::path dir = shared_scratch_dir();
-  const std::string text = (dir / "text.txt").string();
-  if (comm().rank() == 0) {
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    std::ofstream out(text);
-    for (int i = 0; i < 60; ++i) out << "the cat sat on the mat; a dog sat on a log. ";
-  }
-  comm().barrier();
-  GPTTrainOptions o;
-  o.text_path = text;
-  o.config = "gpt-tiny";
-  o.attention = "elliptical";
-  o.batch = 8;
-  o.steps = 12;
-  o.eval_every = 6;
-  o.warmup = 2;
-  o.lr = 3e-3;
+  const std::string text = write_shared_text(dir, 60);
+  GPTTrainOptions o = tiny_gpt_options(text);
   o.out_dir = (dir / "nccl").string();
   o.device = nccl->rank_device(Device::cuda());
   o.communicator = nccl.get();
@@ -401,14 +398,7 @@ TEST_CASE("dist: train_gpt through NCCL gives one GPU's losses: the same bits on
 
 TEST_CASE("dist: run_gpt_study deals its runs out over the ranks; rank 0 writes one process's summary") {
   const std::filesystem::path dir = shared_scratch_dir();
-  const std::string text = (dir / "text.txt").string();
-  if (comm().rank() == 0) {
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    std::ofstream out(text);
-    for (int i = 0; i < 90; ++i) out << "the cat sat on the mat; a dog sat on a log. ";
-  }
-  comm().barrier();
+  const std::string text = write_shared_text(dir, 90);
   study::StudyGptOptions o;
   o.preset = "smoke";
   o.attention = {"standard", "elliptical"};
