@@ -225,7 +225,8 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
       "and m averaged over the first {} val windows. {} Values are mean ± sample standard deviation over seeds (± 0 "
       "with one seed); each variant is compared with `{}` seed by seed, with a 95% interval (Student's t over the "
       "seeds) for the mean difference: a verdict of better or worse means the interval excludes 0 and the mean "
-      "difference does not round to 0 at the printed decimals.\n\n",
+      "difference does not round to 0 at the printed decimals. Each line is a test at the 5% level: among many lines "
+      "about 1 in 20 shows a difference by chance where there is none.\n\n",
       kinds_title(variants), options.preset, preset.config, preset.steps, summary["batch"].get<std::int64_t>(),
       options.text_path, options.seeds, options.seeds - 1,
       elliptical ? " `elliptical` estimates m with the causal (prefix-mean) estimator." : "", windows, seq_len,

@@ -224,7 +224,8 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
       "Values are mean ± sample standard deviation over seeds (± 0 with one seed); each variant is compared with "
       "`{}` seed by seed, with a 95% interval (Student's t over the seeds) for the mean difference: a verdict of "
       "better or worse means the interval excludes 0 and the mean difference does not round to 0 at the printed "
-      "decimals.\n\n",
+      "decimals. Each line is a test at the 5% level: among many lines about 1 in 20 shows a difference by chance "
+      "where there is none.\n\n",
       kinds_title(kinds), options.preset, preset.config, preset.epochs, preset.batch, augmentation_words(preset),
       options.seeds, options.seeds - 1, test_images, std::min(test_images, preset.attack_images),
       std::min(test_images, preset.probe_images),
