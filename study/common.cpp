@@ -114,45 +114,91 @@ Tensor attention_maps(const std::vector<nn::Block*>& blocks) {
   return concat(layers, 0);
 }
 
+// "{what} 0" .. "{what} n-1".
+std::vector<std::string> numbered(std::string_view what, std::int64_t n) {
+  std::vector<std::string> labels;
+  for (std::int64_t i = 0; i < n; ++i) labels.push_back(fmt::format("{} {}", what, i));
+  return labels;
+}
+
 }  // namespace
 
-Tensor write_attention(const std::string& dir, const std::vector<nn::Block*>& blocks, const std::string& prefix) {
+Tensor write_attention(const std::string& dir, const std::vector<nn::Block*>& blocks, const std::string& prefix,
+                       const std::string& subject) {
   const Tensor maps = contiguous(attention_maps(blocks));
   io::save_npy(dir + "/" + prefix + "attention.npy", maps);
-  const int cell = maps.shape()[2] > 64 ? 2 : 6;
-  figures::write_panel_grid_png(dir + "/" + prefix + "attention.png", maps, {.cell_px = cell});
+  const std::int64_t n = maps.shape()[2];
+  // Attention weights are compared within a map: a map whose largest weight is 0.05 would be all dark on a
+  // scale shared with a map that holds a 1, so each panel has its own, from 0 to its largest weight.
+  const figures::Labels labels{
+      .title = fmt::format("Attention weights of {}\nRows: layers. Columns: heads. In each panel the queries run "
+                           "down and the keys across.",
+                           subject),
+      .x_label = fmt::format("key position, 0 to {}, in each panel", n - 1),
+      .y_label = "query position, from the top",
+      .row_labels = numbered("layer", maps.shape()[0]),
+      .column_labels = numbered("head", maps.shape()[1]),
+      .colour_label = "weight, each panel 0 to its max",
+  };
+  figures::write_panel_grid_png(dir + "/" + prefix + "attention.png", maps,
+                                {.cell_px = n > 64 ? 2 : 6, .from_zero = true, .labels = labels});
   return maps;
 }
 
 void write_class_attention(const std::string& dir, const Tensor& image, const Tensor& maps, std::int64_t side,
-                           const std::string& prefix) {
+                           const std::string& prefix, const std::string& subject) {
+  std::vector<std::string> columns = numbered("head", maps.shape()[1]);
+  columns.insert(columns.begin(), "image");
   for (std::int64_t l = 0; l < maps.shape()[0]; ++l) {
     std::vector<Tensor> overlays;
     for (std::int64_t h = 0; h < maps.shape()[1]; ++h)
       overlays.push_back(reshape(narrow(select(select(select(maps, 0, l), 0, h), 0, 0), 0, 1, side * side),
                                  {side, side}));
+    const figures::Labels labels{
+        .title = fmt::format("Class token's attention over the {0}x{0} patches, layer {1}, of {2}\nThe image, then "
+                             "each head's weights on the patches they fall on.",
+                             side, l, subject),
+        .x_label = {},
+        .y_label = {},
+        .row_labels = {},
+        .column_labels = columns,
+        .colour_label = "attention weight",
+    };
     figures::write_side_by_side_png(fmt::format("{}/{}class_attention_layer{}.png", dir, prefix, l), image, overlays,
-                                    {.pixel_px = 6, .gap_px = 6});
+                                    {.pixel_px = 6, .gap_px = 6, .overlay_from_zero = true, .labels = labels});
   }
 }
 
-ordered_json write_metric(const std::string& dir, const nn::LayerStudy& study, const std::string& prefix) {
+ordered_json write_metric(const std::string& dir, const nn::LayerStudy& study, const std::string& prefix,
+                          const std::string& subject) {
   ordered_json json = ordered_json::array();
-  figures::Grid grid;
+  // One strip of 1 x head_dim cells per (layer, head), so that each is a panel row with its label.
+  std::vector<std::vector<figures::Grid>> strips;
+  std::vector<std::string> rows;
   for (std::size_t l = 0; l < study.mean_metric.size(); ++l) {
     if (study.mean_metric[l].empty()) continue;
     json.push_back({{"layer", l}, {"m", study.mean_metric[l]}});
-    for (const auto& head : study.mean_metric[l]) {
-      grid.cols = static_cast<std::int64_t>(head.size());
-      ++grid.rows;
-      grid.values.insert(grid.values.end(), head.begin(), head.end());
+    for (std::size_t h = 0; h < study.mean_metric[l].size(); ++h) {
+      const auto& m = study.mean_metric[l][h];
+      strips.push_back({{1, static_cast<std::int64_t>(m.size()), std::vector<float>(m.begin(), m.end())}});
+      rows.push_back(fmt::format("L{} H{}", l, h));
     }
   }
-  if (grid.rows > 0) {
-    io::write_file_atomic(dir + "/" + prefix + "metric.json", json.dump(2) + "\n");
-    figures::write_heatmap_png(dir + "/" + prefix + "metric.png", grid,
-                               {.cell_px = 12, .separators = true, .range = figures::Range{0, 1}});
-  }
+  if (strips.empty()) return json;
+  io::write_file_atomic(dir + "/" + prefix + "metric.json", json.dump(2) + "\n");
+  const figures::Labels labels{
+      .title = fmt::format("The metric m of {}\nRows: elliptical layer L, head H. Near 1: the coordinates where the "
+                           "values change most between layers; near 0: nearly ignored.",
+                           subject),
+      .x_label = fmt::format("coordinate of the head, 0 to {}", strips[0][0].cols - 1),
+      .y_label = {},
+      .row_labels = rows,
+      .column_labels = {},
+      .colour_label = "value of m",
+  };
+  figures::write_panel_grid_png(dir + "/" + prefix + "metric.png", strips,
+                                {.cell_px = 18, .separators = true, .range = figures::Range{0, 1}, .labels = labels},
+                                1);
   return json;
 }
 

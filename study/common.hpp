@@ -105,20 +105,27 @@ nn::LayerStudy probe_blocks(const std::vector<nn::Block*>& blocks, std::int64_t 
                             const std::function<void()>& while_hooked = {});
 
 // ---- figures of one model on one input ----
+// Each PNG is titled with `subject`, which names the model and what it was shown, as the caller knows them:
+// e.g. "the elliptical ViT (seed 0) on test image 0, a Sneaker". The rest of the title, the labels and the
+// colour bar say what the figure shows.
 
-// Writes {prefix}attention.npy [L, H, N, N] and {prefix}attention.png (rows: layers, columns: heads) of batch
-// item 0, after a forward pass with the blocks' study hooks on; returns the maps.
-Tensor write_attention(const std::string& dir, const std::vector<nn::Block*>& blocks, const std::string& prefix);
+// Writes {prefix}attention.npy [L, H, N, N] and {prefix}attention.png (rows: layers, columns: heads; each panel
+// coloured from 0 to its own largest weight, printed above it) of batch item 0, after a forward pass with the
+// blocks' study hooks on; returns the maps.
+Tensor write_attention(const std::string& dir, const std::vector<nn::Block*>& blocks, const std::string& prefix,
+                       const std::string& subject);
 
 // The class token's attention over the patch grid, beside the image: {prefix}class_attention_layer{L}.png, the
-// image and then one side x side map per head (each on its own colour scale). maps: [L, H, N, N].
+// image and then one side x side map per head (each coloured from 0 to its own largest weight). maps:
+// [L, H, N, N].
 void write_class_attention(const std::string& dir, const Tensor& image, const Tensor& maps, std::int64_t side,
-                           const std::string& prefix);
+                           const std::string& prefix, const std::string& subject);
 
 // m per elliptical layer and head: {prefix}metric.json, and {prefix}metric.png with one row per (layer, head)
-// and one column per coordinate (rows in layer-major order; standard layers have none). Writes nothing for a
-// model without elliptical layers. Returns the JSON (an empty array then).
-ordered_json write_metric(const std::string& dir, const nn::LayerStudy& study, const std::string& prefix);
+// and one column per coordinate (rows in layer-major order; standard layers have none), coloured from 0 to 1.
+// Writes nothing for a model without elliptical layers. Returns the JSON (an empty array then).
+ordered_json write_metric(const std::string& dir, const nn::LayerStudy& study, const std::string& prefix,
+                          const std::string& subject);
 
 // {"collapse_attn": [...], "collapse_block": [...], "head_redundancy": [...]} of one study.
 ordered_json layer_json(const nn::LayerStudy& study);

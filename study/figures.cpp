@@ -6,12 +6,16 @@
 #define STB_IMAGE_WRITE_STATIC
 #define STBI_WRITE_NO_STDIO
 #include <stb/stb_image_write.h>
+// Text in PNGs: a public-domain bitmap font of quads, ASCII only; its functions are static.
+#include <stb/stb_easy_font.h>
 
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string_view>
+#include <utility>
 
 #include "core/error.hpp"
 #include "core/io/file.hpp"
@@ -69,13 +73,20 @@ struct Span {
         hi = std::max<double>(hi, v);
       }
   }
+  // Widens the span to take in 0, when it holds any value.
+  void reach_zero() {
+    if (lo > hi) return;
+    lo = std::min(lo, 0.0);
+    hi = std::max(hi, 0.0);
+  }
 };
 
 Span fixed_span(const Range& range) { return {range.lo, range.hi}; }
 
-Span span_of(const Grid& grid) {
+Span span_of(const Grid& grid, bool from_zero) {
   Span span;
   span.include(grid);
+  if (from_zero) span.reach_zero();
   return span;
 }
 
@@ -132,6 +143,317 @@ void check_cells_fit(const Where& where, const Grid& grid, int cell_px) {
             grid.cols, cell_px, kMaxSide);
 }
 
+// ---- text ----
+// stb_easy_font draws printable ASCII as axis-aligned quads on a grid of font units: a glyph spans 9 units from
+// the top of a capital to the bottom of a descender and advances 2 to 7 units, spacing included. At two pixels
+// a unit the text is 18 px tall, which reads well beside heatmap cells of 6 to 16 px.
+
+constexpr int kTextScale = 2;
+constexpr std::int64_t kTextHeight = 9 * kTextScale;
+constexpr Rgb kInk{34, 34, 34};
+
+// `text` in the characters the font has: each UTF-8 character outside printable ASCII becomes one '?' (its
+// continuation bytes draw nothing), and so does each control character, except '\n' when `keep_newlines`.
+std::string printable(std::string_view text, bool keep_newlines) {
+  std::string out;
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if ((c & 0xC0) == 0x80) continue;
+    out += (c >= 0x20 && c < 0x7F) || (keep_newlines && c == '\n') ? ch : '?';
+  }
+  return out;
+}
+
+// The advance of one printable character, in pixels.
+std::int64_t advance_px(char c) {
+  char glyph[2] = {c, '\0'};
+  return std::int64_t{stb_easy_font_width(glyph)} * kTextScale;
+}
+
+std::int64_t text_px(std::string_view line) {
+  std::int64_t width = 0;
+  for (const char c : line) width += advance_px(c);
+  return width;
+}
+
+void fill_rect(Image& image, std::int64_t x0, std::int64_t y0, std::int64_t x1, std::int64_t y1, Rgb colour) {
+  for (std::int64_t y = std::max<std::int64_t>(y0, 0); y < std::min<std::int64_t>(y1, image.height); ++y)
+    for (std::int64_t x = std::max<std::int64_t>(x0, 0); x < std::min<std::int64_t>(x1, image.width); ++x)
+      set_pixel(image, x, y, colour);
+}
+
+enum class Direction { across, upwards };
+
+// Draws one printable line in kInk into the box whose top-left corner is (x, y): text_px wide and kTextHeight
+// tall across, or turned a quarter anticlockwise (reading from the bottom up) in a box kTextHeight wide and
+// text_px tall. Pixels outside the image are left out.
+void draw_text(Image& image, std::int64_t x, std::int64_t y, std::string_view line, Direction direction) {
+  const std::int64_t length = text_px(line);
+  std::int64_t pen = 0;
+  for (const char c : line) {
+    char glyph[2] = {c, '\0'};
+    constexpr int kQuadBytes = 64;  // four vertices of x, y, z (floats) and an RGBA colour
+    alignas(float) std::array<char, 16 * kQuadBytes> quads{};  // the busiest glyph has 11 quads
+    const int n = stb_easy_font_print(0, 0, glyph, nullptr, quads.data(), static_cast<int>(quads.size()));
+    for (int q = 0; q < n; ++q) {
+      std::array<float, 10> v{};  // vertex 0 at floats 0 and 1, the opposite vertex 2 at floats 8 and 9
+      std::memcpy(v.data(), quads.data() + q * kQuadBytes, sizeof(v));
+      const auto px = [](float units) { return std::int64_t{std::lround(units)} * kTextScale; };
+      const std::int64_t a0 = pen + px(v[0]), a1 = pen + px(v[8]), b0 = px(v[1]), b1 = px(v[9]);
+      if (direction == Direction::across)
+        fill_rect(image, x + a0, y + b0, x + a1, y + b1, kInk);
+      else
+        fill_rect(image, x + b0, y + length - a1, x + b1, y + length - a0, kInk);
+    }
+    pen += advance_px(c);
+  }
+}
+
+// Printable `text` broken into lines of at most `width` pixels: at '\n', between words, and inside a word that
+// is wider than a line on its own.
+std::vector<std::string> wrapped(std::string_view text, std::int64_t width) {
+  std::vector<std::string> lines;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t end = std::min(text.find('\n', start), text.size());
+    std::string line;
+    std::size_t at = start;
+    while (at < end) {
+      const std::size_t word_end = std::min(text.find(' ', at), end);
+      const std::string_view word = text.substr(at, word_end - at);
+      at = word_end + 1;
+      if (word.empty()) continue;
+      if (!line.empty() && text_px(line) + advance_px(' ') + text_px(word) <= width) {
+        line += ' ';
+        line += word;
+        continue;
+      }
+      if (!line.empty()) lines.push_back(std::exchange(line, {}));
+      for (const char c : word) {
+        if (!line.empty() && text_px(line) + advance_px(c) > width) lines.push_back(std::exchange(line, {}));
+        line += c;
+      }
+    }
+    lines.push_back(line);
+    start = end + 1;
+  }
+  return lines;
+}
+
+std::int64_t widest(const std::vector<std::string>& lines) {
+  std::int64_t width = 0;
+  for (const std::string& line : lines) width = std::max(width, text_px(line));
+  return width;
+}
+
+// ---- heatmap figures ----
+
+// One panel of a heatmap figure: its cells as drawn (an overlay already scaled up), its colours, and whether
+// its colour scale is its own rather than the colour bar's (then a framed figure prints it above the panel).
+struct Panel {
+  const Grid* grid = nullptr;
+  Colormap map = Colormap::viridis;
+  Span span;
+  bool own_scale = false;
+};
+
+// Panels in rows of equal length, all of one size, and what a framed figure's colour bar shows: `bar_map` from
+// `bar_span`'s lo to its hi, or, unset, from 0 (or min) to max of each panel on its own scale.
+struct Sheet {
+  std::vector<std::vector<Panel>> rows;
+  int cell_px = 1;
+  bool separators = false;
+  int gap_px = 0;
+  Colormap bar_map = Colormap::viridis;
+  std::optional<Span> bar_span;
+};
+
+std::string number(double v) { return fmt::format("{:.3g}", v); }
+
+// How a framed figure prints a panel's own colour scale.
+std::string scale_caption(const Span& span) {
+  if (span.lo > span.hi) return "no finite values";
+  if (span.lo == span.hi) return "all " + number(span.lo);
+  if (span.lo == 0) return "max " + number(span.hi);
+  return number(span.lo) + " to " + number(span.hi);
+}
+
+// A value printed beside the colour bar, at `at` (0: its bottom, 1: its top).
+struct Tick {
+  double at = 0;
+  std::string label;
+};
+
+std::vector<Tick> bar_ticks(const Sheet& sheet) {
+  if (sheet.bar_span) {
+    const Span& span = *sheet.bar_span;
+    if (!(span.lo < span.hi)) return {{0.5, scale_caption(span)}};
+    return {{0, number(span.lo)}, {0.5, number((span.lo + span.hi) / 2)}, {1, number(span.hi)}};
+  }
+  bool from_zero = true;
+  for (const auto& row : sheet.rows)
+    for (const Panel& panel : row)
+      if (panel.own_scale) from_zero = from_zero && panel.span.lo == 0;
+  return {{0, from_zero ? "0" : "min"}, {1, "max"}};
+}
+
+bool has_text(const Labels& labels) {
+  return !labels.title.empty() || !labels.x_label.empty() || !labels.y_label.empty() || !labels.row_labels.empty() ||
+         !labels.column_labels.empty() || !labels.colour_label.empty();
+}
+
+std::vector<std::string> printable_all(const std::vector<std::string>& texts) {
+  std::vector<std::string> out;
+  for (const std::string& text : texts) out.push_back(printable(text, false));
+  return out;
+}
+
+// Draws the sheet's panels, panel [r][c] with its top-left corner at (x0 + c * pitch_x, y0 + r * pitch_y).
+void draw_panels(Image& image, const Sheet& sheet, std::int64_t x0, std::int64_t y0, std::int64_t pitch_x,
+                 std::int64_t pitch_y) {
+  for (std::size_t r = 0; r < sheet.rows.size(); ++r)
+    for (std::size_t c = 0; c < sheet.rows[r].size(); ++c) {
+      const Panel& panel = sheet.rows[r][c];
+      draw_grid(image, x0 + static_cast<std::int64_t>(c) * pitch_x, y0 + static_cast<std::int64_t>(r) * pitch_y,
+                *panel.grid, panel.map, panel.span, sheet.cell_px, sheet.separators);
+    }
+}
+
+// Spacing of a framed figure, in pixels.
+constexpr std::int64_t kMargin = 12;      // around everything
+constexpr std::int64_t kSpace = 10;       // between the title, labels, panels and colour bar
+constexpr std::int64_t kLineGap = 4;      // between lines of text, and a caption and its panel
+constexpr std::int64_t kBarWidth = 18;
+constexpr std::int64_t kMinBarHeight = 80;
+constexpr std::int64_t kMinTextWidth = 560;  // titles wrap to the figure's width, but never to less than this
+
+Image framed(const Where& where, const Sheet& sheet, const Labels& labels, std::int64_t panel_w,
+             std::int64_t panel_h) {
+  const auto n_rows = static_cast<std::int64_t>(sheet.rows.size());
+  const auto n_cols = static_cast<std::int64_t>(sheet.rows[0].size());
+  if (!labels.row_labels.empty() && std::ssize(labels.row_labels) != n_rows)
+    fail_at(where, "{} row labels for {} panel rows", labels.row_labels.size(), n_rows);
+  if (!labels.column_labels.empty() && std::ssize(labels.column_labels) != n_cols)
+    fail_at(where, "{} column labels for {} panel columns", labels.column_labels.size(), n_cols);
+  const std::vector<std::string> row_labels = printable_all(labels.row_labels);
+  const std::vector<std::string> column_labels = printable_all(labels.column_labels);
+  const std::string y_label = printable(labels.y_label, false), colour_label = printable(labels.colour_label, false);
+  std::vector<std::vector<std::string>> captions;
+  std::int64_t caption_w = 0;
+  for (const auto& row : sheet.rows) {
+    captions.emplace_back();
+    for (const Panel& panel : row) {
+      captions.back().push_back(panel.own_scale ? scale_caption(panel.span) : "");
+      caption_w = std::max(caption_w, text_px(captions.back().back()));
+    }
+  }
+  const std::vector<Tick> ticks = bar_ticks(sheet);
+  std::int64_t tick_w = 0;
+  for (const Tick& tick : ticks) tick_w = std::max(tick_w, text_px(tick.label));
+
+  // Each panel sits in a slot wide enough for its column label and caption and tall enough for its row label,
+  // with its caption above it.
+  const std::int64_t slot_w = std::max({panel_w, widest(column_labels), caption_w});
+  const std::int64_t caption_h = caption_w > 0 ? kTextHeight + kLineGap : 0;
+  const std::int64_t band_h = std::max(panel_h, row_labels.empty() ? 0 : kTextHeight);
+  const std::int64_t pitch_x = slot_w + sheet.gap_px, pitch_y = caption_h + band_h + sheet.gap_px;
+  const std::int64_t grid_w = n_cols * pitch_x - sheet.gap_px, grid_h = n_rows * pitch_y - sheet.gap_px;
+
+  // Across: the y label, the row labels, the panels, the colour bar with its ticks, the colour label.
+  const std::int64_t y_label_x = kMargin;
+  const std::int64_t row_label_right = y_label_x + (y_label.empty() ? 0 : kTextHeight + kSpace) + widest(row_labels);
+  const std::int64_t grid_x = row_label_right + (row_labels.empty() ? 0 : kSpace);
+  const std::int64_t bar_x = grid_x + grid_w + 2 * kSpace;
+  const std::int64_t tick_x = bar_x + kBarWidth + kSpace / 2;
+  const std::int64_t colour_label_x = tick_x + tick_w + kSpace;
+  const std::int64_t content_w = colour_label_x + (colour_label.empty() ? 0 : kTextHeight) + kMargin;
+  const std::int64_t width = std::max(content_w, kMinTextWidth + 2 * kMargin);
+  const std::int64_t shift = (width - content_w) / 2;  // centres narrow content under a wider title
+
+  // Down: the title, the column labels, the panels beside the colour bar, the x label.
+  const auto paragraph = [&](const std::string& text) {
+    return text.empty() ? std::vector<std::string>{} : wrapped(printable(text, true), width - 2 * kMargin);
+  };
+  const std::vector<std::string> title = paragraph(labels.title), x_label = paragraph(labels.x_label);
+  const auto lines_h = [](const std::vector<std::string>& lines) {
+    return std::ssize(lines) * (kTextHeight + kLineGap) - kLineGap;
+  };
+  const std::int64_t column_label_y = kMargin + (title.empty() ? 0 : lines_h(title) + kSpace + kLineGap);
+  const std::int64_t grid_y = column_label_y + (column_labels.empty() ? 0 : kTextHeight + kSpace);
+  // The colour bar runs from the top of the first row's panels (below their captions) down.
+  const std::int64_t bar_y = grid_y + caption_h;
+  const std::int64_t bar_h = std::max({grid_h - caption_h, text_px(colour_label), kMinBarHeight});
+  const std::int64_t body_h = std::max(caption_h + bar_h, text_px(y_label));
+  // The ticks' labels stand half a line beyond the bar's ends.
+  const std::int64_t x_label_y = grid_y + body_h + kTextHeight / 2 + kSpace;
+  const std::int64_t height = x_label_y + (x_label.empty() ? 0 : lines_h(x_label)) + kMargin;
+
+  Image image = blank_image(where, width, height);
+  for (std::size_t i = 0; i < title.size(); ++i)
+    draw_text(image, (width - text_px(title[i])) / 2, kMargin + static_cast<std::int64_t>(i) * (kTextHeight + kLineGap),
+              title[i], Direction::across);
+  for (std::int64_t c = 0; c < std::ssize(column_labels); ++c) {
+    const std::string& label = column_labels[static_cast<std::size_t>(c)];
+    draw_text(image, shift + grid_x + c * pitch_x + (slot_w - text_px(label)) / 2, column_label_y, label,
+              Direction::across);
+  }
+  for (std::int64_t r = 0; r < n_rows; ++r) {
+    const std::int64_t slot_y = grid_y + r * pitch_y;
+    if (!row_labels.empty()) {
+      const std::string& label = row_labels[static_cast<std::size_t>(r)];
+      draw_text(image, shift + row_label_right - text_px(label), slot_y + caption_h + (band_h - kTextHeight) / 2,
+                label, Direction::across);
+    }
+    for (std::int64_t c = 0; c < n_cols; ++c) {
+      const std::string& caption = captions[static_cast<std::size_t>(r)][static_cast<std::size_t>(c)];
+      draw_text(image, shift + grid_x + c * pitch_x + (slot_w - text_px(caption)) / 2, slot_y, caption,
+                Direction::across);
+    }
+  }
+  draw_panels(image, sheet, shift + grid_x + (slot_w - panel_w) / 2, grid_y + caption_h + (band_h - panel_h) / 2,
+              pitch_x, pitch_y);
+  if (!y_label.empty())
+    draw_text(image, shift + y_label_x, grid_y + (std::max(grid_h, text_px(y_label)) - text_px(y_label)) / 2, y_label,
+              Direction::upwards);
+
+  // The colour bar, bottom (the map at 0) to top (at 1), with the values of `ticks` beside it. (Tick marks would
+  // read as minus signs in this font.)
+  for (std::int64_t i = 0; i < bar_h; ++i)
+    fill_rect(image, shift + bar_x, bar_y + i, shift + bar_x + kBarWidth, bar_y + i + 1,
+              colour_of(sheet.bar_map, static_cast<float>(bar_h - 1 - i) / static_cast<float>(bar_h - 1)));
+  for (const Tick& tick : ticks) {
+    const std::int64_t y = bar_y + std::llround((1 - tick.at) * static_cast<double>(bar_h - 1));
+    draw_text(image, shift + tick_x, y - kTextHeight / 2, tick.label, Direction::across);
+  }
+  if (!colour_label.empty())
+    draw_text(image, shift + colour_label_x, bar_y + (bar_h - text_px(colour_label)) / 2, colour_label,
+              Direction::upwards);
+
+  for (std::size_t i = 0; i < x_label.size(); ++i) {
+    const std::int64_t w = text_px(x_label[i]);
+    const std::int64_t x =
+        std::clamp(shift + grid_x + (grid_w - w) / 2, kMargin, std::max(kMargin, width - kMargin - w));
+    draw_text(image, x, x_label_y + static_cast<std::int64_t>(i) * (kTextHeight + kLineGap), x_label[i],
+              Direction::across);
+  }
+  return image;
+}
+
+// The sheet drawn bare, panel [r][c] at (c * (panel_w + gap_px), r * (panel_h + gap_px)), or framed by `labels`
+// when they hold any text.
+Image render_sheet(const Where& where, const Sheet& sheet, const Labels& labels) {
+  const Grid& first = *sheet.rows[0][0].grid;
+  const std::int64_t panel_w = extent(first.cols, sheet.cell_px, sheet.separators);
+  const std::int64_t panel_h = extent(first.rows, sheet.cell_px, sheet.separators);
+  if (has_text(labels)) return framed(where, sheet, labels, panel_w, panel_h);
+  const auto n_rows = static_cast<std::int64_t>(sheet.rows.size());
+  const auto n_cols = static_cast<std::int64_t>(sheet.rows[0].size());
+  Image image = blank_image(where, n_cols * (panel_w + sheet.gap_px) - sheet.gap_px,
+                            n_rows * (panel_h + sheet.gap_px) - sheet.gap_px);
+  draw_panels(image, sheet, 0, 0, panel_w + sheet.gap_px, panel_h + sheet.gap_px);
+  return image;
+}
+
 void check_style(const Where& where, const HeatmapStyle& style) {
   if (style.cell_px <= 0 || style.cell_px > kMaxSide)
     fail_at(where, "cell_px must be in [1, {}], got {}", kMaxSide, style.cell_px);
@@ -142,11 +464,12 @@ Image heatmap(const Where& where, const Grid& grid, const HeatmapStyle& style) {
   check_style(where, style);
   check_grid(where, grid, "the grid");
   check_cells_fit(where, grid, style.cell_px);
-  Image image = blank_image(where, extent(grid.cols, style.cell_px, style.separators),
-                            extent(grid.rows, style.cell_px, style.separators));
-  draw_grid(image, 0, 0, grid, style.map, style.range ? fixed_span(*style.range) : span_of(grid), style.cell_px,
-            style.separators);
-  return image;
+  const Span span = style.range ? fixed_span(*style.range) : span_of(grid, style.from_zero);
+  return render_sheet(where,
+                      {.rows = {{{.grid = &grid, .map = style.map, .span = span, .own_scale = false}}},
+                       .cell_px = style.cell_px, .separators = style.separators, .gap_px = 0, .bar_map = style.map,
+                       .bar_span = span},
+                      style.labels);
 }
 
 Image panel_grid(const Where& where, const std::vector<std::vector<Grid>>& panels, const HeatmapStyle& style,
@@ -167,28 +490,28 @@ Image panel_grid(const Where& where, const std::vector<std::vector<Grid>>& panel
     }
   }
   check_cells_fit(where, first, style.cell_px);
-  const std::int64_t n_rows = static_cast<std::int64_t>(panels.size());
-  const std::int64_t n_cols = static_cast<std::int64_t>(panels[0].size());
-  const std::int64_t panel_w = extent(first.cols, style.cell_px, style.separators);
-  const std::int64_t panel_h = extent(first.rows, style.cell_px, style.separators);
-  if (n_rows > kMaxSide || n_cols > kMaxSide)
-    fail_at(where, "{} x {} panels are more than the limit of {} per side", n_rows, n_cols, kMaxSide);
-  Image image = blank_image(where, n_cols * panel_w + (n_cols - 1) * gap_px, n_rows * panel_h + (n_rows - 1) * gap_px);
+  if (std::ssize(panels) > kMaxSide || std::ssize(panels[0]) > kMaxSide)
+    fail_at(where, "{} x {} panels are more than the limit of {} per side", panels.size(), panels[0].size(), kMaxSide);
 
-  Span shared;
-  if (style.range)
+  std::optional<Span> shared;
+  if (style.range) {
     shared = fixed_span(*style.range);
-  else if (style.shared_range)
+  } else if (style.shared_range) {
+    shared.emplace();
     for (const auto& row : panels)
-      for (const Grid& panel : row) shared.include(panel);
-  const bool per_panel = !style.range && !style.shared_range;
-  for (std::int64_t r = 0; r < n_rows; ++r)
-    for (std::int64_t c = 0; c < n_cols; ++c) {
-      const Grid& panel = panels[static_cast<std::size_t>(r)][static_cast<std::size_t>(c)];
-      draw_grid(image, c * (panel_w + gap_px), r * (panel_h + gap_px), panel, style.map,
-                per_panel ? span_of(panel) : shared, style.cell_px, style.separators);
-    }
-  return image;
+      for (const Grid& panel : row) shared->include(panel);
+    if (style.from_zero) shared->reach_zero();
+  }
+  Sheet sheet{.rows = {}, .cell_px = style.cell_px, .separators = style.separators, .gap_px = gap_px,
+              .bar_map = style.map, .bar_span = shared};
+  for (const auto& row : panels) {
+    sheet.rows.emplace_back();
+    for (const Grid& panel : row)
+      sheet.rows.back().push_back({.grid = &panel, .map = style.map,
+                                   .span = shared ? *shared : span_of(panel, style.from_zero),
+                                   .own_scale = !shared});
+  }
+  return render_sheet(where, sheet, style.labels);
 }
 
 // `grid` scaled up by whole factors to rows x cols (nearest neighbour).
@@ -218,18 +541,23 @@ Image side_by_side(const Where& where, const Grid& image, const std::vector<Grid
       fail_at(where, "overlay {} is {} x {}, which does not divide the {} x {} image into whole cells", i,
               overlay.rows, overlay.cols, image.rows, image.cols);
   }
-  const std::int64_t panel_w = image.cols * style.pixel_px, panel_h = image.rows * style.pixel_px;
-  const auto n_panels = static_cast<std::int64_t>(overlays.size()) + 1;
-  if (n_panels > kMaxSide) fail_at(where, "{} overlays are more than the limit of {}", overlays.size(), kMaxSide);
-  Image out = blank_image(where, n_panels * panel_w + (n_panels - 1) * style.gap_px, panel_h);
-  draw_grid(out, 0, 0, image, Colormap::grey, style.image_range ? fixed_span(*style.image_range) : span_of(image),
-            style.pixel_px, false);
-  for (std::size_t i = 0; i < overlays.size(); ++i) {
-    const Span span = style.overlay_range ? fixed_span(*style.overlay_range) : span_of(overlays[i]);
-    draw_grid(out, static_cast<std::int64_t>(i + 1) * (panel_w + style.gap_px), 0,
-              upscaled(overlays[i], image.rows, image.cols), style.overlay_map, span, style.pixel_px, false);
-  }
-  return out;
+  if (std::ssize(overlays) >= kMaxSide)
+    fail_at(where, "{} overlays are more than the limit of {}", overlays.size(), kMaxSide);
+
+  std::vector<Grid> scaled;
+  for (const Grid& overlay : overlays) scaled.push_back(upscaled(overlay, image.rows, image.cols));
+  const Span image_span = style.image_range ? fixed_span(*style.image_range) : span_of(image, false);
+  const std::optional<Span> overlay_span =
+      style.overlay_range ? std::optional(fixed_span(*style.overlay_range)) : std::nullopt;
+  Sheet sheet{.rows = {{{.grid = &image, .map = Colormap::grey, .span = image_span, .own_scale = false}}},
+              .cell_px = style.pixel_px, .separators = false, .gap_px = style.gap_px,
+              .bar_map = scaled.empty() ? Colormap::grey : style.overlay_map,
+              .bar_span = scaled.empty() ? std::optional(image_span) : overlay_span};
+  for (const Grid& overlay : scaled)
+    sheet.rows[0].push_back({.grid = &overlay, .map = style.overlay_map,
+                             .span = overlay_span ? *overlay_span : span_of(overlay, style.overlay_from_zero),
+                             .own_scale = !overlay_span});
+  return render_sheet(where, sheet, style.labels);
 }
 
 Grid grid_of(const Where& where, const Tensor& t) {

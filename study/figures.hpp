@@ -53,12 +53,31 @@ struct Range {
   double hi = 1;
 };
 
+// The words that make a heatmap figure read on its own. With all of them empty a heatmap is drawn bare, its
+// cells and gaps only (as tests and image tools want it). Any text frames it: the title above (wrapped to the
+// figure's width; '\n' starts a new line), the panels with their labels, the x label below (wrapped too), the
+// y label left of the panels reading upwards, and at the right a colour bar running from the bottom of the
+// map (the range's lo) to its top (hi), with its values printed beside it. Panels on a colour scale of their
+// own print that scale (e.g. "max 0.43") above them, and the colour bar then reads from "0" (or "min") to
+// "max". Gaps between panels widen to fit their labels, and the figure grows to fit its text: nothing is cut
+// off. Text is drawn in ASCII: any other UTF-8 character is drawn as '?', control characters as well.
+struct Labels {
+  std::string title{};
+  std::string x_label{};
+  std::string y_label{};
+  std::vector<std::string> row_labels{};     // empty, or one per panel row (a single heatmap is one panel)
+  std::vector<std::string> column_labels{};  // empty, or one per panel column, above it
+  std::string colour_label{};                // what the colour bar measures, beside it reading upwards
+};
+
 struct HeatmapStyle {
   Colormap map = Colormap::viridis;
   int cell_px = 8;               // each cell is a cell_px x cell_px square
   bool separators = false;       // a 1-px kBackground line between neighbouring cells
   std::optional<Range> range{};  // values mapped to the ends of the map; unset: min..max of the finite values
   bool shared_range = false;     // panel grids without `range`: one min..max over all panels, not one per panel
+  bool from_zero = false;        // automatic ranges reach down (or up) to 0: the dark end means zero weight
+  Labels labels{};
 };
 
 // RGB pixels, row-major, 3 bytes a pixel.
@@ -83,11 +102,14 @@ struct SideBySideStyle {
   std::optional<Range> image_range{};    // grey levels; unset: min..max of the image's finite values
   Colormap overlay_map = Colormap::viridis;
   std::optional<Range> overlay_range{};  // unset: each overlay its own min..max
+  bool overlay_from_zero = false;        // automatic overlay ranges reach down (or up) to 0
+  Labels labels{};                       // the image and the overlays are the panels of one row
 };
 
 // The image in grey, then each overlay as a heatmap scaled up (nearest neighbour) to the image's size,
 // in one row: e.g. a 28x28 image and the class token's 7x7 attention over its patches, scaled by 4. Each
-// overlay's rows and columns must divide the image's (the two factors may differ).
+// overlay's rows and columns must divide the image's (the two factors may differ). A framed figure's colour
+// bar is the overlays' (the image's when there are none).
 Image render_side_by_side(const Grid& image, const std::vector<Grid>& overlays, const SideBySideStyle& style);
 
 std::string encode_png(const Image& image);  // the bytes of an 8-bit RGB PNG

@@ -58,6 +58,14 @@ struct RunResult {
   nn::LayerStudy layers;
 };
 
+// The sample line for a Markdown code span and the figures' titles: a newline shown as the two characters \n, a
+// backquote (which would end the span) as '.
+std::string printable_line(std::u32string_view line) {
+  std::string out;
+  for (char32_t c : line) out += c == U'\n' ? "\\n" : c == U'`' ? "'" : encode_utf8(std::u32string(1, c));
+  return out;
+}
+
 RunResult study_run(const StudyGptOptions& study, const StudyPreset& preset, const StudyVariant& variant,
                     std::uint64_t seed, const ValText& val, bool draw, const StudyCallbacks& callbacks) {
   const std::string name = fmt::format("{}-seed{}", variant.name, seed);
@@ -104,24 +112,27 @@ RunResult study_run(const StudyGptOptions& study, const StudyPreset& preset, con
     const auto begin = val.clean.begin() + static_cast<std::ptrdiff_t>(first * t);
     return from_vector(std::vector<std::int64_t>(begin, begin + count * t), {count, t}, study.device);
   };
+  auto probe_windows = [&] {
+    return std::min(preset.probe_windows, static_cast<std::int64_t>(val.clean.size()) / model().config().seq_len);
+  };
   result.layers = run.measure<nn::LayerStudy>("layers", [&] {
-    const std::int64_t t = model().config().seq_len;
-    return probe_blocks(blocks(), std::min(preset.probe_windows, static_cast<std::int64_t>(val.clean.size()) / t), 16,
+    return probe_blocks(blocks(), probe_windows(), 16,
                         [&](std::int64_t first, std::int64_t count) { model().forward(windows(first, count)); });
   });
   if (draw) {  // attention maps of the sample line, and m
     run.measure<bool>("figures", [&] {
       const std::string figures_dir = study.out_dir + "/figures";
       const std::string prefix = variant.name + "_";
-      write_metric(figures_dir, result.layers, prefix);
+      write_metric(figures_dir, result.layers, prefix,
+                   fmt::format("the {} GPT (seed {}), averaged over the first {} val windows", variant.name, seed,
+                               probe_windows()));
       const std::int64_t n = std::min(kSampleLineLength, model().config().seq_len);
+      const std::vector<std::int64_t> line(val.clean.begin(), val.clean.begin() + n);
+      const std::string subject = fmt::format("the {} GPT (seed {}) on the first {} characters of the val text, \"{}\"",
+                                              variant.name, seed, n, printable_line(val.tokenizer.decode(line)));
       probe_blocks(
-          blocks(), 1, 1,
-          [&](std::int64_t, std::int64_t) {
-            model().forward(from_vector(std::vector<std::int64_t>(val.clean.begin(), val.clean.begin() + n), {1, n},
-                                        study.device));
-          },
-          [&] { write_attention(figures_dir, blocks(), prefix); });
+          blocks(), 1, 1, [&](std::int64_t, std::int64_t) { model().forward(from_vector(line, {1, n}, study.device)); },
+          [&] { write_attention(figures_dir, blocks(), prefix, subject); });
       return true;
     });
   }
@@ -201,14 +212,6 @@ void write_study_figures(const std::string& dir, const ordered_json& summary, co
   write_layer_charts(dir, summary, variants);
 }
 
-// The sample line for a Markdown code span: a newline shown as the two characters \n, a backquote (which would
-// end the span) as '.
-std::string printable_line(std::u32string_view line) {
-  std::string out;
-  for (char32_t c : line) out += c == U'\n' ? "\\n" : c == U'`' ? "'" : encode_utf8(std::u32string(1, c));
-  return out;
-}
-
 std::string study_report(const ordered_json& summary, const StudyPreset& preset, const StudyGptOptions& options,
                          const std::vector<std::string>& variants, const ValText& val, std::int64_t seq_len) {
   const std::int64_t windows = (static_cast<std::int64_t>(val.clean.size()) - 1) / seq_len;
@@ -263,10 +266,11 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
       "sublayer and each block.\n"
       "- `figures/head_redundancy_vs_layer.svg`: mean L2 distance between heads' attention maps per layer.\n"
       "- `figures/<elliptical variant>_metric.png`: m of seed 0, averaged over val windows and query positions: one "
-      "row per (layer, head) from layer 1, head 0 down; one column per coordinate; colour 0 (dark) to 1 (yellow).\n"
+      "row per (layer, head) from layer 1, head 0 down (labelled L1 H0, ...); one column per coordinate; colour 0 "
+      "(dark) to 1 (yellow).\n"
       "- `figures/<variant>_attention.png`: attention maps of the sample line (the first {} characters of the val "
       "text: `{}`), rows = layers, columns = heads, queries down, keys across (nothing above the diagonal: the "
-      "model is causal), each panel on its own colour scale.\n",
+      "model is causal), each panel coloured from 0 to its own largest weight (printed above it).\n",
       fmt::join(corruption_keys(), ", "), line_length,
       printable_line(val.tokenizer.decode(std::vector<std::int64_t>(val.clean.begin(), val.clean.begin() + line_length))));
   return md;

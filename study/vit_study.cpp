@@ -120,14 +120,21 @@ RunResult study_run(const StudyVitOptions& study, const StudyPreset& preset, con
     run.measure<bool>("figures", [&] {
       const std::string figures_dir = study.out_dir + "/figures";
       const std::string prefix = variant.name + "_";
-      write_metric(figures_dir, result.layers, prefix);
+      write_metric(figures_dir, result.layers, prefix,
+                   fmt::format("the {} ViT (seed {}), averaged over the first {} test images", variant.name, seed,
+                               std::min(preset.probe_images, test.size())));
       const Tensor image = narrow(test.images, 0, 0, 1);
+      const auto label = static_cast<std::size_t>(narrow(test.labels, 0, 0, 1).item());
+      const std::string subject = fmt::format("the {} ViT (seed {}) on test image 0 ({})", variant.name, seed,
+                                              fashion_mnist_class_names()[label]);
+      const std::int64_t side = model().config().patches_per_side();
       probe_blocks(
           blocks(), 1, 1, [&](std::int64_t, std::int64_t) { model().forward(image.to(study.device)); },
           [&] {
-            const Tensor maps = write_attention(figures_dir, blocks(), prefix);
-            write_class_attention(figures_dir, select(image, 0, 0), maps, model().config().patches_per_side(),
-                                  prefix);
+            const Tensor maps = write_attention(
+                figures_dir, blocks(), prefix,
+                fmt::format("{}; token 0 is the class token, 1 to {} the patches row by row", subject, side * side));
+            write_class_attention(figures_dir, select(image, 0, 0), maps, side, prefix, subject);
           });
       return true;
     });
@@ -256,12 +263,13 @@ std::string study_report(const ordered_json& summary, const StudyPreset& preset,
         "- `figures/head_redundancy_vs_layer.svg`: mean L2 distance between heads' attention maps per layer.\n";
   if (std::any_of(kinds.begin(), kinds.end(), [](const std::string& k) { return k.starts_with("elliptical"); }))
     md += "- `figures/<elliptical variant>_metric.png`: m of seed 0, averaged over test images: one row per (layer, "
-          "head) from layer 1, head 0 down; one column per coordinate; colour 0 (dark) to 1 (yellow).\n";
+          "head) from layer 1, head 0 down (labelled L1 H0, ...); one column per coordinate; colour 0 (dark) to 1 "
+          "(yellow).\n";
   md += fmt::format(
       "- `figures/{{{0}}}_attention.png`: attention maps of test image 0, rows = layers, columns = heads, queries "
-      "down, keys across, each panel on its own colour scale.\n"
+      "down, keys across, each panel coloured from 0 to its own largest weight (printed above it).\n"
       "- `figures/{{{0}}}_class_attention_layer{{L}}.png`: test image 0 and, per head, the class token's attention "
-      "over the 7x7 patches.\n",
+      "over the 7x7 patches, each from 0 to its own largest weight.\n",
       fmt::join(kinds, ","));
   return md;
 }

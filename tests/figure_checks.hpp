@@ -1,13 +1,18 @@
 #pragma once
 // Readers for what study/figures writes, for tests: decode_png (8-bit RGB PNGs, checked chunk by chunk and
-// inflated with zlib; the test program links ZLIB::ZLIB) and check_well_formed for SVG documents.
+// inflated with zlib; the test program links ZLIB::ZLIB), finders for the parts of a framed heatmap figure
+// (a heatmap's pixels, the colour bar, text) and check_well_formed for SVG documents.
 #include <doctest/doctest.h>
 #include <zlib.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "study/figures.hpp"
@@ -82,6 +87,91 @@ inline figures::Image decode_png(const std::string& png) {
     }
   }
   return image;
+}
+
+// Where find_block looks: top-left corners in [x0, x1) x [y0, y1).
+struct Area {
+  int x0 = 0, y0 = 0;
+  int x1 = std::numeric_limits<int>::max(), y1 = std::numeric_limits<int>::max();
+};
+
+// The top-left corner of the first place (in row-major order) in `area` where `part` lies in `whole` pixel for
+// pixel.
+inline std::optional<std::pair<int, int>> find_block(const figures::Image& whole, const figures::Image& part,
+                                                     const Area& area = {}) {
+  const auto row = [](const figures::Image& image, int x, int y) {
+    return image.rgb.data() + (static_cast<std::size_t>(y) * static_cast<std::size_t>(image.width) +
+                               static_cast<std::size_t>(x)) * 3;
+  };
+  const auto bytes = static_cast<std::size_t>(part.width) * 3;
+  for (int y = std::max(area.y0, 0); y < area.y1 && y + part.height <= whole.height; ++y)
+    for (int x = std::max(area.x0, 0); x < area.x1 && x + part.width <= whole.width; ++x) {
+      bool same = true;
+      for (int py = 0; same && py < part.height; ++py)
+        same = std::memcmp(row(whole, x, y + py), row(part, 0, py), bytes) == 0;
+      if (same) return std::pair{x, y};
+    }
+  return std::nullopt;
+}
+
+// Text is drawn in dark grey; the colour maps' colours other than grey's are never grey.
+inline bool is_ink(figures::Rgb c) { return c.r == c.g && c.g == c.b && c.r < 100; }
+
+inline int ink_in(const figures::Image& image, int x0, int y0, int x1, int y1) {
+  int n = 0;
+  for (int y = std::max(y0, 0); y < std::min(y1, image.height); ++y)
+    for (int x = std::max(x0, 0); x < std::min(x1, image.width); ++x) n += is_ink(image.at(x, y));
+  return n;
+}
+
+// A framed figure's colour bar (of a colour map that is not grey): the rightmost column holding colours that are
+// neither white nor grey, from the first such pixel down to the last.
+struct ColourBar {
+  int x = 0, top = 0, height = 0;
+};
+inline ColourBar find_colour_bar(const figures::Image& image) {
+  const auto coloured = [](figures::Rgb c) { return !(c.r == c.g && c.g == c.b); };
+  for (int x = image.width - 1; x >= 0; --x) {
+    int top = -1, bottom = -1;
+    for (int y = 0; y < image.height; ++y)
+      if (coloured(image.at(x, y))) {
+        if (top < 0) top = y;
+        bottom = y;
+      }
+    if (top >= 0) return {x, top, bottom - top + 1};
+  }
+  FAIL("no colour bar");
+  return {};
+}
+
+// Checks that each panels[r][c] is drawn in `figure` exactly as render_heatmap draws it with `style`: panel [0][0]
+// anywhere, the rest of row 0 to its right in line with it, the rest of column 0 below it, and every other panel
+// where its row and column meet. (Panels may look alike, so each is looked for only where it belongs.)
+inline void check_panels_drawn(const figures::Image& figure, const std::vector<std::vector<figures::Grid>>& panels,
+                               const figures::HeatmapStyle& style) {
+  std::vector<int> xs, ys;  // of the panel columns and rows
+  for (std::size_t r = 0; r < panels.size(); ++r)
+    for (std::size_t c = 0; c < panels[r].size(); ++c) {
+      CAPTURE(r);
+      CAPTURE(c);
+      Area area;
+      if (r > 0 && c > 0) area = {xs[c], ys[r], xs[c] + 1, ys[r] + 1};
+      if (r == 0 && c > 0) area = {xs[c - 1] + 1, ys[0], std::numeric_limits<int>::max(), ys[0] + 1};
+      if (r > 0 && c == 0) area = {xs[0], ys[r - 1] + 1, xs[0] + 1, std::numeric_limits<int>::max()};
+      const auto found = find_block(figure, figures::render_heatmap(panels[r][c], style), area);
+      REQUIRE(found);
+      if (r == 0) xs.push_back(found->first);
+      if (c == 0) ys.push_back(found->second);
+    }
+}
+
+// The [h, w] maps of a [rows, cols, h, w] tensor as panels[r][c].
+inline std::vector<std::vector<figures::Grid>> panels_of(const Tensor& maps) {
+  std::vector<std::vector<figures::Grid>> panels(static_cast<std::size_t>(maps.size(0)));
+  for (std::int64_t r = 0; r < maps.size(0); ++r)
+    for (std::int64_t c = 0; c < maps.size(1); ++c)
+      panels[static_cast<std::size_t>(r)].push_back(figures::to_grid(maps.select(0, r).select(0, c)));
+  return panels;
 }
 
 // Checks that `svg` is well-formed XML as far as this writer goes: one root element, every tag closed in

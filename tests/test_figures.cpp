@@ -1,5 +1,5 @@
-// study/figures: colour maps, the pixels of rendered heatmaps, the PNG bytes (decoded here with zlib), the SVG
-// line chart's text and structure, and the errors for invalid input.
+// study/figures: colour maps, the pixels of rendered heatmaps, bare and framed (title, labels, colour bar), the
+// PNG bytes (decoded here with zlib), the SVG line chart's text and structure, and the errors for invalid input.
 #include <doctest/doctest.h>
 #include <zlib.h>
 
@@ -20,8 +20,12 @@ using namespace ellipse;
 using namespace ellipse::figures;
 using ellipse::testing::TempDir;
 using ellipse::testing::be32;
+using ellipse::testing::check_panels_drawn;
 using ellipse::testing::check_well_formed;
 using ellipse::testing::decode_png;
+using ellipse::testing::find_block;
+using ellipse::testing::find_colour_bar;
+using ellipse::testing::ink_in;
 
 namespace ellipse::figures {
 // Lets doctest print colours in failed checks (found by argument-dependent lookup).
@@ -140,6 +144,153 @@ TEST_CASE("render_side_by_side: grey image, overlays scaled up to its size") {
   CHECK(fixed.at(3, 3) == Rgb{128, 128, 128});
   CHECK(fixed.at(4 + 3, 3) == Rgb{128, 128, 128});
   CHECK(render_side_by_side(image, {}, {.pixel_px = 1}).width == 4);
+}
+
+TEST_CASE("automatic ranges from zero: the dark end is weight 0") {
+  const Grid grid{1, 2, {2, 4}};
+  const Image image = render_heatmap(grid, {.cell_px = 1, .from_zero = true});
+  CHECK(image.at(0, 0) == colormap(0.5f));
+  CHECK(image.at(1, 0) == colormap(1));
+  CHECK(render_heatmap({1, 2, {-2, -1}}, {.cell_px = 1, .from_zero = true}).at(1, 0) == colormap(0.5f));
+  const Grid low{1, 2, {1, 2}}, high{1, 2, {5, 10}};
+  const Image own = render_panel_grid({{low, high}}, {.cell_px = 1, .from_zero = true}, 1);
+  CHECK(own.at(0, 0) == colormap(0.5f));
+  CHECK(own.at(3, 0) == colormap(0.5f));
+  const Image shared = render_panel_grid({{low, high}}, {.cell_px = 1, .shared_range = true, .from_zero = true}, 1);
+  CHECK(shared.at(0, 0) == colormap(0.1f));
+  const Image side = render_side_by_side({2, 2, {0, 1, 2, 3}}, {{1, 2, {3, 6}}},
+                                         {.pixel_px = 1, .gap_px = 0, .overlay_from_zero = true});
+  CHECK(side.at(2, 0) == colormap(0.5f));
+  CHECK(side.at(3, 1) == colormap(1));
+}
+
+TEST_CASE("framed heatmap: text in its bands, the heatmap's pixels intact, a colour bar from min to max") {
+  const Grid grid{3, 4, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}};
+  const Image bare = render_heatmap(grid, {.cell_px = 5});
+  const Labels labels{.title = "Title of the figure", .x_label = "columns", .y_label = "rows", .row_labels = {},
+                      .column_labels = {}, .colour_label = "value"};
+  const Image framed = render_heatmap(grid, {.cell_px = 5, .labels = labels});
+  const auto at = find_block(framed, bare);
+  REQUIRE(at);
+  const auto [x0, y0] = *at;
+  // The title above the heatmap, the x label below it, the y label left of it; the heatmap itself holds no text.
+  CHECK(ink_in(framed, 0, 0, framed.width, y0) > 50);
+  CHECK(ink_in(framed, 0, y0 + bare.height, framed.width, framed.height) > 30);
+  CHECK(ink_in(framed, 0, y0, x0, y0 + bare.height) > 20);
+  CHECK(ink_in(framed, x0, y0, x0 + bare.width, y0 + bare.height) == 0);
+  // No text: no title band, and the heatmap starts higher.
+  const auto untitled = find_block(render_heatmap(grid, {.cell_px = 5, .labels = {.colour_label = "value"}}), bare);
+  REQUIRE(untitled);
+  CHECK(untitled->second < y0);
+
+  // The colour bar, right of the heatmap: the map from its bottom (0) to its top (1), lightness rising upwards.
+  const auto bar = find_colour_bar(framed);
+  CHECK(bar.x > x0 + bare.width);
+  CHECK(bar.top == y0);
+  REQUIRE(bar.height >= 80);
+  for (int i = 0; i < bar.height; ++i) {
+    CAPTURE(i);
+    CHECK(framed.at(bar.x, bar.top + i) ==
+          colormap(static_cast<float>(bar.height - 1 - i) / static_cast<float>(bar.height - 1)));
+    if (i > 0) CHECK(luma(framed.at(bar.x, bar.top + i)) <= luma(framed.at(bar.x, bar.top + i - 1)));
+  }
+  // Its values beside it: text right of the bar, at its top and bottom.
+  CHECK(ink_in(framed, bar.x + 1, bar.top - 10, framed.width, bar.top + 10) > 10);
+  CHECK(ink_in(framed, bar.x + 1, bar.top + bar.height - 10, framed.width, bar.top + bar.height + 10) > 5);
+  // A grey map's bar is grey, from black at the bottom to white at the top.
+  const Image grey = render_heatmap(grid, {.map = Colormap::grey, .cell_px = 5, .labels = labels});
+  const auto grey_at = find_block(grey, render_heatmap(grid, {.map = Colormap::grey, .cell_px = 5}));
+  REQUIRE(grey_at);
+  const int grey_bar_x = grey_at->first + bare.width + 20;
+  CHECK(grey.at(grey_bar_x, grey_at->second) == Rgb{255, 255, 255});
+  CHECK(grey.at(grey_bar_x, grey_at->second + bar.height - 1) == Rgb{0, 0, 0});
+}
+
+TEST_CASE("framed panel grid: panels in place, labels beside them, each panel's own scale printed above it") {
+  const Grid a{2, 3, {0, 1, 2, 3, 4, 5}}, b{2, 3, {5, 0, 1, 2, 3, 4}}, c{2, 3, {4, 5, 0, 1, 2, 3}},
+      d{2, 3, {3, 4, 5, 0, 1, 2}};
+  const std::vector<std::vector<Grid>> panels{{a, b}, {c, d}};
+  const Labels labels{.title = "Panels", .x_label = {}, .y_label = {}, .row_labels = {"layer 0", "layer 1"},
+                      .column_labels = {"head 0", "a rather long head label"}, .colour_label = {}};
+  for (const bool shared : {false, true}) {
+    CAPTURE(shared);
+    const HeatmapStyle style{.cell_px = 4, .shared_range = shared, .labels = labels};
+    const Image framed = render_panel_grid(panels, style, 2);
+    // Each panel as drawn alone on its range (here every panel spans 0..5, so shared or not they look the same).
+    check_panels_drawn(framed, panels, {.cell_px = 4});
+    const auto p00 = *find_block(framed, render_heatmap(a, {.cell_px = 4}));
+    const auto p01 = *find_block(framed, render_heatmap(b, {.cell_px = 4}));
+    const auto p10 = *find_block(framed, render_heatmap(c, {.cell_px = 4}));
+    // The gap widens to fit the long column label (24 characters, far wider than the 12-px panel).
+    CHECK(p01.first - p00.first > 200);
+    // Row labels left of each row, column labels above the first.
+    CHECK(ink_in(framed, 0, p00.second, p00.first, p00.second + 8) > 10);
+    CHECK(ink_in(framed, 0, p10.second, p10.first, p10.second + 8) > 10);
+    CHECK(ink_in(framed, p01.first - 60, p00.second - 60, p01.first + 60, p00.second) > 10);
+    // Panels on their own scales print it ("max 5") between the rows; on a shared scale the gap stays blank.
+    const int between = ink_in(framed, p00.first, p00.second + 8, p01.first + 12, p10.second);
+    if (shared)
+      CHECK(between == 0);
+    else
+      CHECK(between > 10);
+  }
+  CHECK_ERROR(render_panel_grid(panels, {.labels = {.row_labels = {"one"}}}, 1), "render_panel_grid",
+              "1 row labels for 2 panel rows");
+  CHECK_ERROR(render_panel_grid(panels, {.labels = {.column_labels = {"x", "y", "z"}}}, 1), "render_panel_grid",
+              "3 column labels for 2 panel columns");
+}
+
+TEST_CASE("framed side by side: the image and the overlays in place, the overlays' colour bar") {
+  const Grid image{4, 4, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}};
+  const Grid overlay{2, 2, {0, 1, 2, 3}}, other{2, 2, {3, 0, 1, 2}};
+  const Image framed = render_side_by_side(
+      image, {overlay, other},
+      {.pixel_px = 3, .gap_px = 2, .overlay_from_zero = true,
+       .labels = {.title = "Image and overlays", .column_labels = {"image", "head 0", "head 1"},
+                  .colour_label = "weight"}});
+  const auto at_image = find_block(framed, render_heatmap(image, {.map = Colormap::grey, .cell_px = 3}));
+  const auto at_overlay = find_block(framed, render_heatmap(overlay, {.cell_px = 6, .from_zero = true}));
+  const auto at_other = find_block(framed, render_heatmap(other, {.cell_px = 6, .from_zero = true}));
+  REQUIRE(at_image);
+  REQUIRE(at_overlay);
+  REQUIRE(at_other);
+  CHECK(at_image->second == at_overlay->second);
+  CHECK(at_image->first < at_overlay->first);
+  CHECK(at_overlay->first < at_other->first);
+  const auto bar = find_colour_bar(framed);
+  CHECK(framed.at(bar.x, bar.top) == colormap(1));
+  CHECK(framed.at(bar.x, bar.top + bar.height - 1) == colormap(0));
+}
+
+TEST_CASE("figure text: long titles wrap, huge ones are refused, other characters drawn as '?'") {
+  const Grid grid{2, 2, {0, 1, 2, 3}};
+  const auto titled = [&](const std::string& title) {
+    return render_heatmap(grid, {.cell_px = 4, .labels = {.title = title}});
+  };
+  const Image one_line = titled("short");
+  std::string words;
+  for (int i = 0; i < 300; ++i) words += "word ";
+  for (const std::string& title : {words, std::string(3000, 'W')}) {  // many words; one word wider than a line
+    const Image wrapped = titled(title);
+    CHECK(wrapped.width == one_line.width);
+    CHECK(wrapped.height > one_line.height + 20 * 10);
+    CHECK(find_block(wrapped, render_heatmap(grid, {.cell_px = 4})));
+  }
+  CHECK(titled("two\nlines").height > one_line.height);
+  CHECK_ERROR(titled(std::string(100000, 'W')), "render_heatmap", "limit");
+  // Long labels beside the panels widen the figure rather than running off it.
+  const Image wide = render_heatmap(grid, {.cell_px = 4, .labels = {.row_labels = {std::string(200, 'r')}}});
+  CHECK(wide.width > 200 * 6);
+  CHECK(ink_in(wide, 0, 0, wide.width, wide.height) > 200 * 10);
+
+  // One '?' for each character outside printable ASCII (not one per UTF-8 byte), and for control characters.
+  CHECK(titled("caf\xC3\xA9 \xE2\x86\x92 m").rgb == titled("caf? ? m").rgb);
+  CHECK(titled("tab\there").rgb == titled("tab?here").rgb);
+  CHECK(titled("caf\xC3\xA9").rgb != titled("cafe").rgb);
+  const auto row_label = [&](const std::string& label) {
+    return render_heatmap(grid, {.cell_px = 4, .labels = {.row_labels = {label}}}).rgb;
+  };
+  CHECK(row_label("a\nb") == row_label("a?b"));  // labels are one line
 }
 
 TEST_CASE("PNG files: signature, IHDR size, and the pixels back") {

@@ -19,6 +19,7 @@
 #include "cli_runner.hpp"
 #include "core/io/npy.hpp"
 #include "fashion_fixture.hpp"
+#include "figure_checks.hpp"
 #include "helpers.hpp"
 #include "models/checkpoint.hpp"
 #include "models/fashion_mnist.hpp"
@@ -428,14 +429,32 @@ TEST_CASE("cli: inspect a ViT writes the maps, the class token's attention, m an
     }
     CHECK(worst < 1e-6);
 
-    // Panels of 50 cells of 6 px with 4 px gaps: 2 heads across, 3 layers down.
-    CHECK(png_size(out + "/attention.png") == std::pair<std::uint32_t, std::uint32_t>{2 * 300 + 4, 3 * 300 + 2 * 4});
-    // The image at 6 px a pixel, then one 7x7 map per head scaled to the same 168 px, 6 px apart.
-    for (int l = 0; l < 3; ++l)
-      CHECK(png_size(out + "/class_attention_layer" + std::to_string(l) + ".png") ==
-            std::pair<std::uint32_t, std::uint32_t>{3 * 168 + 2 * 6, 168});
+    // Each map a panel of 50 x 50 cells of 6 px, coloured from 0 to its largest weight: 2 heads across, 3 layers
+    // down, framed by the title, labels and colour bar.
+    const figures::Image attention = decode_png(read_bytes(out + "/attention.png"));
+    check_panels_drawn(attention, panels_of(maps), {.cell_px = 6, .from_zero = true});
+    CHECK(ink_in(attention, 0, 0, attention.width, 20) > 100);  // the title
+    // The image at 6 px a pixel, then to its right one 7x7 map per head (the class token's row) scaled to the
+    // same 168 px, each from 0 to its largest weight.
+    const Tensor pixels = select(test.images, 0, image_index);
+    for (int l = 0; l < 3; ++l) {
+      CAPTURE(l);
+      const figures::Image side = decode_png(read_bytes(out + "/class_attention_layer" + std::to_string(l) + ".png"));
+      const auto image_at = find_block(side, figures::render_heatmap(figures::to_grid(pixels),
+                                                                     {.map = figures::Colormap::grey, .cell_px = 6}));
+      REQUIRE(image_at);
+      for (std::int64_t h = 0; h < 2; ++h) {
+        const Tensor weights = reshape(narrow(maps.select(0, l).select(0, h).select(0, 0), 0, 1, 49), {7, 7});
+        const auto map_at = find_block(side, figures::render_heatmap(figures::to_grid(weights),
+                                                                     {.cell_px = 24, .from_zero = true}),
+                                       {image_at->first + 168, image_at->second, side.width, image_at->second + 1});
+        CHECK(map_at);
+      }
+    }
     CHECK_FALSE(fs::exists(out + "/class_attention_layer3.png"));
-    CHECK(png_size(out + "/image.png") == std::pair<std::uint32_t, std::uint32_t>{224, 224});
+    CHECK(find_block(decode_png(read_bytes(out + "/image.png")),
+                     figures::render_heatmap(figures::to_grid(pixels), {.map = figures::Colormap::grey, .cell_px = 8,
+                                                                        .range = figures::Range{0, 1}})));
 
     const Json summary = read_json(out + "/summary.json");
     for (const char* key : {"image", "label", "predicted", "layers", "m"}) CHECK_MESSAGE(summary.contains(key), key);
@@ -454,10 +473,11 @@ TEST_CASE("cli: inspect a ViT writes the maps, the class token's attention, m an
     }
 
     if (elliptical) {
-      // metric.json: layers 1 and 2, each [heads][head_dim]; metric.png one 12 px row per (layer, head)
-      // and one column per coordinate, with 1 px separators.
+      // metric.json: layers 1 and 2, each [heads][head_dim]; metric.png one strip of 18 px cells per (layer,
+      // head), layer-major, one cell per coordinate, with 1 px separators, coloured from 0 to 1.
       const Json metric = read_json(out + "/metric.json");
       REQUIRE(metric.size() == 2);
+      std::vector<std::vector<figures::Grid>> strips;
       for (std::size_t i = 0; i < 2; ++i) {
         CHECK(metric[i]["layer"] == i + 1);
         const auto m = metric[i]["m"].get<std::vector<Vec>>();
@@ -466,10 +486,12 @@ TEST_CASE("cli: inspect a ViT writes the maps, the class token's attention, m an
           REQUIRE(m[h].size() == 8);
           for (std::size_t c = 0; c < 8; ++c) CHECK(m[h][c] == doctest::Approx(study.mean_metric[i + 1][h][c]).epsilon(1e-6));
           CHECK(*std::max_element(m[h].begin(), m[h].end()) == 1.0);  // one input: its largest entry is 1
+          strips.push_back({{1, 8, std::vector<float>(m[h].begin(), m[h].end())}});
         }
       }
       CHECK(summary["m"] == metric);
-      CHECK(png_size(out + "/metric.png") == std::pair<std::uint32_t, std::uint32_t>{8 * 12 + 7, 4 * 12 + 3});
+      check_panels_drawn(decode_png(read_bytes(out + "/metric.png")), strips,
+                         {.cell_px = 18, .separators = true, .range = figures::Range{0, 1}});
     } else {
       CHECK_FALSE(fs::exists(out + "/metric.json"));
       CHECK_FALSE(fs::exists(out + "/metric.png"));
@@ -522,7 +544,8 @@ TEST_CASE("cli: inspect a trained causal GPT: maps with nothing above the diagon
     for (std::int64_t i = 0; i < 12; ++i)
       for (std::int64_t j = i + 1; j < 12; ++j) above += std::abs(values[static_cast<std::size_t>((panel * 12 + i) * 12 + j)]);
   CHECK(above == 0.0);
-  CHECK(png_size(out + "/attention.png") == std::pair<std::uint32_t, std::uint32_t>{4 * 72 + 3 * 4, 4 * 72 + 3 * 4});
+  check_panels_drawn(decode_png(read_bytes(out + "/attention.png")), panels_of(maps),
+                     {.cell_px = 6, .from_zero = true});
   const Json summary = read_json(out + "/summary.json");
   CHECK(summary["text"] == prompt);
   CHECK(summary["layers"]["collapse_block"].size() == 4);

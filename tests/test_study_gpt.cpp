@@ -304,18 +304,26 @@ TEST_CASE("cli: study gpt --preset smoke: summary, report, figures; a rerun cont
       for (std::int64_t i = 0; i < 32; ++i)
         for (std::int64_t j = i + 1; j < 32; ++j) above += std::abs(values[static_cast<std::size_t>((panel * 32 + i) * 32 + j)]);
     CHECK(above == 0.0);
-    const figures::Image attention = decode_png(read_bytes(figures + variant + "_attention.png"));
-    CHECK(attention.width == 2 * 32 * 6 + 4);
-    CHECK(attention.height == 2 * 32 * 6 + 4);
+    // Panels of 32 x 32 cells of 6 px, each coloured from 0 to its largest weight, framed.
+    check_panels_drawn(decode_png(read_bytes(figures + variant + "_attention.png")), panels_of(maps),
+                       {.cell_px = 6, .from_zero = true});
     if (variant == "standard") {
       CHECK_FALSE(fs::exists(figures + "standard_metric.png"));
       continue;
     }
-    // Layer 1 is elliptical: one 12 px row per head (2), one column per coordinate (16), 1 px separators.
-    const figures::Image metric = decode_png(read_bytes(figures + variant + "_metric.png"));
-    CHECK(metric.width == 16 * 12 + 15);
-    CHECK(metric.height == 2 * 12 + 1);
-    CHECK(read_json(figures + variant + "_metric.json").size() == 1);
+    // Layer 1 is elliptical: one strip of 18 px cells per head (2), one cell per coordinate (16), 1 px
+    // separators, coloured from 0 to 1.
+    const auto metric = read_json(figures + variant + "_metric.json");
+    REQUIRE(metric.size() == 1);
+    std::vector<std::vector<figures::Grid>> strips;
+    for (const auto& head : metric[0]["m"]) {
+      const auto m = head.get<std::vector<double>>();
+      REQUIRE(m.size() == 16);
+      strips.push_back({{1, 16, std::vector<float>(m.begin(), m.end())}});
+    }
+    REQUIRE(strips.size() == 2);
+    check_panels_drawn(decode_png(read_bytes(figures + variant + "_metric.png")), strips,
+                       {.cell_px = 18, .separators = true, .range = figures::Range{0, 1}});
   }
 
   // Refused: an existing study, bad flags (2), a missing text (1, naming the file, creating nothing).
