@@ -1,0 +1,14 @@
+#pragma once
+// The extension module ellipse._ellipse is bound one area per file: tensor.cpp (Tensor, dtypes, devices,
+// NumPy and DLPack exchange, creation), ops.cpp (autograd/ops.hpp as module functions), nn.cpp (ellipse.nn).
+#include <nanobind/nanobind.h>
+
+namespace ellipse::python {
+
+namespace nb = nanobind;
+
+void bind_tensor(nb::module_& m);
+void bind_ops(nb::module_& m);
+void bind_nn(nb::module_& m);
+
+}  // namespace ellipse::python

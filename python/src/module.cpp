@@ -1,0 +1,14 @@
+// NB_MODULE: the library's errors as ellipse.Error, then each area's bindings.
+#include "bindings.hpp"
+#include "core/error.hpp"
+
+NB_MODULE(_ellipse, m) {
+  namespace nb = nanobind;
+  m.doc() = "ellipse: a deep learning library written from scratch in C++20 (the compiled part of the package)";
+  // Every ellipse::Error surfaces as ellipse.Error, a RuntimeError carrying the library's message.
+  nb::exception<ellipse::Error>(m, "Error", PyExc_RuntimeError);
+  ellipse::python::bind_tensor(m);
+  ellipse::python::bind_ops(m);
+  nb::module_ nn = m.def_submodule("nn", "Modules, layers, optimizers and the learning-rate schedule");
+  ellipse::python::bind_nn(nn);
+}
