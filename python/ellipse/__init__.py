@@ -4,11 +4,17 @@ The compiled module ``ellipse._ellipse`` wraps the C++ library; this package re-
 pieces that are Python idioms: ``tensor`` (a copy of nested lists or arrays), ``from_numpy`` and ``no_grad``.
 """
 
-from . import _ellipse
-from ._ellipse import *  # noqa: F401,F403 (the library's API, names as in C++)
-from ._ellipse import Error, Tensor, f32, f64, from_dlpack, grad_enabled, i64, nn, set_grad_enabled
+import sys as _sys
 
 import numpy as _np
+
+from . import _ellipse
+from ._ellipse import *  # noqa: F401,F403 (the library's API, names as in C++)
+from ._ellipse import Error, Tensor, f32, f64, from_dlpack, grad_enabled, i64, models, nn, set_grad_enabled
+
+# `import ellipse.nn` and `from ellipse.models import GPT` find the compiled submodules.
+_sys.modules[__name__ + ".nn"] = nn
+_sys.modules[__name__ + ".models"] = models
 
 __all__ = [name for name in dir(_ellipse) if not name.startswith("_")] + ["tensor", "from_numpy", "no_grad"]
 

@@ -1,6 +1,7 @@
 #pragma once
 // The extension module ellipse._ellipse is bound one area per file: tensor.cpp (Tensor, dtypes, devices,
-// NumPy and DLPack exchange, creation), ops.cpp (autograd/ops.hpp as module functions), nn.cpp (ellipse.nn).
+// NumPy and DLPack exchange, creation), ops.cpp (autograd/ops.hpp as module functions), nn.cpp (ellipse.nn) and
+// models.cpp (ellipse.models: the GPT, its data, training, evaluation and sampling).
 #include <nanobind/nanobind.h>
 
 namespace ellipse::python {
@@ -10,5 +11,6 @@ namespace nb = nanobind;
 void bind_tensor(nb::module_& m);
 void bind_ops(nb::module_& m);
 void bind_nn(nb::module_& m);
+void bind_models(nb::module_& m);
 
 }  // namespace ellipse::python

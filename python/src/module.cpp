@@ -11,4 +11,6 @@ NB_MODULE(_ellipse, m) {
   ellipse::python::bind_ops(m);
   nb::module_ nn = m.def_submodule("nn", "Modules, layers, optimizers and the learning-rate schedule");
   ellipse::python::bind_nn(nn);
+  nb::module_ models = m.def_submodule("models", "The character GPT: config, checkpoints, training, sampling");
+  ellipse::python::bind_models(models);
 }

@@ -1,0 +1,57 @@
+"""The GPT from Python: a training loop written in Python reproduces the library's trainer (what `ellipse train
+gpt` runs) loss for loss, and its checkpoint loads, evaluates and samples."""
+import pytest
+
+import ellipse
+from ellipse import models, nn
+
+TEXT = "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak.\n" * 40
+STEPS, WARMUP, LR, FINAL_LR, WEIGHT_DECAY, CLIP, SEED = 6, 2, 3e-3, 3e-4, 0.1, 1.0, 5
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt")
+    (folder / "text.txt").write_text(TEXT)
+    losses = []
+    last = models.train_gpt(str(folder / "text.txt"), str(folder / "run"), config="gpt-tiny", attention="elliptical",
+                            steps=STEPS, lr=LR, final_lr=FINAL_LR, warmup=WARMUP, weight_decay=WEIGHT_DECAY,
+                            clip=CLIP, seed=SEED, eval_every=STEPS,
+                            on_step=lambda step, loss, lr: losses.append(loss))
+    return folder, losses, last
+
+
+def test_python_loop_matches_the_library_trainer_exactly(run):
+    _, trainer_losses, last = run
+    tokenizer = models.CharTokenizer.from_text(TEXT)
+    train, _ = models.split_train_val(tokenizer.encode(TEXT))
+    config = models.gpt_preset("gpt-tiny", tokenizer.size)
+    config.attention = "elliptical"
+    model = models.GPT(config, SEED)
+    model.train()
+    optimizer = nn.AdamW(model.parameters(), lr=LR, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=WEIGHT_DECAY)
+    data = ellipse.Generator(SEED ^ 0x5EEDDA7A)  # the trainer's data generator
+    losses = []
+    for step in range(STEPS):
+        optimizer.lr = nn.warmup_cosine_lr(step, WARMUP, STEPS, LR, FINAL_LR)
+        optimizer.zero_grad()
+        inputs, targets = models.sample_windows(train, config.batch, config.seq_len, data)
+        loss = ellipse.cross_entropy(model(inputs), targets)
+        losses.append(loss.item())
+        loss.backward()
+        nn.clip_grad_norm(model.parameters(), CLIP)
+        optimizer.step()
+    assert losses == trainer_losses  # bit for bit
+    assert last["step"] == STEPS and last["train_loss"] == pytest.approx(sum(losses) / STEPS)
+
+
+def test_checkpoint_loads_evaluates_and_samples(run):
+    folder, _, last = run
+    model, tokenizer = models.load_gpt(str(folder / "run"))
+    assert not model.training and model.config.attention == "elliptical"
+    _, val = models.split_train_val(tokenizer.encode(TEXT))
+    assert models.evaluate_gpt(model, val) == pytest.approx(last["val_loss"], rel=1e-6)
+    text = models.sample_gpt(model, tokenizer, "First", tokens=20, temperature=0)
+    assert len(text) == 20 and set(text) <= set(tokenizer.vocab)  # the continuation alone
+    with pytest.raises(ellipse.Error, match="config.json"):
+        models.load_gpt(str(folder / "missing"))
