@@ -157,7 +157,9 @@ void bind_tensor(nb::module_& m) {
       .value("f32", DType::f32)
       .value("f64", DType::f64)
       .value("i64", DType::i64)
-      .export_values();
+      .export_values()
+      .def("__str__", [](DType dtype) { return std::string(dtype_name(dtype)); })
+      .def("__repr__", [](DType dtype) { return "ellipse." + std::string(dtype_name(dtype)); });
 
   nb::class_<Device>(m, "Device", "A device: 'cpu', 'cuda' or 'cuda:N'. Functions taking a device accept the string.")
       .def("__init__", [](Device* device, const std::string& text) { new (device) Device(Device::parse(text)); },
