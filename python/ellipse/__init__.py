@@ -2,11 +2,11 @@
 
 The compiled module ``ellipse._ellipse`` wraps the C++ library; this package re-exports it and adds the few
 pieces that are Python idioms: ``tensor`` (a copy of nested lists or arrays), ``from_numpy`` and ``no_grad``.
+NumPy is imported by the functions that need it, so that the module itself imports without it (the type stubs
+are generated at build time, where NumPy is not installed).
 """
 
 import sys as _sys
-
-import numpy as _np
 
 from . import _ellipse
 from ._ellipse import *  # noqa: F401,F403 (the library's API, names as in C++)
@@ -18,13 +18,13 @@ _sys.modules[__name__ + ".models"] = models
 
 __all__ = [name for name in dir(_ellipse) if not name.startswith("_")] + ["tensor", "from_numpy", "no_grad"]
 
-_NUMPY_DTYPES = {f32: _np.float32, f64: _np.float64, i64: _np.int64}
 
-
-def from_numpy(array: _np.ndarray) -> Tensor:
+def from_numpy(array) -> Tensor:
     """A tensor over ``array``'s memory (no copy; it keeps the array alive): float32, float64 or int64, any
     non-negative strides. Writes through either are seen by the other."""
-    if not isinstance(array, _np.ndarray):
+    import numpy
+
+    if not isinstance(array, numpy.ndarray):
         raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
     return from_dlpack(array)
 
@@ -32,10 +32,12 @@ def from_numpy(array: _np.ndarray) -> Tensor:
 def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
     """A new tensor holding a copy of ``data`` (nested lists, numbers or an array). Floating data becomes f32
     unless ``dtype`` says otherwise, integer data i64."""
+    import numpy
+
     if dtype is None:
-        kind = _np.asarray(data).dtype.kind
-        dtype = i64 if kind in "iub" else f32
-    result = from_dlpack(_np.array(data, dtype=_NUMPY_DTYPES[dtype], order="C", copy=True))
+        dtype = i64 if numpy.asarray(data).dtype.kind in "iub" else f32
+    numpy_dtype = {f32: numpy.float32, f64: numpy.float64, i64: numpy.int64}[dtype]
+    result = from_dlpack(numpy.array(data, dtype=numpy_dtype, order="C", copy=True))
     result.requires_grad = requires_grad
     return result
 
