@@ -88,6 +88,7 @@ void bind_models(nb::module_& m) {
       .def_prop_ro("config", &GPT::config)
       .def("forward", &GPT::forward, "ids"_a, Release())
       .def("__call__", &GPT::forward, "ids"_a, Release())
+      .def("block", &GPT::block, "i"_a, nb::rv_policy::reference_internal, "The i-th transformer block (0 first).")
       .def("generator", &GPT::generator, nb::rv_policy::reference_internal, "Drives dropout after initialisation.");
   m.def(
       "load_gpt",

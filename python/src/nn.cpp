@@ -15,6 +15,9 @@
 
 #include "bindings.hpp"
 #include "models/checkpoint.hpp"
+#include "nn/analysis.hpp"
+#include "nn/attention.hpp"
+#include "nn/block.hpp"
 #include "nn/layers.hpp"
 #include "nn/module.hpp"
 #include "nn/optim.hpp"
@@ -47,6 +50,15 @@ PyLayer& python_layer(nn::Layer& self, const char* method) {
 }
 
 Generator& or_default(Generator* gen) { return gen ? *gen : default_generator(); }
+
+// A probe's tensor, None when nothing was recorded.
+std::optional<Tensor> recorded(const Tensor& tensor) {
+  return tensor.defined() ? std::optional<Tensor>(tensor) : std::nullopt;
+}
+
+nb::tuple attention_output(const nn::AttentionOutput& output) {
+  return nb::make_tuple(output.out, recorded(output.v));
+}
 
 nb::dict to_dict(const nn::StateDict& entries) {
   nb::dict dict;
@@ -161,6 +173,77 @@ void bind_nn(nb::module_& m) {
             new (self) nn::MLP(dim, hidden, or_default(gen), init);
           },
           "dim"_a, "hidden"_a, "gen"_a = nb::none(), "init"_a = nn::Init::pytorch);
+
+  nb::class_<nn::AttentionLayer, nn::Module>(
+      m, "AttentionLayer",
+      "A transformer block's attention sublayer: forward(x [B, N, d], causal, v_prev) -> (out [B, N, d], v), v being "
+      "this layer's value heads [B, H, N, dh] for the next layer (None when it hands none on).")
+      .def(
+          "forward",
+          [](nn::AttentionLayer& self, const Tensor& x, bool causal, const std::optional<Tensor>& v_prev) {
+            nn::AttentionOutput output;
+            {
+              nb::gil_scoped_release release;
+              output = self.forward(x, causal, v_prev.value_or(Tensor()));
+            }
+            return attention_output(output);
+          },
+          "x"_a, "causal"_a = false, "v_prev"_a = nb::none())
+      .def("keep_attention", &nn::AttentionLayer::keep_attention, "on"_a = true,
+           "While on, each forward records its attention probabilities [B, H, N, N_keys] (and the metric m).")
+      .def_prop_ro("keeps_attention", &nn::AttentionLayer::keeps_attention)
+      .def_prop_ro("last_attention", [](const nn::AttentionLayer& self) { return recorded(self.last_attention()); },
+                   "The probabilities of the last forward while keep_attention was on, or None.")
+      .def_prop_ro("last_metric", [](const nn::AttentionLayer& self) { return recorded(self.last_metric()); },
+                   "The metric m of the last forward of an elliptical layer, or None.");
+  nb::class_<nn::Attention, nn::AttentionLayer>(m, "Attention", "Standard multi-head attention.")
+      .def(
+          "__init__",
+          [](nn::Attention* self, std::int64_t dim, std::int64_t heads, Generator* gen, nn::Init init) {
+            new (self) nn::Attention(dim, heads, or_default(gen), init);
+          },
+          "dim"_a, "heads"_a, "gen"_a = nb::none(), "init"_a = nn::Init::pytorch)
+      .def_prop_ro("heads", &nn::Attention::heads)
+      .def_prop_ro("head_dim", &nn::Attention::head_dim);
+  nb::class_<nn::EllipticalAttention, nn::Attention>(
+      m, "EllipticalAttention",
+      "Elliptical attention (Nielsen et al., NeurIPS 2024): the queries scaled by the metric m estimated from this "
+      "and the previous layer's value heads; mode 'causal', 'sequence' or 'random'.")
+      .def(
+          "__init__",
+          [](nn::EllipticalAttention* self, std::int64_t dim, std::int64_t heads, const std::string& mode,
+             Generator* gen, nn::Init init) {
+            new (self) nn::EllipticalAttention(dim, heads, nn::parse_metric_mode(mode), or_default(gen), init);
+          },
+          "dim"_a, "heads"_a, "mode"_a = "causal", "gen"_a = nb::none(), "init"_a = nn::Init::pytorch,
+          nb::keep_alive<1, 5>())
+      .def_prop_ro("mode", [](const nn::EllipticalAttention& self) {
+        return std::string(nn::metric_mode_name(self.mode()));
+      });
+  m.def("attention_kinds", &nn::attention_kinds, "The registered attention kinds, sorted.");
+
+  nb::class_<nn::Block, nn::Module>(m, "Block", "A pre-LN transformer block: x + attn(ln1(x)), then + mlp(ln2(x)).")
+      .def(
+          "forward",
+          [](nn::Block& self, const Tensor& x, bool causal, const std::optional<Tensor>& v_prev) {
+            nn::AttentionOutput output;
+            {
+              nb::gil_scoped_release release;
+              output = self.forward(x, causal, v_prev.value_or(Tensor()));
+            }
+            return attention_output(output);
+          },
+          "x"_a, "causal"_a = false, "v_prev"_a = nb::none(), "(new x, this block's value heads).")
+      .def_prop_ro("attention", &nn::Block::attention, nb::rv_policy::reference_internal)
+      .def("keep_activations", &nn::Block::keep_activations, "on"_a = true,
+           "While on, forward keeps the attention probabilities, the attention output and the block's output.")
+      .def_prop_ro("last_attention_output",
+                   [](const nn::Block& self) { return recorded(self.last_attention_output()); })
+      .def_prop_ro("last_output", [](const nn::Block& self) { return recorded(self.last_output()); });
+  m.def("token_collapse", &nn::token_collapse, "x"_a, Release(),
+        "x [B, N, d]: the mean over the batch of the mean cosine similarity of the token pairs.");
+  m.def("head_redundancy", &nn::head_redundancy, "attention"_a, Release(),
+        "attention [B, H, N, M]: the mean L2 distance between the maps of different heads.");
 
   nb::class_<nn::Optimizer>(m, "Optimizer", "What every optimizer shares: step, zero_grad, the learning rate.")
       .def("step", &nn::Optimizer::step, Release(), "One update from the parameters' current .grad.")

@@ -55,3 +55,34 @@ def test_checkpoint_loads_evaluates_and_samples(run):
     assert len(text) == 20 and set(text) <= set(tokenizer.vocab)  # the continuation alone
     with pytest.raises(ellipse.Error, match="config.json"):
         models.load_gpt(str(folder / "missing"))
+
+
+def test_probes_return_arrays(run):
+    folder, _, _ = run
+    model, tokenizer = models.load_gpt(str(folder / "run"))
+    ids = ellipse.tensor([tokenizer.encode("First Citizen: Before we")])
+    layer = model.block(1).attention
+    assert isinstance(layer, nn.EllipticalAttention) and layer.mode == "causal"
+    assert layer.last_attention is None
+    layer.keep_attention()
+    model.block(1).keep_activations()
+    with ellipse.no_grad():
+        model(ids)
+    attention = layer.last_attention.numpy()
+    assert attention.shape == (1, 2, 24, 24)
+    assert abs(attention.sum(-1) - 1).max() < 1e-5 and abs(attention[0, 0, 0, 1:]).max() == 0  # causal rows
+    assert layer.last_metric.shape == (1, 2, 24, 16) and layer.last_metric.numpy().max() <= 1
+    assert 0 <= nn.head_redundancy(layer.last_attention)
+    assert -1 <= nn.token_collapse(model.block(1).last_output) <= 1
+    with pytest.raises(IndexError):
+        model.block(2)
+
+
+def test_attention_layers_from_python():
+    x = ellipse.randn([2, 5, 8], gen=ellipse.Generator(0))
+    out, v = nn.Attention(8, 2).forward(x, causal=True)
+    assert out.shape == (2, 5, 8) and v.shape == (2, 2, 5, 4)
+    elliptical = nn.EllipticalAttention(8, 2, "sequence")
+    out, _ = elliptical.forward(x, v_prev=v)
+    assert out.shape == (2, 5, 8) and elliptical.last_metric.shape == (2, 2, 1, 4)
+    assert "elliptical" in nn.attention_kinds() and "standard" in nn.attention_kinds()
