@@ -10,11 +10,11 @@ import sys as _sys
 
 from . import _ellipse
 from ._ellipse import *  # noqa: F401,F403 (the library's API, names as in C++)
-from ._ellipse import Error, Tensor, f32, f64, from_dlpack, grad_enabled, i64, models, nn, set_grad_enabled
+from ._ellipse import Error, Tensor, f32, f64, from_dlpack, grad_enabled, i64, models, nn, set_grad_enabled, study
 
 # `import ellipse.nn` and `from ellipse.models import GPT` find the compiled submodules.
-_sys.modules[__name__ + ".nn"] = nn
-_sys.modules[__name__ + ".models"] = models
+for _submodule in (nn, models, study):
+    _sys.modules[__name__ + "." + _submodule.__name__.rsplit(".", 1)[-1]] = _submodule
 
 __all__ = [name for name in dir(_ellipse) if not name.startswith("_")] + ["tensor", "from_numpy", "no_grad"]
 

@@ -1,5 +1,6 @@
 // ellipse.models: the character GPT (its config, construction, checkpoints), its text data, and its training,
-// evaluation and sampling as the `ellipse` program runs them. Text crosses as Python str (UTF-8 in C++).
+// evaluation and sampling as the `ellipse` program runs them; the ViT, its checkpoints and its training. Text
+// crosses as Python str (UTF-8 in C++).
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
@@ -18,6 +19,8 @@
 #include "models/gpt.hpp"
 #include "models/gpt_train.hpp"
 #include "models/text.hpp"
+#include "models/vit.hpp"
+#include "models/vit_train.hpp"
 
 namespace ellipse::python {
 namespace {
@@ -153,6 +156,76 @@ void bind_models(nb::module_& m) {
       "on_step"_a = nb::none(),
       "Trains the GPT as `ellipse train gpt` does (AdamW with betas (0.9, 0.99), warm-up + cosine schedule, "
       "checkpoints in out_dir); on_step(step, loss, lr) after every step. Returns the last evaluation.");
+
+  nb::class_<ViTConfig>(m, "ViTConfig", "A ViT's shape: see vit_preset.")
+      .def_rw("name", &ViTConfig::name)
+      .def_rw("image", &ViTConfig::image)
+      .def_rw("patch", &ViTConfig::patch)
+      .def_rw("n_layer", &ViTConfig::n_layer)
+      .def_rw("d_model", &ViTConfig::d_model)
+      .def_rw("n_head", &ViTConfig::n_head)
+      .def_rw("classes", &ViTConfig::classes)
+      .def_rw("batch", &ViTConfig::batch)
+      .def_rw("dropout", &ViTConfig::dropout)
+      .def_rw("attention", &ViTConfig::attention, "'standard' or 'elliptical'")
+      .def_prop_rw(
+          "metric", [](const ViTConfig& c) { return std::string(nn::metric_mode_name(c.metric)); },
+          [](ViTConfig& c, const std::string& mode) { c.metric = nn::parse_metric_mode(mode); },
+          "The elliptical metric's estimator: 'sequence', 'causal' or 'random'.");
+  m.def("vit_preset", &vit_preset, "name"_a, "'vit-s' or 'vit-xs'.");
+  nb::class_<ViT, nn::Module>(m, "ViT", "The vision transformer: images [B, image, image] f32 -> logits [B, classes].")
+      .def(nb::init<const ViTConfig&, std::uint64_t>(), "config"_a, "seed"_a = 0)
+      .def_prop_ro("config", &ViT::config)
+      .def("forward", &ViT::forward, "images"_a, Release())
+      .def("__call__", &ViT::forward, "images"_a, Release())
+      .def("block", &ViT::block, "i"_a, nb::rv_policy::reference_internal, "The i-th transformer block (0 first).");
+  m.def("load_vit", &load_vit, "dir"_a, "device"_a = Device::cpu(), Release(),
+        "The ViT of dir/config.json and dir/model.safetensors, in eval mode.");
+  m.def(
+      "train_vit",
+      [](const std::string& out_dir, const std::string& data_dir, const std::string& config,
+         const std::string& attention, std::int64_t epochs, std::optional<std::int64_t> batch, double lr,
+         std::uint64_t seed, std::int64_t limit_train, std::int64_t limit_test, bool resume, Device device,
+         const std::function<void(std::int64_t, double, double)>& on_step) {
+        ViTTrainOptions options;
+        options.out_dir = out_dir;
+        options.data_dir = data_dir;
+        options.config = config;
+        options.attention = attention;
+        options.epochs = epochs;
+        options.batch = batch;
+        options.lr = lr;
+        options.seed = seed;
+        options.limit_train = limit_train;
+        options.limit_test = limit_test;
+        options.resume = resume;
+        options.device = device;
+        ViTEvalRecord last;
+        {
+          nb::gil_scoped_release release;
+          last = train_vit(
+              options,
+              [&](const TrainProgress& at) {
+                if (!on_step) return;
+                nb::gil_scoped_acquire gil;
+                on_step(at.step, at.loss, at.lr);
+              },
+              {});
+        }
+        nb::dict record;
+        record["step"] = last.step;
+        record["epoch"] = last.epoch;
+        record["train_loss"] = last.train_loss;
+        record["test_loss"] = last.test_loss;
+        record["test_acc"] = last.test_acc;
+        record["images_per_s"] = last.images_per_s;
+        return record;
+      },
+      "out_dir"_a, "data_dir"_a = std::string(kFashionMnistDir), "config"_a = "vit-s", "attention"_a = "standard",
+      "epochs"_a = 10, "batch"_a = nb::none(), "lr"_a = 1e-3, "seed"_a = 0, "limit_train"_a = 0, "limit_test"_a = 0,
+      "resume"_a = false, "device"_a = Device::cpu(), "on_step"_a = nb::none(),
+      "Trains the ViT on Fashion-MNIST as `ellipse train vit` does, evaluating and checkpointing after every epoch; "
+      "on_step(step, loss, lr) after every step. Returns the last evaluation.");
 }
 
 }  // namespace ellipse::python

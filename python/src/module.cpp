@@ -11,6 +11,8 @@ NB_MODULE(_ellipse, m) {
   ellipse::python::bind_ops(m);
   nb::module_ nn = m.def_submodule("nn", "Modules, layers, optimizers and the learning-rate schedule");
   ellipse::python::bind_nn(nn);
-  nb::module_ models = m.def_submodule("models", "The character GPT: config, checkpoints, training, sampling");
+  nb::module_ models = m.def_submodule("models", "The GPT and the ViT: configs, checkpoints, training, sampling");
   ellipse::python::bind_models(models);
+  nb::module_ study = m.def_submodule("study", "The studies and the probe of one trained model");
+  ellipse::python::bind_study(study);
 }
