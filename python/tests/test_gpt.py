@@ -1,5 +1,8 @@
 """The GPT from Python: a training loop written in Python reproduces the library's trainer (what `ellipse train
 gpt` runs) loss for loss, and its checkpoint loads, evaluates and samples."""
+import threading
+import time
+
 import pytest
 
 import ellipse
@@ -86,3 +89,16 @@ def test_attention_layers_from_python():
     out, _ = elliptical.forward(x, v_prev=v)
     assert out.shape == (2, 5, 8) and elliptical.last_metric.shape == (2, 2, 1, 4)
     assert "elliptical" in nn.attention_kinds() and "standard" in nn.attention_kinds()
+
+
+def test_training_releases_the_gil(tmp_path):
+    (tmp_path / "text.txt").write_text(TEXT)
+    worker = threading.Thread(target=models.train_gpt, args=(str(tmp_path / "text.txt"), str(tmp_path / "run")),
+                              kwargs=dict(config="gpt-tiny", steps=30, eval_every=30, warmup=2))
+    ticks = 0
+    worker.start()
+    while worker.is_alive():  # runs only while the trainer, one long call, has released the GIL
+        ticks += 1
+        time.sleep(0.001)
+    worker.join()
+    assert ticks > 20
