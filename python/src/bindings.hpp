@@ -5,9 +5,23 @@
 // (ellipse.study: the studies and the probe of one model).
 #include <nanobind/nanobind.h>
 
+#include <memory>
+#include <utility>
+
 namespace ellipse::python {
 
 namespace nb = nanobind;
+
+// A Python object held by C++ code that may let go of it without the GIL (a tensor's storage over a NumPy
+// array, a forward hook): the last owner releases it under the GIL, or leaves it once the interpreter is gone.
+template <class T>
+std::shared_ptr<T> hold(T object) {
+  return std::shared_ptr<T>(new T(std::move(object)), [](T* held) {
+    if (!Py_IsInitialized()) return;
+    nb::gil_scoped_acquire gil;
+    delete held;
+  });
+}
 
 void bind_tensor(nb::module_& m);
 void bind_ops(nb::module_& m);

@@ -33,12 +33,20 @@ using Release = nb::call_guard<nb::gil_scoped_release>;
 class PyLayer : public nn::Layer {
  public:
   NB_TRAMPOLINE(nn::Layer);
+  // The Python method's output goes through the forward hooks, as every forward of the library does.
   Tensor forward(const Tensor& x) override {
-    nb::gil_scoped_acquire gil;  // the library may call it from code that released the GIL
-    NB_OVERRIDE_PURE(forward, x);
+    Tensor out;
+    {
+      nb::gil_scoped_acquire gil;  // the library may call it from code that released the GIL
+      out = python_forward(x);
+    }
+    return hooked(out);
   }
   using nn::Module::register_module;
   using nn::Module::register_parameter;
+
+ private:
+  Tensor python_forward(const Tensor& x) { NB_OVERRIDE_PURE_NAME("forward", forward, x); }
 };
 
 // Registration is for the layer's own __init__: the library's layers are complete when constructed.
@@ -112,7 +120,21 @@ void bind_nn(nb::module_& m) {
             return nb::borrow(self);
           },
           "dtype"_a, "Converts every parameter to the floating dtype in place; returns the module.")
-      .def_prop_ro("device", &nn::Module::device);
+      .def_prop_ro("device", &nn::Module::device)
+      .def(
+          "add_forward_hook",
+          [](nn::Module& self, nb::callable hook) {
+            return self.add_forward_hook(
+                [hook = hold(std::move(hook))](const nn::Module& module, const Tensor& output) -> Tensor {
+                  nb::gil_scoped_acquire gil;
+                  nb::object result = (*hook)(nb::cast(&module, nb::rv_policy::reference), output);
+                  return result.is_none() ? Tensor() : nb::cast<Tensor>(result);
+                });
+          },
+          "hook"_a,
+          "hook(module, output) runs on the output of every forward of this module and returns None (keep it) or a "
+          "tensor that replaces it. Returns an id for remove_forward_hook.")
+      .def("remove_forward_hook", &nn::Module::remove_forward_hook, "id"_a);
 
   nb::class_<nn::Layer, nn::Module, PyLayer>(
       m, "Module",

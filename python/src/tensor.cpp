@@ -90,12 +90,8 @@ Tensor from_dlpack(const nb::ndarray<>& array) {
   }
   const bool empty = numel(impl->shape) == 0;
   const std::size_t bytes = empty ? 0 : static_cast<std::size_t>(last + 1) * itemsize(dtype);
-  auto* keep = new nb::ndarray<>(array);
-  impl->storage = std::make_shared<Storage>(array.data(), bytes, device, [keep](void*) {
-    if (!Py_IsInitialized()) return;  // at interpreter exit the array is gone already
-    nb::gil_scoped_acquire gil;
-    delete keep;
-  });
+  // The storage frees nothing itself: dropping its deleter drops the array.
+  impl->storage = std::make_shared<Storage>(array.data(), bytes, device, [keep = hold(array)](void*) {});
   impl->dtype = dtype;
   return Tensor(std::move(impl));
 }
@@ -196,6 +192,9 @@ void bind_tensor(nb::module_& m) {
       .def("numel", &Tensor::numel)
       .def("__len__", [](const Tensor& t) { return t.size(0); })
       .def("is_contiguous", &Tensor::is_contiguous)
+      .def(
+          "data_ptr", [](const Tensor& t) { return reinterpret_cast<std::uintptr_t>(t.raw_data()); },
+          "The address of the first element (a device address for a CUDA tensor).")
       .def_prop_rw(
           "requires_grad", &Tensor::requires_grad, [](Tensor& t, bool value) { t.requires_grad_(value); },
           "Whether backward fills this tensor's .grad (set it on leaves).")

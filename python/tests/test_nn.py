@@ -75,3 +75,17 @@ def test_schedule_and_sgd():
     np.testing.assert_allclose(w.numpy(), [0.0, 0.0])
     optimizer.lr = 0.1
     assert optimizer.lr == pytest.approx(0.1)
+
+
+def test_forward_hooks_see_and_replace_outputs():
+    layer = Residual(4, 8)
+    model = nn.Sequential([layer, nn.Linear(4, 2)])
+    seen = []
+    hook = layer.add_forward_hook(lambda module, output: seen.append((module is layer, output.shape)))
+    model(ellipse.zeros([3, 4]))
+    assert seen == [(True, (3, 4))]
+    layer.remove_forward_hook(hook)
+    model.add_forward_hook(lambda module, output: output * 0)  # replaces the model's output
+    assert ellipse.sum(ellipse.abs(model(ellipse.ones([3, 4])))).item() == 0
+    with pytest.raises(ellipse.Error, match="remove_forward_hook"):
+        layer.remove_forward_hook(hook)

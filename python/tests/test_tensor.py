@@ -133,3 +133,10 @@ def test_no_grad():
         return t * 2
 
     assert not double(x).requires_grad
+
+
+def test_data_ptr_is_the_first_element():
+    array = np.arange(10, dtype=np.int64)
+    t = ellipse.from_numpy(array)
+    assert t.data_ptr() == address(array)
+    assert t[3:].data_ptr() == address(array) + 3 * 8
