@@ -105,24 +105,38 @@ Tensor get_item(const Tensor& tensor, nb::handle key) {
   } else {
     items.push_back(key);
   }
-  std::int64_t consuming = 0;  // the items that stand for one axis each
-  for (nb::handle item : items) consuming += !(item.is_none() || item.is(nb::ellipsis()));
+  std::int64_t consuming = 0, ellipses = 0;  // consuming: the items that stand for one axis each
+  for (nb::handle item : items) {
+    ellipses += item.is(nb::ellipsis());
+    consuming += !(item.is_none() || item.is(nb::ellipsis()));
+  }
+  ELLIPSE_CHECK(ellipses <= 1, "__getitem__: {} ellipses (...) in one index; at most one is allowed", ellipses);
   ELLIPSE_CHECK(consuming <= tensor.dim(), "__getitem__: {} indices for a tensor of {} dimensions (shape {})",
                 consuming, tensor.dim(), to_string(tensor.shape()));
   Tensor out = tensor;
-  std::int64_t axis = 0;
-  for (nb::handle item : items) {
+  std::int64_t axis = 0;  // in out
+  for (std::size_t position = 0; position < items.size(); ++position) {
+    const nb::handle item = items[position];
     if (item.is_none()) {
       out = unsqueeze(out, axis++);
     } else if (item.is(nb::ellipsis())) {
       axis = out.dim() - consuming;  // consuming counts the items still to come
     } else if (nb::isinstance<nb::int_>(item)) {
-      out = select(out, axis, nb::cast<std::int64_t>(item));
+      const auto index = nb::cast<std::int64_t>(item);
+      const std::int64_t size = out.shape()[axis];
+      // IndexError, as Python's sequences raise it: iteration (for row in t) stops on it.
+      if (index < -size || index >= size) {
+        throw nb::index_error(fmt::format("__getitem__: index {} at position {} is out of range for an axis of "
+                                          "size {} (shape {})", index, position, size, to_string(tensor.shape()))
+                                  .c_str());
+      }
+      out = select(out, axis, index);
       --consuming;
     } else if (nb::isinstance<nb::slice>(item)) {
       Py_ssize_t start, stop, step;
       if (PySlice_Unpack(item.ptr(), &start, &stop, &step) < 0) throw nb::python_error();
-      ELLIPSE_CHECK(step > 0, "__getitem__: slice step {} on axis {}: only positive steps make views", step, axis);
+      ELLIPSE_CHECK(step > 0, "__getitem__: slice step {} at position {}: only positive steps make views", step,
+                    position);
       PySlice_AdjustIndices(static_cast<Py_ssize_t>(out.shape()[axis]), &start, &stop, step);
       out = slice(out, axis, start, std::max(start, stop), step);
       ++axis;
@@ -215,6 +229,9 @@ void bind_tensor(nb::module_& m) {
           "Backpropagates from this tensor (a one-element tensor needs no grad), filling the leaves' .grad.")
       .def("detach", &Tensor::detach, "The same storage without history.")
       .def("item", &Tensor::item, "The value of a one-element tensor, as a float.")
+      .def("__float__", &Tensor::item)
+      .def("__int__", [](const Tensor& t) { return static_cast<std::int64_t>(t.item()); })
+      .def("__bool__", [](const Tensor& t) { return t.item() != 0; }, "The truth of a one-element tensor.")
       .def("tolist", [](const Tensor& t) { return nb::cast(to_numpy(t.to(Device::cpu()))).attr("tolist")(); })
       .def("contiguous", &Tensor::contiguous)
       .def("clone", &Tensor::clone)

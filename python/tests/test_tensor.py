@@ -92,10 +92,14 @@ def test_indexing_errors():
     t = ellipse.zeros([2, 3])
     with pytest.raises(ellipse.Error, match="only positive steps"):
         t[::-1]
-    with pytest.raises(ellipse.Error, match="select: index 5 is out of range"):
+    with pytest.raises(IndexError, match=r"index 5 at position 0 is out of range for an axis of size 2 \(shape \[2, 3"):
         t[5]
+    with pytest.raises(IndexError, match="index -4 at position 1 is out of range for an axis of size 3"):
+        t[0, -4]
     with pytest.raises(ellipse.Error, match="3 indices for a tensor of 2 dimensions"):
         t[0, 0, 0]
+    with pytest.raises(ellipse.Error, match="2 ellipses"):
+        t[..., 0, ...]
     with pytest.raises(TypeError, match="indices are int, slice"):
         t["a"]
 
@@ -140,3 +144,12 @@ def test_data_ptr_is_the_first_element():
     t = ellipse.from_numpy(array)
     assert t.data_ptr() == address(array)
     assert t[3:].data_ptr() == address(array) + 3 * 8
+
+
+def test_iteration_and_conversions():
+    t = ellipse.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert [row.tolist() for row in t] == [[1.0, 2.0], [3.0, 4.0]]
+    assert float(t[1, 0]) == 3.0 and int(t[1, 1]) == 4
+    assert bool(t[0, 0] > 0.5) and not bool(t[0, 0] > 1.5)
+    with pytest.raises(ellipse.Error, match="item"):
+        bool(t)
