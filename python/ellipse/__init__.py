@@ -10,7 +10,7 @@ import sys as _sys
 
 from . import _ellipse
 from ._ellipse import *  # noqa: F401,F403 (the library's API, names as in C++)
-from ._ellipse import Error, Tensor, f32, f64, from_dlpack, grad_enabled, i64, models, nn, set_grad_enabled, study
+from ._ellipse import __version__, Error, Tensor, f32, f64, from_dlpack, grad_enabled, i64, models, nn, set_grad_enabled, study
 
 # `import ellipse.nn` and `from ellipse.models import GPT` find the compiled submodules.
 for _submodule in (nn, models, study):

@@ -5,6 +5,7 @@
 NB_MODULE(_ellipse, m) {
   namespace nb = nanobind;
   m.doc() = "ellipse: a deep learning library written from scratch in C++20 (the compiled part of the package)";
+  m.attr("__version__") = ELLIPSE_VERSION;
   // Every ellipse::Error surfaces as ellipse.Error, a RuntimeError carrying the library's message.
   nb::exception<ellipse::Error>(m, "Error", PyExc_RuntimeError);
   ellipse::python::bind_tensor(m);

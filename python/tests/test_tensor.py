@@ -1,4 +1,6 @@
 """Tensors from Python: zero-copy exchange with NumPy and DLPack, indexing as views, printing, no_grad."""
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -153,3 +155,8 @@ def test_iteration_and_conversions():
     assert bool(t[0, 0] > 0.5) and not bool(t[0, 0] > 1.5)
     with pytest.raises(ellipse.Error, match="item"):
         bool(t)
+
+
+def test_version_is_the_projects():
+    cmake = (pathlib.Path(__file__).resolve().parents[2] / "CMakeLists.txt").read_text()
+    assert f"project(ellipse VERSION {ellipse.__version__} " in cmake
