@@ -1,4 +1,7 @@
 """The ops against NumPy (broadcasting included) and their gradients against finite differences."""
+import pathlib
+import re
+
 import numpy as np
 import pytest
 
@@ -112,3 +115,10 @@ def test_errors_carry_the_library_messages():
         ellipse.zeros([1], device="cuda:7")
     with pytest.raises(ellipse.Error, match="backward"):
         ellipse.ones([1]).backward()
+
+
+def test_every_op_of_the_header_is_bound():
+    header = (pathlib.Path(__file__).resolve().parents[2] / "autograd" / "ops.hpp").read_text()
+    names = set(re.findall(r"^(?:Tensor|std::vector<Tensor>|TopK|EllipticalMetric|bool) (\w+)\(", header, re.MULTILINE))
+    assert len(names) > 60
+    assert sorted(name for name in names if not hasattr(ellipse, name)) == []
