@@ -141,8 +141,8 @@ void bind_nn(nb::module_& m) {
       "A module of one tensor in and one tensor out. Subclass it in Python: call super().__init__(), register "
       "parameters and sub-modules with register_parameter and register_module, and define forward(x).")
       .def(nb::init<>())
-      .def("forward", &nn::Layer::forward, "x"_a)
-      .def("__call__", &nn::Layer::forward, "x"_a)
+      .def("forward", &nn::Layer::forward, "x"_a, Release())
+      .def("__call__", &nn::Layer::forward, "x"_a, Release())
       .def(
           "register_parameter",
           [](nn::Layer& self, const std::string& name, const Tensor& value) {
