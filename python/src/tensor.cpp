@@ -308,6 +308,13 @@ void bind_tensor(nb::module_& m) {
   m.def("from_dlpack", &from_dlpack, nb::arg("array").noconvert(),
         "A tensor over the memory of a DLPack-capable array (NumPy, or a CUDA array of another framework), without "
         "copying: it keeps the array alive. float32, float64 or int64, with non-negative strides.");
+  m.def(
+      "from_dlpack",
+      [](const nb::ndarray<nb::ro>&) -> Tensor {
+        fail("from_dlpack: the array is read-only, and a tensor over it could write to it; copy it with "
+             "ellipse.tensor() or make it writeable");
+      },
+      nb::arg("array").noconvert());
 
   // Creation; dtype defaults to f32 and device to the CPU, as in the library.
   m.def("empty", &empty, "shape"_a, "dtype"_a = DType::f32, "device"_a = Device::cpu(), Release());

@@ -76,6 +76,11 @@ def test_from_numpy_refuses_other_dtypes_and_negative_strides():
         ellipse.from_numpy(np.zeros(3, dtype=np.int32))
     with pytest.raises(ellipse.Error, match="negative stride"):
         ellipse.from_numpy(np.arange(4.0)[::-1])
+    read_only = np.zeros(3)
+    read_only.flags.writeable = False
+    with pytest.raises(ellipse.Error, match="from_dlpack: the array is read-only"):
+        ellipse.from_numpy(read_only)
+    assert ellipse.tensor(read_only).shape == (3,)
 
 
 def test_indexing_gives_views_like_numpy():
