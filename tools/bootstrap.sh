@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages that ellipse builds, tests and runs with; run it as root from anywhere.
-# Idempotent: it asks dpkg what is already installed and only touches apt when something is missing, so on
-# a machine that has everything it returns in well under a second.
+# Installs the Debian 12 packages that ellipse builds, tests and runs with, then the Python package's build and test
+# requirements (nanobind, scikit-build-core, NumPy, pytest: PyPI) into the repository's venv .py-venv/, where CMake
+# looks for them (python/CMakeLists.txt); run it as root from anywhere. Idempotent: it asks dpkg what is already
+# installed and the venv what it already has, and only touches apt and pip when something is missing, so on a
+# machine that has everything it returns in well under a second.
 set -euo pipefail
 
 packages=(
@@ -22,7 +24,23 @@ packages=(
   libclang-rt-14-dev     # ... its libFuzzer and sanitizer runtimes ...
   libomp-14-dev          # ... and clang's OpenMP runtime
   valgrind               # CI's memcheck of a short training run
+  python3-dev            # the Python package (python/): Python's headers ...
+  python3-venv           # ... and venv with pip, for .py-venv/
 )
+venv=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.py-venv
+python_requirements=(nanobind scikit-build-core numpy pytest)
+
+# The venv, once the Debian packages are in: created when absent, filled when a requirement is missing.
+python_venv() {
+  local check="import importlib.util as u, sys
+sys.exit(any(u.find_spec(name) is None for name in ('nanobind', 'scikit_build_core', 'numpy', 'pytest')))"
+  if "$venv/bin/python" -c "$check" 2>/dev/null; then
+    return 0
+  fi
+  echo "bootstrap: installing ${python_requirements[*]} into $venv"
+  [[ -x "$venv/bin/python" ]] || /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "${python_requirements[@]}"
+}
 
 missing=()
 for package in "${packages[@]}"; do
@@ -32,6 +50,7 @@ done
 
 if ((${#missing[@]} == 0)); then
   echo "bootstrap: all ${#packages[@]} packages are installed"
+  python_venv
   exit 0
 fi
 
@@ -44,4 +63,5 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+python_venv
 echo "bootstrap: done"

@@ -1,0 +1,231 @@
+// ellipse.models: the character GPT (its config, construction, checkpoints), its text data, and its training,
+// evaluation and sampling as the `ellipse` program runs them; the ViT, its checkpoints and its training. Text
+// crosses as Python str (UTF-8 in C++).
+#include <nanobind/stl/function.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/string_view.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "models/checkpoint.hpp"
+#include "models/gpt.hpp"
+#include "models/gpt_train.hpp"
+#include "models/text.hpp"
+#include "models/vit.hpp"
+#include "models/vit_train.hpp"
+
+namespace ellipse::python {
+namespace {
+
+using namespace nb::literals;
+using Release = nb::call_guard<nb::gil_scoped_release>;
+using Ids = std::vector<std::int64_t>;
+
+std::u32string from_utf8(const std::string& text) { return decode_utf8(text, "the Python string"); }
+
+nb::dict eval_record(const EvalRecord& r) {
+  nb::dict record;
+  record["step"] = r.step;
+  record["train_loss"] = r.train_loss;
+  record["val_loss"] = r.val_loss;
+  record["lr"] = r.lr;
+  record["tokens_per_s"] = r.tokens_per_s;
+  record["elapsed_s"] = r.elapsed_s;
+  return record;
+}
+
+}  // namespace
+
+void bind_models(nb::module_& m) {
+  nb::class_<CharTokenizer>(m, "CharTokenizer", "A tokenizer over Unicode code points (one id per character).")
+      .def_static("from_text", [](const std::string& text) { return CharTokenizer::from_text(from_utf8(text)); },
+                  "text"_a, "The vocabulary: the sorted unique characters of text.")
+      .def_static("from_vocab", [](const std::string& vocab) { return CharTokenizer::from_vocab(from_utf8(vocab)); },
+                  "vocab"_a, "The vocabulary given in id order (as config.json stores it).")
+      .def_prop_ro("size", &CharTokenizer::size)
+      .def_prop_ro("vocab", [](const CharTokenizer& self) { return encode_utf8(self.vocab()); })
+      .def("encode", [](const CharTokenizer& self, const std::string& text) { return self.encode(from_utf8(text)); },
+           "text"_a)
+      .def("decode", [](const CharTokenizer& self, const Ids& ids) { return encode_utf8(self.decode(ids)); }, "ids"_a);
+  m.def(
+      "split_train_val",
+      [](const Ids& ids) {
+        TextSplit split = split_train_val(ids);
+        return std::pair(std::move(split.train), std::move(split.val));
+      },
+      "ids"_a, "(train, val): the first 90% of the ids and the last 10%.");
+  m.def(
+      "sample_windows",
+      [](const Ids& ids, std::int64_t batch, std::int64_t seq_len, Generator& gen, Device device) {
+        return sample_windows(ids, batch, seq_len, gen, device);
+      },
+      "ids"_a, "batch"_a, "seq_len"_a, "gen"_a, "device"_a = Device::cpu(), Release(),
+      "(inputs, targets) [batch, seq_len]: windows at offsets drawn from gen, targets shifted by one.");
+
+  nb::class_<GPTConfig>(m, "GPTConfig", "A GPT's shape: see gpt_preset.")
+      .def_rw("name", &GPTConfig::name)
+      .def_rw("vocab", &GPTConfig::vocab)
+      .def_rw("n_layer", &GPTConfig::n_layer)
+      .def_rw("d_model", &GPTConfig::d_model)
+      .def_rw("n_head", &GPTConfig::n_head)
+      .def_rw("seq_len", &GPTConfig::seq_len)
+      .def_rw("batch", &GPTConfig::batch)
+      .def_rw("dropout", &GPTConfig::dropout)
+      .def_rw("attention", &GPTConfig::attention, "'standard' or 'elliptical'")
+      .def_prop_rw(
+          "metric", [](const GPTConfig& c) { return std::string(nn::metric_mode_name(c.metric)); },
+          [](GPTConfig& c, const std::string& mode) { c.metric = nn::parse_metric_mode(mode); },
+          "The elliptical metric's estimator: 'causal', 'sequence' or 'random'.");
+  m.def("gpt_preset", &gpt_preset, "name"_a, "vocab"_a, "'gpt-s', 'gpt-m' or 'gpt-tiny' for this vocabulary size.");
+
+  nb::class_<GPT, nn::Module>(m, "GPT", "The character-level GPT: ids [B, N] (i64) -> logits [B, N, V].")
+      .def(nb::init<const GPTConfig&, std::uint64_t>(), "config"_a, "seed"_a = 0)
+      .def_prop_ro("config", &GPT::config)
+      .def("forward", &GPT::forward, "ids"_a, Release())
+      .def("__call__", &GPT::forward, "ids"_a, Release())
+      .def("block", &GPT::block, "i"_a, nb::rv_policy::reference_internal, "The i-th transformer block (0 first).")
+      .def("generator", &GPT::generator, nb::rv_policy::reference_internal, "Drives dropout after initialisation.");
+  m.def(
+      "load_gpt",
+      [](const std::string& dir, Device device) {
+        LoadedGPT loaded = load_gpt(dir, device);
+        return std::pair(std::move(loaded.model), std::move(loaded.tokenizer));
+      },
+      "dir"_a, "device"_a = Device::cpu(), Release(),
+      "(model, tokenizer) from dir/config.json and dir/model.safetensors; the model is in eval mode.");
+  m.def(
+      "evaluate_gpt", [](GPT& model, const Ids& ids, std::int64_t batch) { return evaluate_gpt(model, ids, batch); },
+      "model"_a, "ids"_a, "batch"_a = 32, Release(),
+      "Mean cross-entropy over the non-overlapping windows of seq_len tokens of ids.");
+  m.def(
+      "sample_gpt",
+      [](GPT& model, const CharTokenizer& tokenizer, const std::string& prompt, std::int64_t tokens,
+         double temperature, std::int64_t top_k, std::uint64_t seed) {
+        return encode_utf8(sample_gpt(model, tokenizer, from_utf8(prompt), {tokens, temperature, top_k, seed}));
+      },
+      "model"_a, "tokenizer"_a, "prompt"_a, "tokens"_a = 200, "temperature"_a = 1.0, "top_k"_a = 0, "seed"_a = 0,
+      Release(), "Continues prompt by tokens characters (temperature 0: the most likely each time).");
+  m.def(
+      "train_gpt",
+      [](const std::string& text_path, const std::string& out_dir, const std::string& config,
+         const std::string& attention, std::int64_t steps, std::optional<std::int64_t> batch, double lr,
+         double final_lr, std::int64_t warmup, double weight_decay, double clip, std::uint64_t seed,
+         std::int64_t eval_every, bool resume, Device device,
+         const std::function<void(std::int64_t, double, double)>& on_step) {
+        GPTTrainOptions options;
+        options.text_path = text_path;
+        options.out_dir = out_dir;
+        options.config = config;
+        options.attention = attention;
+        options.steps = steps;
+        options.batch = batch;
+        options.lr = lr;
+        options.final_lr = final_lr;
+        options.warmup = warmup;
+        options.weight_decay = weight_decay;
+        options.clip = clip;
+        options.seed = seed;
+        options.eval_every = eval_every;
+        options.resume = resume;
+        options.device = device;
+        EvalRecord last;
+        {
+          nb::gil_scoped_release release;
+          last = train_gpt(
+              options,
+              [&](const TrainProgress& at) {
+                if (!on_step) return;
+                nb::gil_scoped_acquire gil;
+                on_step(at.step, at.loss, at.lr);
+              },
+              {});
+        }
+        return eval_record(last);
+      },
+      "text_path"_a, "out_dir"_a, "config"_a = "gpt-s", "attention"_a = "standard", "steps"_a = 2000,
+      "batch"_a = nb::none(), "lr"_a = 1e-3, "final_lr"_a = 1e-4, "warmup"_a = 100, "weight_decay"_a = 0.1,
+      "clip"_a = 1.0, "seed"_a = 0, "eval_every"_a = 200, "resume"_a = false, "device"_a = Device::cpu(),
+      "on_step"_a = nb::none(),
+      "Trains the GPT as `ellipse train gpt` does (AdamW with betas (0.9, 0.99), warm-up + cosine schedule, "
+      "checkpoints in out_dir); on_step(step, loss, lr) after every step. Returns the last evaluation.");
+
+  nb::class_<ViTConfig>(m, "ViTConfig", "A ViT's shape: see vit_preset.")
+      .def_rw("name", &ViTConfig::name)
+      .def_rw("image", &ViTConfig::image)
+      .def_rw("patch", &ViTConfig::patch)
+      .def_rw("n_layer", &ViTConfig::n_layer)
+      .def_rw("d_model", &ViTConfig::d_model)
+      .def_rw("n_head", &ViTConfig::n_head)
+      .def_rw("classes", &ViTConfig::classes)
+      .def_rw("batch", &ViTConfig::batch)
+      .def_rw("dropout", &ViTConfig::dropout)
+      .def_rw("attention", &ViTConfig::attention, "'standard' or 'elliptical'")
+      .def_prop_rw(
+          "metric", [](const ViTConfig& c) { return std::string(nn::metric_mode_name(c.metric)); },
+          [](ViTConfig& c, const std::string& mode) { c.metric = nn::parse_metric_mode(mode); },
+          "The elliptical metric's estimator: 'sequence', 'causal' or 'random'.");
+  m.def("vit_preset", &vit_preset, "name"_a, "'vit-s' or 'vit-xs'.");
+  nb::class_<ViT, nn::Module>(m, "ViT", "The vision transformer: images [B, image, image] f32 -> logits [B, classes].")
+      .def(nb::init<const ViTConfig&, std::uint64_t>(), "config"_a, "seed"_a = 0)
+      .def_prop_ro("config", &ViT::config)
+      .def("forward", &ViT::forward, "images"_a, Release())
+      .def("__call__", &ViT::forward, "images"_a, Release())
+      .def("block", &ViT::block, "i"_a, nb::rv_policy::reference_internal, "The i-th transformer block (0 first).");
+  m.def("load_vit", &load_vit, "dir"_a, "device"_a = Device::cpu(), Release(),
+        "The ViT of dir/config.json and dir/model.safetensors, in eval mode.");
+  m.def(
+      "train_vit",
+      [](const std::string& out_dir, const std::string& data_dir, const std::string& config,
+         const std::string& attention, std::int64_t epochs, std::optional<std::int64_t> batch, double lr,
+         std::uint64_t seed, std::int64_t limit_train, std::int64_t limit_test, bool resume, Device device,
+         const std::function<void(std::int64_t, double, double)>& on_step) {
+        ViTTrainOptions options;
+        options.out_dir = out_dir;
+        options.data_dir = data_dir;
+        options.config = config;
+        options.attention = attention;
+        options.epochs = epochs;
+        options.batch = batch;
+        options.lr = lr;
+        options.seed = seed;
+        options.limit_train = limit_train;
+        options.limit_test = limit_test;
+        options.resume = resume;
+        options.device = device;
+        ViTEvalRecord last;
+        {
+          nb::gil_scoped_release release;
+          last = train_vit(
+              options,
+              [&](const TrainProgress& at) {
+                if (!on_step) return;
+                nb::gil_scoped_acquire gil;
+                on_step(at.step, at.loss, at.lr);
+              },
+              {});
+        }
+        nb::dict record;
+        record["step"] = last.step;
+        record["epoch"] = last.epoch;
+        record["train_loss"] = last.train_loss;
+        record["test_loss"] = last.test_loss;
+        record["test_acc"] = last.test_acc;
+        record["images_per_s"] = last.images_per_s;
+        return record;
+      },
+      "out_dir"_a, "data_dir"_a = std::string(kFashionMnistDir), "config"_a = "vit-s", "attention"_a = "standard",
+      "epochs"_a = 10, "batch"_a = nb::none(), "lr"_a = 1e-3, "seed"_a = 0, "limit_train"_a = 0, "limit_test"_a = 0,
+      "resume"_a = false, "device"_a = Device::cpu(), "on_step"_a = nb::none(),
+      "Trains the ViT on Fashion-MNIST as `ellipse train vit` does, evaluating and checkpointing after every epoch; "
+      "on_step(step, loss, lr) after every step. Returns the last evaluation.");
+}
+
+}  // namespace ellipse::python

@@ -1,0 +1,309 @@
+// ellipse.nn: modules (with Python subclasses through a trampoline), the basic layers, the optimizers, gradient
+// clipping, the learning-rate schedule and parameter checkpoints.
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+#include <nanobind/trampoline.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "models/checkpoint.hpp"
+#include "nn/analysis.hpp"
+#include "nn/attention.hpp"
+#include "nn/block.hpp"
+#include "nn/layers.hpp"
+#include "nn/module.hpp"
+#include "nn/optim.hpp"
+
+namespace ellipse::python {
+namespace {
+
+using namespace nb::literals;
+using Release = nb::call_guard<nb::gil_scoped_release>;
+
+// A layer whose forward is a Python method: what `class MyLayer(ellipse.nn.Module)` builds. The library calls
+// forward through the C++ virtual, so such a layer works wherever an nn::Layer does (Sequential, the models).
+class PyLayer : public nn::Layer {
+ public:
+  NB_TRAMPOLINE(nn::Layer);
+  // The Python method's output goes through the forward hooks, as every forward of the library does.
+  Tensor forward(const Tensor& x) override {
+    Tensor out;
+    {
+      nb::gil_scoped_acquire gil;  // the library may call it from code that released the GIL
+      out = python_forward(x);
+    }
+    return hooked(out);
+  }
+  using nn::Module::register_module;
+  using nn::Module::register_parameter;
+
+ private:
+  Tensor python_forward(const Tensor& x) { NB_OVERRIDE_PURE_NAME("forward", forward, x); }
+};
+
+// Registration is for the layer's own __init__: the library's layers are complete when constructed.
+PyLayer& python_layer(nn::Layer& self, const char* method) {
+  auto* layer = dynamic_cast<PyLayer*>(&self);
+  ELLIPSE_CHECK(layer != nullptr, "Module.{}: only a Python subclass of ellipse.nn.Module registers its own members",
+                method);
+  return *layer;
+}
+
+Generator& or_default(Generator* gen) { return gen ? *gen : default_generator(); }
+
+// A probe's tensor, None when nothing was recorded.
+std::optional<Tensor> recorded(const Tensor& tensor) {
+  return tensor.defined() ? std::optional<Tensor>(tensor) : std::nullopt;
+}
+
+nb::tuple attention_output(const nn::AttentionOutput& output) {
+  return nb::make_tuple(output.out, recorded(output.v));
+}
+
+nb::dict to_dict(const nn::StateDict& entries) {
+  nb::dict dict;
+  for (const auto& [name, tensor] : entries) dict[name.c_str()] = tensor;
+  return dict;
+}
+
+}  // namespace
+
+void bind_nn(nb::module_& m) {
+  nb::enum_<nn::Init>(m, "Init", "How a layer's parameters start: pytorch (torch.nn's defaults) or gpt2 (N(0, 0.02))")
+      .value("pytorch", nn::Init::pytorch)
+      .value("gpt2", nn::Init::gpt2);
+
+  nb::class_<nn::Module>(m, "ModuleBase",
+                         "A tree of named parameters and sub-modules (every model and layer of the library).")
+      .def("named_parameters", [](const nn::Module& self) { return to_dict(self.named_parameters()); },
+           "The parameters by dotted name, depth first in registration order.")
+      .def("parameters", &nn::Module::parameters)
+      .def("parameter_count", &nn::Module::parameter_count)
+      .def("parameter", &nn::Module::parameter, "name"_a, "The parameter with this dotted name.")
+      .def("state_dict", [](const nn::Module& self) { return to_dict(self.state_dict()); },
+           "Detached copies of the parameters by dotted name.")
+      .def(
+          "load_state_dict",
+          [](nn::Module& self, const nb::dict& dict, bool strict) {
+            nn::StateDict entries;
+            for (auto [name, tensor] : dict) {
+              entries.emplace_back(nb::cast<std::string>(name), nb::cast<Tensor>(tensor));
+            }
+            nn::IncompatibleNames names = self.load_state_dict(entries, strict);
+            return nb::make_tuple(names.missing, names.unexpected);
+          },
+          "state_dict"_a, "strict"_a = true,
+          "Copies the tensors into the parameters in place; returns (missing, unexpected) names when not strict.")
+      .def("train", &nn::Module::train, "on"_a = true)
+      .def("eval", &nn::Module::eval)
+      .def_prop_ro("training", &nn::Module::training)
+      .def("zero_grad", &nn::Module::zero_grad)
+      .def(
+          "to",
+          [](nb::handle self, Device device) {
+            nb::cast<nn::Module&>(self).to(device);
+            return nb::borrow(self);
+          },
+          "device"_a, "Moves every parameter to device in place; returns the module.")
+      .def(
+          "to",
+          [](nb::handle self, DType dtype) {
+            nb::cast<nn::Module&>(self).to(dtype);
+            return nb::borrow(self);
+          },
+          "dtype"_a, "Converts every parameter to the floating dtype in place; returns the module.")
+      .def_prop_ro("device", &nn::Module::device)
+      .def(
+          "add_forward_hook",
+          [](nn::Module& self, nb::callable hook) {
+            return self.add_forward_hook(
+                [hook = hold(std::move(hook))](const nn::Module& module, const Tensor& output) -> Tensor {
+                  nb::gil_scoped_acquire gil;
+                  nb::object result = (*hook)(nb::cast(&module, nb::rv_policy::reference), output);
+                  return result.is_none() ? Tensor() : nb::cast<Tensor>(result);
+                });
+          },
+          "hook"_a,
+          "hook(module, output) runs on the output of every forward of this module and returns None (keep it) or a "
+          "tensor that replaces it. Returns an id for remove_forward_hook.")
+      .def("remove_forward_hook", &nn::Module::remove_forward_hook, "id"_a);
+
+  nb::class_<nn::Layer, nn::Module, PyLayer>(
+      m, "Module",
+      "A module of one tensor in and one tensor out. Subclass it in Python: call super().__init__(), register "
+      "parameters and sub-modules with register_parameter and register_module, and define forward(x).")
+      .def(nb::init<>())
+      .def("forward", &nn::Layer::forward, "x"_a, Release())
+      .def("__call__", &nn::Layer::forward, "x"_a, Release())
+      .def(
+          "register_parameter",
+          [](nn::Layer& self, const std::string& name, const Tensor& value) {
+            return python_layer(self, "register_parameter").register_parameter(name, value);
+          },
+          "name"_a, "value"_a, "Makes value a parameter (requires grad) under name and returns it.")
+      .def(
+          "register_module",
+          [](nn::Layer& self, const std::string& name, std::shared_ptr<nn::Module> module) {
+            return python_layer(self, "register_module").register_module(name, std::move(module));
+          },
+          "name"_a, "module"_a, "Makes module a child under name (its parameters are name.*) and returns it.");
+
+  nb::class_<nn::Sequential, nn::Layer>(m, "Sequential", "Layers applied in order, named '0', '1', ...")
+      .def(nb::init<std::vector<std::shared_ptr<nn::Layer>>>(), "layers"_a)
+      .def("append", &nn::Sequential::push_back, "layer"_a, nb::rv_policy::none)
+      .def("__len__", &nn::Sequential::size);
+
+  nb::class_<nn::Linear, nn::Layer>(m, "Linear", "y = x W^T + b with weight [out, in] and bias [out].")
+      .def(
+          "__init__",
+          [](nn::Linear* self, std::int64_t in, std::int64_t out, bool bias, Generator* gen, nn::Init init) {
+            new (self) nn::Linear(in, out, bias, or_default(gen), init);
+          },
+          "in_features"_a, "out_features"_a, "bias"_a = true, "gen"_a = nb::none(), "init"_a = nn::Init::pytorch)
+      .def_prop_ro("weight", &nn::Linear::weight)
+      .def_prop_ro("bias", [](const nn::Linear& self) {
+        return self.bias().defined() ? std::optional<Tensor>(self.bias()) : std::nullopt;
+      });
+  nb::class_<nn::Embedding, nn::Layer>(m, "Embedding", "Rows of weight [num, dim] looked up by i64 ids.")
+      .def(
+          "__init__",
+          [](nn::Embedding* self, std::int64_t num, std::int64_t dim, Generator* gen, nn::Init init) {
+            new (self) nn::Embedding(num, dim, or_default(gen), init);
+          },
+          "num"_a, "dim"_a, "gen"_a = nb::none(), "init"_a = nn::Init::pytorch)
+      .def_prop_ro("weight", &nn::Embedding::weight);
+  nb::class_<nn::LayerNorm, nn::Layer>(m, "LayerNorm", "Normalises the last axis; weight starts at 1, bias at 0.")
+      .def(nb::init<std::int64_t, double>(), "dim"_a, "eps"_a = 1e-5);
+  nb::class_<nn::Dropout, nn::Layer>(m, "Dropout", "Zeroes activations with probability p in training mode.")
+      .def(
+          "__init__",
+          [](nn::Dropout* self, double p, Generator* gen) { new (self) nn::Dropout(p, or_default(gen)); }, "p"_a,
+          "gen"_a = nb::none(), nb::keep_alive<1, 3>())
+      .def_prop_ro("p", &nn::Dropout::p);
+  nb::class_<nn::MLP, nn::Layer>(m, "MLP", "fc1 (dim -> hidden), GELU (tanh approximation), fc2 (hidden -> dim).")
+      .def(
+          "__init__",
+          [](nn::MLP* self, std::int64_t dim, std::int64_t hidden, Generator* gen, nn::Init init) {
+            new (self) nn::MLP(dim, hidden, or_default(gen), init);
+          },
+          "dim"_a, "hidden"_a, "gen"_a = nb::none(), "init"_a = nn::Init::pytorch);
+
+  nb::class_<nn::AttentionLayer, nn::Module>(
+      m, "AttentionLayer",
+      "A transformer block's attention sublayer: forward(x [B, N, d], causal, v_prev) -> (out [B, N, d], v), v being "
+      "this layer's value heads [B, H, N, dh] for the next layer (None when it hands none on).")
+      .def(
+          "forward",
+          [](nn::AttentionLayer& self, const Tensor& x, bool causal, const std::optional<Tensor>& v_prev) {
+            nn::AttentionOutput output;
+            {
+              nb::gil_scoped_release release;
+              output = self.forward(x, causal, v_prev.value_or(Tensor()));
+            }
+            return attention_output(output);
+          },
+          "x"_a, "causal"_a = false, "v_prev"_a = nb::none())
+      .def("keep_attention", &nn::AttentionLayer::keep_attention, "on"_a = true,
+           "While on, each forward records its attention probabilities [B, H, N, N_keys] (and the metric m).")
+      .def_prop_ro("keeps_attention", &nn::AttentionLayer::keeps_attention)
+      .def_prop_ro("last_attention", [](const nn::AttentionLayer& self) { return recorded(self.last_attention()); },
+                   "The probabilities of the last forward while keep_attention was on, or None.")
+      .def_prop_ro("last_metric", [](const nn::AttentionLayer& self) { return recorded(self.last_metric()); },
+                   "The metric m of the last forward of an elliptical layer, or None.");
+  nb::class_<nn::Attention, nn::AttentionLayer>(m, "Attention", "Standard multi-head attention.")
+      .def(
+          "__init__",
+          [](nn::Attention* self, std::int64_t dim, std::int64_t heads, Generator* gen, nn::Init init) {
+            new (self) nn::Attention(dim, heads, or_default(gen), init);
+          },
+          "dim"_a, "heads"_a, "gen"_a = nb::none(), "init"_a = nn::Init::pytorch)
+      .def_prop_ro("heads", &nn::Attention::heads)
+      .def_prop_ro("head_dim", &nn::Attention::head_dim);
+  nb::class_<nn::EllipticalAttention, nn::Attention>(
+      m, "EllipticalAttention",
+      "Elliptical attention (Nielsen et al., NeurIPS 2024): the queries scaled by the metric m estimated from this "
+      "and the previous layer's value heads; mode 'causal', 'sequence' or 'random'.")
+      .def(
+          "__init__",
+          [](nn::EllipticalAttention* self, std::int64_t dim, std::int64_t heads, const std::string& mode,
+             Generator* gen, nn::Init init) {
+            new (self) nn::EllipticalAttention(dim, heads, nn::parse_metric_mode(mode), or_default(gen), init);
+          },
+          "dim"_a, "heads"_a, "mode"_a = "causal", "gen"_a = nb::none(), "init"_a = nn::Init::pytorch,
+          nb::keep_alive<1, 5>())
+      .def_prop_ro("mode", [](const nn::EllipticalAttention& self) {
+        return std::string(nn::metric_mode_name(self.mode()));
+      });
+  m.def("attention_kinds", &nn::attention_kinds, "The registered attention kinds, sorted.");
+
+  nb::class_<nn::Block, nn::Module>(m, "Block", "A pre-LN transformer block: x + attn(ln1(x)), then + mlp(ln2(x)).")
+      .def(
+          "forward",
+          [](nn::Block& self, const Tensor& x, bool causal, const std::optional<Tensor>& v_prev) {
+            nn::AttentionOutput output;
+            {
+              nb::gil_scoped_release release;
+              output = self.forward(x, causal, v_prev.value_or(Tensor()));
+            }
+            return attention_output(output);
+          },
+          "x"_a, "causal"_a = false, "v_prev"_a = nb::none(), "(new x, this block's value heads).")
+      .def_prop_ro("attention", &nn::Block::attention, nb::rv_policy::reference_internal)
+      .def("keep_activations", &nn::Block::keep_activations, "on"_a = true,
+           "While on, forward keeps the attention probabilities, the attention output and the block's output.")
+      .def_prop_ro("last_attention_output",
+                   [](const nn::Block& self) { return recorded(self.last_attention_output()); })
+      .def_prop_ro("last_output", [](const nn::Block& self) { return recorded(self.last_output()); });
+  m.def("token_collapse", &nn::token_collapse, "x"_a, Release(),
+        "x [B, N, d]: the mean over the batch of the mean cosine similarity of the token pairs.");
+  m.def("head_redundancy", &nn::head_redundancy, "attention"_a, Release(),
+        "attention [B, H, N, M]: the mean L2 distance between the maps of different heads.");
+
+  nb::class_<nn::Optimizer>(m, "Optimizer", "What every optimizer shares: step, zero_grad, the learning rate.")
+      .def("step", &nn::Optimizer::step, Release(), "One update from the parameters' current .grad.")
+      .def("zero_grad", &nn::Optimizer::zero_grad)
+      .def_prop_rw("lr", &nn::Optimizer::lr, &nn::Optimizer::set_lr, "The base learning rate.")
+      .def_prop_ro("steps", &nn::Optimizer::steps)
+      .def("parameters", &nn::Optimizer::parameters)
+      .def("state", &nn::Optimizer::state, "The buffers, each parameter's in turn (AdamW: [m0, v0, m1, ...]).")
+      .def("load_state", &nn::Optimizer::load_state, "state"_a, "steps"_a);
+  nb::class_<nn::AdamW, nn::Optimizer>(
+      m, "AdamW",
+      "PyTorch's AdamW; the decoupled weight decay applies to parameters of 2 or more dimensions. Build it after "
+      "moving the model: the moments live on each parameter's device.")
+      .def(
+          "__init__",
+          [](nn::AdamW* self, std::vector<Tensor> parameters, double lr, double beta1, double beta2, double eps,
+             double weight_decay) {
+            new (self) nn::AdamW(std::move(parameters), nn::AdamWOptions{lr, beta1, beta2, eps, weight_decay});
+          },
+          "parameters"_a, "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.01);
+  nb::class_<nn::SGD, nn::Optimizer>(m, "SGD", "PyTorch's SGD with momentum, dampening, L2 decay and Nesterov.")
+      .def(
+          "__init__",
+          [](nn::SGD* self, std::vector<Tensor> parameters, double lr, double momentum, double dampening,
+             double weight_decay, bool nesterov) {
+            new (self) nn::SGD(std::move(parameters), nn::SGDOptions{lr, momentum, dampening, weight_decay, nesterov});
+          },
+          "parameters"_a, "lr"_a = 1e-3, "momentum"_a = 0.0, "dampening"_a = 0.0, "weight_decay"_a = 0.0,
+          "nesterov"_a = false);
+
+  m.def("clip_grad_norm", &nn::clip_grad_norm, "parameters"_a, "max_norm"_a, Release(),
+        "Scales all gradients so that their joint L2 norm is at most max_norm; returns the norm before clipping.");
+  m.def("warmup_cosine_lr", &nn::warmup_cosine_lr, "step"_a, "warmup"_a, "total"_a, "peak"_a, "final_lr"_a,
+        "Linear warm-up from 0 to peak over warmup steps, then cosine decay to final_lr at total steps.");
+  m.def("save_parameters", &save_parameters, "path"_a, "module"_a, "metadata"_a = std::map<std::string, std::string>{},
+        Release(), "Writes every parameter as F32 safetensors under its dotted name (atomically).");
+  m.def("load_parameters", &load_parameters, "path"_a, "module"_a, Release(),
+        "Loads a safetensors file into the module (exact names and shapes); returns its metadata.");
+}
+
+}  // namespace ellipse::python

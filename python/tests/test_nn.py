@@ -1,0 +1,91 @@
+"""ellipse.nn from Python: a layer written in Python trained by the library's optimizer, inside Sequential."""
+import numpy as np
+import pytest
+
+import ellipse
+from ellipse import nn
+
+
+class Residual(nn.Module):
+    """x + W2 relu(W1 x): a layer of our own, built from the library's layers and ops."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = self.register_module("fc1", nn.Linear(dim, hidden, gen=ellipse.Generator(1)))
+        self.fc2 = self.register_module("fc2", nn.Linear(hidden, dim, gen=ellipse.Generator(2)))
+        self.scale = self.register_parameter("scale", ellipse.ones([dim]))
+
+    def forward(self, x):
+        return x + self.fc2(ellipse.relu(self.fc1(x))) * self.scale
+
+
+def test_python_module_trains_inside_sequential():
+    gen = ellipse.Generator(0)
+    model = nn.Sequential([Residual(4, 16), nn.LayerNorm(4), nn.Linear(4, 3, gen=gen)])
+    assert list(model.named_parameters()) == ["0.scale", "0.fc1.weight", "0.fc1.bias", "0.fc2.weight", "0.fc2.bias",
+                                              "1.weight", "1.bias", "2.weight", "2.bias"]
+    x = ellipse.randn([32, 4], gen=gen)
+    targets = ellipse.argmax(x[:, :3], 1)  # a learnable labelling
+    optimizer = nn.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = ellipse.cross_entropy(model(x), targets)
+        loss.backward()
+        nn.clip_grad_norm(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert optimizer.steps == 30
+    assert model.parameter("0.scale").grad is not None
+
+
+def test_state_dict_and_checkpoint_round_trip(tmp_path):
+    layer = Residual(4, 8)
+    saved = {name: tensor.numpy().copy() for name, tensor in layer.state_dict().items()}
+    nn.save_parameters(str(tmp_path / "model.safetensors"), layer, {"step": "3"})
+    with ellipse.no_grad():  # in-place updates of parameters happen outside autograd
+        for parameter in layer.parameters():
+            parameter.fill_(0)
+    assert nn.load_parameters(str(tmp_path / "model.safetensors"), layer) == {"step": "3"}
+    for name, tensor in layer.state_dict().items():
+        np.testing.assert_array_equal(tensor.numpy(), saved[name])
+    with pytest.raises(ellipse.Error, match="load_state_dict: the names do not match .*missing: .scale"):
+        layer.load_state_dict({"fc1.weight": ellipse.zeros([1])})
+
+
+def test_forward_must_be_defined_and_registration_is_for_python_layers():
+    class Empty(nn.Module):
+        pass
+
+    with pytest.raises(Exception, match="forward"):
+        Empty()(ellipse.zeros([1]))
+    with pytest.raises(ellipse.Error, match="only a Python subclass"):
+        nn.Linear(2, 2).register_parameter("extra", ellipse.zeros([1]))
+
+
+def test_schedule_and_sgd():
+    assert nn.warmup_cosine_lr(0, 10, 100, 1.0, 0.1) == pytest.approx(0.1)  # step 0 is the first of the warm-up
+    assert nn.warmup_cosine_lr(10, 10, 100, 1.0, 0.1) == pytest.approx(1.0)
+    assert nn.warmup_cosine_lr(100, 10, 100, 1.0, 0.1) == pytest.approx(0.1)
+    w = ellipse.tensor([1.0, -2.0], requires_grad=True)
+    optimizer = nn.SGD([w], lr=0.5)
+    ellipse.sum(w * w).backward()
+    optimizer.step()
+    np.testing.assert_allclose(w.numpy(), [0.0, 0.0])
+    optimizer.lr = 0.1
+    assert optimizer.lr == pytest.approx(0.1)
+
+
+def test_forward_hooks_see_and_replace_outputs():
+    layer = Residual(4, 8)
+    model = nn.Sequential([layer, nn.Linear(4, 2)])
+    seen = []
+    hook = layer.add_forward_hook(lambda module, output: seen.append((module is layer, output.shape)))
+    model(ellipse.zeros([3, 4]))
+    assert seen == [(True, (3, 4))]
+    layer.remove_forward_hook(hook)
+    model.add_forward_hook(lambda module, output: output * 0)  # replaces the model's output
+    assert ellipse.sum(ellipse.abs(model(ellipse.ones([3, 4])))).item() == 0
+    with pytest.raises(ellipse.Error, match="remove_forward_hook"):
+        layer.remove_forward_hook(hook)

@@ -1,0 +1,167 @@
+"""Tensors from Python: zero-copy exchange with NumPy and DLPack, indexing as views, printing, no_grad."""
+import pathlib
+
+import numpy as np
+import pytest
+
+import ellipse
+
+
+def address(array):
+    return array.__array_interface__["data"][0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_from_numpy_shares_memory_both_ways(dtype):
+    array = np.arange(12, dtype=dtype).reshape(3, 4)
+    t = ellipse.from_numpy(array)
+    assert t.shape == (3, 4)
+    assert t.dtype == {np.float32: ellipse.f32, np.float64: ellipse.f64, np.int64: ellipse.i64}[dtype]
+    back = t.numpy()
+    assert address(back) == address(array)
+    assert np.shares_memory(back, array)
+    array[1, 2] = 100  # a write through NumPy is seen by the tensor
+    assert t[1, 2].item() == 100
+    t.fill_(7)  # and a write through the library by the array
+    assert (array == 7).all()
+
+
+def test_from_numpy_keeps_the_array_alive():
+    t = ellipse.from_numpy(np.full((1000,), 3.0, dtype=np.float32))  # the only reference is the tensor's
+    assert ellipse.sum(t).item() == 3000
+
+
+def test_strided_arrays_and_views_stay_zero_copy():
+    array = np.arange(24, dtype=np.float32).reshape(4, 6)
+    t = ellipse.from_numpy(array[:, 1::2])
+    assert t.strides == (6, 2)
+    assert address(t.numpy()) == address(array) + 4
+    view = ellipse.from_numpy(array)[1:3, ::2]
+    assert view.strides == (6, 2)
+    assert np.shares_memory(view.numpy(), array)
+    np.testing.assert_array_equal(view.numpy(), array[1:3, ::2])
+
+
+def test_dlpack_round_trip_is_zero_copy():
+    array = np.linspace(0, 1, 10, dtype=np.float64)
+    t = ellipse.from_dlpack(array)
+    assert t.__dlpack_device__() == (1, 0)
+    back = np.from_dlpack(t)
+    assert address(back) == address(array)
+    again = ellipse.from_dlpack(back)
+    assert address(again.numpy()) == address(array)
+
+
+def test_array_protocol():
+    t = ellipse.arange(0, 6).reshape([2, 3])
+    array = np.asarray(t)
+    assert np.shares_memory(array, t.numpy())
+    assert np.asarray(t, dtype=np.float64).dtype == np.float64
+    assert not np.shares_memory(np.array(t, copy=True), array)
+
+
+def test_tensor_copies():
+    array = np.ones((2, 2), dtype=np.float32)
+    t = ellipse.tensor(array)
+    assert not np.shares_memory(t.numpy(), array)
+    assert ellipse.tensor([[1, 2], [3, 4]]).dtype == ellipse.i64
+    assert ellipse.tensor([0.5, 1.5]).dtype == ellipse.f32
+    assert ellipse.tensor([1, 2], dtype=ellipse.f64).dtype == ellipse.f64
+    assert ellipse.tensor(2.5).shape == ()
+    assert ellipse.tensor([1.0, 2.0]).tolist() == [1.0, 2.0]
+
+
+def test_from_numpy_refuses_other_dtypes_and_negative_strides():
+    with pytest.raises(ellipse.Error, match="from_dlpack: the array's dtype"):
+        ellipse.from_numpy(np.zeros(3, dtype=np.int32))
+    with pytest.raises(ellipse.Error, match="negative stride"):
+        ellipse.from_numpy(np.arange(4.0)[::-1])
+    read_only = np.zeros(3)
+    read_only.flags.writeable = False
+    with pytest.raises(ellipse.Error, match="from_dlpack: the array is read-only"):
+        ellipse.from_numpy(read_only)
+    assert ellipse.tensor(read_only).shape == (3,)
+
+
+def test_indexing_gives_views_like_numpy():
+    array = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    t = ellipse.from_numpy(array)
+    for key in [1, -1, (1, 2), (slice(None), 1), (slice(1, None), slice(None, None, 2)), (..., 3), (None, 0),
+                (0, ..., slice(1, 4)), (slice(None), None, 2), (slice(5, 1),), (slice(-3, -1), -2, ...)]:
+        view = t[key]
+        np.testing.assert_array_equal(view.numpy(), array[key], err_msg=str(key))
+        assert np.shares_memory(view.numpy(), array) or view.numel() == 0
+    picked = t[ellipse.tensor([2, 0])]
+    np.testing.assert_array_equal(picked.numpy(), array[[2, 0]])
+
+
+def test_indexing_errors():
+    t = ellipse.zeros([2, 3])
+    with pytest.raises(ellipse.Error, match="only positive steps"):
+        t[::-1]
+    with pytest.raises(IndexError, match=r"index 5 at position 0 is out of range for an axis of size 2 \(shape \[2, 3"):
+        t[5]
+    with pytest.raises(IndexError, match="index -4 at position 1 is out of range for an axis of size 3"):
+        t[0, -4]
+    with pytest.raises(ellipse.Error, match="3 indices for a tensor of 2 dimensions"):
+        t[0, 0, 0]
+    with pytest.raises(ellipse.Error, match="2 ellipses"):
+        t[..., 0, ...]
+    with pytest.raises(TypeError, match="indices are int, slice"):
+        t["a"]
+
+
+def test_metadata_and_printing():
+    t = ellipse.zeros([2, 3], dtype=ellipse.f64)
+    assert (t.ndim, len(t), t.numel(), t.dtype, str(t.device)) == (2, 2, 6, ellipse.f64, "cpu")
+    assert t.device == ellipse.Device("cpu")
+    assert repr(t).startswith("Tensor(shape=[2, 3], dtype=f64, device=cpu)")
+    x = ellipse.ones([2])
+    x.requires_grad = True
+    assert x.requires_grad and x.is_leaf and x.grad is None
+    assert "requires_grad" in repr(x)
+
+
+def test_backward_fills_grad():
+    x = ellipse.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    y = (x * x + 1).sum()
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy())
+    x.zero_grad()
+    assert x.grad is None
+
+
+def test_no_grad():
+    x = ellipse.ones([2], dtype=ellipse.f32)
+    x.requires_grad = True
+    with ellipse.no_grad():
+        assert not ellipse.grad_enabled()
+        assert not (x * 2).requires_grad
+    assert ellipse.grad_enabled() and (x * 2).requires_grad
+
+    @ellipse.no_grad()
+    def double(t):
+        return t * 2
+
+    assert not double(x).requires_grad
+
+
+def test_data_ptr_is_the_first_element():
+    array = np.arange(10, dtype=np.int64)
+    t = ellipse.from_numpy(array)
+    assert t.data_ptr() == address(array)
+    assert t[3:].data_ptr() == address(array) + 3 * 8
+
+
+def test_iteration_and_conversions():
+    t = ellipse.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert [row.tolist() for row in t] == [[1.0, 2.0], [3.0, 4.0]]
+    assert float(t[1, 0]) == 3.0 and int(t[1, 1]) == 4
+    assert bool(t[0, 0] > 0.5) and not bool(t[0, 0] > 1.5)
+    with pytest.raises(ellipse.Error, match="item"):
+        bool(t)
+
+
+def test_version_is_the_projects():
+    cmake = (pathlib.Path(__file__).resolve().parents[2] / "CMakeLists.txt").read_text()
+    assert f"project(ellipse VERSION {ellipse.__version__} " in cmake
