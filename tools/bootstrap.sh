@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages that ellipse builds, tests and runs with, then the Python package's build and test
-# requirements (nanobind, scikit-build-core, NumPy, pytest: PyPI) into the repository's venv .py-venv/, where CMake
-# looks for them (python/CMakeLists.txt); run it as root from anywhere. Idempotent: it asks dpkg what is already
+# requirements (nanobind, scikit-build-core, NumPy, pytest, matplotlib: PyPI) into the repository's venv .py-venv/,
+# where CMake looks for them (python/CMakeLists.txt); run it as root from anywhere. Idempotent: it asks dpkg what is already
 # installed and the venv what it already has, and only touches apt and pip when something is missing, so on a
 # machine that has everything it returns in well under a second.
 set -euo pipefail
@@ -28,12 +28,13 @@ packages=(
   python3-venv           # ... and venv with pip, for .py-venv/
 )
 venv=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.py-venv
-python_requirements=(nanobind scikit-build-core numpy pytest)
+python_requirements=(nanobind scikit-build-core numpy pytest matplotlib)
 
 # The venv, once the Debian packages are in: created when absent, filled when a requirement is missing.
 python_venv() {
   local check="import importlib.util as u, sys
-sys.exit(any(u.find_spec(name) is None for name in ('nanobind', 'scikit_build_core', 'numpy', 'pytest')))"
+names = ('nanobind', 'scikit_build_core', 'numpy', 'pytest', 'matplotlib')
+sys.exit(any(u.find_spec(name) is None for name in names))"
   if "$venv/bin/python" -c "$check" 2>/dev/null; then
     return 0
   fi
