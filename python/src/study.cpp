@@ -34,7 +34,21 @@ study::StudyCallbacks callbacks(const Message& on_message) {
   return result;
 }
 
-nb::dict study_result(const study::StudyResult& result) {
+// The options both studies share, then the study itself with the GIL released; its result as a dict.
+template <typename Options, typename Study>
+nb::dict run_study(Options& options, const std::string& preset, const std::vector<std::string>& attention,
+                   std::int64_t seeds, const std::string& only, Device device, const Message& on_message,
+                   Study study) {
+  options.preset = preset;
+  options.attention = attention;
+  options.seeds = seeds;
+  options.only = only;
+  options.device = device;
+  study::StudyResult result;
+  {
+    nb::gil_scoped_release release;
+    result = study(options, callbacks(on_message));
+  }
   nb::dict out;
   out["summarized"] = result.summarized;
   out["summary_path"] = result.summary_path;
@@ -53,17 +67,7 @@ void bind_study(nb::module_& m) {
         study::StudyGptOptions options;
         options.text_path = text_path;
         options.out_dir = out_dir;
-        options.preset = preset;
-        options.attention = attention;
-        options.seeds = seeds;
-        options.only = only;
-        options.device = device;
-        study::StudyResult result;
-        {
-          nb::gil_scoped_release release;
-          result = study::run_gpt_study(options, callbacks(on_message));
-        }
-        return study_result(result);
+        return run_study(options, preset, attention, seeds, only, device, on_message, study::run_gpt_study);
       },
       "text_path"_a, "out_dir"_a, "preset"_a = "quick",
       "attention"_a = std::vector<std::string>{"standard", "elliptical"}, "seeds"_a = 1, "only"_a = "",
@@ -78,17 +82,7 @@ void bind_study(nb::module_& m) {
         study::StudyVitOptions options;
         options.out_dir = out_dir;
         options.data_dir = data_dir;
-        options.preset = preset;
-        options.attention = attention;
-        options.seeds = seeds;
-        options.only = only;
-        options.device = device;
-        study::StudyResult result;
-        {
-          nb::gil_scoped_release release;
-          result = study::run_vit_study(options, callbacks(on_message));
-        }
-        return study_result(result);
+        return run_study(options, preset, attention, seeds, only, device, on_message, study::run_vit_study);
       },
       "out_dir"_a, "data_dir"_a = std::string(kFashionMnistDir), "preset"_a = "quick",
       "attention"_a = std::vector<std::string>{"standard", "elliptical"}, "seeds"_a = 1, "only"_a = "",
