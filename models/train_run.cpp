@@ -209,26 +209,22 @@ void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimiz
   const bool writer = comm.rank() == 0;
   std::int64_t items = 0;
   double communication_s = 0;
-  const auto timed = [&](auto&& collective) {
-    if (comm.size() == 1) return collective();  // no collective to time
+  // Runs a collective, adding its time to communication_s.
+  const auto timed = [&](const auto& collective) {
     const auto start = std::chrono::steady_clock::now();
-    auto result = collective();
+    collective();
     communication_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    return result;
   };
   for (std::int64_t step = loop.start; step < loop.end; ++step) {
     const double lr = loop.learning_rate(step);
     optimizer.set_lr(lr);
     optimizer.zero_grad();
     const Tensor loss = loop.loss(step);
-    const double own_loss = loss.item();  // waits for the step's forward pass, which is not communication
-    const double loss_value = timed([&] { return mean_over_ranks(comm, own_loss); });
+    double loss_value = loss.item();  // waits for the step's forward pass, which is not communication
+    if (comm.size() > 1) timed([&] { loss_value = mean_over_ranks(comm, loss_value); });
     run.check_finite(loss_value, "the loss", step + 1);
     loss.backward();
-    timed([&] {
-      dist::average_gradients(params, comm);
-      return 0;
-    });
+    if (comm.size() > 1) timed([&] { dist::average_gradients(params, comm); });
     run.check_finite(nn::clip_grad_norm(params, loop.clip), "the gradient norm", step + 1);
     optimizer.step();
     train_loss.add(loss_value);
