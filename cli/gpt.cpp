@@ -42,11 +42,11 @@ int run_train(TrainFlags flags) {
   if (flags.batch > 0) o.batch = flags.batch;
   resolve_run_dir(o.out_dir, o.resume, flags.resume, "train gpt", "runs/gpt");
   // With --json, stdout carries only the evaluations' JSON lines: no plain progress lines.
-  Progress progress(o.steps, flags.json ? 0 : 50);
+  Progress progress(flags.json ? 0 : 50);
   const EvalRecord last = train_gpt(
       o,
       [&](const TrainProgress& p) {
-        progress.update(p.step, p.elapsed_s, train_step_detail(p, "tok"));
+        progress.update(p, train_step_detail(p, "tok"));
       },
       [&](const EvalRecord& r) {
         progress.line(flags.json ? eval_json(r)

@@ -10,24 +10,25 @@
 
 namespace ellipse::cli {
 
-Progress::Progress(std::int64_t total, std::int64_t plain_every)
-    : total_(total), plain_every_(plain_every), terminal_(isatty(STDERR_FILENO) == 1) {}
+Progress::Progress(std::int64_t plain_every)
+    : plain_every_(plain_every), terminal_(isatty(STDERR_FILENO) == 1) {}
 
 Progress::~Progress() {
   if (bar_drawn_) std::fputc('\n', stderr);
 }
 
-void Progress::update(std::int64_t step, double elapsed_s, const std::string& detail) {
-  const double eta = step > 0 ? elapsed_s / static_cast<double>(step) * static_cast<double>(total_ - step) : NAN;
+void Progress::update(const TrainProgress& at, const std::string& detail) {
+  const std::int64_t step = at.step, total = at.steps;
+  const double eta = seconds_left(at);
   if (terminal_) {
     constexpr int kWidth = 24;
-    const int filled = static_cast<int>(kWidth * step / std::max<std::int64_t>(total_, 1));
+    const int filled = static_cast<int>(kWidth * step / std::max<std::int64_t>(total, 1));
     fmt::print(stderr, "\r[{}{}] {}/{}  {}  ETA {}\x1b[K", std::string(static_cast<std::size_t>(filled), '#'),
-               std::string(static_cast<std::size_t>(kWidth - filled), '.'), step, total_, detail, format_duration(eta));
+               std::string(static_cast<std::size_t>(kWidth - filled), '.'), step, total, detail, format_duration(eta));
     std::fflush(stderr);
     bar_drawn_ = true;
-  } else if (plain_every_ > 0 && (step % plain_every_ == 0 || step == total_)) {
-    fmt::print("step {}/{}  {}  elapsed {}  ETA {}\n", step, total_, detail, format_duration(elapsed_s),
+  } else if (plain_every_ > 0 && (step % plain_every_ == 0 || step == total)) {
+    fmt::print("step {}/{}  {}  elapsed {}  ETA {}\n", step, total, detail, format_duration(at.elapsed_s),
                format_duration(eta));
     std::fflush(stdout);
   }

@@ -29,11 +29,10 @@ class StudyProgress {
         .on_train_step =
             [this](const std::string& run, const TrainProgress& p) {
               if (!bar_ || run != run_) {
-                bar_.emplace(p.steps, 100);
+                bar_.emplace(100);
                 run_ = run;
               }
-              bar_->update(p.step, p.elapsed_s,
-                           fmt::format("{}  loss {:.4f}  {:.0f} {}/s", run, p.loss, p.items_per_s, items_));
+              bar_->update(p, fmt::format("{}  loss {:.4f}  {:.0f} {}/s", run, p.loss, p.items_per_s, items_));
             },
         .on_train_eval =
             [this](const std::string&, const std::string& line) {

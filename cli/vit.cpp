@@ -2,7 +2,6 @@
 #include <fmt/format.h>
 
 #include <cstdio>
-#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
@@ -33,28 +32,26 @@ int run_train(TrainFlags flags) {
   if (!flags.m_mode.empty()) o.metric = nn::parse_metric_mode(flags.m_mode);
   if (flags.batch > 0) o.batch = flags.batch;
   resolve_run_dir(o.out_dir, o.resume, flags.resume, "train vit", "runs/vit");
-  std::optional<Progress> bar;  // the step count is known once the data is loaded: made on the first step
+  Progress bar(50);
   std::int64_t steps = 0;
   const ViTEvalRecord last = train_vit(
       o,
       [&](const TrainProgress& p) {
         steps = p.steps;
-        if (!bar) bar.emplace(p.steps, 50);
-        bar->update(p.step, p.elapsed_s, train_step_detail(p, "img"));
+        bar.update(p, train_step_detail(p, "img"));
       },
       [&](const ViTEvalRecord& r) {
-        bar->line(fmt::format("epoch {} (step {}): train_loss {:.4f}  test_loss {:.4f}  test_acc {:.2f}%  ({:.0f} img/s, "
-                              "{})", r.epoch, r.step, r.train_loss, r.test_loss, 100 * r.test_acc, r.images_per_s,
-                              format_duration(r.elapsed_s)));
+        bar.line(fmt::format("epoch {} (step {}): train_loss {:.4f}  test_loss {:.4f}  test_acc {:.2f}%  ({:.0f} img/s, "
+                             "{})", r.epoch, r.step, r.train_loss, r.test_loss, 100 * r.test_acc, r.images_per_s,
+                             format_duration(r.elapsed_s)));
       });
   if (o.communicator->rank() != 0) return 0;
-  auto print = [&](const std::string& text) { bar ? bar->line(text) : fmt::print("{}\n", text); };
   // Stopped early, also when the stop falls at the end of an epoch (last.step == stop_after there).
   if (o.stop_after > 0 && (steps == 0 || o.stop_after < steps)) {
-    print(fmt::format("stopped after step {}; checkpoint in {} (continue with --resume {})", o.stop_after, o.out_dir,
-                         o.out_dir));
+    bar.line(fmt::format("stopped after step {}; checkpoint in {} (continue with --resume {})", o.stop_after,
+                         o.out_dir, o.out_dir));
   } else {
-    print(fmt::format("done: epoch {}, test_acc {:.2f}%; checkpoint in {}", last.epoch, 100 * last.test_acc,
+    bar.line(fmt::format("done: epoch {}, test_acc {:.2f}%; checkpoint in {}", last.epoch, 100 * last.test_acc,
                          o.out_dir));
   }
   return 0;

@@ -21,6 +21,12 @@
 
 namespace ellipse {
 
+double seconds_left(const TrainProgress& at) {
+  const std::int64_t done_here = at.step - at.start_step;
+  if (done_here <= 0) return NAN;
+  return at.elapsed_s / static_cast<double>(done_here) * static_cast<double>(at.steps - at.step);
+}
+
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   const auto s = static_cast<long long>(seconds + 0.5);
@@ -230,8 +236,8 @@ void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimiz
     train_loss.add(loss_value);
     items += loop.items_per_step;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const TrainProgress progress{step + 1, loop.steps, loss_value, lr, static_cast<double>(items) / seconds, seconds,
-                                 communication_s};
+    const TrainProgress progress{step + 1, loop.steps, loop.start, loss_value, lr, static_cast<double>(items) / seconds,
+                                 seconds, communication_s};
     if (loop.on_step && writer) loop.on_step(progress);
     if (loop.evaluate_after(step + 1) || step + 1 == loop.steps) {
       const std::string metrics = loop.evaluate(progress, train_loss.take());

@@ -15,6 +15,8 @@ namespace ellipse {
 // Reported after every training step.
 struct TrainProgress {
   std::int64_t step = 0, steps = 0;  // step is 1-based: the number of steps done
+  std::int64_t start_step = 0;       // steps already done when this process began (a resumed run); elapsed_s
+                                     // and items_per_s cover only the steps after it
   double loss = 0, lr = 0;
   double items_per_s = 0;            // tokens (GPT) or images (ViT) per second
   double elapsed_s = 0;
@@ -23,6 +25,10 @@ struct TrainProgress {
   // NCCL's only queues its work.
   double communication_s = 0;
 };
+
+// The seconds left until step `steps`, at the pace of the steps this process has done (a resumed run counts
+// from its start_step); NaN before the first of them.
+double seconds_left(const TrainProgress& at);
 
 // A training time for people: "1h02m", "3m10s", "42s"; "?" for a negative or non-finite one.
 std::string format_duration(double seconds);

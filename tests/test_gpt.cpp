@@ -493,8 +493,16 @@ TEST_CASE("train: metrics, checkpoints, an exact resume and evaluation of the sa
   GPTTrainOptions second = tiny_training(text_path, dir / "resumed");
   second.resume = true;
   std::vector<std::int64_t> resumed_steps;
-  const EvalRecord resumed =
-      train_gpt(second, [&](const TrainProgress& p) { resumed_steps.push_back(p.step); }, nullptr);
+  const EvalRecord resumed = train_gpt(
+      second,
+      [&](const TrainProgress& p) {
+        resumed_steps.push_back(p.step);
+        // The time left comes from the pace since the resume, not since step 0.
+        CHECK(p.start_step == 3);
+        CHECK(seconds_left(p) == doctest::Approx(p.elapsed_s / static_cast<double>(p.step - 3) *
+                                                 static_cast<double>(6 - p.step)));
+      },
+      nullptr);
   CHECK(resumed_steps == std::vector<std::int64_t>{4, 5, 6});
   CHECK(resumed.step == 6);
   CHECK(resumed.train_loss == last.train_loss);

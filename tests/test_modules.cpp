@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -326,4 +327,19 @@ TEST_CASE("run_train_loop: a module of one's own trains, evaluates, checkpoints 
   loop.end = 5;
   loop.steps = 4;
   CHECK_THROWS_WITH(run_train_loop(loop, model, optimizer, run), doctest::Contains("end (5) <= steps (4)"));
+}
+
+TEST_CASE("seconds_left: the pace of the steps this process did, so a resumed run's time left is not too short") {
+  TrainProgress at;
+  at.steps = 100;
+  at.step = at.start_step = 40;  // resumed at step 40, no step done yet here
+  CHECK(std::isnan(seconds_left(at)));
+  at.step = 50;
+  at.elapsed_s = 20;  // 10 steps in 20 s: 50 steps left take 100 s (not 20 / 50 * 50 = 20 s)
+  CHECK(seconds_left(at) == doctest::Approx(100));
+  at.start_step = 0;
+  CHECK(seconds_left(at) == doctest::Approx(20));
+  CHECK(format_duration(seconds_left(at)) == "20s");
+  at.step = at.steps;
+  CHECK(seconds_left(at) == 0);
 }
