@@ -73,6 +73,12 @@ Tensor GPT::forward_cached(const Tensor& ids, std::vector<nn::KVCache>& caches) 
   return run(ids, &caches);
 }
 
+bool GPT::decodes_incrementally() const {
+  for (std::size_t i = 0; i < blocks_->size(); ++i)
+    if (!(*blocks_)[i].attention().decodes_incrementally()) return false;
+  return true;
+}
+
 Tensor GPT::run(const Tensor& ids, std::vector<nn::KVCache>* caches) {
   ELLIPSE_CHECK(ids.defined() && ids.dim() == 2 && ids.dtype() == DType::i64,
                 "gpt: expected i64 token ids [B, N], got {} {}", ids.defined() ? dtype_name(ids.dtype()) : "",

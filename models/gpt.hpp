@@ -40,8 +40,10 @@ class GPT : public nn::Module {
   // ids [B, N] (i64, N <= seq_len) -> logits [B, N, V].
   Tensor forward(const Tensor& ids);
   // Incremental decoding: ids [B, N] are the tokens after those already in `caches` (one per layer,
-  // empty at the start); returns their logits and extends the caches.
+  // empty at the start); returns their logits and extends the caches. Only when decodes_incrementally().
   Tensor forward_cached(const Tensor& ids, std::vector<nn::KVCache>& caches);
+  // Whether every block's attention takes a KVCache (see nn::AttentionLayer::decodes_incrementally).
+  bool decodes_incrementally() const;
 
   nn::Block& block(std::size_t i) const { return blocks_->operator[](i); }
   // Drives dropout (after initialisation); part of the training state.

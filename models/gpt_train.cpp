@@ -208,6 +208,8 @@ std::u32string sample_gpt(GPT& model, const CharTokenizer& tokenizer, std::u32st
   Generator gen(options.seed);
   const std::int64_t context = model.config().seq_len;
   std::vector<nn::KVCache> caches;
+  // With a layer that cannot decode incrementally, every token recomputes history[window, end) in full.
+  const bool incremental = model.decodes_incrementally();
   // The caches hold history[window, cached); positions count from `window`.
   std::size_t window = 0, cached = 0;
   auto restart = [&](std::size_t keep) {
@@ -220,9 +222,10 @@ std::u32string sample_gpt(GPT& model, const CharTokenizer& tokenizer, std::u32st
     // A full window starts again from its last half (recomputing those tokens' keys and values).
     if (static_cast<std::int64_t>(history.size() - window) > context)
       restart(static_cast<std::size_t>(std::max<std::int64_t>(1, context / 2)));
-    const std::vector<std::int64_t> fresh(history.begin() + static_cast<std::ptrdiff_t>(cached), history.end());
-    const Tensor logits =
-        model.forward_cached(from_vector(fresh, {1, static_cast<std::int64_t>(fresh.size())}, device), caches);
+    const std::vector<std::int64_t> fresh(
+        history.begin() + static_cast<std::ptrdiff_t>(incremental ? cached : window), history.end());
+    const Tensor ids = from_vector(fresh, {1, static_cast<std::int64_t>(fresh.size())}, device);
+    const Tensor logits = incremental ? model.forward_cached(ids, caches) : model.forward(ids);
     cached = history.size();
     std::vector<double> last = select(select(logits, 0, 0), 0, -1).to_vector<double>();
 

@@ -50,10 +50,14 @@ class AttentionLayer : public Module {
   // x [B, N, d] -> out [B, N, d], with `causal` masking the future. v_prev is the previous layer's value heads
   // [B, H, N, dh] (undefined at layer 0); the returned v goes to the next layer as its v_prev (undefined when
   // the layer has none to hand on). With a cache, x holds only the new tokens and the layer extends the cache
-  // with their keys and values; a layer that cannot decode incrementally throws when given one. The forward
-  // hooks see `out`, and a replacement they return is what the block adds to its residual stream.
+  // with their keys and values; a layer that cannot decode incrementally throws when given one, and says so in
+  // decodes_incrementally. The forward hooks see `out`, and a replacement they return is what the block adds to
+  // its residual stream.
   virtual AttentionOutput forward(const Tensor& x, bool causal, const Tensor& v_prev = {},
                                   KVCache* cache = nullptr) = 0;
+  // Whether forward takes a KVCache. When a model's layer does not, sampling recomputes its whole window for
+  // each new token instead.
+  virtual bool decodes_incrementally() const { return true; }
 
   // Probes. While kept, a layer records its attention probabilities [B, H, N, N_keys] of each call (the study's
   // head redundancy reads them) and, if it scales its queries, the metric m (see EllipticalAttention::last_metric).

@@ -13,6 +13,7 @@
 #include "helpers.hpp"
 #include "core/io/file.hpp"
 #include "models/gpt.hpp"
+#include "models/gpt_train.hpp"
 #include "models/train_run.hpp"
 #include "models/vit.hpp"
 #include "nn/analysis.hpp"
@@ -40,6 +41,7 @@ class UniformAttention : public nn::AttentionLayer {
     const Tensor out = reshape(permute(matmul(probs, v), {0, 2, 1, 3}), {batch, n, dim_});
     return {hooked(proj_->forward(out)), v};
   }
+  bool decodes_incrementally() const override { return false; }
 
  private:
   std::int64_t heads_, dim_;
@@ -199,8 +201,22 @@ TEST_CASE("a registered attention kind trains in the GPT, round-trips through co
   }
   CHECK(gpt_loss(model, window) < 0.8 * before);
 
-  // The checkpoint's config names the kind, and parsing it back needs the kind registered.
+  // Sampling a model whose layer takes no cache recomputes the window for each token, past the context too.
   const std::u32string vocab = U"abcdefghijkl";
+  CHECK(!model.decodes_incrementally());
+  CHECK(GPT(tiny_gpt("standard")).decodes_incrementally());
+  const CharTokenizer tokenizer = CharTokenizer::from_vocab(vocab);
+  const SampleOptions greedy{.tokens = 40, .temperature = 0, .top_k = 0, .seed = 0};
+  const std::u32string sampled = sample_gpt(model, tokenizer, U"abcab", greedy);
+  CHECK(sampled.size() == 40);
+  CHECK(sampled == sample_gpt(model, tokenizer, U"abcab", greedy));
+  {
+    NoGradGuard no_grad;
+    const Tensor last = select(select(model.forward(from_vector(tokenizer.encode(U"abcab"), {1, 5})), 0, 0), 0, -1);
+    CHECK(sampled[0] == vocab[static_cast<std::size_t>(argmax(last, 0).item())]);
+  }
+
+  // The checkpoint's config names the kind, and parsing it back needs the kind registered.
   const std::string json = gpt_config_json(model.config(), vocab);
   CHECK(json.find("\"attn\": \"test-uniform\"") != std::string::npos);
   CHECK(parse_gpt_config_json(json, "run/config.json").config.attention == kind);

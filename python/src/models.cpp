@@ -79,7 +79,8 @@ void bind_models(nb::module_& m) {
       .def_rw("seq_len", &GPTConfig::seq_len)
       .def_rw("batch", &GPTConfig::batch)
       .def_rw("dropout", &GPTConfig::dropout)
-      .def_rw("attention", &GPTConfig::attention, "'standard' or 'elliptical'")
+      .def_rw("attention", &GPTConfig::attention,
+              "A kind of nn.attention_kinds(): 'standard', 'elliptical' or one registered")
       .def_prop_rw(
           "metric", [](const GPTConfig& c) { return std::string(nn::metric_mode_name(c.metric)); },
           [](GPTConfig& c, const std::string& mode) { c.metric = nn::parse_metric_mode(mode); },
@@ -167,7 +168,8 @@ void bind_models(nb::module_& m) {
       .def_rw("classes", &ViTConfig::classes)
       .def_rw("batch", &ViTConfig::batch)
       .def_rw("dropout", &ViTConfig::dropout)
-      .def_rw("attention", &ViTConfig::attention, "'standard' or 'elliptical'")
+      .def_rw("attention", &ViTConfig::attention,
+              "A kind of nn.attention_kinds(): 'standard', 'elliptical' or one registered")
       .def_prop_rw(
           "metric", [](const ViTConfig& c) { return std::string(nn::metric_mode_name(c.metric)); },
           [](ViTConfig& c, const std::string& mode) { c.metric = nn::parse_metric_mode(mode); },

@@ -49,20 +49,94 @@ class PyLayer : public nn::Layer {
   Tensor python_forward(const Tensor& x) { NB_OVERRIDE_PURE_NAME("forward", forward, x); }
 };
 
-// Registration is for the layer's own __init__: the library's layers are complete when constructed.
-PyLayer& python_layer(nn::Layer& self, const char* method) {
-  auto* layer = dynamic_cast<PyLayer*>(&self);
-  ELLIPSE_CHECK(layer != nullptr, "Module.{}: only a Python subclass of ellipse.nn.Module registers its own members",
-                method);
-  return *layer;
-}
-
-Generator& or_default(Generator* gen) { return gen ? *gen : default_generator(); }
+// The name of an object's class as its author wrote it ("Linear", "MyAttention"), for messages.
+std::string class_name(nb::handle object) { return nb::cast<std::string>(object.type().attr("__name__")); }
 
 // A probe's tensor, None when nothing was recorded.
 std::optional<Tensor> recorded(const Tensor& tensor) {
   return tensor.defined() ? std::optional<Tensor>(tensor) : std::nullopt;
 }
+
+// An attention kind written in Python: `class MyAttention(ellipse.nn.AttentionLayer)` whose forward(self, x, causal,
+// v_prev) returns out [B, N, d] or (out, v). Registered under a name (register_attention), it goes into the GPT,
+// the ViT, their trainers, checkpoints and the study's probes, which call it through the C++ virtual. It takes no
+// KVCache: sampling recomputes the window for each token.
+class PyAttentionLayer : public nn::AttentionLayer {
+ public:
+  NB_TRAMPOLINE(nn::AttentionLayer);
+  nn::AttentionOutput forward(const Tensor& x, bool causal, const Tensor& v_prev, nn::KVCache* cache) override {
+    nn::AttentionOutput output;
+    {
+      nb::gil_scoped_acquire gil;  // the library calls it from code that released the GIL
+      const nb::handle self = nb::find(static_cast<nn::AttentionLayer*>(this));
+      const std::string name = class_name(self);
+      ELLIPSE_CHECK(cache == nullptr, "{}: an attention layer written in Python takes no KVCache", name);
+      // The base class's forward calls this one: without a forward of the subclass's own it would recurse.
+      ELLIPSE_CHECK(!nb::getattr(self.type(), "forward").is(nb::getattr(nb::type<nn::AttentionLayer>(), "forward")),
+                    "{}: a subclass of ellipse.nn.AttentionLayer defines forward(self, x, causal, v_prev)", name);
+      output = from_python(self.attr("forward")(x, causal, recorded(v_prev)), x, name);
+    }
+    output.out = hooked(output.out);
+    return output;
+  }
+  bool decodes_incrementally() const override { return false; }
+
+  using nn::AttentionLayer::record_attention;
+  using nn::AttentionLayer::record_metric;
+  using nn::Module::register_module;
+  using nn::Module::register_parameter;
+
+ private:
+  // out, or (out, v) with v a Tensor or None; out must have x's shape, as the block adds it to x.
+  static nn::AttentionOutput from_python(const nb::object& result, const Tensor& x, const std::string& name) {
+    nn::AttentionOutput output;
+    nb::object out = result;
+    if (nb::isinstance<nb::tuple>(result) && nb::len(result) == 2) {
+      out = result[0];
+      if (!result[1].is_none()) {
+        ELLIPSE_CHECK(nb::isinstance<Tensor>(result[1]), "{}.forward: expected v to be a Tensor or None, got {}", name,
+                      class_name(result[1]));
+        output.v = nb::cast<Tensor>(result[1]);
+      }
+    }
+    ELLIPSE_CHECK(nb::isinstance<Tensor>(out), "{}.forward: expected a Tensor out or a tuple (out, v), got {}", name,
+                  class_name(out));
+    output.out = nb::cast<Tensor>(out);
+    ELLIPSE_CHECK(output.out.shape() == x.shape(), "{}.forward: expected out of the input's shape {}, got {}", name,
+                  to_string(x.shape()), to_string(output.out.shape()));
+    return output;
+  }
+};
+
+// Registration is for a Python layer's own __init__: the library's layers are complete when constructed.
+template <class PythonLayer, class Base>
+PythonLayer& python_layer(Base& self, const char* class_name, const char* method) {
+  auto* layer = dynamic_cast<PythonLayer*>(&self);
+  ELLIPSE_CHECK(layer != nullptr, "{}.{}: only a Python subclass of ellipse.nn.{} registers its own members",
+                class_name, method, class_name);
+  return *layer;
+}
+
+// register_parameter and register_module for the Python subclasses of `cls` (a class bound with a trampoline).
+template <class PythonLayer, class Class>
+void bind_registration(Class& cls, const char* class_name) {
+  using Base = typename Class::Type;
+  cls.def(
+         "register_parameter",
+         [class_name](Base& self, const std::string& name, const Tensor& value) {
+           return python_layer<PythonLayer>(self, class_name, "register_parameter").register_parameter(name, value);
+         },
+         "name"_a, "value"_a, "Makes value a parameter (requires grad) under name and returns it.")
+      .def(
+          "register_module",
+          [class_name](Base& self, const std::string& name, std::shared_ptr<nn::Module> module) {
+            return python_layer<PythonLayer>(self, class_name, "register_module")
+                .register_module(name, std::move(module));
+          },
+          "name"_a, "module"_a, "Makes module a child under name (its parameters are name.*) and returns it.");
+}
+
+Generator& or_default(Generator* gen) { return gen ? *gen : default_generator(); }
 
 nb::tuple attention_output(const nn::AttentionOutput& output) {
   return nb::make_tuple(output.out, recorded(output.v));
@@ -136,25 +210,15 @@ void bind_nn(nb::module_& m) {
           "tensor that replaces it. Returns an id for remove_forward_hook.")
       .def("remove_forward_hook", &nn::Module::remove_forward_hook, "id"_a);
 
-  nb::class_<nn::Layer, nn::Module, PyLayer>(
-      m, "Module",
-      "A module of one tensor in and one tensor out. Subclass it in Python: call super().__init__(), register "
-      "parameters and sub-modules with register_parameter and register_module, and define forward(x).")
-      .def(nb::init<>())
-      .def("forward", &nn::Layer::forward, "x"_a, Release())
-      .def("__call__", &nn::Layer::forward, "x"_a, Release())
-      .def(
-          "register_parameter",
-          [](nn::Layer& self, const std::string& name, const Tensor& value) {
-            return python_layer(self, "register_parameter").register_parameter(name, value);
-          },
-          "name"_a, "value"_a, "Makes value a parameter (requires grad) under name and returns it.")
-      .def(
-          "register_module",
-          [](nn::Layer& self, const std::string& name, std::shared_ptr<nn::Module> module) {
-            return python_layer(self, "register_module").register_module(name, std::move(module));
-          },
-          "name"_a, "module"_a, "Makes module a child under name (its parameters are name.*) and returns it.");
+  auto layer = nb::class_<nn::Layer, nn::Module, PyLayer>(
+                   m, "Module",
+                   "A module of one tensor in and one tensor out. Subclass it in Python: call super().__init__(), "
+                   "register parameters and sub-modules with register_parameter and register_module, and define "
+                   "forward(x).")
+                   .def(nb::init<>())
+                   .def("forward", &nn::Layer::forward, "x"_a, Release())
+                   .def("__call__", &nn::Layer::forward, "x"_a, Release());
+  bind_registration<PyLayer>(layer, "Module");
 
   nb::class_<nn::Sequential, nn::Layer>(m, "Sequential", "Layers applied in order, named '0', '1', ...")
       .def(nb::init<std::vector<std::shared_ptr<nn::Layer>>>(), "layers"_a)
@@ -196,28 +260,54 @@ void bind_nn(nb::module_& m) {
           },
           "dim"_a, "hidden"_a, "gen"_a = nb::none(), "init"_a = nn::Init::pytorch);
 
-  nb::class_<nn::AttentionLayer, nn::Module>(
-      m, "AttentionLayer",
-      "A transformer block's attention sublayer: forward(x [B, N, d], causal, v_prev) -> (out [B, N, d], v), v being "
-      "this layer's value heads [B, H, N, dh] for the next layer (None when it hands none on).")
-      .def(
-          "forward",
-          [](nn::AttentionLayer& self, const Tensor& x, bool causal, const std::optional<Tensor>& v_prev) {
-            nn::AttentionOutput output;
-            {
-              nb::gil_scoped_release release;
-              output = self.forward(x, causal, v_prev.value_or(Tensor()));
-            }
-            return attention_output(output);
-          },
-          "x"_a, "causal"_a = false, "v_prev"_a = nb::none())
-      .def("keep_attention", &nn::AttentionLayer::keep_attention, "on"_a = true,
-           "While on, each forward records its attention probabilities [B, H, N, N_keys] (and the metric m).")
-      .def_prop_ro("keeps_attention", &nn::AttentionLayer::keeps_attention)
-      .def_prop_ro("last_attention", [](const nn::AttentionLayer& self) { return recorded(self.last_attention()); },
-                   "The probabilities of the last forward while keep_attention was on, or None.")
-      .def_prop_ro("last_metric", [](const nn::AttentionLayer& self) { return recorded(self.last_metric()); },
-                   "The metric m of the last forward of an elliptical layer, or None.");
+  // Through the C++ virtual: a Python subclass's forward, its output checked, then the forward hooks.
+  const auto call_attention = [](nn::AttentionLayer& self, const Tensor& x, bool causal,
+                                 const std::optional<Tensor>& v_prev) {
+    nn::AttentionOutput output;
+    {
+      nb::gil_scoped_release release;
+      output = self.forward(x, causal, v_prev.value_or(Tensor()));
+    }
+    return attention_output(output);
+  };
+  auto attention_layer =
+      nb::class_<nn::AttentionLayer, nn::Module, PyAttentionLayer>(
+          m, "AttentionLayer",
+          "A transformer block's attention sublayer: forward(x [B, N, d], causal, v_prev) -> (out [B, N, d], v), v "
+          "being this layer's value heads [B, H, N, dh] for the next layer (None when it hands none on). Subclass it "
+          "in Python (call super().__init__(), register parameters and sub-modules, define forward(self, x, causal, "
+          "v_prev) returning out or (out, v)) and register_attention a factory for it: the GPT and the ViT then build "
+          "it by name.")
+          .def(nb::init<>())
+          .def("forward", call_attention, "x"_a, "causal"_a = false, "v_prev"_a = nb::none())
+          .def("__call__", call_attention, "x"_a, "causal"_a = false, "v_prev"_a = nb::none(),
+               "forward through the library: the output checked, then the forward hooks.")
+          .def("keep_attention", &nn::AttentionLayer::keep_attention, "on"_a = true,
+               "While on, each forward records its attention probabilities [B, H, N, N_keys] (and the metric m).")
+          .def_prop_ro("keeps_attention", &nn::AttentionLayer::keeps_attention)
+          .def_prop_ro("last_attention",
+                       [](const nn::AttentionLayer& self) { return recorded(self.last_attention()); },
+                       "The probabilities of the last forward while keep_attention was on, or None.")
+          .def_prop_ro("last_metric", [](const nn::AttentionLayer& self) { return recorded(self.last_metric()); },
+                       "The query scale m of the last forward of a layer that records one (elliptical), or None.")
+          .def_prop_ro("decodes_incrementally", &nn::AttentionLayer::decodes_incrementally,
+                       "Whether forward takes a KV cache (False for layers written in Python).")
+          .def(
+              "record_attention",
+              [](nn::AttentionLayer& self, const Tensor& probabilities) {
+                auto& layer = python_layer<PyAttentionLayer>(self, "AttentionLayer", "record_attention");
+                if (layer.keeps_attention()) layer.record_attention(probabilities);
+              },
+              "probabilities"_a,
+              "For a subclass's forward: keeps the probabilities [B, H, N, N_keys] for the probes while "
+              "keep_attention is on (else nothing).")
+          .def(
+              "record_metric",
+              [](nn::AttentionLayer& self, const Tensor& metric) {
+                python_layer<PyAttentionLayer>(self, "AttentionLayer", "record_metric").record_metric(metric);
+              },
+              "metric"_a, "For a subclass's forward that scales its queries: the scale m, read by the probes.");
+  bind_registration<PyAttentionLayer>(attention_layer, "AttentionLayer");
   nb::class_<nn::Attention, nn::AttentionLayer>(m, "Attention", "Standard multi-head attention.")
       .def(
           "__init__",
@@ -242,6 +332,41 @@ void bind_nn(nb::module_& m) {
       .def_prop_ro("mode", [](const nn::EllipticalAttention& self) {
         return std::string(nn::metric_mode_name(self.mode()));
       });
+  nb::class_<nn::AttentionSlot>(m, "AttentionSlot", "Where an attention sublayer sits, for a registered factory.")
+      .def_ro("dim", &nn::AttentionSlot::dim)
+      .def_ro("heads", &nn::AttentionSlot::heads)
+      .def_ro("layer", &nn::AttentionSlot::layer, "The block's depth, 0 first.")
+      .def_prop_ro(
+          "metric", [](const nn::AttentionSlot& slot) { return std::string(nn::metric_mode_name(slot.metric)); },
+          "The model's metric option ('causal', 'sequence' or 'random'), for kinds that estimate one.")
+      .def_prop_ro(
+          "gen", [](const nn::AttentionSlot& slot) -> Generator& { return *slot.gen; }, nb::rv_policy::reference,
+          "The model's initialisation stream: initialise the layer's parameters from it (gen=slot.gen), during the "
+          "factory call only.")
+      .def_ro("init", &nn::AttentionSlot::init);
+  // The Python factories live in this dict of the module rather than in the library's registry, whose entries
+  // only look them up: Python then frees them, and the classes they build, when the interpreter ends.
+  m.attr("_attention_factories") = nb::dict();
+  m.def(
+      "register_attention",
+      [](const std::string& name, nb::callable factory) {
+        nn::register_attention(name, [name](const nn::AttentionSlot& slot) {
+          nb::gil_scoped_acquire gil;
+          const nb::dict factories = nb::module_::import_("ellipse._ellipse").attr("nn").attr("_attention_factories");
+          ELLIPSE_CHECK(factories.contains(name.c_str()), "register_attention: the factory of '{}' is gone (the Python "
+                        "interpreter has ended)", name);
+          const nb::object layer = factories[name.c_str()](nb::cast(slot, nb::rv_policy::reference));
+          ELLIPSE_CHECK(nb::isinstance<nn::AttentionLayer>(layer),
+                        "register_attention: the factory of '{}' returned {}, not an ellipse.nn.AttentionLayer", name,
+                        class_name(layer));
+          return nb::cast<std::shared_ptr<nn::AttentionLayer>>(layer);
+        });
+        nb::dict(nb::module_::import_("ellipse._ellipse").attr("nn").attr("_attention_factories"))[name.c_str()] =
+            factory;
+      },
+      "name"_a, "factory"_a,
+      "Makes `name` an attention kind: the GPT and ViT configs take it as their attention, and build each block's "
+      "sublayer as factory(slot) (slot: an AttentionSlot). Names are non-empty, without whitespace and new.");
   m.def("attention_kinds", &nn::attention_kinds, "The registered attention kinds, sorted.");
 
   nb::class_<nn::Block, nn::Module>(m, "Block", "A pre-LN transformer block: x + attn(ln1(x)), then + mlp(ln2(x)).")
