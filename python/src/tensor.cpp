@@ -152,6 +152,37 @@ Tensor get_item(const Tensor& tensor, nb::handle key) {
   return out;
 }
 
+// t[key] = value: value (a number, a Tensor, or nested lists or an array as ellipse.tensor takes them) is
+// broadcast to the view t[key] and written into it, and so into t. An index tensor would select a copy, which the
+// write would not reach, so keys are views only. In place, as fill_ and copy_: not on a tensor in autograd while
+// grad mode is on.
+void set_item(Tensor& tensor, nb::handle key, nb::handle value) {
+  const auto is_index_tensor = [](nb::handle item) { return nb::isinstance<Tensor>(item); };
+  bool indexed = is_index_tensor(key);
+  if (nb::isinstance<nb::tuple>(key))
+    for (nb::handle item : nb::borrow<nb::tuple>(key)) indexed = indexed || is_index_tensor(item);
+  ELLIPSE_CHECK(!indexed, "__setitem__: an index tensor selects a copy, which an assignment would not reach; assign "
+                "through ints, slices, None and ... (views), or build the result with index ops");
+  ELLIPSE_CHECK(!(grad_enabled() && (tensor.requires_grad() || tensor.grad_fn())),
+                "__setitem__: assignment into a tensor of shape {} that takes part in autograd; do it under "
+                "ellipse.no_grad()", to_string(tensor.shape()));
+  NoGradGuard no_grad;  // the view of a leaf is an op result: the write is outside autograd, as checked above
+  Tensor target = get_item(tensor, key);
+  if (nb::isinstance<nb::float_>(value) || nb::isinstance<nb::int_>(value)) {
+    target.fill_(nb::cast<double>(value));
+    return;
+  }
+  Tensor source = nb::isinstance<Tensor>(value)
+                      ? nb::cast<Tensor>(value)
+                      : nb::cast<Tensor>(nb::module_::import_("ellipse").attr("tensor")(value)).to(target.device());
+  ELLIPSE_CHECK(source.device() == target.device(), "__setitem__: the value is on {}, the tensor on {}",
+                source.device().str(), target.device().str());
+  ELLIPSE_CHECK(broadcast_shapes(target.shape(), source.shape(), "__setitem__") == target.shape(),
+                "__setitem__: a value of shape {} does not broadcast to the selection's shape {}",
+                to_string(source.shape()), to_string(target.shape()));
+  target.copy_(source.to(target.dtype()).expand(target.shape()));
+}
+
 Tensor scalar_like(double value, const Tensor& like) { return scalar(value, like.dtype(), like.device()); }
 
 nb::tuple to_tuple(const std::vector<std::int64_t>& values) {
@@ -254,6 +285,8 @@ void bind_tensor(nb::module_& m) {
            "Copies source's values in place (outside autograd).")
       .def("__getitem__", &get_item, nb::arg("key").none(),
            "Views for ints, slices (positive steps), None and ...; index_select for an i64 Tensor.")
+      .def("__setitem__", &set_item, nb::arg("key").none(), "value"_a,
+           "Writes value (a number, a Tensor, lists or an array), broadcast, into the view self[key].")
       .def("__repr__", &Tensor::str)
       .def("numpy", &to_numpy, "A NumPy array over this CPU tensor's memory (no copy; strides kept).")
       .def(

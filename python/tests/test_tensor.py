@@ -165,3 +165,37 @@ def test_iteration_and_conversions():
 def test_version_is_the_projects():
     cmake = (pathlib.Path(__file__).resolve().parents[2] / "CMakeLists.txt").read_text()
     assert f"project(ellipse VERSION {ellipse.__version__} " in cmake
+
+
+def test_setitem_writes_through_views_like_numpy():
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    expected = array.copy()
+    t = ellipse.tensor(array)
+    for key, value in [((0, 1), 7.0), ((slice(None), 0, slice(1, 3)), [[-1, -2], [-3, -4]]), ((..., 3), 5),
+                       ((1, slice(None, None, 2)), np.full((4,), 9, dtype=np.float64)), (None, 0.5)]:
+        t[key] = value
+        expected[key] = value
+        np.testing.assert_array_equal(t.numpy(), expected, err_msg=str(key))
+    t[:, 1] = ellipse.tensor([100.0, 200.0, 300.0, 400.0])  # a Tensor, broadcast over the first axis
+    expected[:, 1] = [100, 200, 300, 400]
+    np.testing.assert_array_equal(t.numpy(), expected)
+    ids = ellipse.tensor([3, 1])
+    ids[0] = 2.0  # converted to the tensor's dtype (i64)
+    assert ids.numpy().tolist() == [2, 1]
+
+    shared = ellipse.from_numpy(array)  # into a tensor over NumPy's memory: NumPy sees the write
+    shared[1, 2, 3] = -8
+    assert array[1, 2, 3] == -8
+
+    with pytest.raises(ellipse.Error, match=r"__setitem__: shapes \[4\] and \[3\] do not broadcast"):
+        t[0, 0] = [1.0, 2.0, 3.0]
+    with pytest.raises(ellipse.Error, match=r"a value of shape \[2, 4\] does not broadcast to the selection's shape"):
+        t[0, 0] = np.zeros((2, 4))
+    with pytest.raises(ellipse.Error, match="an index tensor selects a copy"):
+        t[ellipse.tensor([0])] = 1.0
+    weight = ellipse.tensor([0.0, 0.0, 0.0], requires_grad=True)
+    with pytest.raises(ellipse.Error, match="takes part in autograd; do it under ellipse.no_grad"):
+        weight[0] = 1.0
+    with ellipse.no_grad():
+        weight[0] = 1.0
+    assert weight.numpy().tolist() == [1.0, 0.0, 0.0] and weight.requires_grad
