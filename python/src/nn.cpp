@@ -138,6 +138,25 @@ void bind_registration(Class& cls, const char* class_name) {
 
 Generator& or_default(Generator* gen) { return gen ? *gen : default_generator(); }
 
+// An optimizer's parameters as Python gives them: Tensors (one group) or ParamGroups.
+std::vector<nn::ParamGroup> parameter_groups(const nb::iterable& parameters, const char* optimizer) {
+  std::vector<nn::ParamGroup> groups;
+  std::vector<Tensor> tensors;
+  for (nb::handle item : parameters) {
+    if (nb::isinstance<Tensor>(item)) {
+      tensors.push_back(nb::cast<Tensor>(item));
+    } else {
+      ELLIPSE_CHECK(nb::isinstance<nn::ParamGroup>(item), "{}: expected Tensors or ParamGroups as parameters, got {}",
+                    optimizer, class_name(item));
+      groups.push_back(nb::cast<nn::ParamGroup>(item));
+    }
+  }
+  ELLIPSE_CHECK(tensors.empty() || groups.empty(), "{}: parameters mix Tensors and ParamGroups; put the Tensors in "
+                "a ParamGroup of their own", optimizer);
+  if (groups.empty()) groups.push_back(nn::ParamGroup{std::move(tensors), 1.0, std::nullopt});
+  return groups;
+}
+
 nb::tuple attention_output(const nn::AttentionOutput& output) {
   return nb::make_tuple(output.out, recorded(output.v));
 }
@@ -400,23 +419,33 @@ void bind_nn(nb::module_& m) {
       .def("parameters", &nn::Optimizer::parameters)
       .def("state", &nn::Optimizer::state, "The buffers, each parameter's in turn (AdamW: [m0, v0, m1, ...]).")
       .def("load_state", &nn::Optimizer::load_state, "state"_a, "steps"_a);
+  nb::class_<nn::ParamGroup>(
+      m, "ParamGroup",
+      "Parameters that share a learning rate and a weight decay: their rate is the optimizer's lr times lr_scale (so "
+      "a schedule keeps the ratios), and weight_decay, when given, replaces the optimizer's rule for each of them.")
+      .def(nb::init<std::vector<Tensor>, double, std::optional<double>>(), "parameters"_a, "lr_scale"_a = 1.0,
+           "weight_decay"_a = nb::none())
+      .def_rw("parameters", &nn::ParamGroup::parameters)
+      .def_rw("lr_scale", &nn::ParamGroup::lr_scale)
+      .def_rw("weight_decay", &nn::ParamGroup::weight_decay);
   nb::class_<nn::AdamW, nn::Optimizer>(
       m, "AdamW",
-      "PyTorch's AdamW; the decoupled weight decay applies to parameters of 2 or more dimensions. Build it after "
-      "moving the model: the moments live on each parameter's device.")
+      "PyTorch's AdamW over Tensors or ParamGroups; the decoupled weight decay applies to parameters of 2 or more "
+      "dimensions unless their group sets its own. Build it after moving the model: the moments live on each "
+      "parameter's device.")
       .def(
           "__init__",
-          [](nn::AdamW* self, std::vector<Tensor> parameters, double lr, double beta1, double beta2, double eps,
+          [](nn::AdamW* self, const nb::iterable& parameters, double lr, double beta1, double beta2, double eps,
              double weight_decay) {
-            new (self) nn::AdamW(std::move(parameters), nn::AdamWOptions{lr, beta1, beta2, eps, weight_decay});
+            new (self) nn::AdamW(parameter_groups(parameters, "AdamW"), nn::AdamWOptions{lr, beta1, beta2, eps, weight_decay});
           },
           "parameters"_a, "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.01);
-  nb::class_<nn::SGD, nn::Optimizer>(m, "SGD", "PyTorch's SGD with momentum, dampening, L2 decay and Nesterov.")
+  nb::class_<nn::SGD, nn::Optimizer>(m, "SGD", "PyTorch's SGD with momentum, dampening, L2 decay and Nesterov, over Tensors or ParamGroups.")
       .def(
           "__init__",
-          [](nn::SGD* self, std::vector<Tensor> parameters, double lr, double momentum, double dampening,
+          [](nn::SGD* self, const nb::iterable& parameters, double lr, double momentum, double dampening,
              double weight_decay, bool nesterov) {
-            new (self) nn::SGD(std::move(parameters), nn::SGDOptions{lr, momentum, dampening, weight_decay, nesterov});
+            new (self) nn::SGD(parameter_groups(parameters, "SGD"), nn::SGDOptions{lr, momentum, dampening, weight_decay, nesterov});
           },
           "parameters"_a, "lr"_a = 1e-3, "momentum"_a = 0.0, "dampening"_a = 0.0, "weight_decay"_a = 0.0,
           "nesterov"_a = false);

@@ -89,3 +89,26 @@ def test_forward_hooks_see_and_replace_outputs():
     assert ellipse.sum(ellipse.abs(model(ellipse.ones([3, 4])))).item() == 0
     with pytest.raises(ellipse.Error, match="remove_forward_hook"):
         layer.remove_forward_hook(hook)
+
+
+def test_parameter_groups_scale_the_rate_and_set_the_decay():
+    frozen, decayed, plain = (ellipse.tensor(np.ones(shape), requires_grad=True) for shape in [(2, 2), (3,), (2, 2)])
+    # decayed is 1-D: AdamW's own rule would not decay it; its group decays it by 0.5
+    optimizer = nn.AdamW([nn.ParamGroup([frozen], lr_scale=0.0), nn.ParamGroup([decayed], weight_decay=0.5),
+                          nn.ParamGroup([plain])], lr=0.1, weight_decay=0.0)
+    assert [p.shape for p in optimizer.parameters()] == [(2, 2), (3,), (2, 2)]
+    sum(ellipse.sum(p * 0.0) for p in (frozen, decayed, plain)).backward()  # zero gradients: decay alone moves
+    optimizer.lr = 0.2  # a schedule moves every group, keeping lr_scale
+    optimizer.step()
+    np.testing.assert_array_equal(frozen.numpy(), np.ones((2, 2)))
+    np.testing.assert_allclose(decayed.numpy(), np.full(3, 1 - 0.2 * 0.5), rtol=1e-6)
+    np.testing.assert_array_equal(plain.numpy(), np.ones((2, 2)))
+    sgd = nn.SGD([nn.ParamGroup([plain], lr_scale=2.0)], lr=0.1)
+    sgd.zero_grad()
+    ellipse.sum(plain).backward()  # a gradient of ones
+    sgd.step()
+    np.testing.assert_allclose(plain.numpy(), np.full((2, 2), 1 - 0.2), rtol=1e-6)
+    with pytest.raises(ellipse.Error, match="AdamW: parameters mix Tensors and ParamGroups"):
+        nn.AdamW([plain, nn.ParamGroup([frozen])])
+    with pytest.raises(ellipse.Error, match="SGD: expected Tensors or ParamGroups as parameters, got str"):
+        nn.SGD(["weight"])
