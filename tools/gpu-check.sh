@@ -2,25 +2,27 @@
 # One script for anyone with an NVIDIA GPU: configures and builds ellipse with the CUDA backend, runs the
 # CUDA tests (every op against the CPU, the fused attention against the explicit path) and, where NCCL and MPI
 # are installed, the NCCL collectives and a `train gpt` through NCCL on one rank against the same run without it,
-# times training steps of ellipse and PyTorch on the same GPU in the same run, optionally runs the full ViT study
-# on the GPU, and prints a short table last.
+# runs the Python package's CUDA tests where the module builds (nanobind importable by the build's Python), times
+# training steps of ellipse and PyTorch on the same GPU in the same run, optionally runs the full ViT study on the
+# GPU, and prints a short table last.
 #
 #   tools/gpu-check.sh [--build DIR] [--arch native] [--steps 20] [--warmup 5] [--skip-tests] [--skip-bench]
-#                      [--study-data DIR [--study-out DIR]]
+#                      [--study-data DIR [--study-out DIR] [--study-seeds 3]]
 #
 # --arch is CMAKE_CUDA_ARCHITECTURES: `native` (the default) builds for the GPUs of this machine.
-# --study-data DIR runs `ellipse study vit --preset full --device cuda` on the Fashion-MNIST files in DIR, the
-# two attention kinds as two processes side by side on the GPU (two small trainings share one card), then
-# the call that writes the report; --study-out is its output folder (default: BUILD/study-vit-full). A study
-# stopped part-way resumes from its last epoch when the script runs again with the same folder.
+# --study-data DIR runs `ellipse study vit --preset full --device cuda --seeds N` on the Fashion-MNIST files in
+# DIR, its three kinds (standard, elliptical, elliptical-random) as three processes side by side on the GPU (small
+# trainings share one card), then the call that writes the report; --study-out is its output folder (default:
+# BUILD/study-vit-full), --study-seeds N its seeds (default 3). A study stopped part-way resumes from its last
+# epoch when the script runs again with the same folder.
 #
 # PyTorch (with CUDA) is the peer of the benchmark: python3 must import torch (override with PYTHON=...).
 # The build needs what the README lists (fmt, nlohmann-json, zlib, CLI11, doctest, OpenBLAS) and nvcc.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-build=build-gpu arch=native steps=20 warmup=5 tests=1 bench=1 study_data='' study_out=''
+build=build-gpu arch=native steps=20 warmup=5 tests=1 bench=1 study_data='' study_out='' study_seeds=3
 usage="usage: $0 [--build DIR] [--arch SM] [--steps N] [--warmup N] [--skip-tests] [--skip-bench]"
-usage+=" [--study-data DIR [--study-out DIR]]"
+usage+=" [--study-data DIR [--study-out DIR] [--study-seeds N]]"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
@@ -31,6 +33,7 @@ while [[ $# -gt 0 ]]; do
     --skip-bench) bench=0; shift ;;
     --study-data) study_data=$2; shift 2 ;;
     --study-out) study_out=$2; shift 2 ;;
+    --study-seeds) study_seeds=$2; shift 2 ;;
     *) echo "$usage" >&2; exit 2 ;;
   esac
 done
@@ -113,6 +116,28 @@ if ((tests == 1)); then
   fi
 fi
 
+# The Python package on the GPU: device tensors, DLPack at the same address (with PyTorch's tensors too), training.
+if ((tests == 1)); then
+  start=$SECONDS
+  if ! grep -q "ellipse: Python module ON" "$log_dir/configure.log"; then
+    summary+=("| python (test_cuda.py) | skipped: $(grep -o 'ellipse: Python module.*' "$log_dir/configure.log") | 0 s |")
+  elif ! cmake --build "$build" -j"$(nproc)" --target _ellipse >"$log_dir/python-build.log" 2>&1; then
+    summary+=("| python (test_cuda.py) | FAILED: the module did not build (python-build.log) | $((SECONDS - start)) s |")
+  else
+    module_python=$(grep -o 'ellipse: Python module ON for [^ ]*' "$log_dir/configure.log" | awk '{print $6}')
+    PYTHONPATH="$build/python" "$module_python" -m pytest -q -p no:cacheprovider -rs python/tests/test_cuda.py \
+      >"$log_dir/python-cuda.log" 2>&1
+    status=$?
+    if ((status != 0)) || grep -q "SKIPPED" "$log_dir/python-cuda.log"; then
+      result="FAILED (status $status; python-cuda.log)"
+      tail -n 30 "$log_dir/python-cuda.log"
+    else
+      result="ok ($(grep -oE '[0-9]+ passed' "$log_dir/python-cuda.log"))"
+    fi
+    summary+=("| python (test_cuda.py) | $result | $((SECONDS - start)) s |")
+  fi
+fi
+
 rows=()
 if [[ $bench == 1 ]]; then
   # config:attn[:flag], alternating ellipse and PyTorch per configuration.
@@ -148,29 +173,38 @@ fi
 
 if [[ -n "$study_data" ]]; then
   start=$SECONDS
-  study=("$build/ellipse" study vit --preset full --device cuda --data "$study_data" --out "$study_out")
-  "${study[@]}" --only standard >"$log_dir/study-standard.log" 2>&1 &
-  standard_pid=$!
+  kinds=(standard elliptical elliptical-random)
+  study=("$build/ellipse" study vit --preset full --device cuda --data "$study_data" --out "$study_out"
+         --seeds "$study_seeds" --kinds "$(IFS=,; echo "${kinds[*]}")")
   # A GPU in an exclusive compute mode takes one process at a time: then the kinds train one after the other.
-  if [[ "$(nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -1)" == Exclusive* ]]; then
-    wait "$standard_pid"
-  fi
-  "${study[@]}" --only elliptical >"$log_dir/study-elliptical.log" 2>&1
-  elliptical_status=$?
-  wait "$standard_pid"
-  standard_status=$?
+  exclusive=0
+  [[ "$(nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -1)" == Exclusive* ]] && exclusive=1
+  pids=() statuses=()
+  for kind in "${kinds[@]}"; do
+    "${study[@]}" --only "$kind" >"$log_dir/study-$kind.log" 2>&1 &
+    if ((exclusive == 1)); then
+      wait $!
+      statuses+=($?)
+    else
+      pids+=($!)
+    fi
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid"
+    statuses+=($?)
+  done
   summary_status=skipped
-  if ((standard_status == 0 && elliptical_status == 0)); then
+  if [[ "${statuses[*]}" == "0 0 0" ]]; then
     "${study[@]}" >"$log_dir/study.log" 2>&1
     summary_status=$?
   fi
   if [[ "$summary_status" == 0 ]]; then
     result="ok: $study_out/report.md"
   else
-    result="FAILED (exit status: standard $standard_status, elliptical $elliptical_status, report $summary_status)"
+    result="FAILED (exit status of ${kinds[*]}: ${statuses[*]}; report: $summary_status)"
     tail -n 20 "$log_dir"/study*.log
   fi
-  summary+=("| study vit --preset full | $result | $((SECONDS - start)) s |")
+  summary+=("| study vit --preset full --seeds $study_seeds | $result | $((SECONDS - start)) s |")
 fi
 
 echo

@@ -42,3 +42,29 @@ def test_python_layer_trains_on_cuda():
         optimizer.step()
         first = first if first is not None else loss.item()
     assert loss.item() < first
+
+
+def test_dlpack_with_pytorch_on_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no CUDA device")
+    g = ellipse.randn([3, 4], gen=ellipse.Generator(2)).to("cuda")
+    theirs = torch.from_dlpack(g)  # ours to theirs: the same device memory
+    assert theirs.device.type == "cuda" and theirs.data_ptr() == g.data_ptr()
+    back = ellipse.from_dlpack(torch.arange(12, dtype=torch.float32, device="cuda").reshape(3, 4).t())
+    assert str(back.device) == "cuda:0" and back.shape == (4, 3) and back.strides == (1, 4)
+    np.testing.assert_array_equal(back.to("cpu").numpy(), np.arange(12, dtype=np.float32).reshape(3, 4).T)
+
+
+def test_python_attention_kind_trains_on_cuda_as_the_built_in_kind(tmp_path):
+    from test_attention_kind import PythonStandard, TEXT, register_once
+
+    register_once("py-standard", PythonStandard)
+    (tmp_path / "text.txt").write_text(TEXT)
+    losses = {}
+    for kind in ("py-standard", "standard"):
+        losses[kind] = []
+        ellipse.models.train_gpt(str(tmp_path / "text.txt"), str(tmp_path / kind), config="gpt-tiny", attention=kind,
+                                 steps=4, warmup=1, eval_every=4, device="cuda",
+                                 on_step=lambda step, loss, lr, kind=kind: losses[kind].append(loss))
+    assert len(losses["standard"]) == 4 and losses["py-standard"] == losses["standard"]
