@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <charconv>
+#include <filesystem>
 #include <set>
 
 #include "core/error.hpp"
+#include "core/io/file.hpp"
 #include "core/io/safetensors.hpp"
 
 namespace ellipse {
@@ -98,6 +100,16 @@ void save_parameters(const std::string& path, const nn::Module& module,
   NamedTensors tensors;
   for (const auto& [name, param] : module.named_parameters()) tensors.emplace_back(name, param.detach().to(DType::f32));
   io::save_safetensors(path, tensors, metadata);
+}
+
+void save_model_dir(const std::string& dir, const nn::Module& module, std::string_view config_json,
+                    std::string_view op) {
+  ELLIPSE_CHECK(!dir.empty(), "{}: the directory is empty", op);
+  ELLIPSE_CHECK(!std::filesystem::exists(dir + "/train_state.safetensors"), "{}: {} holds a training run (its "
+                "train_state.safetensors), which these parameters would no longer match; save elsewhere", op, dir);
+  std::filesystem::create_directories(dir);
+  save_parameters(dir + "/model.safetensors", module);
+  io::write_file_atomic(dir + "/config.json", config_json);
 }
 
 std::map<std::string, std::string> load_parameters(const std::string& path, nn::Module& module) {

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../core/random.hpp"
@@ -15,6 +16,11 @@ namespace ellipse {
 // Writes every parameter of `module` as F32 to `path`, with optional string metadata (a trainer's step).
 void save_parameters(const std::string& path, const nn::Module& module,
                      const std::map<std::string, std::string>& metadata = {});
+// A model's folder as the loaders read it: DIR/model.safetensors (save_parameters) and DIR/config.json, each
+// written atomically, DIR created. A DIR that holds a training run's state (train_state.safetensors) is refused:
+// its parameters would no longer match that state. `op` starts the error messages.
+void save_model_dir(const std::string& dir, const nn::Module& module, std::string_view config_json,
+                    std::string_view op);
 // Loads `path` into `module`: every parameter must be present with its exact shape, and nothing else.
 // On any mismatch the module is left unchanged and the error names the file and the tensor. Returns the
 // file's metadata.

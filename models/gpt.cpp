@@ -155,6 +155,12 @@ GPTCheckpointConfig parse_gpt_config_json(std::string_view text, const std::stri
   return {config, std::move(tokenizer)};
 }
 
+void save_gpt(const std::string& dir, const GPT& model, const CharTokenizer& tokenizer) {
+  ELLIPSE_CHECK(tokenizer.size() == model.config().vocab, "save_gpt: the tokenizer has {} characters, the model's "
+                "vocabulary {}", tokenizer.size(), model.config().vocab);
+  save_model_dir(dir, model, gpt_config_json(model.config(), tokenizer.vocab()), "save_gpt");
+}
+
 LoadedGPT load_gpt(const std::string& dir, Device device) {
   const std::string config_path = dir + "/config.json";
   auto [config, tokenizer] = parse_gpt_config_json(io::read_file(config_path, 64 << 20), config_path);

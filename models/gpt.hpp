@@ -84,5 +84,8 @@ struct LoadedGPT {
 };
 // Reads DIR/config.json and DIR/model.safetensors; the model is in eval mode, on `device`.
 LoadedGPT load_gpt(const std::string& dir, Device device = Device::cpu());
+// Writes what load_gpt reads (see save_model_dir): a model trained by a loop of one's own becomes a checkpoint
+// that `ellipse sample`, `eval gpt` and the probes take. The tokenizer's size must be the model's vocabulary.
+void save_gpt(const std::string& dir, const GPT& model, const CharTokenizer& tokenizer);
 
 }  // namespace ellipse

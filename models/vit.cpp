@@ -132,6 +132,10 @@ ViTConfig parse_vit_config_json(std::string_view text, const std::string& path) 
   return config;
 }
 
+void save_vit(const std::string& dir, const ViT& model) {
+  save_model_dir(dir, model, vit_config_json(model.config()), "save_vit");
+}
+
 std::unique_ptr<ViT> load_vit(const std::string& dir, Device device) {
   const std::string config_path = dir + "/config.json";
   auto model = std::make_unique<ViT>(parse_vit_config_json(io::read_file(config_path, 1 << 20), config_path));

@@ -70,5 +70,7 @@ ViTConfig parse_vit_config_json(std::string_view text, const std::string& path);
 
 // Reads DIR/config.json and DIR/model.safetensors; the model is in eval mode, on `device`.
 std::unique_ptr<ViT> load_vit(const std::string& dir, Device device = Device::cpu());
+// Writes what load_vit reads (see save_model_dir).
+void save_vit(const std::string& dir, const ViT& model);
 
 }  // namespace ellipse

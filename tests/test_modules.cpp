@@ -359,3 +359,30 @@ TEST_CASE("seconds_left: the pace of the steps this process did, so a resumed ru
   at.step = at.steps;
   CHECK(seconds_left(at) == 0);
 }
+
+TEST_CASE("save_gpt and save_vit write what load_gpt and load_vit read, and never over a training run") {
+  testing::TempDir dir;
+  GPT gpt(tiny_gpt("elliptical"), 3);
+  const CharTokenizer tokenizer = CharTokenizer::from_vocab(U"abcdefghijkl");
+  save_gpt(dir / "gpt", gpt, tokenizer);
+  const LoadedGPT loaded = load_gpt(dir / "gpt");
+  CHECK(loaded.tokenizer.vocab() == tokenizer.vocab());
+  CHECK(loaded.model->config().attention == "elliptical");
+  for (const auto& [name, parameter] : gpt.named_parameters())
+    CHECK_MESSAGE(max_abs_diff(loaded.model->parameter(name), parameter) == 0, name);
+  CHECK_THROWS_WITH(save_gpt(dir / "other", gpt, CharTokenizer::from_vocab(U"abc")),
+                    doctest::Contains("save_gpt: the tokenizer has 3 characters, the model's vocabulary 12"));
+
+  ViTConfig config = vit_preset("vit-xs");
+  ViT vit(config, 5);
+  save_vit(dir / "vit", vit);
+  const auto loaded_vit = load_vit(dir / "vit");
+  for (const auto& [name, parameter] : vit.named_parameters())
+    CHECK_MESSAGE(max_abs_diff(loaded_vit->parameter(name), parameter) == 0, name);
+
+  // A training run's folder keeps the parameters its train_state.safetensors goes with.
+  io::write_file_atomic(dir / "vit/train_state.safetensors", "state");
+  const std::string model_before = io::read_file(dir / "vit/model.safetensors", 1 << 24);
+  CHECK_THROWS_WITH(save_vit(dir / "vit", ViT(config, 6)), doctest::Contains("holds a training run"));
+  CHECK(io::read_file(dir / "vit/model.safetensors", 1 << 24) == model_before);
+}

@@ -102,6 +102,9 @@ void bind_models(nb::module_& m) {
       },
       "dir"_a, "device"_a = Device::cpu(), Release(),
       "(model, tokenizer) from dir/config.json and dir/model.safetensors; the model is in eval mode.");
+  m.def("save_gpt", &save_gpt, "dir"_a, "model"_a, "tokenizer"_a, Release(),
+        "Writes dir/config.json and dir/model.safetensors, what load_gpt and the ellipse program read (each file "
+        "atomically; a folder holding a training run's state is refused).");
   m.def(
       "evaluate_gpt", [](GPT& model, const Ids& ids, std::int64_t batch) { return evaluate_gpt(model, ids, batch); },
       "model"_a, "ids"_a, "batch"_a = 32, Release(),
@@ -183,6 +186,8 @@ void bind_models(nb::module_& m) {
       .def("block", &ViT::block, "i"_a, nb::rv_policy::reference_internal, "The i-th transformer block (0 first).");
   m.def("load_vit", &load_vit, "dir"_a, "device"_a = Device::cpu(), Release(),
         "The ViT of dir/config.json and dir/model.safetensors, in eval mode.");
+  m.def("save_vit", &save_vit, "dir"_a, "model"_a, Release(),
+        "Writes dir/config.json and dir/model.safetensors, what load_vit and the ellipse program read.");
   m.def(
       "train_vit",
       [](const std::string& out_dir, const std::string& data_dir, const std::string& config,

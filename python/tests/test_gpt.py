@@ -3,6 +3,7 @@ gpt` runs) loss for loss, and its checkpoint loads, evaluates and samples."""
 import threading
 import time
 
+import numpy as np
 import pytest
 
 import ellipse
@@ -46,6 +47,17 @@ def test_python_loop_matches_the_library_trainer_exactly(run):
         optimizer.step()
     assert losses == trainer_losses  # bit for bit
     assert last["step"] == STEPS and last["train_loss"] == pytest.approx(sum(losses) / STEPS)
+
+    # The loop's model saved as a checkpoint: the same one the trainer wrote.
+    folder = run[0]
+    models.save_gpt(str(folder / "python-loop"), model, tokenizer)
+    saved, saved_tokenizer = models.load_gpt(str(folder / "python-loop"))
+    trained, _ = models.load_gpt(str(folder / "run"))
+    assert saved_tokenizer.vocab == tokenizer.vocab and saved.config.attention == "elliptical"
+    for name, tensor in trained.named_parameters().items():
+        assert np.array_equal(saved.parameter(name).numpy(), tensor.numpy()), name
+    with pytest.raises(ellipse.Error, match="holds a training run"):
+        models.save_gpt(str(folder / "run"), model, tokenizer)
 
 
 def test_checkpoint_loads_evaluates_and_samples(run):

@@ -27,7 +27,7 @@ def test_study_gpt_smoke_and_inspect(tmp_path):
     assert (tmp_path / "inspect" / "attention.npy").exists()
 
 
-def test_vit_forward_and_probe():
+def test_vit_forward_probe_and_checkpoint(tmp_path):
     config = models.vit_preset("vit-xs")
     config.attention = "elliptical"
     model = models.ViT(config, 0)
@@ -35,6 +35,13 @@ def test_vit_forward_and_probe():
     model.block(1).attention.keep_attention()
     assert model(images).shape == (3, 10)
     assert model.block(1).attention.last_attention.shape == (3, 4, 50, 50)
+    model.eval()
+    model.block(1).attention.keep_attention(False)  # the fused path again, as the loaded model takes
+    models.save_vit(str(tmp_path / "vit"), model)
+    loaded = models.load_vit(str(tmp_path / "vit"))
+    assert loaded.config.attention == "elliptical"
+    with ellipse.no_grad():
+        np.testing.assert_array_equal(loaded(images).numpy(), model(images).numpy())
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="Fashion-MNIST is not installed")
