@@ -101,6 +101,8 @@ def test_a_python_kind_feeds_the_probes_and_the_hooks(kind):
     with ellipse.no_grad():
         model(ids)
     assert layer.last_attention is None  # record_attention keeps nothing while keeping is off
+    layer.record_metric(ellipse.ones([1, config.n_head, 1, config.d_model // config.n_head]))
+    assert layer.last_metric.shape == (1, config.n_head, 1, config.d_model // config.n_head)
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="Fashion-MNIST is not installed")
