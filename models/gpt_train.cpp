@@ -208,7 +208,7 @@ std::u32string sample_gpt(GPT& model, const CharTokenizer& tokenizer, std::u32st
   Generator gen(options.seed);
   const std::int64_t context = model.config().seq_len;
   std::vector<nn::KVCache> caches;
-  // With a layer that cannot decode incrementally, every token recomputes history[window, end) in full.
+  // Without a layer that decodes incrementally, every token reads the last `context` tokens in full.
   const bool incremental = model.decodes_incrementally();
   // The caches hold history[window, cached); positions count from `window`.
   std::size_t window = 0, cached = 0;
@@ -219,14 +219,19 @@ std::u32string sample_gpt(GPT& model, const CharTokenizer& tokenizer, std::u32st
   if (static_cast<std::int64_t>(history.size()) > context) restart(static_cast<std::size_t>(context));
   std::u32string generated;
   for (std::int64_t i = 0; i < options.tokens; ++i) {
-    // A full window starts again from its last half (recomputing those tokens' keys and values).
-    if (static_cast<std::int64_t>(history.size() - window) > context)
-      restart(static_cast<std::size_t>(std::max<std::int64_t>(1, context / 2)));
-    const std::vector<std::int64_t> fresh(
-        history.begin() + static_cast<std::ptrdiff_t>(incremental ? cached : window), history.end());
-    const Tensor ids = from_vector(fresh, {1, static_cast<std::int64_t>(fresh.size())}, device);
-    const Tensor logits = incremental ? model.forward_cached(ids, caches) : model.forward(ids);
-    cached = history.size();
+    Tensor logits;
+    if (incremental) {
+      // A full window starts again from its last half (recomputing those tokens' keys and values).
+      if (static_cast<std::int64_t>(history.size() - window) > context)
+        restart(static_cast<std::size_t>(std::max<std::int64_t>(1, context / 2)));
+      const std::vector<std::int64_t> fresh(history.begin() + static_cast<std::ptrdiff_t>(cached), history.end());
+      logits = model.forward_cached(from_vector(fresh, {1, static_cast<std::int64_t>(fresh.size())}, device), caches);
+      cached = history.size();
+    } else {
+      const std::size_t length = std::min(history.size(), static_cast<std::size_t>(context));
+      const std::vector<std::int64_t> last_tokens(history.end() - static_cast<std::ptrdiff_t>(length), history.end());
+      logits = model.forward(from_vector(last_tokens, {1, static_cast<std::int64_t>(length)}, device));
+    }
     std::vector<double> last = select(select(logits, 0, 0), 0, -1).to_vector<double>();
 
     std::int64_t next = 0;

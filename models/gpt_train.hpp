@@ -74,8 +74,8 @@ struct SampleOptions {
   std::int64_t top_k = 0;    // 0: all tokens
   std::uint64_t seed = 0;
 };
-// Continues `prompt` by `tokens` characters with cached keys and values (recomputing the window for each token
-// when a layer cannot decode incrementally).
+// Continues `prompt` by `tokens` characters with cached keys and values (when a layer cannot decode
+// incrementally, each token recomputes the last seq_len tokens instead).
 std::u32string sample_gpt(GPT& model, const CharTokenizer& tokenizer, std::u32string_view prompt,
                           const SampleOptions& options);
 

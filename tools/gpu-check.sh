@@ -50,8 +50,9 @@ card=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/n
 echo "gpu-check: ${card:-no GPU visible to nvidia-smi}"
 
 start=$SECONDS
+# The Python module is built for the interpreter that has PyTorch, so that its tests exchange tensors with it.
 if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DELLIPSE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
-       >"$log_dir/configure.log" 2>&1 ||
+       -DPython_EXECUTABLE="$(command -v "$python")" >"$log_dir/configure.log" 2>&1 ||
    ! cmake --build "$build" -j"$(nproc)" --target ellipse_cli "${test_programs[@]}" "${nccl_programs[@]}" \
        >"$log_dir/build.log" 2>&1; then
   for log in "$log_dir/configure.log" "$log_dir/build.log"; do [[ -f "$log" ]] && tail -40 "$log"; done
@@ -189,7 +190,7 @@ if [[ -n "$study_data" ]]; then
       pids+=($!)
     fi
   done
-  for pid in "${pids[@]}"; do
+  for pid in ${pids[@]+"${pids[@]}"}; do  # (empty in exclusive mode; old bash's set -u rejects "${pids[@]}")
     wait "$pid"
     statuses+=($?)
   done

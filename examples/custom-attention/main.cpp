@@ -46,6 +46,7 @@ class CosineAttention : public nn::AttentionLayer {
                                         {batch, n, heads_ * head_dim_});
     return {hooked(proj_->forward(out)), v};
   }
+  bool decodes_incrementally() const override { return false; }  // sampling recomputes the window instead
 
  private:
   static Tensor unit_rows(const Tensor& x) { return x / ellipse::sqrt(ellipse::sum(x * x, {-1}, true) + 1e-6); }

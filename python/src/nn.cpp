@@ -108,14 +108,18 @@ class PyAttentionLayer : public nn::AttentionLayer {
   }
 };
 
-// Registration is for a Python layer's own __init__: the library's layers are complete when constructed.
+// Registering members and recording probes are for a Python layer's own methods: the library's layers are
+// complete when constructed and record what they compute themselves. `what` ends the error message.
 template <class PythonLayer, class Base>
-PythonLayer& python_layer(Base& self, const char* class_name, const char* method) {
+PythonLayer& python_layer(Base& self, const char* class_name, const char* method, const char* what) {
   auto* layer = dynamic_cast<PythonLayer*>(&self);
-  ELLIPSE_CHECK(layer != nullptr, "{}.{}: only a Python subclass of ellipse.nn.{} registers its own members",
-                class_name, method, class_name);
+  ELLIPSE_CHECK(layer != nullptr, "{}.{}: only a Python subclass of ellipse.nn.{} {}", class_name, method,
+                class_name, what);
   return *layer;
 }
+
+constexpr const char* kRegisters = "registers its own members";
+constexpr const char* kRecords = "records its own probes (the library's layers record theirs)";
 
 // register_parameter and register_module for the Python subclasses of `cls` (a class bound with a trampoline).
 template <class PythonLayer, class Class>
@@ -124,13 +128,14 @@ void bind_registration(Class& cls, const char* class_name) {
   cls.def(
          "register_parameter",
          [class_name](Base& self, const std::string& name, const Tensor& value) {
-           return python_layer<PythonLayer>(self, class_name, "register_parameter").register_parameter(name, value);
+           return python_layer<PythonLayer>(self, class_name, "register_parameter", kRegisters)
+               .register_parameter(name, value);
          },
          "name"_a, "value"_a, "Makes value a parameter (requires grad) under name and returns it.")
       .def(
           "register_module",
           [class_name](Base& self, const std::string& name, std::shared_ptr<nn::Module> module) {
-            return python_layer<PythonLayer>(self, class_name, "register_module")
+            return python_layer<PythonLayer>(self, class_name, "register_module", kRegisters)
                 .register_module(name, std::move(module));
           },
           "name"_a, "module"_a, "Makes module a child under name (its parameters are name.*) and returns it.");
@@ -314,7 +319,7 @@ void bind_nn(nb::module_& m) {
           .def(
               "record_attention",
               [](nn::AttentionLayer& self, const Tensor& probabilities) {
-                auto& layer = python_layer<PyAttentionLayer>(self, "AttentionLayer", "record_attention");
+                auto& layer = python_layer<PyAttentionLayer>(self, "AttentionLayer", "record_attention", kRecords);
                 if (layer.keeps_attention()) layer.record_attention(probabilities);
               },
               "probabilities"_a,
@@ -323,7 +328,8 @@ void bind_nn(nb::module_& m) {
           .def(
               "record_metric",
               [](nn::AttentionLayer& self, const Tensor& metric) {
-                python_layer<PyAttentionLayer>(self, "AttentionLayer", "record_metric").record_metric(metric);
+                python_layer<PyAttentionLayer>(self, "AttentionLayer", "record_metric", kRecords)
+                    .record_metric(metric);
               },
               "metric"_a, "For a subclass's forward that scales its queries: the scale m, read by the probes.");
   bind_registration<PyAttentionLayer>(attention_layer, "AttentionLayer");
@@ -360,8 +366,8 @@ void bind_nn(nb::module_& m) {
           "The model's metric option ('causal', 'sequence' or 'random'), for kinds that estimate one.")
       .def_prop_ro(
           "gen", [](const nn::AttentionSlot& slot) -> Generator& { return *slot.gen; }, nb::rv_policy::reference,
-          "The model's initialisation stream: initialise the layer's parameters from it (gen=slot.gen), during the "
-          "factory call only.")
+          "The model's initialisation stream: initialise the layer's parameters from it (gen=slot.gen) in the "
+          "factory; it belongs to the model, so keep no reference to it.")
       .def_ro("init", &nn::AttentionSlot::init);
   // The Python factories live in this dict of the module rather than in the library's registry, whose entries
   // only look them up: Python then frees them, and the classes they build, when the interpreter ends.
@@ -372,9 +378,10 @@ void bind_nn(nb::module_& m) {
         nn::register_attention(name, [name](const nn::AttentionSlot& slot) {
           nb::gil_scoped_acquire gil;
           const nb::dict factories = nb::module_::import_("ellipse._ellipse").attr("nn").attr("_attention_factories");
-          ELLIPSE_CHECK(factories.contains(name.c_str()), "register_attention: the factory of '{}' is gone (the Python "
-                        "interpreter has ended)", name);
-          const nb::object layer = factories[name.c_str()](nb::cast(slot, nb::rv_policy::reference));
+          ELLIPSE_CHECK(factories.contains(name.c_str()), "register_attention: the factory of '{}' was removed from "
+                        "ellipse.nn._attention_factories", name);
+          // A copy: a layer may keep its slot, which the library builds for this call only.
+          const nb::object layer = factories[name.c_str()](nb::cast(slot, nb::rv_policy::copy));
           ELLIPSE_CHECK(nb::isinstance<nn::AttentionLayer>(layer),
                         "register_attention: the factory of '{}' returned {}, not an ellipse.nn.AttentionLayer", name,
                         class_name(layer));
@@ -425,7 +432,7 @@ void bind_nn(nb::module_& m) {
       "a schedule keeps the ratios), and weight_decay, when given, replaces the optimizer's rule for each of them.")
       .def(nb::init<std::vector<Tensor>, double, std::optional<double>>(), "parameters"_a, "lr_scale"_a = 1.0,
            "weight_decay"_a = nb::none())
-      .def_rw("parameters", &nn::ParamGroup::parameters)
+      .def_rw("parameters", &nn::ParamGroup::parameters, "A copy of the list: assign a new list to change it.")
       .def_rw("lr_scale", &nn::ParamGroup::lr_scale)
       .def_rw("weight_decay", &nn::ParamGroup::weight_decay);
   nb::class_<nn::AdamW, nn::Optimizer>(

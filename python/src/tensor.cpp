@@ -168,19 +168,26 @@ void set_item(Tensor& tensor, nb::handle key, nb::handle value) {
                 "ellipse.no_grad()", to_string(tensor.shape()));
   NoGradGuard no_grad;  // the view of a leaf is an op result: the write is outside autograd, as checked above
   Tensor target = get_item(tensor, key);
-  if (nb::isinstance<nb::float_>(value) || nb::isinstance<nb::int_>(value)) {
+  // A float fills exactly in f32 and f64; an int into i64 goes through an i64 tensor, as a double would round it.
+  if (nb::isinstance<nb::float_>(value) || (nb::isinstance<nb::int_>(value) && target.dtype() != DType::i64)) {
     target.fill_(nb::cast<double>(value));
     return;
   }
-  Tensor source = nb::isinstance<Tensor>(value)
-                      ? nb::cast<Tensor>(value)
-                      : nb::cast<Tensor>(nb::module_::import_("ellipse").attr("tensor")(value)).to(target.device());
-  ELLIPSE_CHECK(source.device() == target.device(), "__setitem__: the value is on {}, the tensor on {}",
-                source.device().str(), target.device().str());
+  Tensor source;
+  if (nb::isinstance<Tensor>(value)) {
+    source = nb::cast<Tensor>(value).to(target.dtype());
+    ELLIPSE_CHECK(source.device() == target.device(), "__setitem__: the value is on {}, the tensor on {}",
+                  source.device().str(), target.device().str());
+    // The value may read the memory the copy writes (t[1:] = t[:-1]): then it is copied out first.
+    if (source.storage() == target.storage()) source = source.clone();
+  } else {
+    source = nb::cast<Tensor>(nb::module_::import_("ellipse").attr("tensor")(value, target.dtype()))
+                 .to(target.device());
+  }
   ELLIPSE_CHECK(broadcast_shapes(target.shape(), source.shape(), "__setitem__") == target.shape(),
                 "__setitem__: a value of shape {} does not broadcast to the selection's shape {}",
                 to_string(source.shape()), to_string(target.shape()));
-  target.copy_(source.to(target.dtype()).expand(target.shape()));
+  target.copy_(source.expand(target.shape()));
 }
 
 Tensor scalar_like(double value, const Tensor& like) { return scalar(value, like.dtype(), like.device()); }

@@ -199,3 +199,19 @@ def test_setitem_writes_through_views_like_numpy():
     with ellipse.no_grad():
         weight[0] = 1.0
     assert weight.numpy().tolist() == [1.0, 0.0, 0.0] and weight.requires_grad
+
+
+def test_setitem_from_an_overlapping_view_and_without_rounding():
+    t = ellipse.tensor([1.0, 2.0, 3.0, 4.0])
+    t[1:] = t[:-1]  # reads what it writes: the value is copied out first, as NumPy does
+    assert t.numpy().tolist() == [1.0, 1.0, 2.0, 3.0]
+    square = ellipse.tensor(np.arange(4.0).reshape(2, 2))
+    square[...] = ellipse.transpose(square, 0, 1)
+    assert square.numpy().tolist() == [[0.0, 2.0], [1.0, 3.0]]
+    wide = ellipse.tensor([0.0, 0.0], dtype=ellipse.f64)
+    wide[:1] = [0.1]  # lists take the tensor's dtype: no detour through f32
+    wide[1] = 0.1
+    assert wide.numpy().tolist() == [0.1, 0.1]
+    ids = ellipse.tensor([0, 0])
+    ids[0] = 2**60 + 1  # exact in i64, not rounded through a double
+    assert int(ids.numpy()[0]) == 2**60 + 1
