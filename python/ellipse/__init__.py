@@ -59,3 +59,23 @@ class no_grad:
 
         wrapper.__name__, wrapper.__doc__ = function.__name__, function.__doc__
         return wrapper
+
+
+def _tensor_from_pickle(array, dtype, device, requires_grad):
+    """Rebuilds a tensor that pickle or copy.deepcopy took apart (see Tensor.__reduce__)."""
+    result = tensor(array, dtype=dtype).to(device)
+    result.requires_grad = requires_grad
+    return result
+
+
+def _tensor_reduce(self):
+    # The values as a NumPy copy, with the dtype, device and requires_grad: a leaf like the original, without its
+    # gradient and history, as torch.Tensor's deepcopy of a leaf.
+    import numpy
+
+    return _tensor_from_pickle, (numpy.array(self.detach().to("cpu").numpy()), self.dtype, str(self.device),
+                                 self.requires_grad)
+
+
+Tensor.__reduce__ = _tensor_reduce
+Tensor.__deepcopy__ = lambda self, memo: _tensor_from_pickle(*_tensor_reduce(self)[1])

@@ -343,7 +343,23 @@ void bind_tensor(nb::module_& m) {
            Release())
       .def("__ge__", [](const Tensor& a, const Tensor& b) { return greater_equal(a, b); }, nb::is_operator(), Release())
       .def("__ge__", [](const Tensor& a, double s) { return greater_equal(a, scalar_like(s, a)); }, nb::is_operator(),
-           Release());
+           Release())
+      // == and != compare elementwise, as NumPy's; a tensor still hashes by identity (a dict key, a set member).
+      .def("__eq__", [](const Tensor& a, const Tensor& b) { return equal(a, b); }, nb::is_operator(), Release())
+      .def("__eq__", [](const Tensor& a, double s) { return equal(a, scalar_like(s, a)); }, nb::is_operator(),
+           Release())
+      .def("__ne__", [](const Tensor& a, const Tensor& b) { return not_equal(a, b); }, nb::is_operator(), Release())
+      .def("__ne__", [](const Tensor& a, double s) { return not_equal(a, scalar_like(s, a)); }, nb::is_operator(),
+           Release())
+      .def("__abs__", [](const Tensor& a) { return abs(a); }, Release())
+      .def_prop_ro(
+          "T",
+          [](const Tensor& t) {
+            std::vector<std::int64_t> reversed;
+            for (std::int64_t axis = t.dim() - 1; axis >= 0; --axis) reversed.push_back(axis);
+            return permute(t, reversed);
+          },
+          "The axes reversed, as a view (NumPy's .T).");
 
   m.def("from_dlpack", &from_dlpack, nb::arg("array").noconvert(),
         "A tensor over the memory of a DLPack-capable array (NumPy, or a CUDA array of another framework), without "

@@ -1,5 +1,7 @@
 """Tensors from Python: zero-copy exchange with NumPy and DLPack, indexing as views, printing, no_grad."""
+import copy
 import pathlib
+import pickle
 
 import numpy as np
 import pytest
@@ -215,3 +217,20 @@ def test_setitem_from_an_overlapping_view_and_without_rounding():
     ids = ellipse.tensor([0, 0])
     ids[0] = 2**60 + 1  # exact in i64, not rounded through a double
     assert int(ids.numpy()[0]) == 2**60 + 1
+
+
+def test_comparisons_abs_transpose_and_copies():
+    t = ellipse.tensor([[1.0, -2.0], [3.0, 4.0]])
+    assert (t == t).numpy().tolist() == [[1, 1], [1, 1]]  # elementwise, as NumPy's
+    assert (t != 3.0).numpy().tolist() == [[1, 1], [0, 1]]
+    assert {t: "key"}[t] == "key"  # still hashed by identity
+    assert abs(t).numpy().tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    cube = ellipse.randn([2, 3, 4], gen=ellipse.Generator(0))
+    assert cube.T.shape == (4, 3, 2) and np.shares_memory(cube.T.numpy(), cube.numpy())
+    with pytest.raises(ellipse.Error, match="one element"):
+        bool(t == t)  # ambiguous, as NumPy's
+
+    weight = ellipse.tensor([[0.5, 1.5]], dtype=ellipse.f64, requires_grad=True)
+    for copied in (pickle.loads(pickle.dumps(weight)), copy.deepcopy(weight)):
+        assert copied.dtype == ellipse.f64 and copied.requires_grad and copied.is_leaf
+        assert copied.numpy().tolist() == [[0.5, 1.5]] and copied.data_ptr() != weight.data_ptr()
