@@ -41,9 +41,9 @@ int run_train(TrainFlags flags) {
         bar.update(p, train_step_detail(p, "img"));
       },
       [&](const ViTEvalRecord& r) {
-        bar.line(fmt::format("epoch {} (step {}): train_loss {:.4f}  test_loss {:.4f}  test_acc {:.2f}%  ({:.0f} img/s, "
-                             "{})", r.epoch, r.step, r.train_loss, r.test_loss, 100 * r.test_acc, r.images_per_s,
-                             format_duration(r.elapsed_s)));
+        bar.line(fmt::format("epoch {} (step {}): train_loss {:.4f}  test_loss {:.4f}  test_acc {:.2f}%  ({:.0f} "
+                             "img/s, {})", r.epoch, r.step, r.train_loss, r.test_loss, 100 * r.test_acc,
+                             r.images_per_s, format_duration(r.elapsed_s)));
       });
   if (o.communicator->rank() != 0) return 0;
   // Stopped early, also when the stop falls at the end of an epoch (last.step == stop_after there).

@@ -121,9 +121,11 @@ fi
 if ((tests == 1)); then
   start=$SECONDS
   if ! grep -q "ellipse: Python module ON" "$log_dir/configure.log"; then
-    summary+=("| python (test_cuda.py) | skipped: $(grep -o 'ellipse: Python module.*' "$log_dir/configure.log") | 0 s |")
+    why=$(grep -o 'ellipse: Python module.*' "$log_dir/configure.log")
+    summary+=("| python (test_cuda.py) | skipped: $why | 0 s |")
   elif ! cmake --build "$build" -j"$(nproc)" --target _ellipse >"$log_dir/python-build.log" 2>&1; then
-    summary+=("| python (test_cuda.py) | FAILED: the module did not build (python-build.log) | $((SECONDS - start)) s |")
+    result="FAILED: the module did not build (python-build.log)"
+    summary+=("| python (test_cuda.py) | $result | $((SECONDS - start)) s |")
   else
     module_python=$(grep -o 'ellipse: Python module ON for [^ ]*' "$log_dir/configure.log" | awk '{print $6}')
     PYTHONPATH="$build/python" "$module_python" -m pytest -q -p no:cacheprovider -rs python/tests/test_cuda.py \
@@ -179,7 +181,8 @@ if [[ -n "$study_data" ]]; then
          --seeds "$study_seeds" --kinds "$(IFS=,; echo "${kinds[*]}")")
   # A GPU in an exclusive compute mode takes one process at a time: then the kinds train one after the other.
   exclusive=0
-  [[ "$(nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -1)" == Exclusive* ]] && exclusive=1
+  compute_mode=$(nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -1)
+  [[ "$compute_mode" == Exclusive* ]] && exclusive=1
   pids=() statuses=()
   for kind in "${kinds[@]}"; do
     "${study[@]}" --only "$kind" >"$log_dir/study-$kind.log" 2>&1 &

@@ -444,15 +444,18 @@ void bind_nn(nb::module_& m) {
           "__init__",
           [](nn::AdamW* self, const nb::iterable& parameters, double lr, double beta1, double beta2, double eps,
              double weight_decay) {
-            new (self) nn::AdamW(parameter_groups(parameters, "AdamW"), nn::AdamWOptions{lr, beta1, beta2, eps, weight_decay});
+            new (self)
+                nn::AdamW(parameter_groups(parameters, "AdamW"), nn::AdamWOptions{lr, beta1, beta2, eps, weight_decay});
           },
           "parameters"_a, "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.01);
-  nb::class_<nn::SGD, nn::Optimizer>(m, "SGD", "PyTorch's SGD with momentum, dampening, L2 decay and Nesterov, over Tensors or ParamGroups.")
+  nb::class_<nn::SGD, nn::Optimizer>(
+      m, "SGD", "PyTorch's SGD with momentum, dampening, L2 decay and Nesterov, over Tensors or ParamGroups.")
       .def(
           "__init__",
           [](nn::SGD* self, const nb::iterable& parameters, double lr, double momentum, double dampening,
              double weight_decay, bool nesterov) {
-            new (self) nn::SGD(parameter_groups(parameters, "SGD"), nn::SGDOptions{lr, momentum, dampening, weight_decay, nesterov});
+            new (self) nn::SGD(parameter_groups(parameters, "SGD"),
+                               nn::SGDOptions{lr, momentum, dampening, weight_decay, nesterov});
           },
           "parameters"_a, "lr"_a = 1e-3, "momentum"_a = 0.0, "dampening"_a = 0.0, "weight_decay"_a = 0.0,
           "nesterov"_a = false);

@@ -333,24 +333,6 @@ void bind_tensor(nb::module_& m) {
       .def("__matmul__", [](const Tensor& a, const Tensor& b) { return matmul(a, b); }, nb::is_operator(), Release())
       .def("__pow__", [](const Tensor& a, double exponent) { return pow(a, exponent); }, nb::is_operator(), Release())
       .def("__neg__", [](const Tensor& a) { return -a; }, Release())
-      .def("__lt__", [](const Tensor& a, const Tensor& b) { return less(a, b); }, nb::is_operator(), Release())
-      .def("__lt__", [](const Tensor& a, double s) { return less(a, scalar_like(s, a)); }, nb::is_operator(), Release())
-      .def("__le__", [](const Tensor& a, const Tensor& b) { return less_equal(a, b); }, nb::is_operator(), Release())
-      .def("__le__", [](const Tensor& a, double s) { return less_equal(a, scalar_like(s, a)); }, nb::is_operator(),
-           Release())
-      .def("__gt__", [](const Tensor& a, const Tensor& b) { return greater(a, b); }, nb::is_operator(), Release())
-      .def("__gt__", [](const Tensor& a, double s) { return greater(a, scalar_like(s, a)); }, nb::is_operator(),
-           Release())
-      .def("__ge__", [](const Tensor& a, const Tensor& b) { return greater_equal(a, b); }, nb::is_operator(), Release())
-      .def("__ge__", [](const Tensor& a, double s) { return greater_equal(a, scalar_like(s, a)); }, nb::is_operator(),
-           Release())
-      // == and != compare elementwise, as NumPy's; a tensor still hashes by identity (a dict key, a set member).
-      .def("__eq__", [](const Tensor& a, const Tensor& b) { return equal(a, b); }, nb::is_operator(), Release())
-      .def("__eq__", [](const Tensor& a, double s) { return equal(a, scalar_like(s, a)); }, nb::is_operator(),
-           Release())
-      .def("__ne__", [](const Tensor& a, const Tensor& b) { return not_equal(a, b); }, nb::is_operator(), Release())
-      .def("__ne__", [](const Tensor& a, double s) { return not_equal(a, scalar_like(s, a)); }, nb::is_operator(),
-           Release())
       .def("__abs__", [](const Tensor& a) { return abs(a); }, Release())
       .def_prop_ro(
           "T",
@@ -360,6 +342,18 @@ void bind_tensor(nb::module_& m) {
             return permute(t, reversed);
           },
           "The axes reversed, as a view (NumPy's .T).");
+  // Comparisons, elementwise as NumPy's (== and != too; a tensor still hashes by identity, as a dict key), against
+  // a tensor or a Python number.
+  using Comparison = Tensor (*)(const Tensor&, const Tensor&);
+  const std::pair<const char*, Comparison> comparisons[] = {
+      {"__lt__", &less}, {"__le__", &less_equal}, {"__gt__", &greater}, {"__ge__", &greater_equal},
+      {"__eq__", &equal}, {"__ne__", &not_equal}};
+  for (const auto& [name, compare] : comparisons) {
+    tensor.def(name, [compare](const Tensor& a, const Tensor& b) { return compare(a, b); }, nb::is_operator(),
+               Release())
+        .def(name, [compare](const Tensor& a, double s) { return compare(a, scalar_like(s, a)); }, nb::is_operator(),
+             Release());
+  }
 
   m.def("from_dlpack", &from_dlpack, nb::arg("array").noconvert(),
         "A tensor over the memory of a DLPack-capable array (NumPy, or a CUDA array of another framework), without "
