@@ -397,6 +397,18 @@ void bind_nn(nb::module_& m) {
 
   nb::class_<nn::Block, nn::Module>(m, "Block", "A pre-LN transformer block: x + attn(ln1(x)), then + mlp(ln2(x)).")
       .def(
+          "__init__",
+          [](nn::Block* self, std::int64_t dim, std::int64_t heads, const std::string& attention, std::int64_t layer,
+             std::int64_t mlp_ratio, double dropout, const std::string& metric, Generator* gen, nn::Init init) {
+            const nn::BlockConfig config{dim, heads, mlp_ratio, dropout, nn::parse_attention_kind(attention),
+                                         nn::parse_metric_mode(metric)};
+            new (self) nn::Block(config, layer, or_default(gen), init);
+          },
+          "dim"_a, "heads"_a, "attention"_a = "standard", "layer"_a = 0, "mlp_ratio"_a = 4, "dropout"_a = 0.0,
+          "metric"_a = "sequence", "gen"_a = nb::none(), "init"_a = nn::Init::pytorch, nb::keep_alive<1, 9>(),
+          "A block whose attention is any registered kind, built as the models build theirs: layer is its depth "
+          "(elliptical attention is standard at layer 0), gen initialises it and drives its dropout.")
+      .def(
           "forward",
           [](nn::Block& self, const Tensor& x, bool causal, const std::optional<Tensor>& v_prev) {
             nn::AttentionOutput output;

@@ -165,3 +165,25 @@ def test_the_study_compares_a_python_kind_with_the_baseline(tmp_path, kind):
                              attention=["standard", kind])
     comparisons = json.loads(open(result["summary_path"]).read())["comparisons"][kind]
     assert comparisons and all(line["differences"] == [0.0] for line in comparisons.values())  # the same model
+
+
+def test_blocks_of_a_python_kind_in_a_model_of_ones_own(kind):
+    x = ellipse.randn([2, 7, 16], gen=ellipse.Generator(4))
+
+    def blocks(attention):
+        gen = ellipse.Generator(11)
+        return [nn.Block(16, 2, attention=attention, layer=layer, gen=gen) for layer in range(2)]
+
+    def run(stack):
+        v = None
+        out = x
+        for block in stack:
+            out, v = block.forward(out, causal=True, v_prev=v)
+        return out
+
+    mine, built_in = blocks(kind), blocks("standard")
+    assert isinstance(mine[1].attention, PythonStandard)
+    assert list(mine[0].named_parameters()) == list(built_in[0].named_parameters())
+    np.testing.assert_array_equal(run(mine).numpy(), run(built_in).numpy())
+    with pytest.raises(ellipse.Error, match="'nope' is not an attention kind"):
+        nn.Block(16, 2, attention="nope")
