@@ -1,12 +1,15 @@
 """The overhead of driving training from Python: a gpt-s training step run by a loop written in Python against
 the same step run by the library's trainer (the C++ loop of `ellipse train gpt`), alternating rounds of each on
-the same model shape, batch and data, and comparing the median step times.
+the same model shape, batch and data, and comparing the median step times. With --attention-in-python, both
+runs are the library's trainer, one with the built-in standard attention and one with the same attention
+written in Python (examples/python/standard_attention.py): what a layer written in Python costs.
 
-    python bench/python_step.py [--config gpt-s] [--rounds 3] [--steps 6]
+    python bench/python_step.py [--config gpt-s] [--rounds 3] [--steps 6] [--attention-in-python]
 """
 import argparse
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,11 +25,11 @@ def text(characters: int) -> str:
     return "".join(rng.choice(alphabet) for _ in range(characters))
 
 
-def cpp_step_times(path: Path, out: Path, config: str, steps: int) -> list:
+def cpp_step_times(path: Path, out: Path, config: str, steps: int, attention: str = "standard") -> list:
     """Seconds between consecutive steps of the library's trainer (the first step is warm-up)."""
     stamps = []
-    models.train_gpt(str(path), str(out), config=config, steps=steps, eval_every=steps, warmup=1,
-                     on_step=lambda step, loss, lr: stamps.append(time.perf_counter()))
+    models.train_gpt(str(path), str(out), config=config, attention=attention, steps=steps, eval_every=steps,
+                     warmup=1, on_step=lambda step, loss, lr: stamps.append(time.perf_counter()))
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
@@ -58,7 +61,14 @@ def main():
     parser.add_argument("--config", default="gpt-s")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--attention-in-python", action="store_true",
+                        help="time the trainer with standard attention written in Python against the built-in one")
     args = parser.parse_args()
+    if args.attention_in_python:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "python"))
+        import standard_attention
+
+        python_kind = standard_attention.register()
     corpus = text(40_000)
     cpp, python = [], []
     with tempfile.TemporaryDirectory() as folder:
@@ -66,10 +76,17 @@ def main():
         path.write_text(corpus)
         for round_ in range(args.rounds):
             cpp += cpp_step_times(path, Path(folder) / f"run{round_}", args.config, args.steps)
-            python += python_step_times(corpus, args.config, args.steps)
+            if args.attention_in_python:
+                python += cpp_step_times(path, Path(folder) / f"python{round_}", args.config, args.steps, python_kind)
+            else:
+                python += python_step_times(corpus, args.config, args.steps)
     cpp_ms, python_ms = 1e3 * statistics.median(cpp), 1e3 * statistics.median(python)
-    print(f"{args.config} training step, median of {len(cpp)}: C++ loop {cpp_ms:.1f} ms, Python loop "
-          f"{python_ms:.1f} ms, Python/C++ {python_ms / cpp_ms:.3f}")
+    if args.attention_in_python:
+        print(f"{args.config} training step by the library's trainer, median of {len(cpp)}: attention built in "
+              f"{cpp_ms:.1f} ms, written in Python {python_ms:.1f} ms, Python/built-in {python_ms / cpp_ms:.3f}")
+    else:
+        print(f"{args.config} training step, median of {len(cpp)}: C++ loop {cpp_ms:.1f} ms, Python loop "
+              f"{python_ms:.1f} ms, Python/C++ {python_ms / cpp_ms:.3f}")
 
 
 if __name__ == "__main__":

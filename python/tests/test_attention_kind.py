@@ -1,9 +1,11 @@
 """An attention kind written in Python: registered by name, it trains inside the library's GPT and ViT trainers,
-checkpoints, samples and feeds the probes. The layer below is standard attention in ellipse ops, built from the
-same parameters in the same order, so the library's models must train it exactly as their built-in kind."""
+checkpoints, samples and feeds the probes. The layer (examples/python/standard_attention.py) is standard
+attention in ellipse ops, built from the same parameters in the same order, so the library's models must train
+it exactly as their built-in kind."""
 import json
-import math
 import os
+import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -11,32 +13,12 @@ import pytest
 import ellipse
 from ellipse import models, nn, study
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "examples" / "python"))
+import standard_attention  # noqa: E402 (the example's folder is not a package)
+from standard_attention import PythonStandard  # noqa: E402
+
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 TEXT = "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak.\n" * 40
-
-
-class PythonStandard(nn.AttentionLayer):
-    """Multi-head attention: qkv, the scaled dot products (fused where the library fuses), proj."""
-
-    def __init__(self, slot):
-        super().__init__()
-        self.heads, self.head_dim = slot.heads, slot.dim // slot.heads
-        self.qkv = self.register_module("qkv", nn.Linear(slot.dim, 3 * slot.dim, gen=slot.gen, init=slot.init))
-        self.proj = self.register_module("proj", nn.Linear(slot.dim, slot.dim, gen=slot.gen, init=slot.init))
-
-    def forward(self, x, causal, v_prev):
-        batch, n, dim = x.shape
-        heads = ellipse.permute(ellipse.view(self.qkv(x), [batch, n, 3, self.heads, self.head_dim]), [2, 0, 3, 1, 4])
-        scale = 1 / math.sqrt(self.head_dim)
-        if not self.keeps_attention and ellipse.fused_attention_preferred(x.device, x.dtype, self.head_dim, causal):
-            out = ellipse.scaled_dot_product_attention_qkv(heads, None, scale, causal)
-        else:
-            q, k, v = (ellipse.select(heads, 0, i) for i in range(3))
-            probabilities = ellipse.scaled_softmax(ellipse.matmul(q, ellipse.transpose(k, -1, -2)), scale, causal)
-            self.record_attention(probabilities)
-            out = ellipse.matmul(probabilities, v)
-        out = ellipse.reshape(ellipse.permute(out, [0, 2, 1, 3]), [batch, n, dim])
-        return self.proj(out), ellipse.select(heads, 0, 2)
 
 
 def register_once(name, factory):
@@ -46,8 +28,7 @@ def register_once(name, factory):
 
 @pytest.fixture(scope="module")
 def kind():
-    register_once("py-standard", PythonStandard)
-    return "py-standard"
+    return standard_attention.register()
 
 
 def train_gpt(folder, attention):

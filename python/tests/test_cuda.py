@@ -57,14 +57,13 @@ def test_dlpack_with_pytorch_on_cuda():
 
 
 def test_python_attention_kind_trains_on_cuda_as_the_built_in_kind(tmp_path):
-    from test_attention_kind import PythonStandard, TEXT, register_once
+    from test_attention_kind import TEXT, standard_attention
 
-    register_once("py-standard", PythonStandard)
     (tmp_path / "text.txt").write_text(TEXT)
     losses = {}
-    for kind in ("py-standard", "standard"):
+    for kind in (standard_attention.register(), "standard"):
         losses[kind] = []
         ellipse.models.train_gpt(str(tmp_path / "text.txt"), str(tmp_path / kind), config="gpt-tiny", attention=kind,
                                  steps=4, warmup=1, eval_every=4, device="cuda",
                                  on_step=lambda step, loss, lr, kind=kind: losses[kind].append(loss))
-    assert len(losses["standard"]) == 4 and losses["py-standard"] == losses["standard"]
+    assert len(losses["standard"]) == 4 and losses[standard_attention.KIND] == losses["standard"]
