@@ -69,12 +69,12 @@ class PyAttentionLayer : public nn::AttentionLayer {
     {
       nb::gil_scoped_acquire gil;  // the library calls it from code that released the GIL
       const nb::handle self = nb::find(static_cast<nn::AttentionLayer*>(this));
-      const std::string name = class_name(self);
-      ELLIPSE_CHECK(cache == nullptr, "{}: an attention layer written in Python takes no KVCache", name);
+      ELLIPSE_CHECK(cache == nullptr, "{}: an attention layer written in Python takes no KVCache", class_name(self));
       // The base class's forward calls this one: without a forward of the subclass's own it would recurse.
       ELLIPSE_CHECK(!nb::getattr(self.type(), "forward").is(nb::getattr(nb::type<nn::AttentionLayer>(), "forward")),
-                    "{}: a subclass of ellipse.nn.AttentionLayer defines forward(self, x, causal, v_prev)", name);
-      output = from_python(self.attr("forward")(x, causal, recorded(v_prev)), x, name);
+                    "{}: a subclass of ellipse.nn.AttentionLayer defines forward(self, x, causal, v_prev)",
+                    class_name(self));
+      output = from_python(self.attr("forward")(x, causal, recorded(v_prev)), x, self);
     }
     output.out = hooked(output.out);
     return output;
@@ -87,23 +87,24 @@ class PyAttentionLayer : public nn::AttentionLayer {
   using nn::Module::register_parameter;
 
  private:
-  // out, or (out, v) with v a Tensor or None; out must have x's shape, as the block adds it to x.
-  static nn::AttentionOutput from_python(const nb::object& result, const Tensor& x, const std::string& name) {
+  // out, or (out, v) with v a Tensor or None; out must have x's shape, as the block adds it to x. The messages
+  // name self's class (computed only for them: this runs in every training step).
+  static nn::AttentionOutput from_python(const nb::object& result, const Tensor& x, nb::handle self) {
     nn::AttentionOutput output;
     nb::object out = result;
     if (nb::isinstance<nb::tuple>(result) && nb::len(result) == 2) {
       out = result[0];
       if (!result[1].is_none()) {
-        ELLIPSE_CHECK(nb::isinstance<Tensor>(result[1]), "{}.forward: expected v to be a Tensor or None, got {}", name,
-                      class_name(result[1]));
+        ELLIPSE_CHECK(nb::isinstance<Tensor>(result[1]), "{}.forward: expected v to be a Tensor or None, got {}",
+                      class_name(self), class_name(result[1]));
         output.v = nb::cast<Tensor>(result[1]);
       }
     }
-    ELLIPSE_CHECK(nb::isinstance<Tensor>(out), "{}.forward: expected a Tensor out or a tuple (out, v), got {}", name,
-                  class_name(out));
+    ELLIPSE_CHECK(nb::isinstance<Tensor>(out), "{}.forward: expected a Tensor out or a tuple (out, v), got {}",
+                  class_name(self), class_name(out));
     output.out = nb::cast<Tensor>(out);
-    ELLIPSE_CHECK(output.out.shape() == x.shape(), "{}.forward: expected out of the input's shape {}, got {}", name,
-                  to_string(x.shape()), to_string(output.out.shape()));
+    ELLIPSE_CHECK(output.out.shape() == x.shape(), "{}.forward: expected out of the input's shape {}, got {}",
+                  class_name(self), to_string(x.shape()), to_string(output.out.shape()));
     return output;
   }
 };
@@ -160,6 +161,11 @@ std::vector<nn::ParamGroup> parameter_groups(const nb::iterable& parameters, con
                 "a ParamGroup of their own", optimizer);
   if (groups.empty()) groups.push_back(nn::ParamGroup{std::move(tensors), 1.0, std::nullopt});
   return groups;
+}
+
+// The Python factories of register_attention, by kind name (see there).
+nb::dict attention_factories() {
+  return nb::module_::import_("ellipse._ellipse").attr("nn").attr("_attention_factories");
 }
 
 nb::tuple attention_output(const nn::AttentionOutput& output) {
@@ -377,7 +383,7 @@ void bind_nn(nb::module_& m) {
       [](const std::string& name, nb::callable factory) {
         nn::register_attention(name, [name](const nn::AttentionSlot& slot) {
           nb::gil_scoped_acquire gil;
-          const nb::dict factories = nb::module_::import_("ellipse._ellipse").attr("nn").attr("_attention_factories");
+          const nb::dict factories = attention_factories();
           ELLIPSE_CHECK(factories.contains(name.c_str()), "register_attention: the factory of '{}' was removed from "
                         "ellipse.nn._attention_factories", name);
           // A copy: a layer may keep its slot, which the library builds for this call only.
@@ -387,8 +393,7 @@ void bind_nn(nb::module_& m) {
                         class_name(layer));
           return nb::cast<std::shared_ptr<nn::AttentionLayer>>(layer);
         });
-        nb::dict(nb::module_::import_("ellipse._ellipse").attr("nn").attr("_attention_factories"))[name.c_str()] =
-            factory;
+        attention_factories()[name.c_str()] = factory;
       },
       "name"_a, "factory"_a,
       "Makes `name` an attention kind: the GPT and ViT configs take it as their attention, and build each block's "

@@ -166,7 +166,6 @@ void set_item(Tensor& tensor, nb::handle key, nb::handle value) {
   ELLIPSE_CHECK(!(grad_enabled() && (tensor.requires_grad() || tensor.grad_fn())),
                 "__setitem__: assignment into a tensor of shape {} that takes part in autograd; do it under "
                 "ellipse.no_grad()", to_string(tensor.shape()));
-  NoGradGuard no_grad;  // the view of a leaf is an op result: the write is outside autograd, as checked above
   Tensor target = get_item(tensor, key);
   // A float fills exactly in f32 and f64; an int into i64 goes through an i64 tensor, as a double would round it.
   if (nb::isinstance<nb::float_>(value) || (nb::isinstance<nb::int_>(value) && target.dtype() != DType::i64)) {
