@@ -25,6 +25,14 @@ Backend& backend_for(Device device) {
        device.str());
 }
 
+int cuda_device_count() {
+#ifdef ELLIPSE_HAS_CUDA
+  return CudaBackend::device_count();
+#else
+  return 0;
+#endif
+}
+
 bool Backend::prefers_fused_attention(DType, bool) const { return true; }
 
 void Backend::linear(const Tensor& a, const Tensor& b, const Tensor& bias, const Tensor& out) {

@@ -184,5 +184,7 @@ class Backend {
 
 // The backend that owns `device`; throws when that backend is not compiled in or has no device.
 Backend& backend_for(Device device);
+// How many CUDA devices this process can use: 0 in a build without the CUDA backend, or without a usable driver.
+int cuda_device_count();
 
 }  // namespace ellipse

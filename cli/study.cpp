@@ -75,9 +75,9 @@ void add_shared_study_flags(CLI::App& command, std::vector<std::string>& kinds, 
 // writes the summary); only rank 0 draws progress bars, the others print their runs' results with their rank.
 template <typename Options, typename Study>
 void run_study(Options& options, const char* items, Study&& study) {
-  use_device(options.device);
   dist::Communicator& world = dist::world();
   options.communicator = &world;
+  use_device(world.rank_device(options.device));
   StudyProgress progress(items);
   study::StudyCallbacks callbacks = progress.callbacks();
   if (world.rank() != 0) {

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "autograd/ops.hpp"
+#include "backends/backend.hpp"
 #include "core/error.hpp"
 #include "dist/collective_checks.hpp"
 
@@ -28,6 +29,17 @@ void check_broadcast(const Tensor& t, int root, int size) {
 }
 
 }  // namespace detail
+
+Device spread_over_gpus(Device device, int local_rank, int gpus) {
+  ELLIPSE_CHECK(local_rank >= 0 && gpus >= 0, "spread_over_gpus: expected local_rank >= 0 and gpus >= 0, got {} and {}",
+                local_rank, gpus);
+  if (device != Device::cuda() || gpus == 0) return device;
+  return Device::cuda(local_rank % gpus);
+}
+
+Device Communicator::rank_device(Device device) const {
+  return spread_over_gpus(device, local_rank(), cuda_device_count());
+}
 
 namespace {
 

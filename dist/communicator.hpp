@@ -22,9 +22,11 @@ class Communicator {
   // The rank among the processes on this machine: which GPU a rank takes.
   virtual int local_rank() const = 0;
   virtual std::string_view name() const = 0;  // "single process", "mpi" or "nccl"
-  // The device this rank computes on when a run asks for `device`: `device` itself, except under NCCL, where each
-  // rank has a GPU of its own, cuda:local_rank(), and asking for cuda (cuda:0) means that one (another index throws).
-  virtual Device rank_device(Device device) const { return device; }
+  // The device this rank computes on when a run asks for `device`. Asking for cuda (cuda:0) spreads the ranks of a
+  // machine over its GPUs, cuda:(local_rank() mod the GPU count), rather than putting them all on cuda:0
+  // (spread_over_gpus); another device is taken as asked. NCCL is stricter: each rank has a GPU of its own,
+  // cuda:local_rank(), and another index throws.
+  virtual Device rank_device(Device device) const;
 
   // t (contiguous, f32, f64 or i64; average needs a floating dtype) becomes the sum or mean over the ranks.
   virtual void all_reduce(const Tensor& t, Reduction reduction) = 0;
@@ -37,6 +39,10 @@ class Communicator {
   // cannot go on calls, so that the others do not wait for it forever.
   [[noreturn]] virtual void abort(int code, std::string_view message) = 0;
 };
+
+// What rank_device does on a machine with `gpus` CUDA devices: cuda:0 becomes cuda:(local_rank mod gpus), any
+// other device (or no GPU) stays as it is. Several ranks may share a GPU when there are more ranks than GPUs.
+Device spread_over_gpus(Device device, int local_rank, int gpus);
 
 std::unique_ptr<Communicator> make_single_process();
 // One shared single-process communicator: what a function given no communicator uses.

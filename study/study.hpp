@@ -59,7 +59,7 @@ struct StudyVitOptions {
   std::int64_t seeds = 1;    // 1..100: seeds 0..seeds-1 per variant
   std::string data_dir{kFashionMnistDir};  // the Fashion-MNIST .gz files
   std::string out_dir = "runs/study-vit";  // must not hold a finished study (summary.json)
-  Device device{};
+  Device device{};  // under several processes, each rank takes communicator->rank_device(device)
   dist::Communicator* communicator = nullptr;  // the processes sharing the runs; null: this process alone
 };
 StudyResult run_vit_study(const StudyVitOptions& options, const StudyCallbacks& callbacks = {});
@@ -75,7 +75,7 @@ struct StudyGptOptions {
   std::int64_t seeds = 1;                  // 1..100: seeds 0..seeds-1 per variant
   std::string text_path{};                 // a UTF-8 text file: the first 90% train, the last 10% val
   std::string out_dir = "runs/study-gpt";  // must not hold a finished study (summary.json)
-  Device device{};
+  Device device{};  // under several processes, each rank takes communicator->rank_device(device)
   dist::Communicator* communicator = nullptr;  // the processes sharing the runs; null: this process alone
 };
 StudyResult run_gpt_study(const StudyGptOptions& options, const StudyCallbacks& callbacks = {});

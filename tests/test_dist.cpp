@@ -44,6 +44,24 @@ TEST_CASE("dist: world is MPI exactly when an MPI launcher started the process")
   comm().barrier();
 }
 
+TEST_CASE("dist: asked for cuda, the ranks of a machine spread over its GPUs; other devices stay as asked") {
+  // 4 ranks on a 2-GPU machine: two per GPU, in local-rank order.
+  CHECK(dist::spread_over_gpus(Device::cuda(), 0, 2) == Device::cuda(0));
+  CHECK(dist::spread_over_gpus(Device::cuda(), 1, 2) == Device::cuda(1));
+  CHECK(dist::spread_over_gpus(Device::cuda(), 2, 2) == Device::cuda(0));
+  CHECK(dist::spread_over_gpus(Device::cuda(), 3, 2) == Device::cuda(1));
+  CHECK(dist::spread_over_gpus(Device::cuda(), 5, 8) == Device::cuda(5));
+  // A pinned GPU, the CPU, and no GPU at all (backend_for then says why) are left alone.
+  CHECK(dist::spread_over_gpus(Device::cuda(1), 3, 2) == Device::cuda(1));
+  CHECK(dist::spread_over_gpus(Device::cpu(), 3, 2) == Device::cpu());
+  CHECK(dist::spread_over_gpus(Device::cuda(), 3, 0) == Device::cuda());
+  CHECK_THROWS_WITH(dist::spread_over_gpus(Device::cuda(), -1, 2), doctest::Contains("local_rank >= 0"));
+  // This rank, on this machine.
+  CHECK(comm().rank_device(Device::cpu()) == Device::cpu());
+  const int gpus = cuda_device_count();
+  CHECK(comm().rank_device(Device::cuda()) == (gpus == 0 ? Device::cuda() : Device::cuda(comm().local_rank() % gpus)));
+}
+
 TEST_CASE("dist: all_reduce sums and averages in place; broadcast and all_gather") {
   const auto r = static_cast<double>(comm().rank());
   for (DType dtype : {DType::f32, DType::f64}) {

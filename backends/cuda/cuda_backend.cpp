@@ -49,6 +49,11 @@ CudaBackend::CudaBackend(int index) : index_(index), state_(std::make_unique<cud
   }
 }
 
+int CudaBackend::device_count() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
+}
+
 CudaBackend::~CudaBackend() = default;  // never called (see the header); defined where DeviceState is complete
 
 std::shared_ptr<Storage> CudaBackend::allocate(std::size_t bytes) {

@@ -84,6 +84,8 @@ class CudaBackend final : public Backend {
   void empty_cache();
 
   cuda::DeviceState& state() { return *state_; }
+  // The CUDA devices this process sees; 0 when the driver finds none or cannot start.
+  static int device_count();
 
  private:
   friend CudaBackend& cuda_backend(int index);

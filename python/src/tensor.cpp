@@ -217,6 +217,8 @@ void bind_tensor(nb::module_& m) {
       .def("__repr__", [](const Device& device) { return "Device('" + device.str() + "')"; })
       .def(nb::self == nb::self);
   nb::implicitly_convertible<std::string, Device>();
+  m.def("cuda_device_count", &cuda_device_count,
+        "The CUDA devices this process can use: 0 without the CUDA backend or a usable driver.");
 
   nb::class_<Generator>(m, "Generator", "A seeded random generator: the same seed gives the same numbers everywhere.")
       .def(nb::init<std::uint64_t>(), "seed"_a = 0)

@@ -117,6 +117,12 @@ def test_metadata_and_printing():
     t = ellipse.zeros([2, 3], dtype=ellipse.f64)
     assert (t.ndim, len(t), t.numel(), t.dtype, str(t.device)) == (2, 2, 6, ellipse.f64, "cpu")
     assert t.device == ellipse.Device("cpu")
+    try:
+        ellipse.zeros([1], device="cuda")
+        usable = True
+    except ellipse.Error:
+        usable = False
+    assert (ellipse.cuda_device_count() > 0) == usable
     assert repr(t).startswith("Tensor(shape=[2, 3], dtype=f64, device=cpu)")
     x = ellipse.ones([2])
     x.requires_grad = True
