@@ -24,8 +24,8 @@ class Communicator {
   virtual std::string_view name() const = 0;  // "single process", "mpi" or "nccl"
   // The device this rank computes on when a run asks for `device`. Asking for cuda (cuda:0) spreads the ranks of a
   // machine over its GPUs, cuda:(local_rank() mod the GPU count), rather than putting them all on cuda:0
-  // (spread_over_gpus); another device is taken as asked. NCCL is stricter: each rank has a GPU of its own,
-  // cuda:local_rank(), and another index throws.
+  // (spread_over_gpus); another device is taken as asked. NCCL is stricter: no two ranks share a GPU, and asking
+  // for another index than the rank's own throws.
   virtual Device rank_device(Device device) const;
 
   // t (contiguous, f32, f64 or i64; average needs a floating dtype) becomes the sum or mean over the ranks.
@@ -55,8 +55,9 @@ std::unique_ptr<Communicator> make_mpi();
 bool mpi_built();
 bool launched_by_mpi();
 // NCCL over the ranks of `host` (in practice world()'s MPI ranks), one GPU per rank: the rank of local rank L takes
-// cuda:L. Every rank calls it at once: if any rank has no such GPU, every rank throws, the error naming the local
-// rank and the GPU count. Rank 0 then makes NCCL's unique id and broadcasts it through `host`, and each rank joins.
+// cuda:(L mod the GPUs it sees), which is cuda:L when every rank sees all of its machine's GPUs and cuda:0 when each
+// sees only its own. Every rank calls it at once: if any rank has no GPU, or two ranks would share one, every rank
+// throws, naming the ranks. Rank 0 then makes NCCL's unique id and broadcasts it through `host`, and each rank joins.
 // CUDA tensors, which must be on the rank's GPU, go through NCCL on the CUDA backend's stream of that GPU, ordered
 // after every kernel queued before (the collective returns before it completes, as those kernels do); CPU tensors
 // go through `host`, which must outlive the result. Throws when the library was built without NCCL.

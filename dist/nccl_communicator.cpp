@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "autograd/ops.hpp"
+#include "backends/backend.hpp"
 #include "backends/cuda/device_state.hpp"
 #include "core/error.hpp"
 #include "dist/collective_checks.hpp"
@@ -38,24 +39,38 @@ ncclDataType_t nccl_type(std::string_view collective, DType dtype) {
   fail("{}: unsupported dtype", collective);
 }
 
-// This rank's GPU, cuda:local_rank, agreed on by every rank: if one rank lacks its GPU, all of them throw, so that
-// none waits for it in the rendezvous.
+// This rank's GPU, agreed on by every rank: cuda:(local rank mod the GPUs it sees) (spread_over_gpus), which is
+// cuda:L where a rank sees all of its machine's GPUs, and cuda:0 where the launcher shows each rank its own one
+// (CUDA_VISIBLE_DEVICES per rank, srun --gpus-per-task=1). If a rank has no GPU, or two ranks would share one
+// (NCCL refuses that), every rank throws the same error, so that none waits for the others in the rendezvous.
 CudaBackend& take_gpu(Communicator& host) {
   const int local = host.local_rank();
+  const Device device = spread_over_gpus(Device::cuda(), local, cuda_device_count());
   CudaBackend* gpu = nullptr;
   std::string problem;
+  std::vector<std::int64_t> uuid(2, 0);  // the GPU's 16-byte UUID as two words: ranks sharing a GPU show alike
   try {
-    gpu = &cuda_backend(local);
+    gpu = &cuda_backend(device.index);
+    cudaDeviceProp properties{};
+    cuda::check(cudaGetDeviceProperties(&properties, device.index), "cudaGetDeviceProperties");
+    static_assert(sizeof(properties.uuid.bytes) == 2 * sizeof(std::int64_t));
+    std::memcpy(uuid.data(), properties.uuid.bytes, sizeof(properties.uuid.bytes));
   } catch (const Error& e) {
     problem = e.what();
   }
   const Tensor failures = from_vector(std::vector<std::int64_t>{problem.empty() ? 0 : 1}, {1});
   host.all_reduce(failures, Reduction::sum);
-  ELLIPSE_CHECK(problem.empty(), "nccl: rank {} (local rank {}) has no GPU of its own, cuda:{} (one GPU per rank): {}",
-                host.rank(), local, local, problem);
+  ELLIPSE_CHECK(problem.empty(), "nccl: rank {} (local rank {}) has no GPU of its own, {} (one GPU per rank): {}",
+                host.rank(), local, device.str(), problem);
   const std::int64_t without = failures.to_vector<std::int64_t>()[0];
   ELLIPSE_CHECK(without == 0, "nccl: {} of the {} ranks have no GPU of their own (one GPU per rank, by local rank; see "
-                "their errors); this is rank {} on cuda:{}", without, host.size(), host.rank(), local);
+                "their errors); this is rank {} on {}", without, host.size(), host.rank(), device.str());
+  const std::vector<std::int64_t> uuids = host.all_gather(from_vector(uuid, {2})).to_vector<std::int64_t>();
+  for (int a = 0; a < host.size(); ++a)
+    for (int b = a + 1; b < host.size(); ++b)
+      ELLIPSE_CHECK(uuids[2 * a] != uuids[2 * b] || uuids[2 * a + 1] != uuids[2 * b + 1], "nccl: ranks {} and {} would "
+                    "share one GPU (this is rank {} on {}); NCCL needs a GPU per rank: start at most as many ranks on "
+                    "a machine as it has GPUs", a, b, host.rank(), device.str());
   return *gpu;
 }
 

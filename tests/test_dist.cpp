@@ -336,7 +336,7 @@ TEST_CASE("dist: NCCL sums, averages, broadcasts and gathers CUDA tensors, one G
   CHECK(nccl->rank() == comm().rank());
   CHECK(nccl->size() == comm().size());
   const Device gpu = nccl->rank_device(Device::cuda());
-  CHECK(gpu == Device::cuda(comm().local_rank()));
+  CHECK(gpu == dist::spread_over_gpus(Device::cuda(), comm().local_rank(), cuda_device_count()));
   CHECK(nccl->rank_device(Device::cpu()) == Device::cpu());
   CHECK_THROWS_WITH(nccl->rank_device(Device::cuda(comm().local_rank() + 1)), doctest::Contains("ask for cuda"));
 
