@@ -62,6 +62,14 @@ std::vector<StudyRunSlot> runs_of_this_process(const std::vector<StudyVariant>& 
                                                const std::string& only, const dist::Communicator& communicator);
 std::vector<std::string> names_of(const std::vector<StudyVariant>& variants);
 
+// A study's options as this process runs them: on its rank_device, so that the ranks of a machine asked for cuda
+// train on their share of its GPUs.
+template <typename Options>
+Options on_this_rank(Options options, const dist::Communicator& communicator) {
+  options.device = communicator.rank_device(options.device);
+  return options;
+}
+
 // Throws unless out_dir/runs/NAME-seedN holds its measurements (study.json), naming the run and the directory.
 void check_run_measured(const std::string& out_dir, const std::string& name, std::int64_t seed);
 

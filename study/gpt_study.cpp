@@ -304,10 +304,9 @@ StudyResult run_gpt_study(const StudyGptOptions& options, const StudyCallbacks& 
   }
 
   std::filesystem::create_directories(options.out_dir + "/figures");
-  StudyGptOptions on_this_rank = options;  // each rank trains on its own device: its share of the machine's GPUs
-  on_this_rank.device = comm.rank_device(options.device);
+  const StudyGptOptions this_rank = on_this_rank(options, comm);
   auto run = [&](const StudyRunSlot& slot) {
-    return study_run(on_this_rank, preset, variants[slot.variant], static_cast<std::uint64_t>(slot.seed), val,
+    return study_run(this_rank, preset, variants[slot.variant], static_cast<std::uint64_t>(slot.seed), val,
                      slot.seed == 0, callbacks);
   };
   const auto runs = run_study_runs(variants, options.seeds, options.only, options.out_dir, comm, run);

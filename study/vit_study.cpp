@@ -283,10 +283,9 @@ StudyResult run_vit_study(const StudyVitOptions& options, const StudyCallbacks& 
   dist::Communicator& comm = options.communicator ? *options.communicator : dist::single_process();
   std::filesystem::create_directories(options.out_dir + "/figures");
   const LabeledImages test = load_fashion_mnist(options.data_dir, "test");
-  StudyVitOptions on_this_rank = options;  // each rank trains on its own device: its share of the machine's GPUs
-  on_this_rank.device = comm.rank_device(options.device);
+  const StudyVitOptions this_rank = on_this_rank(options, comm);
   auto run = [&](const StudyRunSlot& slot) {
-    return study_run(on_this_rank, preset, variants[slot.variant], static_cast<std::uint64_t>(slot.seed), test,
+    return study_run(this_rank, preset, variants[slot.variant], static_cast<std::uint64_t>(slot.seed), test,
                      slot.seed == 0, callbacks);
   };
   const auto runs = run_study_runs(variants, options.seeds, options.only, options.out_dir, comm, run);
