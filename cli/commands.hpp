@@ -8,6 +8,8 @@
 #include <string_view>
 
 #include "core/device.hpp"
+#include "dist/communicator.hpp"
+#include "nn/attention.hpp"
 
 namespace ellipse::cli {
 
@@ -47,5 +49,20 @@ void add_bench_command(CLI::App& app, Action& action);
 // an error); otherwise --out, or `default_dir`.
 void resolve_run_dir(std::string& out_dir, bool& resume, const std::string& resume_dir, std::string_view command,
                      std::string_view default_dir);
+
+// Settles what `train gpt` and `train vit` take alike from their flags (attn, m_mode, batch, resume, tf32) into
+// flags.options. Under mpirun the run is data-parallel over the ranks, rank 0 writing and printing; asked for cuda,
+// the ranks of a machine spread over its GPUs (rank_device), with NCCL between them where it is built.
+template <typename TrainFlags>
+void settle_train_options(TrainFlags& flags, std::string_view command, std::string_view default_dir) {
+  auto& o = flags.options;
+  o.communicator = &dist::world(o.device);
+  o.device = o.communicator->rank_device(o.device);
+  use_device(o.device, flags.tf32);
+  o.attention = nn::parse_attention_kind(flags.attn);
+  if (!flags.m_mode.empty()) o.metric = nn::parse_metric_mode(flags.m_mode);
+  if (flags.batch > 0) o.batch = flags.batch;
+  resolve_run_dir(o.out_dir, o.resume, flags.resume, command, default_dir);
+}
 
 }  // namespace ellipse::cli

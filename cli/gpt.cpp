@@ -31,16 +31,8 @@ std::string eval_json(const EvalRecord& r) {
 }
 
 int run_train(TrainFlags flags) {
+  settle_train_options(flags, "train gpt", "runs/gpt");
   GPTTrainOptions& o = flags.options;
-  // Under mpirun: data-parallel over its ranks, rank 0 writing and printing; on a GPU with NCCL built, each rank on
-  // a GPU of its own.
-  o.communicator = &dist::world(o.device);
-  o.device = o.communicator->rank_device(o.device);
-  use_device(o.device, flags.tf32);
-  o.attention = nn::parse_attention_kind(flags.attn);
-  if (!flags.m_mode.empty()) o.metric = nn::parse_metric_mode(flags.m_mode);
-  if (flags.batch > 0) o.batch = flags.batch;
-  resolve_run_dir(o.out_dir, o.resume, flags.resume, "train gpt", "runs/gpt");
   // With --json, stdout carries only the evaluations' JSON lines: no plain progress lines.
   Progress progress(flags.json ? 0 : 50);
   const EvalRecord last = train_gpt(
