@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "backends/cpu/cpu_backend.hpp"
 #include "helpers.hpp"
 
 using namespace ellipse;
@@ -497,4 +498,27 @@ TEST_CASE("devices") {
     CHECK(on.device() == d.device);
     CHECK(on.to(Device::cpu()).to_vector<float>() == std::vector<float>{1, 4, 2, 5, 3, 6});
   }
+}
+
+TEST_CASE("cpu allocator: a freed block serves the next tensor of its size; empty_cache returns the blocks") {
+  CpuBackend& cpu = cpu_backend();
+  cpu.empty_cache();
+  CHECK(cpu.cached_bytes() == 0);
+  const void* block = nullptr;
+  {
+    const Tensor t = empty({1000, 257});  // 1,028,000 bytes, 1,028,032 rounded to 64
+    block = t.raw_data();
+    CHECK(cpu.cached_bytes() == 0);
+  }
+  CHECK(cpu.cached_bytes() == 1028032);
+  Tensor again = empty({257, 1000}, DType::f32);  // other shape, same bytes: the same block
+  CHECK(again.raw_data() == block);
+  CHECK(cpu.cached_bytes() == 0);
+  Tensor other = empty({1000, 257}, DType::f64);  // other bytes: a fresh block
+  CHECK(other.raw_data() != block);
+  again = Tensor();
+  other = Tensor();
+  CHECK(cpu.cached_bytes() == 1028032 + 2056000);
+  cpu.empty_cache();
+  CHECK(cpu.cached_bytes() == 0);
 }

@@ -62,6 +62,11 @@ void CpuBackend::empty_cache() {
   cached_bytes_ = 0;
 }
 
+std::size_t CpuBackend::cached_bytes() {
+  std::lock_guard lock(cache_mutex_);
+  return cached_bytes_;
+}
+
 void CpuBackend::copy_from_host(void* device_dst, const void* host_src, std::size_t bytes) {
   if (bytes) std::memcpy(device_dst, host_src, bytes);
 }

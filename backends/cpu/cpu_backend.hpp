@@ -13,6 +13,8 @@ class CpuBackend final : public Backend {
  public:
   // Returns the blocks kept for reuse to the system.
   void empty_cache();
+  // The bytes of freed blocks kept for reuse (each rounded up to a multiple of 64).
+  std::size_t cached_bytes();
   Device device() const override { return Device::cpu(); }
   std::shared_ptr<Storage> allocate(std::size_t bytes) override;
   void copy_from_host(void* device_dst, const void* host_src, std::size_t bytes) override;
