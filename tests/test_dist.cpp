@@ -93,6 +93,12 @@ TEST_CASE("dist: all_reduce sums and averages in place; broadcast and all_gather
   CHECK_THROWS_WITH(comm().broadcast(full({2}, 1.0), comm().size()), doctest::Contains("is not a rank"));
 }
 
+// A module whose one parameter is a transposed view, as a tied or reshaped weight can be.
+struct TransposedWeight : nn::Module {
+  explicit TransposedWeight(Generator& gen) : w(register_parameter("w", randn({3, 2}, gen).transpose(0, 1))) {}
+  Tensor w;
+};
+
 TEST_CASE("dist: broadcast_parameters gives every rank root's model; average_gradients the mean gradient") {
   Generator gen(static_cast<std::uint64_t>(100 + comm().rank()));  // a different start on every rank
   nn::MLP model(3, 4, gen);
@@ -101,6 +107,13 @@ TEST_CASE("dist: broadcast_parameters gives every rank root's model; average_gra
   nn::MLP root_model(3, 4, root_gen);
   for (const auto& [name, p] : model.named_parameters())
     CHECK(p.to_vector<double>() == root_model.parameter(name).to_vector<double>());
+  // A parameter that is a strided view (here a transposed one) goes through a dense copy and back.
+  Generator strided_gen(static_cast<std::uint64_t>(200 + comm().rank()));
+  TransposedWeight strided(strided_gen);
+  REQUIRE_FALSE(strided.w.is_contiguous());
+  dist::broadcast_parameters(strided, comm());
+  Generator root_strided_gen(200);
+  CHECK(strided.w.to_vector<double>() == TransposedWeight(root_strided_gen).w.to_vector<double>());
 
   // Rank r's gradient is r + 1 everywhere; one parameter has none on odd ranks (counted as zero there).
   const auto params = model.parameters();

@@ -150,9 +150,14 @@ TEST_CASE("forward hooks: read every block's output, replace a sublayer's output
   CHECK(max_abs_diff(doubled, mul(bypass, 2.0)) < 1e-6);
   CHECK(max_abs_diff(after_doubling, doubled) == 0.0);
 
+  // Removing a hook by its id leaves the others: without the reader (added second), the doubler still doubles.
+  head.remove_forward_hook(reader);
+  after_doubling = Tensor{};
+  CHECK(max_abs_diff(model.forward(ids), doubled) == 0.0);
+  CHECK_FALSE(after_doubling.defined());
+
   // Removing every hook gives the clean model back; an unknown id is an error.
   head.remove_forward_hook(doubler);
-  head.remove_forward_hook(reader);
   for (auto [sublayer, id] : zeroing) sublayer->remove_forward_hook(id);
   for (std::size_t i = 0; i < ids_added.size(); ++i) model.block(i).remove_forward_hook(ids_added[i]);
   CHECK(max_abs_diff(model.forward(ids), clean) == 0.0);
