@@ -361,6 +361,11 @@ TEST_CASE("seconds_left: the pace of the steps this process did, so a resumed ru
   at.start_step = 0;
   CHECK(seconds_left(at) == doctest::Approx(20));
   CHECK(format_duration(seconds_left(at)) == "20s");
+  CHECK(format_duration(59.4) == "59s");
+  CHECK(format_duration(59.6) == "1m00s");
+  CHECK(format_duration(3599) == "59m59s");
+  CHECK(format_duration(3600) == "1h00m");
+  CHECK(format_duration(NAN) == "?");
   at.step = at.steps;
   CHECK(seconds_left(at) == 0);
 }

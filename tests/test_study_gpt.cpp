@@ -22,6 +22,7 @@
 #include "models/checkpoint.hpp"
 #include "models/gpt_train.hpp"
 #include "models/text.hpp"
+#include "study/common.hpp"
 #include "study/statistics.hpp"
 #include "study/study.hpp"
 #include "study_fixture.hpp"
@@ -511,6 +512,40 @@ TEST_CASE("compare_paired: differences, spread, 95% interval and verdict against
                     doctest::Contains("compare_paired: 2 baseline and 1 variant values"));
   CHECK_THROWS_WITH(study::compare_paired({1, INFINITY}, {1, 2}, Better::higher),
                     doctest::Contains("seed 1 has baseline inf"));
+}
+
+TEST_CASE("compare_variants and comparison_tables: a difference under half the last printed digit is none; the "
+          "interval prints low end first; the seeds' range") {
+  using nlohmann::ordered_json;
+  // Accuracy in points with 2 decimals: the last printed digit is 0.0001 of a fraction, half of it 0.00005.
+  const study::Measurement accuracy{.key = "acc", .label = "accuracy", .better = study::Better::higher,
+                                    .unit = {.scale = 100, .decimals = 2, .unit = "points"},
+                                    .per_seed = [](const ordered_json& variant) {
+                                      return variant["acc"].get<std::vector<double>>();
+                                    }};
+  ordered_json summary;
+  summary["base"]["acc"] = {0.5, 0.6, 0.7};
+  summary["above"]["acc"] = {0.50007, 0.60007, 0.70007};  // +0.007 points on every seed: printed +0.01
+  summary["below"]["acc"] = {0.50003, 0.60003, 0.70003};  // +0.003 points on every seed: printed +0.00
+  summary["spread"]["acc"] = {0.51, 0.62, 0.73};          // d = 0.01, 0.02, 0.03: [-0.0048414, 0.0448414]
+  const std::vector<study::ComparedPair> pairs{
+      {"above", "base", "above"}, {"below", "base", "below"}, {"spread", "base", "spread"}};
+  const ordered_json comparisons = study::compare_variants(summary, pairs, {accuracy});
+  CHECK(comparisons["above"]["acc"]["verdict"] == "better");
+  CHECK(comparisons["below"]["acc"]["verdict"] == "no difference detected");
+  CHECK(comparisons["spread"]["acc"]["verdict"] == "no difference detected");
+  const std::string tables = study::comparison_tables(comparisons, pairs, {accuracy}, 3);
+  CAPTURE(tables);
+  CHECK(tables.find("[-0.48, +4.48]") != std::string::npos);
+
+  // 1 and 100 seeds make a study; 0 and 101 do not.
+  for (const std::int64_t seeds : {1, 100})
+    CHECK_NOTHROW(study::check_study_options("f", {"standard"}, nn::MetricMode::causal, seeds, "", "no-such-dir"));
+  for (const std::int64_t seeds : {0, 101}) {
+    const std::string message = fmt::format("f: seeds is {}; expected 1 to 100", seeds);
+    CHECK_THROWS_WITH(study::check_study_options("f", {"standard"}, nn::MetricMode::causal, seeds, "", "no-such-dir"),
+                      doctest::Contains(message.c_str()));
+  }
 }
 
 TEST_CASE("run_gpt_study over two seeds with elliptical-random: paired statistics; an interrupted study resumes "
