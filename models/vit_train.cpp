@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <span>
 
 #include "autograd/grad_mode.hpp"
 #include "autograd/ops.hpp"
@@ -29,48 +30,6 @@ std::vector<std::int64_t> epoch_order(std::int64_t n, std::uint64_t seed, std::i
   Generator gen(mix64(seed ^ kOrderSalt, static_cast<std::uint64_t>(epoch)));
   for (std::int64_t i = n - 1; i > 0; --i) std::swap(order[i], order[gen.integer(i + 1)]);
   return order;
-}
-
-// The images at `indices` of the contiguous CPU tensor `images` as a batch [n, S, S] on `device`; with
-// `augment`, each is shifted by up to max_shift pixels in each direction (zeros enter) and flipped left-right
-// with probability 1/2.
-Tensor gather_images(const Tensor& images, const std::int64_t* indices, std::int64_t n, Generator* augment,
-                     std::int64_t max_shift, Device device) {
-  ELLIPSE_CHECK(images.device().is_cpu(), "gather_images: the data set must be on the CPU, got {}",
-                images.device().str());
-  const std::int64_t side = images.shape()[1], area = side * side;
-  const float* source = images.data<float>();
-  std::vector<float> batch(static_cast<std::size_t>(n * area), 0.0f);
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float* image = source + indices[i] * area;
-    float* out = batch.data() + i * area;
-    if (!augment) {
-      std::copy(image, image + area, out);
-      continue;
-    }
-    const std::int64_t dy = augment->integer(2 * max_shift + 1) - max_shift;
-    const std::int64_t dx = augment->integer(2 * max_shift + 1) - max_shift;
-    const bool flip = augment->integer(2) == 1;
-    for (std::int64_t y = 0; y < side; ++y) {
-      const std::int64_t sy = y + dy;
-      if (sy < 0 || sy >= side) continue;
-      for (std::int64_t x = 0; x < side; ++x) {
-        const std::int64_t sx = (flip ? side - 1 - x : x) + dx;
-        if (sx >= 0 && sx < side) out[y * side + x] = image[sy * side + sx];
-      }
-    }
-  }
-  return from_vector(batch, {n, side, side}, device);
-}
-
-// The labels at `indices` of the contiguous CPU tensor `labels`, on `device`.
-Tensor gather_labels(const Tensor& labels, const std::int64_t* indices, std::int64_t n, Device device) {
-  ELLIPSE_CHECK(labels.device().is_cpu(), "gather_labels: the data set must be on the CPU, got {}",
-                labels.device().str());
-  const std::int64_t* source = labels.data<std::int64_t>();
-  std::vector<std::int64_t> batch(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) batch[static_cast<std::size_t>(i)] = source[indices[i]];
-  return from_vector(batch, {n}, device);
 }
 
 LabeledImages first_items(const LabeledImages& data, std::int64_t limit) {
@@ -193,6 +152,52 @@ double parse_amount(std::string_view text, std::string_view context) {
 }
 
 }  // namespace
+
+LabeledImages image_batch(const LabeledImages& data, std::span<const std::int64_t> indices, Generator* augment,
+                          std::int64_t max_shift, Device device) {
+  const Tensor& images = data.images;
+  ELLIPSE_CHECK(images.defined() && images.dim() == 3 && images.shape()[1] == images.shape()[2] &&
+                    images.dtype() == DType::f32 && images.device().is_cpu(),
+                "image_batch: expected f32 images [N, S, S] on the cpu, got {}",
+                images.defined() ? fmt::format("{} {} on {}", dtype_name(images.dtype()), to_string(images.shape()),
+                                               images.device().str())
+                                 : "none");
+  ELLIPSE_CHECK(data.labels.defined() && data.labels.dtype() == DType::i64 && data.labels.device().is_cpu() &&
+                    data.labels.shape() == Shape{images.shape()[0]},
+                "image_batch: expected i64 labels [{}] on the cpu, one per image", images.shape()[0]);
+  const std::int64_t side = images.shape()[1], area = side * side;
+  ELLIPSE_CHECK(max_shift >= 0 && max_shift < side, "image_batch: max_shift {} is not in [0, {})", max_shift, side);
+  for (std::size_t i = 0; i < indices.size(); ++i)
+    ELLIPSE_CHECK(indices[i] >= 0 && indices[i] < data.size(), "image_batch: index {} at position {} is not in [0, {})",
+                  indices[i], i, data.size());
+  const Tensor dense_images = contiguous(images), dense_labels = contiguous(data.labels);
+  const float* source = dense_images.data<float>();
+  const std::int64_t* source_labels = dense_labels.data<std::int64_t>();
+  const auto n = static_cast<std::int64_t>(indices.size());
+  std::vector<float> batch(static_cast<std::size_t>(n * area), 0.0f);
+  std::vector<std::int64_t> labels(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float* image = source + indices[i] * area;
+    float* out = batch.data() + i * area;
+    labels[static_cast<std::size_t>(i)] = source_labels[indices[i]];
+    if (!augment) {
+      std::copy(image, image + area, out);
+      continue;
+    }
+    const std::int64_t dy = augment->integer(2 * max_shift + 1) - max_shift;
+    const std::int64_t dx = augment->integer(2 * max_shift + 1) - max_shift;
+    const bool flip = augment->integer(2) == 1;
+    for (std::int64_t y = 0; y < side; ++y) {
+      const std::int64_t sy = y + dy;
+      if (sy < 0 || sy >= side) continue;
+      for (std::int64_t x = 0; x < side; ++x) {
+        const std::int64_t sx = (flip ? side - 1 - x : x) + dx;
+        if (sx >= 0 && sx < side) out[y * side + x] = image[sy * side + sx];
+      }
+    }
+  }
+  return {.images = from_vector(batch, {n, side, side}, device), .labels = from_vector(labels, {n}, device)};
+}
 
 Perturbation Perturbation::parse(std::string_view text) {
   const auto colon = text.find(':');
@@ -379,7 +384,6 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
   dist::broadcast_parameters(model, comm);
   loop.communicator = &comm;
 
-  const Tensor train_images = contiguous(train.images), train_labels = contiguous(train.labels);
   std::vector<std::int64_t> order;  // the current epoch's
   ViTEvalRecord last;
   loop.learning_rate = [&](std::int64_t step) { return nn::warmup_cosine_lr(step, warmup, steps, o.lr, o.final_lr); };
@@ -387,11 +391,10 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
     const std::int64_t position = step % steps_per_epoch;
     if (order.empty() || position == 0) order = epoch_order(train.size(), o.seed, step / steps_per_epoch);
     Generator augment_gen(mix64(o.seed ^ kAugmentSalt, static_cast<std::uint64_t>(step)));
-    const std::int64_t* indices = order.data() + position * batch;
     // The whole batch's images (the augmentation draws for each image in batch order), then this rank's share.
-    const Tensor images =
-        gather_images(train_images, indices, batch, o.augment ? &augment_gen : nullptr, o.max_shift, o.device);
-    const Tensor labels = gather_labels(train_labels, indices, batch, o.device);
+    const auto indices = std::span(order).subspan(static_cast<std::size_t>(position * batch),
+                                                  static_cast<std::size_t>(batch));
+    const auto [images, labels] = image_batch(train, indices, o.augment ? &augment_gen : nullptr, o.max_shift, o.device);
     const std::int64_t first = comm.rank() * rank_batch;
     return cross_entropy(model.forward(narrow(images, 0, first, rank_batch)), narrow(labels, 0, first, rank_batch));
   };

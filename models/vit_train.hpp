@@ -3,6 +3,7 @@
 // evaluation under Gaussian noise and under FGSM and PGD attacks in pixel space.
 #include <functional>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "fashion_mnist.hpp"
@@ -51,6 +52,15 @@ struct ViTEvalRecord {
 // each step's images split, the evaluation too; rank 0 alone writes and reports.
 ViTEvalRecord train_vit(const ViTTrainOptions& options, const std::function<void(const TrainProgress&)>& on_step,
                         const std::function<void(const ViTEvalRecord&)>& on_eval);
+
+// A training batch as train_vit draws it: the images at `indices` of data (images [N, S, S] f32 and labels [N] i64,
+// on the CPU) as [n, S, S] on `device`, with their labels. With `augment`, each image is read mirrored left-right
+// with probability 1/2 and shifted by dy rows and dx columns, each uniform in [-max_shift, max_shift] (out[y][x] =
+// in[y + dy][x' + dx], x' = x or S - 1 - x; zeros enter at the edges), drawn from *augment image by image in batch
+// order (dy, dx, then the mirror). Throws naming what is wrong on other shapes or dtypes, an index outside [0, N),
+// or max_shift outside [0, S).
+LabeledImages image_batch(const LabeledImages& data, std::span<const std::int64_t> indices, Generator* augment,
+                          std::int64_t max_shift, Device device = Device::cpu());
 
 // How test images are contaminated before classification. Pixels stay in [0, 1].
 struct Perturbation {

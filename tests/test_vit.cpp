@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
+#include <tuple>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -1009,4 +1011,46 @@ TEST_CASE("cli: train vit and eval vit on synthetic files; bad flags exit 2 or 1
     CHECK(run.err.find(b.message) != std::string::npos);
     if (b.args[0] == "eval") CHECK(run.out.empty());
   }
+}
+
+TEST_CASE("image_batch: the images and labels at the indices; augmented, each image mirrored and shifted as "
+          "documented, every shift and both mirrors drawn") {
+  // 8 x 8 images; image k has one pixel of value k + 1, at row 2, column 1, and label 10 + k.
+  constexpr std::int64_t side = 8;
+  std::vector<float> pixels(3 * side * side, 0.0f);
+  for (std::int64_t k = 0; k < 3; ++k) pixels[static_cast<std::size_t>(k * side * side + 2 * side + 1)] = k + 1.0f;
+  const LabeledImages data{.images = from_vector(pixels, {3, side, side}),
+                           .labels = from_vector<std::int64_t>({10, 11, 12}, {3})};
+
+  const std::vector<std::int64_t> picks{2, 0, 2};
+  const LabeledImages plain = image_batch(data, picks, nullptr, 1);
+  CHECK(plain.labels.to_vector<std::int64_t>() == std::vector<std::int64_t>{12, 10, 12});
+  CHECK(plain.images.to_vector<float>() == index_select(data.images, 0, from_vector(picks, {3})).to_vector<float>());
+
+  // out[y][x] = in[y + dy][x' + dx] with x' = x, or 7 - x mirrored: the pixel at (2, 1) lands on (2 - dy, 1 - dx),
+  // or mirrored on (2 - dy, 6 + dx). The draws, image by image: dy, dx, then the mirror.
+  const std::vector<std::int64_t> first(200, 0);
+  Generator gen(5), replay(5);
+  const std::vector<float> augmented = image_batch(data, first, &gen, 1).images.to_vector<float>();
+  std::set<std::tuple<std::int64_t, std::int64_t, bool>> drawn;
+  for (std::size_t i = 0; i < first.size(); ++i) {
+    const std::int64_t dy = replay.integer(3) - 1, dx = replay.integer(3) - 1;
+    const bool mirrored = replay.integer(2) == 1;
+    drawn.insert({dy, dx, mirrored});
+    std::vector<float> expected(side * side, 0.0f);
+    expected[static_cast<std::size_t>((2 - dy) * side + (mirrored ? 6 + dx : 1 - dx))] = 1.0f;
+    CAPTURE(i);
+    CHECK(std::vector<float>(augmented.begin() + static_cast<std::ptrdiff_t>(i * side * side),
+                             augmented.begin() + static_cast<std::ptrdiff_t>((i + 1) * side * side)) == expected);
+  }
+  CHECK(drawn.size() == 18);  // dy and dx each in {-1, 0, 1}, mirrored or not
+
+  const std::vector<std::int64_t> outside{0, 3};
+  CHECK_THROWS_WITH(image_batch(data, outside, nullptr, 1), doctest::Contains("image_batch: index 3 at position 1 is "
+                                                                              "not in [0, 3)"));
+  CHECK_THROWS_WITH(image_batch(data, picks, &gen, side), doctest::Contains("max_shift 8 is not in [0, 8)"));
+  const LabeledImages doubles{.images = data.images.to(DType::f64), .labels = data.labels};
+  CHECK_THROWS_WITH(image_batch(doubles, picks, nullptr, 0), doctest::Contains("expected f32 images [N, S, S]"));
+  const LabeledImages short_labels{.images = data.images, .labels = narrow(data.labels, 0, 0, 2)};
+  CHECK_THROWS_WITH(image_batch(short_labels, picks, nullptr, 0), doctest::Contains("expected i64 labels [3]"));
 }
