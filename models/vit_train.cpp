@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <span>
 
 #include "autograd/grad_mode.hpp"
@@ -235,6 +236,24 @@ Perturbation Perturbation::parse(std::string_view text) {
     ELLIPSE_CHECK(p.step_size > 0 && p.step_size <= 1, "{}: STEP must lie in (0, 1]", context);
   }
   return p;
+}
+
+Tensor perturb_images(ViT& model, const Tensor& images, const Tensor& labels, const Perturbation& perturbation,
+                      Generator& gen) {
+  ELLIPSE_CHECK(images.defined() && images.dim() == 3 && images.dtype() == DType::f32,
+                "perturb_images: expected f32 images [B, S, S], got {}",
+                images.defined() ? fmt::format("{} {}", dtype_name(images.dtype()), to_string(images.shape())) : "none");
+  ELLIPSE_CHECK(labels.defined() && labels.dtype() == DType::i64 && labels.shape() == Shape{images.shape()[0]},
+                "perturb_images: expected i64 labels [{}], one per image, got {}", images.shape()[0],
+                labels.defined() ? fmt::format("{} {}", dtype_name(labels.dtype()), to_string(labels.shape())) : "none");
+  ELLIPSE_CHECK(perturbation.size >= 0 && perturbation.steps >= 0 && perturbation.step_size >= 0,
+                "perturb_images: {} has a negative size, steps or step size", perturbation.str());
+  std::optional<FrozenParameters> frozen;
+  if (perturbation.kind == Perturbation::Kind::fgsm || perturbation.kind == Perturbation::Kind::pgd)
+    frozen.emplace(model);
+  const std::vector<float> pixels = perturb(model, contiguous(images).to_vector<float>(), images.shape(),
+                                            labels.to(model.device()), perturbation, gen);
+  return from_vector(pixels, images.shape(), images.device());
 }
 
 std::string Perturbation::str() const {

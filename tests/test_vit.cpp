@@ -1054,3 +1054,47 @@ TEST_CASE("image_batch: the images and labels at the indices; augmented, each im
   const LabeledImages short_labels{.images = data.images, .labels = narrow(data.labels, 0, 0, 2)};
   CHECK_THROWS_WITH(image_batch(short_labels, picks, nullptr, 0), doctest::Contains("expected i64 labels [3]"));
 }
+
+TEST_CASE("perturb_images: noise and attacks stay in [0, 1] and within their budget; FGSM raises the loss") {
+  ViT model(tiny_config(), 3);
+  model.eval();
+  Generator data_gen(8);
+  const Tensor images = uniform({6, 28, 28}, 0.0, 1.0, data_gen);
+  const Tensor labels = from_vector<std::int64_t>({0, 1, 2, 3, 4, 5}, {6});
+  const std::vector<float> clean = images.to_vector<float>();
+  // The largest move of any pixel, and whether every pixel is in [0, 1].
+  auto moved = [&](const Tensor& perturbed) {
+    const std::vector<float> x = perturbed.to_vector<float>();
+    double largest = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      CHECK((x[i] >= 0.0f && x[i] <= 1.0f));
+      largest = std::max(largest, std::abs(static_cast<double>(x[i]) - clean[i]));
+    }
+    return largest;
+  };
+  Generator gen(2);
+  using Kind = Perturbation::Kind;
+  CHECK(moved(perturb_images(model, images, labels, {}, gen)) == 0.0);
+  CHECK(moved(perturb_images(model, images, labels, {.kind = Kind::gaussian, .size = 0.5}, gen)) > 0.5);
+  const float eps = 0.05f;
+  for (const std::int64_t steps : {0, 3}) {  // PGD's random start alone, then three steps
+    CAPTURE(steps);
+    const double pgd = moved(perturb_images(model, images, labels, {.kind = Kind::pgd, .size = eps, .steps = steps}, gen));
+    CHECK(pgd <= eps * (1 + 1e-6));
+    CHECK(pgd > eps / 2);
+  }
+  const Tensor fgsm = perturb_images(model, images, labels, {.kind = Kind::fgsm, .size = eps}, gen);
+  CHECK(moved(fgsm) == doctest::Approx(eps).epsilon(1e-6));
+  {
+    NoGradGuard no_grad;
+    CHECK(cross_entropy(model.forward(fgsm), labels).item() > cross_entropy(model.forward(images), labels).item());
+  }
+  for (const auto& p : model.parameters()) {
+    CHECK(p.requires_grad());
+    CHECK_FALSE(p.grad().defined());
+  }
+  CHECK_THROWS_WITH(perturb_images(model, images.to(DType::f64), labels, {}, gen),
+                    doctest::Contains("perturb_images: expected f32 images [B, S, S], got f64 [6, 28, 28]"));
+  CHECK_THROWS_WITH(perturb_images(model, images, narrow(labels, 0, 0, 5), {}, gen),
+                    doctest::Contains("expected i64 labels [6], one per image, got i64 [5]"));
+}
