@@ -201,9 +201,10 @@ LabeledImages image_batch(const LabeledImages& data, std::span<const std::int64_
 }
 
 Perturbation Perturbation::parse(std::string_view text) {
+  if (text == "clean") return {};
   const auto colon = text.find(':');
-  ELLIPSE_CHECK(colon != std::string_view::npos, "perturbation '{}': expected gaussian:SIGMA, fgsm:EPS or "
-                "pgd:EPS[,STEPS[,STEP]]", text);
+  ELLIPSE_CHECK(colon != std::string_view::npos, "perturbation '{}': expected clean, gaussian:SIGMA, fgsm:EPS "
+                "or pgd:EPS[,STEPS[,STEP]]", text);
   const std::string_view kind = text.substr(0, colon);
   std::vector<std::string_view> args;
   for (std::string_view rest = text.substr(colon + 1);;) {
@@ -222,7 +223,7 @@ Perturbation Perturbation::parse(std::string_view text) {
     p.kind = kind == "gaussian" ? Kind::gaussian : Kind::fgsm;
     return p;
   }
-  ELLIPSE_CHECK(kind == "pgd", "{}: unknown kind '{}'; expected gaussian, fgsm or pgd", context, kind);
+  ELLIPSE_CHECK(kind == "pgd", "{}: unknown kind '{}'; expected clean, gaussian, fgsm or pgd", context, kind);
   ELLIPSE_CHECK(args.size() <= 3, "{}: pgd takes EPS[,STEPS[,STEP]]", context);
   p.kind = Kind::pgd;
   if (args.size() >= 2) {

@@ -70,7 +70,8 @@ struct Perturbation {
   double step_size = 0;     // pgd; 0 means size / 4
   std::uint64_t seed = 0;   // gaussian noise and pgd's random start
 
-  // "gaussian:SIGMA", "fgsm:EPS", "pgd:EPS[,STEPS[,STEP]]"; EPS may be a fraction such as 8/255.
+  // "clean", "gaussian:SIGMA", "fgsm:EPS", "pgd:EPS[,STEPS[,STEP]]" (what str() writes); EPS may be a fraction such
+  // as 8/255.
   static Perturbation parse(std::string_view text);
   std::string str() const;
 };

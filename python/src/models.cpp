@@ -233,6 +233,54 @@ void bind_models(nb::module_& m) {
       "resume"_a = false, "device"_a = Device::cpu(), "on_step"_a = nb::none(),
       "Trains the ViT on Fashion-MNIST as `ellipse train vit` does, evaluating and checkpointing after every epoch; "
       "on_step(step, loss, lr) after every step. Returns the last evaluation.");
+
+  m.def(
+      "load_fashion_mnist",
+      [](const std::string& dir, const std::string& split) {
+        const LabeledImages data = load_fashion_mnist(dir, split);
+        return std::pair(data.images, data.labels);
+      },
+      "dir"_a = std::string(kFashionMnistDir), "split"_a = "train", Release(),
+      "(images [n, 28, 28] f32 in [0, 1], labels [n] i64) of split 'train' (60,000) or 'test' (10,000).");
+  m.def(
+      "image_batch",
+      [](const Tensor& images, const Tensor& labels, const Ids& indices, Generator* gen, std::int64_t max_shift,
+         Device device) {
+        const LabeledImages batch = image_batch({.images = images, .labels = labels}, indices, gen, max_shift, device);
+        return std::pair(batch.images, batch.labels);
+      },
+      "images"_a, "labels"_a, "indices"_a, "gen"_a = nb::none(), "max_shift"_a = 1, "device"_a = Device::cpu(),
+      Release(),
+      "A training batch as train_vit draws it: (images, labels) at indices; with gen, each image mirrored left-right "
+      "with probability 1/2 and shifted by up to max_shift pixels along each axis.");
+  m.def(
+      "perturb_images",
+      [](ViT& model, const Tensor& images, const Tensor& labels, const std::string& perturbation, Generator& gen) {
+        return perturb_images(model, images, labels, Perturbation::parse(perturbation), gen);
+      },
+      "model"_a, "images"_a, "labels"_a, "perturbation"_a, "gen"_a, Release(),
+      "The images as evaluate_vit perturbs them: perturbation 'clean', 'gaussian:SIGMA', 'fgsm:EPS' or "
+      "'pgd:EPS[,STEPS[,STEP]]' (EPS may be written 8/255); pixels stay in [0, 1].");
+  m.def(
+      "evaluate_vit",
+      [](ViT& model, const Tensor& images, const Tensor& labels, const std::string& perturbation,
+         std::uint64_t seed, std::int64_t limit, std::int64_t batch) {
+        Perturbation how = Perturbation::parse(perturbation);
+        how.seed = seed;
+        Accuracy result;
+        {
+          nb::gil_scoped_release release;
+          result = evaluate_vit(model, {.images = images, .labels = labels}, how, limit, batch);
+        }
+        nb::dict record;
+        record["accuracy"] = result.accuracy;
+        record["loss"] = result.loss;
+        record["count"] = result.count;
+        return record;
+      },
+      "model"_a, "images"_a, "labels"_a, "perturbation"_a = "clean", "seed"_a = 0, "limit"_a = 0, "batch"_a = 500,
+      "Accuracy and mean cross-entropy of model (put in eval mode) on the first limit images (all when 0), perturbed "
+      "as perturb_images says; seed draws the noise and PGD's random starts.");
 }
 
 }  // namespace ellipse::python

@@ -52,3 +52,37 @@ def test_train_vit_a_little(tmp_path):
     assert len(steps) == 8 and last["epoch"] == 1 and 0 <= last["test_acc"] <= 1
     model = models.load_vit(str(tmp_path / "vit"))
     assert model.config.name == "vit-xs" and not model.training
+
+
+def test_vit_batches_perturbations_and_evaluation():
+    images = ellipse.uniform([6, 28, 28], 0.0, 1.0, gen=ellipse.Generator(3))
+    labels = ellipse.from_numpy(np.arange(6, dtype=np.int64))
+    batch, batch_labels = models.image_batch(images, labels, [5, 0, 5])
+    np.testing.assert_array_equal(batch.numpy(), images.numpy()[[5, 0, 5]])
+    assert batch_labels.numpy().tolist() == [5, 0, 5]
+    shifted, _ = models.image_batch(images, labels, [1] * 4, gen=ellipse.Generator(0), max_shift=2)
+    assert shifted.shape == (4, 28, 28) and not np.array_equal(shifted.numpy()[0], images.numpy()[1])
+    with pytest.raises(ellipse.Error, match="image_batch: index 6 at position 0 is not in"):
+        models.image_batch(images, labels, [6])
+
+    model = models.ViT(models.vit_preset("vit-xs"), 0)
+    model.eval()
+    clean = images.numpy()
+    attacked = models.perturb_images(model, images, labels, "pgd:8/255,2", ellipse.Generator(1)).numpy()
+    assert 0 < np.abs(attacked - clean).max() <= 8 / 255 + 1e-6 and attacked.min() >= 0 and attacked.max() <= 1
+    np.testing.assert_array_equal(models.perturb_images(model, images, labels, "clean", ellipse.Generator(1)).numpy(),
+                                  clean)
+    with pytest.raises(ellipse.Error, match="perturbation 'blur:1': unknown kind"):
+        models.perturb_images(model, images, labels, "blur:1", ellipse.Generator(1))
+    plain = models.evaluate_vit(model, images, labels)
+    assert plain["count"] == 6 and 0 <= plain["accuracy"] <= 1
+    under_attack = models.evaluate_vit(model, images, labels, "fgsm:0.1", limit=4, batch=2)
+    assert under_attack["count"] == 4 and under_attack["loss"] > 0
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="Fashion-MNIST is not installed")
+def test_load_fashion_mnist():
+    images, labels = models.load_fashion_mnist(FASHION_MNIST, "test")
+    assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
+    assert images.dtype == ellipse.f32 and 0 <= float(images.numpy().min()) and float(images.numpy().max()) <= 1
+    assert sorted(set(labels.numpy().tolist())) == list(range(10))
