@@ -45,7 +45,8 @@ void Progress::line(const std::string& text) {
 
 std::string train_step_detail(const TrainProgress& p, const char* items) {
   std::string detail = fmt::format("loss {:.4f}  lr {:.2e}  {:.0f} {}/s", p.loss, p.lr, p.items_per_s, items);
-  if (p.communication_s > 0 && p.elapsed_s > 0) detail += fmt::format("  comm {:.0f}%", 100 * p.communication_s / p.elapsed_s);
+  const double here_s = p.elapsed_s - p.start_elapsed_s;  // this process's time, over which communication_s runs
+  if (p.communication_s > 0 && here_s > 0) detail += fmt::format("  comm {:.0f}%", 100 * p.communication_s / here_s);
   return detail;
 }
 

@@ -24,7 +24,7 @@ namespace ellipse {
 double seconds_left(const TrainProgress& at) {
   const std::int64_t done_here = at.step - at.start_step;
   if (done_here <= 0) return NAN;
-  return at.elapsed_s / static_cast<double>(done_here) * static_cast<double>(at.steps - at.step);
+  return (at.elapsed_s - at.start_elapsed_s) / static_cast<double>(done_here) * static_cast<double>(at.steps - at.step);
 }
 
 std::string format_duration(double seconds) {
@@ -160,6 +160,13 @@ TrainState RunCheckpoints::resume(nn::Module& model, nn::AdamW& optimizer) {
                 "now '{}'; resume with the same options", command_, files_.dir, state.fields["flags"], fingerprint_);
   saved_step_ = state.step;
   metrics_ = metrics_up_to(files_.metrics, state.step);
+  resumed_elapsed_s_ = 0;
+  if (!metrics_.empty()) {
+    const std::size_t last = metrics_.rfind('\n', metrics_.size() - 1 - (metrics_.back() == '\n' ? 1 : 0));
+    const auto line = nlohmann::json::parse(metrics_.substr(last == std::string::npos ? 0 : last + 1), nullptr, false);
+    if (line.is_object() && line.contains("elapsed_s") && line["elapsed_s"].is_number())
+      resumed_elapsed_s_ = line["elapsed_s"].get<double>();
+  }
   return state;
 }
 
@@ -210,6 +217,7 @@ void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimiz
     run.save(model, optimizer, std::move(state), metrics);
   };
   const auto t0 = std::chrono::steady_clock::now();
+  const double before = run.resumed_elapsed_s();
   const auto params = model.parameters();
   dist::Communicator& comm = loop.communicator ? *loop.communicator : dist::single_process();
   const bool writer = comm.rank() == 0;
@@ -236,8 +244,15 @@ void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimiz
     train_loss.add(loss_value);
     items += loop.items_per_step;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const TrainProgress progress{step + 1, loop.steps, loop.start, loss_value, lr, static_cast<double>(items) / seconds,
-                                 seconds, communication_s};
+    const TrainProgress progress{.step = step + 1,
+                                 .steps = loop.steps,
+                                 .start_step = loop.start,
+                                 .loss = loss_value,
+                                 .lr = lr,
+                                 .items_per_s = static_cast<double>(items) / seconds,
+                                 .elapsed_s = before + seconds,
+                                 .start_elapsed_s = before,
+                                 .communication_s = communication_s};
     if (loop.on_step && writer) loop.on_step(progress);
     if (loop.evaluate_after(step + 1) || step + 1 == loop.steps) {
       const std::string metrics = loop.evaluate(progress, train_loss.take());

@@ -15,11 +15,12 @@ namespace ellipse {
 // Reported after every training step.
 struct TrainProgress {
   std::int64_t step = 0, steps = 0;  // step is 1-based: the number of steps done
-  std::int64_t start_step = 0;       // steps already done when this process began (a resumed run); elapsed_s
-                                     // and items_per_s cover only the steps after it
+  std::int64_t start_step = 0;       // steps already done when this process began (a resumed run); items_per_s
+                                     // and communication_s cover only the steps after it
   double loss = 0, lr = 0;
   double items_per_s = 0;            // tokens (GPT) or images (ViT) per second
-  double elapsed_s = 0;
+  double elapsed_s = 0;              // the run's training time to the end of this step, earlier processes' included
+  double start_elapsed_s = 0;        // of elapsed_s, the earlier processes' (RunCheckpoints::resumed_elapsed_s)
   // Of elapsed_s, the time in the loss and gradient all-reduces across ranks, waiting for the slowest rank included
   // (0 on one process). It is host time in the calls: on a GPU, MPI's also waits for the kernels before it, while
   // NCCL's only queues its work.
@@ -104,6 +105,9 @@ class RunCheckpoints {
   RunCheckpoints(const std::string& dir, std::string command, std::string fingerprint);
   const RunFiles& files() const { return files_; }
   std::int64_t saved_step() const { return saved_step_; }  // 0 before the first checkpoint
+  // After resume: the training time before it, the "elapsed_s" of the last metrics line up to the checkpoint (0
+  // without one). A checkpoint taken between evaluations loses the time since that line.
+  double resumed_elapsed_s() const { return resumed_elapsed_s_; }
 
   void start(std::string_view config_json) { start_run(files_, config_json, command_); }
   // resume_checkpoint, the flags check, and metrics.jsonl's lines up to the state's step.
@@ -117,6 +121,7 @@ class RunCheckpoints {
   RunFiles files_;
   std::string command_, fingerprint_, metrics_;
   std::int64_t saved_step_ = 0;
+  double resumed_elapsed_s_ = 0;
 };
 
 // The training loop of both trainers, for research code's own models and data too. Per step (0-based `step`, from
@@ -126,7 +131,8 @@ class RunCheckpoints {
 // after the schedule's last step, evaluate(progress, mean train loss since the last evaluation) runs and returns
 // its metrics.jsonl line, which is checkpointed with the run; a run stopped at `end` between evaluations is
 // checkpointed without a line. Every checkpoint holds state(step + 1) (a model's generators, say) plus the step
-// and the running train loss (under "loss"), and a resumed run passes that loss back as `train_loss`.
+// and the running train loss (under "loss"), and a resumed run passes that loss back as `train_loss`. A resumed
+// run's elapsed_s goes on from resumed_elapsed_s: put the progress's elapsed_s in the metrics lines to keep it.
 struct TrainLoop {
   std::int64_t start = 0;           // the first step to run: 0, or the resumed checkpoint's step
   std::int64_t end = 0;             // stop after this many steps (the schedule's length, or earlier)

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
@@ -490,7 +489,6 @@ StudyTraining train_or_reuse(const std::string& name, const std::string& run_dir
                              std::int64_t done_value, const std::function<void(bool resume)>& train,
                              const StudyCallbacks& callbacks) {
   const RunFiles files(run_dir);
-  const std::string seconds_path = run_dir + "/train_seconds.txt";
   // The last metrics line up to the committed checkpoint: a run killed between its metrics line and its state
   // is one line ahead.
   const auto last_record = [&]() -> std::optional<ordered_json> {
@@ -499,27 +497,21 @@ StudyTraining train_or_reuse(const std::string& name, const std::string& run_dir
     const auto newline = lines.rfind('\n', lines.size() >= 2 ? lines.size() - 2 : 0);
     return ordered_json::parse(lines.substr(newline == std::string::npos ? 0 : newline + 1));
   };
+  // The training time is the last line's elapsed_s, which a resumed run carries on from its checkpoint's line.
+  const auto finished = [](const ordered_json& record) {
+    return StudyTraining{.last_record = record, .train_seconds = record.value("elapsed_s", 0.0)};
+  };
   const bool resume = std::filesystem::exists(files.state);
-  double seconds_before = 0;
-  if (resume && std::filesystem::exists(seconds_path)) seconds_before = std::stod(io::read_file(seconds_path, 64));
-  StudyTraining result;
   const auto earlier = resume ? last_record() : std::nullopt;
   if (earlier && earlier->value(done_key, std::int64_t{-1}) == done_value) {
     tell(callbacks, fmt::format("{}: finished earlier, reusing {}", name, run_dir));
-    result.last_record = *earlier;
-    result.train_seconds = seconds_before;
-    return result;
+    return finished(*earlier);
   }
-  const auto start = std::chrono::steady_clock::now();
   train(resume);
-  result.train_seconds =
-      seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  io::write_file_atomic(seconds_path, fmt::format("{}\n", result.train_seconds));
   const auto last = last_record();
   ELLIPSE_CHECK(last && last->value(done_key, std::int64_t{-1}) == done_value,
                 "study: the run in {} ended without its final evaluation ({} {})", run_dir, done_key, done_value);
-  result.last_record = *last;
-  return result;
+  return finished(*last);
 }
 
 MeasurementCache::MeasurementCache(std::string path) : path_(std::move(path)) {

@@ -247,7 +247,7 @@ void write_layer_charts(const std::string& dir, const ordered_json& summary, con
 
 struct StudyTraining {
   ordered_json last_record;  // the run's last metrics.jsonl line (up to its committed checkpoint)
-  double train_seconds = 0;  // the training time, summed over the parts of an interrupted run
+  double train_seconds = 0;  // its elapsed_s: the training time, every part of an interrupted run included
 };
 
 // Passes `line` to callbacks.on_message, when there is one.
@@ -261,7 +261,6 @@ void tell_eval(const StudyCallbacks& callbacks, const std::string& name, const s
 // One training run of a study, in `run_dir`. A run that finished earlier (its last metrics line has
 // `done_key` == `done_value`, e.g. "epoch" 5 or "step" 2000) is reused, telling "NAME: finished earlier,
 // reusing DIR"; otherwise `train(resume)` runs the trainer, resuming when the directory holds a checkpoint.
-// The time of each part is added up in run_dir/train_seconds.txt.
 StudyTraining train_or_reuse(const std::string& name, const std::string& run_dir, const std::string& done_key,
                              std::int64_t done_value, const std::function<void(bool resume)>& train,
                              const StudyCallbacks& callbacks);

@@ -497,9 +497,12 @@ TEST_CASE("train: metrics, checkpoints, an exact resume and evaluation of the sa
       second,
       [&](const TrainProgress& p) {
         resumed_steps.push_back(p.step);
-        // The time left comes from the pace since the resume, not since step 0.
+        // The training time goes on from the checkpoint's metrics line; the time left comes from the pace since
+        // the resume, not since step 0.
         CHECK(p.start_step == 3);
-        CHECK(seconds_left(p) == doctest::Approx(p.elapsed_s / static_cast<double>(p.step - 3) *
+        CHECK(p.start_elapsed_s == halfway.elapsed_s);
+        CHECK(p.elapsed_s > halfway.elapsed_s);
+        CHECK(seconds_left(p) == doctest::Approx((p.elapsed_s - halfway.elapsed_s) / static_cast<double>(p.step - 3) *
                                                  static_cast<double>(6 - p.step)));
       },
       nullptr);

@@ -356,9 +356,12 @@ TEST_CASE("seconds_left: the pace of the steps this process did, so a resumed ru
   at.step = at.start_step = 40;  // resumed at step 40, no step done yet here
   CHECK(std::isnan(seconds_left(at)));
   at.step = 50;
-  at.elapsed_s = 20;  // 10 steps in 20 s: 50 steps left take 100 s (not 20 / 50 * 50 = 20 s)
+  at.start_elapsed_s = 300;  // the earlier processes trained 40 steps in 300 s
+  at.elapsed_s = 320;        // this one 10 in 20 s: 50 steps left take 100 s (not 320 / 50 * 50 = 320 s)
   CHECK(seconds_left(at) == doctest::Approx(100));
   at.start_step = 0;
+  at.start_elapsed_s = 0;
+  at.elapsed_s = 20;
   CHECK(seconds_left(at) == doctest::Approx(20));
   CHECK(format_duration(seconds_left(at)) == "20s");
   CHECK(format_duration(59.4) == "59s");
