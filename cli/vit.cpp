@@ -66,7 +66,8 @@ int run_eval(const EvalFlags& flags) {
                   "'{}'", flags.noise);
   } else if (!flags.attack.empty()) {
     perturbation = Perturbation::parse(flags.attack);
-    ELLIPSE_CHECK(perturbation.kind != Perturbation::Kind::gaussian, "eval vit: --attack expects fgsm:EPS or "
+    ELLIPSE_CHECK(perturbation.kind == Perturbation::Kind::fgsm || perturbation.kind == Perturbation::Kind::pgd,
+                  "eval vit: --attack expects fgsm:EPS or "
                   "pgd:EPS[,STEPS[,STEP]], got '{}'", flags.attack);
   }
   perturbation.seed = flags.seed;

@@ -38,6 +38,7 @@ Device spread_over_gpus(Device device, int local_rank, int gpus) {
 }
 
 Device Communicator::rank_device(Device device) const {
+  if (device != Device::cuda()) return device;  // a CPU run never starts the CUDA driver
   return spread_over_gpus(device, local_rank(), cuda_device_count());
 }
 

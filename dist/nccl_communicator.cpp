@@ -42,7 +42,7 @@ ncclDataType_t nccl_type(std::string_view collective, DType dtype) {
 // This rank's GPU, agreed on by every rank: cuda:(local rank mod the GPUs it sees) (spread_over_gpus), which is
 // cuda:L where a rank sees all of its machine's GPUs, and cuda:0 where the launcher shows each rank its own one
 // (CUDA_VISIBLE_DEVICES per rank, srun --gpus-per-task=1). If a rank has no GPU, or two ranks would share one
-// (NCCL refuses that), every rank throws the same error, so that none waits for the others in the rendezvous.
+// (NCCL refuses that), every rank throws, so that none waits for the others in the rendezvous.
 CudaBackend& take_gpu(Communicator& host) {
   const int local = host.local_rank();
   const Device device = spread_over_gpus(Device::cuda(), local, cuda_device_count());

@@ -21,7 +21,8 @@ struct TrainProgress {
   double items_per_s = 0;            // tokens (GPT) or images (ViT) per second
   double elapsed_s = 0;              // the run's training time to the end of this step, earlier processes' included
   double start_elapsed_s = 0;        // of elapsed_s, the earlier processes' (RunCheckpoints::resumed_elapsed_s)
-  // Of elapsed_s, the time in the loss and gradient all-reduces across ranks, waiting for the slowest rank included
+  // Of this process's time (elapsed_s - start_elapsed_s), the time in the loss and gradient all-reduces across
+  // ranks, waiting for the slowest rank included
   // (0 on one process). It is host time in the calls: on a GPU, MPI's also waits for the kernels before it, while
   // NCCL's only queues its work.
   double communication_s = 0;
@@ -106,7 +107,8 @@ class RunCheckpoints {
   const RunFiles& files() const { return files_; }
   std::int64_t saved_step() const { return saved_step_; }  // 0 before the first checkpoint
   // After resume: the training time before it, the "elapsed_s" of the last metrics line up to the checkpoint (0
-  // without one). A checkpoint taken between evaluations loses the time since that line.
+  // without one). That line is written before its evaluation, so the resumed run leaves out the evaluation's and
+  // the checkpoint's time, and a checkpoint taken between evaluations the time since the line.
   double resumed_elapsed_s() const { return resumed_elapsed_s_; }
 
   void start(std::string_view config_json) { start_run(files_, config_json, command_); }

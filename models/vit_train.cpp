@@ -165,7 +165,10 @@ LabeledImages image_batch(const LabeledImages& data, std::span<const std::int64_
                                  : "none");
   ELLIPSE_CHECK(data.labels.defined() && data.labels.dtype() == DType::i64 && data.labels.device().is_cpu() &&
                     data.labels.shape() == Shape{images.shape()[0]},
-                "image_batch: expected i64 labels [{}] on the cpu, one per image", images.shape()[0]);
+                "image_batch: expected i64 labels [{}] on the cpu, one per image, got {}", images.shape()[0],
+                data.labels.defined() ? fmt::format("{} {} on {}", dtype_name(data.labels.dtype()),
+                                                    to_string(data.labels.shape()), data.labels.device().str())
+                                      : "none");
   const std::int64_t side = images.shape()[1], area = side * side;
   ELLIPSE_CHECK(max_shift >= 0 && max_shift < side, "image_batch: max_shift {} is not in [0, {})", max_shift, side);
   for (std::size_t i = 0; i < indices.size(); ++i)
@@ -243,12 +246,15 @@ Tensor perturb_images(ViT& model, const Tensor& images, const Tensor& labels, co
                       Generator& gen) {
   ELLIPSE_CHECK(images.defined() && images.dim() == 3 && images.dtype() == DType::f32,
                 "perturb_images: expected f32 images [B, S, S], got {}",
-                images.defined() ? fmt::format("{} {}", dtype_name(images.dtype()), to_string(images.shape())) : "none");
+                images.defined() ? fmt::format("{} {}", dtype_name(images.dtype()), to_string(images.shape()))
+                                 : "none");
   ELLIPSE_CHECK(labels.defined() && labels.dtype() == DType::i64 && labels.shape() == Shape{images.shape()[0]},
                 "perturb_images: expected i64 labels [{}], one per image, got {}", images.shape()[0],
-                labels.defined() ? fmt::format("{} {}", dtype_name(labels.dtype()), to_string(labels.shape())) : "none");
+                labels.defined() ? fmt::format("{} {}", dtype_name(labels.dtype()), to_string(labels.shape()))
+                                 : "none");
   ELLIPSE_CHECK(perturbation.size >= 0 && perturbation.steps >= 0 && perturbation.step_size >= 0,
-                "perturb_images: {} has a negative size, steps or step size", perturbation.str());
+                "perturb_images: expected a size, steps and step size of at least 0, got {}, {} and {}",
+                perturbation.size, perturbation.steps, perturbation.step_size);
   std::optional<FrozenParameters> frozen;
   if (perturbation.kind == Perturbation::Kind::fgsm || perturbation.kind == Perturbation::Kind::pgd)
     frozen.emplace(model);
@@ -414,7 +420,8 @@ ViTEvalRecord train_vit(const ViTTrainOptions& o, const std::function<void(const
     // The whole batch's images (the augmentation draws for each image in batch order), then this rank's share.
     const auto indices = std::span(order).subspan(static_cast<std::size_t>(position * batch),
                                                   static_cast<std::size_t>(batch));
-    const auto [images, labels] = image_batch(train, indices, o.augment ? &augment_gen : nullptr, o.max_shift, o.device);
+    const auto [images, labels] =
+        image_batch(train, indices, o.augment ? &augment_gen : nullptr, o.max_shift, o.device);
     const std::int64_t first = comm.rank() * rank_batch;
     return cross_entropy(model.forward(narrow(images, 0, first, rank_batch)), narrow(labels, 0, first, rank_batch));
   };

@@ -79,8 +79,9 @@ struct Perturbation {
 // `images` [B, S, S] (f32, pixels in [0, 1], on any device) perturbed as evaluate_vit perturbs a batch before
 // classifying it, on their device: Gaussian noise of sigma `size`, or FGSM or PGD against `model` and `labels` [B]
 // (i64) within an L-infinity distance of `size` from each image. Pixels stay in [0, 1]. `gen` draws the noise and
-// PGD's random start. The attacks follow the model in its current mode (evaluate_vit puts it in eval mode) and
-// leave its parameters' gradients and requires_grad flags as they were.
+// PGD's random start (perturbation.seed is not used: evaluate_vit seeds `gen` with it). The attacks follow the
+// model in its current mode (evaluate_vit puts it in eval mode) and leave its parameters' gradients and
+// requires_grad flags as they were.
 Tensor perturb_images(ViT& model, const Tensor& images, const Tensor& labels, const Perturbation& perturbation,
                       Generator& gen);
 

@@ -56,6 +56,7 @@ TEST_CASE("dist: asked for cuda, the ranks of a machine spread over its GPUs; ot
   CHECK(dist::spread_over_gpus(Device::cpu(), 3, 2) == Device::cpu());
   CHECK(dist::spread_over_gpus(Device::cuda(), 3, 0) == Device::cuda());
   CHECK_THROWS_WITH(dist::spread_over_gpus(Device::cuda(), -1, 2), doctest::Contains("local_rank >= 0"));
+  CHECK_THROWS_WITH(dist::spread_over_gpus(Device::cuda(), 0, -1), doctest::Contains("got 0 and -1"));
   // This rank, on this machine.
   CHECK(comm().rank_device(Device::cpu()) == Device::cpu());
   const int gpus = cuda_device_count();

@@ -626,10 +626,12 @@ TEST_CASE("run_gpt_study over two seeds with elliptical-random: paired statistic
   // Its training time counts both parts: it goes on from the elapsed_s of its checkpoint's line (step 10).
   const std::string lines = read_bytes(options.out_dir + "/runs/elliptical-random-seed1/metrics.jsonl");
   REQUIRE(std::count(lines.begin(), lines.end(), '\n') == 2);  // after steps 10 and 20
-  const double at_checkpoint = Json::parse(lines.substr(0, lines.find('\n')))["elapsed_s"].get<double>();
+  const std::size_t first_end = lines.find('\n');
+  const double at_checkpoint = Json::parse(lines.substr(0, first_end))["elapsed_s"].get<double>();
+  const double at_end = Json::parse(lines.substr(first_end + 1))["elapsed_s"].get<double>();
   CHECK(at_checkpoint > 0);
-  CHECK(read_json(resumed.summary_path)["elliptical-random"]["train_seconds"]["values"][1].get<double>() >
-        at_checkpoint);
+  CHECK(at_end > at_checkpoint);
+  CHECK(read_json(resumed.summary_path)["elliptical-random"]["train_seconds"]["values"][1].get<double>() == at_end);
 
   // From the run directories' caches alone, the summary and report come back byte for byte.
   const std::string resumed_text = read_bytes(resumed.summary_path), report_text = read_bytes(resumed.report_path);

@@ -541,6 +541,7 @@ TEST_CASE("perturbation: parse accepts the documented forms and names what is wr
   CHECK(Perturbation::parse("pgd:1/10,2/1").steps == 2);
   CHECK(Perturbation{}.str() == "clean");
   CHECK(Perturbation{}.kind == Kind::none);
+  CHECK(Perturbation::parse("clean").kind == Kind::none);  // what str() writes reads back
 
   CHECK_ERROR(Perturbation::parse("gaussian"), "'gaussian'", "gaussian:SIGMA");
   CHECK_ERROR(Perturbation::parse(""), "gaussian:SIGMA");
@@ -992,6 +993,8 @@ TEST_CASE("cli: train vit and eval vit on synthetic files; bad flags exit 2 or 1
       {{"eval", "vit", "--model", out, "--data", data, "--attack", "bogus"}, 1, "bogus"},
       {{"eval", "vit", "--model", out, "--data", data, "--attack", "fgsm:2"}, 1, "[0, 1]"},
       {{"eval", "vit", "--model", out, "--data", data, "--attack", "gaussian:0.1"}, 1, "--attack expects"},
+      {{"eval", "vit", "--model", out, "--data", data, "--attack", "clean"}, 1, "--attack expects"},
+      {{"eval", "vit", "--model", out, "--data", data, "--noise", "clean"}, 1, "--noise expects"},
       {{"eval", "vit", "--model", out, "--data", data, "--noise", "fgsm:0.1"}, 1, "--noise expects"},
       {{"eval", "vit", "--model", out, "--data", data, "--noise", "gaussian:0.1", "--attack", "fgsm:0.1"}, 1,
        "not both"},
@@ -1079,7 +1082,8 @@ TEST_CASE("perturb_images: noise and attacks stay in [0, 1] and within their bud
   const float eps = 0.05f;
   for (const std::int64_t steps : {0, 3}) {  // PGD's random start alone, then three steps
     CAPTURE(steps);
-    const double pgd = moved(perturb_images(model, images, labels, {.kind = Kind::pgd, .size = eps, .steps = steps}, gen));
+    const Perturbation attack{.kind = Kind::pgd, .size = eps, .steps = steps};
+    const double pgd = moved(perturb_images(model, images, labels, attack, gen));
     CHECK(pgd <= eps * (1 + 1e-6));
     CHECK(pgd > eps / 2);
   }

@@ -51,7 +51,9 @@ CudaBackend::CudaBackend(int index) : index_(index), state_(std::make_unique<cud
 
 int CudaBackend::device_count() {
   int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
+  if (cudaGetDeviceCount(&count) == cudaSuccess) return count;
+  cudaGetLastError();  // clear the error, so that no later check reports it as its own
+  return 0;
 }
 
 CudaBackend::~CudaBackend() = default;  // never called (see the header); defined where DeviceState is complete

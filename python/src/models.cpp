@@ -249,7 +249,7 @@ void bind_models(nb::module_& m) {
         const LabeledImages batch = image_batch({.images = images, .labels = labels}, indices, gen, max_shift, device);
         return std::pair(batch.images, batch.labels);
       },
-      "images"_a, "labels"_a, "indices"_a, "gen"_a = nb::none(), "max_shift"_a = 1, "device"_a = Device::cpu(),
+      "images"_a, "labels"_a, "indices"_a, "gen"_a = nb::none(), "max_shift"_a = 2, "device"_a = Device::cpu(),
       Release(),
       "A training batch as train_vit draws it: (images, labels) at indices; with gen, each image mirrored left-right "
       "with probability 1/2 and shifted by up to max_shift pixels along each axis.");
