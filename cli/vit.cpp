@@ -67,8 +67,7 @@ int run_eval(const EvalFlags& flags) {
   } else if (!flags.attack.empty()) {
     perturbation = Perturbation::parse(flags.attack);
     ELLIPSE_CHECK(perturbation.kind == Perturbation::Kind::fgsm || perturbation.kind == Perturbation::Kind::pgd,
-                  "eval vit: --attack expects fgsm:EPS or "
-                  "pgd:EPS[,STEPS[,STEP]], got '{}'", flags.attack);
+                  "eval vit: --attack expects fgsm:EPS or pgd:EPS[,STEPS[,STEP]], got '{}'", flags.attack);
   }
   perturbation.seed = flags.seed;
   const auto model = load_vit(flags.model_dir, flags.device);

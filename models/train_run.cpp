@@ -123,6 +123,12 @@ std::string metrics_up_to(const std::string& path, std::int64_t step) {
   return kept;
 }
 
+std::string_view last_line(std::string_view lines) {
+  if (lines.ends_with('\n')) lines.remove_suffix(1);
+  const std::size_t newline = lines.rfind('\n');
+  return newline == std::string_view::npos ? lines : lines.substr(newline + 1);
+}
+
 std::uint64_t state_number(const TrainState& state, const std::string& key, const std::string& path) {
   const auto found = state.fields.find(key);
   ELLIPSE_CHECK(found != state.fields.end(), "{}: field '{}' is missing", path, key);
@@ -160,13 +166,9 @@ TrainState RunCheckpoints::resume(nn::Module& model, nn::AdamW& optimizer) {
                 "now '{}'; resume with the same options", command_, files_.dir, state.fields["flags"], fingerprint_);
   saved_step_ = state.step;
   metrics_ = metrics_up_to(files_.metrics, state.step);
-  resumed_elapsed_s_ = 0;
-  if (!metrics_.empty()) {
-    const std::size_t last = metrics_.rfind('\n', metrics_.size() - 1 - (metrics_.back() == '\n' ? 1 : 0));
-    const auto line = nlohmann::json::parse(metrics_.substr(last == std::string::npos ? 0 : last + 1), nullptr, false);
-    if (line.is_object() && line.contains("elapsed_s") && line["elapsed_s"].is_number())
-      resumed_elapsed_s_ = line["elapsed_s"].get<double>();
-  }
+  const auto line = nlohmann::json::parse(last_line(metrics_), nullptr, false);  // discarded when not JSON
+  const bool timed = line.is_object() && line.contains("elapsed_s") && line["elapsed_s"].is_number();
+  resumed_elapsed_s_ = timed ? line["elapsed_s"].get<double>() : 0;
   return state;
 }
 

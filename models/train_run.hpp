@@ -77,6 +77,8 @@ void check_finite(double value, std::string_view what, std::int64_t step, const 
 
 // The metrics lines of steps up to `step`: a run resumed from an older checkpoint rewrites the rest.
 std::string metrics_up_to(const std::string& path, std::int64_t step);
+// The last of `lines` (metrics.jsonl's text), without its newline; empty when there is none.
+std::string_view last_line(std::string_view lines);
 
 // An unsigned integer field of a training state; errors name `path` and the key.
 std::uint64_t state_number(const TrainState& state, const std::string& key, const std::string& path);

@@ -494,8 +494,7 @@ StudyTraining train_or_reuse(const std::string& name, const std::string& run_dir
   const auto last_record = [&]() -> std::optional<ordered_json> {
     const std::string lines = metrics_up_to(files.metrics, checkpoint_step(files));
     if (lines.empty()) return std::nullopt;
-    const auto newline = lines.rfind('\n', lines.size() >= 2 ? lines.size() - 2 : 0);
-    return ordered_json::parse(lines.substr(newline == std::string::npos ? 0 : newline + 1));
+    return ordered_json::parse(last_line(lines));
   };
   // The training time is the last line's elapsed_s, which a resumed run carries on from its checkpoint's line.
   const auto finished = [](const ordered_json& record) {

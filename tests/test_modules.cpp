@@ -350,6 +350,15 @@ TEST_CASE("run_train_loop: a module of one's own trains, evaluates, checkpoints 
   CHECK_THROWS_WITH(run_train_loop(loop, model, optimizer, run), doctest::Contains("end (5) <= steps (4)"));
 }
 
+TEST_CASE("last_line: the last metrics line, with or without its newline") {
+  CHECK(last_line("").empty());
+  CHECK(last_line("\n").empty());
+  CHECK(last_line("{\"step\": 1}") == "{\"step\": 1}");
+  CHECK(last_line("{\"step\": 1}\n") == "{\"step\": 1}");
+  CHECK(last_line("{\"step\": 1}\n{\"step\": 2}\n") == "{\"step\": 2}");
+  CHECK(last_line("{\"step\": 1}\n{\"step\": 2}") == "{\"step\": 2}");
+}
+
 TEST_CASE("seconds_left: the pace of the steps this process did, so a resumed run's time left is not too short") {
   TrainProgress at;
   at.steps = 100;
