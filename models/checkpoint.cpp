@@ -92,6 +92,7 @@ std::vector<std::uint64_t> split_words(const std::string& path, const std::strin
 }
 
 constexpr std::string_view kGeneratorPrefix = "generator.";
+constexpr std::string_view kOptimizerKey = "optimizer";  // the optimizer's name(), in a training state
 
 }  // namespace
 
@@ -118,30 +119,44 @@ std::map<std::string, std::string> load_parameters(const std::string& path, nn::
   return file.metadata;
 }
 
-void save_train_state(const std::string& path, const nn::Module& module, const nn::AdamW& optimizer,
+void save_train_state(const std::string& path, const nn::Module& module, const nn::Optimizer& optimizer,
                       const TrainState& state) {
   NamedTensors tensors;
   const auto params = module.named_parameters();
   const auto order = optimizer_order("save_train_state", module, optimizer);
-  const auto moments = optimizer.state();
+  const auto& buffer_names = optimizer.buffer_names();
+  const auto buffers = optimizer.state();
   for (std::size_t i = 0; i < params.size(); ++i) {
     tensors.emplace_back("param." + params[i].first, params[i].second.detach());
-    tensors.emplace_back("adam_m." + params[i].first, moments[2 * order[i]]);
-    tensors.emplace_back("adam_v." + params[i].first, moments[2 * order[i] + 1]);
+    for (std::size_t b = 0; b < buffer_names.size(); ++b)
+      tensors.emplace_back(buffer_names[b] + "." + params[i].first, buffers[buffer_names.size() * order[i] + b]);
   }
+  for (const auto& [key, value] : state.fields)
+    ELLIPSE_CHECK(key != "step" && key != "optimizer_steps" && key != kOptimizerKey &&
+                      !key.starts_with(kGeneratorPrefix),
+                  "save_train_state: field '{}' uses a name the state keeps for itself (step, optimizer, "
+                  "optimizer_steps, generator.*)", key);
   std::map<std::string, std::string> metadata = state.fields;
   metadata["step"] = std::to_string(state.step);
+  metadata[std::string(kOptimizerKey)] = optimizer.name();
   metadata["optimizer_steps"] = std::to_string(optimizer.steps());
   for (const auto& [name, words] : state.generators) metadata[std::string(kGeneratorPrefix) + name] = join_words(words);
   io::save_safetensors(path, tensors, metadata);
 }
 
-TrainState load_train_state(const std::string& path, nn::Module& module, nn::AdamW& optimizer) {
+TrainState load_train_state(const std::string& path, nn::Module& module, nn::Optimizer& optimizer) {
   const auto file = io::load_safetensors(path);
   const auto source = by_name(file);
   const auto params = module.named_parameters();
   const auto order = optimizer_order("load_train_state", module, optimizer);
-  reject_unknown(path, source, {"param.", "adam_m.", "adam_v."}, module);
+  // States written before the optimizer's kind was recorded are AdamW's; their tensor names tell.
+  if (const auto kind = file.metadata.find(std::string(kOptimizerKey)); kind != file.metadata.end())
+    ELLIPSE_CHECK(kind->second == optimizer.name(), "{}: holds an {} optimizer's state, not one of {}", path,
+                  kind->second, optimizer.name());
+  const auto& buffer_names = optimizer.buffer_names();
+  std::vector<std::string> prefixes{"param."};
+  for (const auto& buffer : buffer_names) prefixes.push_back(buffer + ".");
+  reject_unknown(path, source, prefixes, module);
   auto integer_field = [&](const std::string& key) {
     const auto found = file.metadata.find(key);
     ELLIPSE_CHECK(found != file.metadata.end(), "{}: metadata field '{}' is missing", path, key);
@@ -153,28 +168,29 @@ TrainState load_train_state(const std::string& path, nn::Module& module, nn::Ada
   TrainState state;
   state.step = integer_field("step");
   const std::int64_t optimizer_steps = integer_field("optimizer_steps");
-  std::vector<Tensor> moments(2 * params.size());  // in the optimizer's order: [m0, v0, m1, v1, ...]
+  // In the optimizer's order: each parameter's buffers in turn (AdamW: [m0, v0, m1, v1, ...]).
+  std::vector<Tensor> buffers(buffer_names.size() * params.size());
   for (std::size_t i = 0; i < params.size(); ++i) {
     const auto& [name, param] = params[i];
-    for (std::size_t k = 0; k < 2; ++k) {
-      const std::string key = (k == 0 ? "adam_m." : "adam_v.") + name;
+    for (std::size_t b = 0; b < buffer_names.size(); ++b) {
+      const std::string key = buffer_names[b] + "." + name;
       const auto found = source.find(key);
       ELLIPSE_CHECK(found != source.end(), "{}: tensor '{}' is missing", path, key);
       ELLIPSE_CHECK(found->second.shape() == param.shape() && found->second.dtype() == param.dtype(),
                     "{}: tensor '{}' is {} {}, expected {} {}", path, key, dtype_name(found->second.dtype()),
                     to_string(found->second.shape()), dtype_name(param.dtype()), to_string(param.shape()));
-      moments[2 * order[i] + k] = found->second.to(param.device());
+      buffers[buffer_names.size() * order[i] + b] = found->second.to(param.device());
     }
   }
   for (const auto& [key, value] : file.metadata) {
     if (key.starts_with(kGeneratorPrefix)) {
       state.generators[key.substr(kGeneratorPrefix.size())] = split_words(path, key, value);
-    } else if (key != "step" && key != "optimizer_steps") {
+    } else if (key != "step" && key != "optimizer_steps" && key != kOptimizerKey) {
       state.fields[key] = value;
     }
   }
   load_into(path, module, parameter_dict(source, "param.", module));
-  optimizer.load_state(moments, optimizer_steps);
+  optimizer.load_state(buffers, optimizer_steps);
   return state;
 }
 

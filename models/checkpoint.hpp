@@ -26,16 +26,20 @@ void save_model_dir(const std::string& dir, const nn::Module& module, std::strin
 // file's metadata.
 std::map<std::string, std::string> load_parameters(const std::string& path, nn::Module& module);
 
-// Everything a run needs to continue bit for bit: parameters, AdamW moments, the step, and the state
-// of each named generator, plus free-form string fields (the run's flags).
+// Everything a run needs to continue bit for bit: parameters, the optimizer's buffers (AdamW's moments, SGD's
+// momentum) and step count, the step, and the state of each named generator, plus free-form string fields (the
+// run's flags).
 struct TrainState {
   std::int64_t step = 0;
   std::map<std::string, std::vector<std::uint64_t>> generators;
   std::map<std::string, std::string> fields;
 };
-void save_train_state(const std::string& path, const nn::Module& module, const nn::AdamW& optimizer,
+// The file holds "param.P" and, for each of the optimizer's buffer_names() b, "b.P" per parameter P, and records
+// the optimizer's name().
+void save_train_state(const std::string& path, const nn::Module& module, const nn::Optimizer& optimizer,
                       const TrainState& state);
-// Restores module and optimizer from `path` and returns the rest. Validates names, shapes and fields first.
-TrainState load_train_state(const std::string& path, nn::Module& module, nn::AdamW& optimizer);
+// Restores module and optimizer from `path` and returns the rest. Validates the optimizer's kind, names, shapes
+// and fields first.
+TrainState load_train_state(const std::string& path, nn::Module& module, nn::Optimizer& optimizer);
 
 }  // namespace ellipse

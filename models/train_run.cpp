@@ -43,13 +43,13 @@ void start_run(const RunFiles& files, std::string_view config_json, std::string_
   io::write_file_atomic(files.config, config_json);
 }
 
-void save_checkpoint(const RunFiles& files, const nn::Module& model, const nn::AdamW& optimizer,
+void save_checkpoint(const RunFiles& files, const nn::Module& model, const nn::Optimizer& optimizer,
                      const TrainState& state) {
   save_train_state(files.state, model, optimizer, state);  // the commit point
   save_parameters(files.model, model, {{"step", std::to_string(state.step)}});
 }
 
-TrainState resume_checkpoint(const RunFiles& files, nn::Module& model, nn::AdamW& optimizer) {
+TrainState resume_checkpoint(const RunFiles& files, nn::Module& model, nn::Optimizer& optimizer) {
   // model.safetensors first (load_train_state then overwrites the parameters): a damaged one is an error.
   const bool model_missing = !std::filesystem::exists(files.model);
   const std::string model_step = model_missing ? "" : load_parameters(files.model, model)["step"];
@@ -160,7 +160,7 @@ void RunningMean::load(const TrainState& state, const std::string& key, const st
 RunCheckpoints::RunCheckpoints(const std::string& dir, std::string command, std::string fingerprint)
     : files_(dir), command_(std::move(command)), fingerprint_(std::move(fingerprint)) {}
 
-TrainState RunCheckpoints::resume(nn::Module& model, nn::AdamW& optimizer) {
+TrainState RunCheckpoints::resume(nn::Module& model, nn::Optimizer& optimizer) {
   TrainState state = resume_checkpoint(files_, model, optimizer);
   ELLIPSE_CHECK(state.fields["flags"] == fingerprint_, "{}: resuming {}: the run was started with options '{}', "
                 "now '{}'; resume with the same options", command_, files_.dir, state.fields["flags"], fingerprint_);
@@ -172,7 +172,7 @@ TrainState RunCheckpoints::resume(nn::Module& model, nn::AdamW& optimizer) {
   return state;
 }
 
-void RunCheckpoints::save(const nn::Module& model, const nn::AdamW& optimizer, TrainState state,
+void RunCheckpoints::save(const nn::Module& model, const nn::Optimizer& optimizer, TrainState state,
                           std::string_view metrics_line) {
   // Metrics before the checkpoint: after a crash between the two, metrics.jsonl is one line ahead of the state,
   // and resume() drops the lines past the state's step before the run redoes them.
@@ -189,7 +189,7 @@ void RunCheckpoints::check_finite(double value, std::string_view what, std::int6
   ellipse::check_finite(value, fmt::format("{}: {}", command_, what), step, files_.dir, saved_step_);
 }
 
-TrainState resume_run(RunCheckpoints& run, nn::Module& model, nn::AdamW& optimizer, dist::Communicator& comm) {
+TrainState resume_run(RunCheckpoints& run, nn::Module& model, nn::Optimizer& optimizer, dist::Communicator& comm) {
   TrainState state;
   if (comm.rank() == 0) state = run.resume(model, optimizer);
   comm.barrier();
@@ -204,7 +204,7 @@ double mean_over_ranks(dist::Communicator& comm, double value) {
   return t.item();
 }
 
-void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimizer, RunCheckpoints& run,
+void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::Optimizer& optimizer, RunCheckpoints& run,
                     RunningMean train_loss) {
   ELLIPSE_CHECK(loop.learning_rate && loop.loss && loop.evaluate_after && loop.evaluate && loop.state,
                 "run_train_loop: learning_rate, loss, evaluate_after, evaluate and state must all be set");

@@ -49,18 +49,18 @@ struct RunFiles {
 void start_run(const RunFiles& files, std::string_view config_json, std::string_view command);
 
 // Checkpoints. Each file is replaced atomically, and train_state.safetensors is the commit point: it holds
-// everything a resume needs (parameters, AdamW moments, generators, the step). model.safetensors is written
+// everything a resume needs (parameters, optimizer buffers, generators, the step). model.safetensors is written
 // after it and records its step in its metadata, so a crash between the two leaves the model one checkpoint
 // behind or missing, which resume_checkpoint completes from the state. (A trainer writes metrics.jsonl just
 // before the state: a crash there leaves metrics one line ahead, and a resume drops the lines past the state's
 // step; see RunCheckpoints.)
-void save_checkpoint(const RunFiles& files, const nn::Module& model, const nn::AdamW& optimizer,
+void save_checkpoint(const RunFiles& files, const nn::Module& model, const nn::Optimizer& optimizer,
                      const TrainState& state);
 // Loads the checkpoint into `model` and `optimizer` and returns the state. model.safetensors is validated
 // first, so a damaged one is an error rather than something to resume past; one that is missing or behind the
 // state is rewritten from it, one ahead of it (which no crash can leave) is refused as inconsistent. Also
 // removes stale temporary files.
-TrainState resume_checkpoint(const RunFiles& files, nn::Module& model, nn::AdamW& optimizer);
+TrainState resume_checkpoint(const RunFiles& files, nn::Module& model, nn::Optimizer& optimizer);
 // The step of the committed checkpoint (train_state.safetensors), read without a model.
 std::int64_t checkpoint_step(const RunFiles& files);
 // Removes the temporary files that a killed run's atomic writes left beside the run's files
@@ -115,9 +115,10 @@ class RunCheckpoints {
 
   void start(std::string_view config_json) { start_run(files_, config_json, command_); }
   // resume_checkpoint, the flags check, and metrics.jsonl's lines up to the state's step.
-  TrainState resume(nn::Module& model, nn::AdamW& optimizer);
+  TrainState resume(nn::Module& model, nn::Optimizer& optimizer);
   // Appends `metrics_line` (unless empty) to metrics.jsonl and writes it, then save_checkpoint at state.step.
-  void save(const nn::Module& model, const nn::AdamW& optimizer, TrainState state, std::string_view metrics_line = {});
+  void save(const nn::Module& model, const nn::Optimizer& optimizer, TrainState state,
+            std::string_view metrics_line = {});
   // check_finite for this run: `what` is prefixed with the command.
   void check_finite(double value, std::string_view what, std::int64_t step) const;
 
@@ -158,12 +159,12 @@ struct TrainLoop {
 };
 // RunCheckpoints::resume on every rank: rank 0 first (it may repair the run's files), then the others, which
 // only read them.
-TrainState resume_run(RunCheckpoints& run, nn::Module& model, nn::AdamW& optimizer, dist::Communicator& comm);
+TrainState resume_run(RunCheckpoints& run, nn::Module& model, nn::Optimizer& optimizer, dist::Communicator& comm);
 // `value` averaged over the ranks (itself for a single process): a loss or metric every rank then agrees on.
 double mean_over_ranks(dist::Communicator& comm, double value);
 // Runs `loop` on `model` with `optimizer`, checkpointing through `run`. Errors name the option that is wrong
 // (end past steps, a missing function) and, for a NaN or Inf, the run's command and step (check_finite).
-void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::AdamW& optimizer, RunCheckpoints& run,
+void run_train_loop(const TrainLoop& loop, nn::Module& model, nn::Optimizer& optimizer, RunCheckpoints& run,
                     RunningMean train_loss = {});
 
 }  // namespace ellipse

@@ -18,9 +18,10 @@ void check_lr(std::string_view where, double lr) {
 }
 }  // namespace
 
-Optimizer::Optimizer(std::string name, std::vector<ParamGroup> groups, double lr, int buffers_per_parameter,
+Optimizer::Optimizer(std::string name, std::vector<ParamGroup> groups, double lr,
+                     std::vector<std::string> buffer_names,
                      const std::function<double(const Tensor&)>& default_weight_decay)
-    : name_(std::move(name)), lr_(lr) {
+    : name_(std::move(name)), buffer_names_(std::move(buffer_names)), lr_(lr) {
   check_lr(name_, lr);
   std::set<const TensorImpl*> seen;
   for (std::size_t g = 0; g < groups.size(); ++g) {
@@ -37,7 +38,7 @@ Optimizer::Optimizer(std::string name, std::vector<ParamGroup> groups, double lr
       ELLIPSE_CHECK(seen.insert(p.impl().get()).second, "{}: a parameter of shape {} appears twice (group {})", name_,
                     to_string(p.shape()), g);
       Slot slot{p, group.lr_scale, group.weight_decay.value_or(default_weight_decay(p)), {}};
-      for (int b = 0; b < buffers_per_parameter; ++b) slot.buffers.push_back(zeros_like(p));
+      for (std::size_t b = 0; b < buffer_names_.size(); ++b) slot.buffers.push_back(zeros_like(p));
       slots_.push_back(std::move(slot));
     }
   }
@@ -98,7 +99,7 @@ std::vector<ParamGroup> one_group(std::vector<Tensor> parameters) { return {{.pa
 AdamW::AdamW(std::vector<Tensor> parameters, AdamWOptions options) : AdamW(one_group(std::move(parameters)), options) {}
 
 AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options)
-    : Optimizer("AdamW", std::move(groups), options.lr, 2,
+    : Optimizer("AdamW", std::move(groups), options.lr, {"adam_m", "adam_v"},
                 [&options](const Tensor& p) { return p.dim() >= 2 ? options.weight_decay : 0.0; }),
       options_(options) {
   ELLIPSE_CHECK(options.eps > 0 && options.weight_decay >= 0, "AdamW: invalid options (eps {}, weight_decay {}); "
@@ -122,7 +123,8 @@ void AdamW::step() {
 SGD::SGD(std::vector<Tensor> parameters, SGDOptions options) : SGD(one_group(std::move(parameters)), options) {}
 
 SGD::SGD(std::vector<ParamGroup> groups, SGDOptions options)
-    : Optimizer("SGD", std::move(groups), options.lr, options.momentum != 0 ? 1 : 0,
+    : Optimizer("SGD", std::move(groups), options.lr,
+                options.momentum != 0 ? std::vector<std::string>{"momentum_buffer"} : std::vector<std::string>{},
                 [&options](const Tensor&) { return options.weight_decay; }),
       options_(options) {
   ELLIPSE_CHECK(options.momentum >= 0 && options.dampening >= 0 && options.dampening <= 1 && options.weight_decay >= 0,

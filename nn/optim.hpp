@@ -36,6 +36,11 @@ class Optimizer {
   void set_lr(double lr);
   double lr() const { return lr_; }
   std::int64_t steps() const { return steps_; }
+  // "AdamW" or "SGD": the start of the error messages, and the kind a checkpoint records.
+  const std::string& name() const { return name_; }
+  // The names of each parameter's buffers, in state() order (AdamW: adam_m, adam_v; SGD with momentum:
+  // momentum_buffer; without: none). A training checkpoint stores buffer b of parameter P as "b.P".
+  const std::vector<std::string>& buffer_names() const { return buffer_names_; }
   // Every parameter, groups in order: the order of state().
   std::vector<Tensor> parameters() const;
   // The buffers, for checkpointing: each parameter's in turn, in parameters() order (AdamW: [m0, v0, m1, ...]).
@@ -50,8 +55,9 @@ class Optimizer {
     double lr_scale, weight_decay;
     std::vector<Tensor> buffers;  // zeros like the parameter
   };
-  // `name` starts the error messages; `default_weight_decay` gives the decay of a parameter whose group sets none.
-  Optimizer(std::string name, std::vector<ParamGroup> groups, double lr, int buffers_per_parameter,
+  // `name` starts the error messages; each parameter gets a zero buffer per name in `buffer_names`;
+  // `default_weight_decay` gives the decay of a parameter whose group sets none.
+  Optimizer(std::string name, std::vector<ParamGroup> groups, double lr, std::vector<std::string> buffer_names,
             const std::function<double(const Tensor&)>& default_weight_decay);
   // Counts a step and returns its number (1 for the first).
   std::int64_t begin_step() { return ++steps_; }
@@ -62,6 +68,7 @@ class Optimizer {
 
  private:
   std::string name_;
+  std::vector<std::string> buffer_names_;
   std::vector<Slot> slots_;
   double lr_;
   std::int64_t steps_ = 0;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "autograd/ops.hpp"
 #include "helpers.hpp"
 #include "core/io/file.hpp"
+#include "core/io/safetensors.hpp"
 #include "models/gpt.hpp"
 #include "models/gpt_train.hpp"
 #include "models/train_run.hpp"
@@ -280,14 +282,40 @@ TEST_CASE("a registered attention kind goes into the ViT; a probe names a layer 
 
 namespace {
 
+using MakeOptimizer = std::function<std::unique_ptr<nn::Optimizer>(std::vector<Tensor> parameters)>;
+
+std::unique_ptr<nn::Optimizer> adamw(std::vector<Tensor> parameters) {
+  return std::make_unique<nn::AdamW>(std::move(parameters), nn::AdamWOptions{.lr = 1e-2});
+}
+
+// An optimizer of one's own: Adagrad, p -= lr * g / (sqrt(sum of g^2 so far) + 1e-10), one buffer per parameter.
+class Adagrad : public nn::Optimizer {
+ public:
+  Adagrad(std::vector<Tensor> parameters, double lr)
+      : Optimizer("Adagrad", {{.parameters = std::move(parameters)}}, lr, {"sum_of_squares"},
+                  [](const Tensor&) { return 0.0; }) {}
+  void step() override {
+    NoGradGuard no_grad;
+    begin_step();
+    for (Slot& slot : slots()) {
+      const Tensor g = gradient(slot);
+      if (!g.defined()) continue;
+      slot.buffers[0].add_(g * g);
+      slot.parameter.add_(g / (sqrt(slot.buffers[0]) + 1e-10), -lr() * slot.lr_scale);
+    }
+  }
+};
+
 // A regression net of one's own trained by the library's loop for `end` of 12 steps, into `dir` (resuming what
-// is there when `resume`); returns its parameters.
-std::vector<double> train_toy(const std::string& dir, std::int64_t end, bool resume) {
+// is there when `resume`) with the optimizer make_optimizer builds; returns its parameters.
+std::vector<double> train_toy(const std::string& dir, std::int64_t end, bool resume,
+                              const MakeOptimizer& make_optimizer = adamw) {
   Generator init(0);
   nn::Sequential model({std::make_shared<nn::Linear>(2, 16, true, init),
                         std::make_shared<nn::Lambda>([](const Tensor& x) { return tanh(x); }),
                         std::make_shared<nn::Linear>(16, 1, true, init)});
-  nn::AdamW optimizer(model.parameters(), {.lr = 1e-2});
+  const auto made = make_optimizer(model.parameters());
+  nn::Optimizer& optimizer = *made;
   RunCheckpoints run(dir, "toy", "lr=0.01");
   Generator data(1);
   TrainLoop loop;
@@ -323,7 +351,7 @@ std::vector<double> train_toy(const std::string& dir, std::int64_t end, bool res
 
 }  // namespace
 
-TEST_CASE("run_train_loop: a module of one's own trains, evaluates, checkpoints and resumes exactly") {
+TEST_CASE("run_train_loop: a module and an optimizer of one's own train, checkpoint and resume exactly") {
   testing::TempDir whole, stopped;
   const std::vector<double> straight = train_toy(whole.str(), 12, false);
   train_toy(stopped.str(), 7, false);  // stopped between evaluations: a checkpoint without a metrics line
@@ -333,6 +361,28 @@ TEST_CASE("run_train_loop: a module of one's own trains, evaluates, checkpoints 
   CHECK(io::read_file(stopped / "metrics.jsonl", 1 << 20) == metrics);
   CHECK(std::count(metrics.begin(), metrics.end(), '\n') == 3);  // after steps 5, 10 and the last, 12
   CHECK(metrics.find("{\"step\": 12, ") != std::string::npos);
+
+  // Any optimizer: SGD with Nesterov momentum checkpoints its buffers and resumes as exactly.
+  const MakeOptimizer sgd = [](std::vector<Tensor> parameters) -> std::unique_ptr<nn::Optimizer> {
+    return std::make_unique<nn::SGD>(std::move(parameters), nn::SGDOptions{.lr = 0.05, .momentum = 0.9,
+                                                                           .nesterov = true});
+  };
+  testing::TempDir sgd_whole, sgd_stopped;
+  const std::vector<double> sgd_straight = train_toy(sgd_whole.str(), 12, false, sgd);
+  CHECK(sgd_straight != straight);
+  train_toy(sgd_stopped.str(), 7, false, sgd);
+  CHECK(train_toy(sgd_stopped.str(), 12, true, sgd) == sgd_straight);
+  CHECK_THROWS_WITH(train_toy(sgd_stopped.str(), 12, true), doctest::Contains("holds an SGD optimizer's state"));
+  // And an optimizer of one's own, with its own buffers.
+  const MakeOptimizer adagrad = [](std::vector<Tensor> parameters) -> std::unique_ptr<nn::Optimizer> {
+    return std::make_unique<Adagrad>(std::move(parameters), 0.05);
+  };
+  testing::TempDir own_whole, own_stopped;
+  const std::vector<double> own_straight = train_toy(own_whole.str(), 12, false, adagrad);
+  CHECK(own_straight != straight);
+  train_toy(own_stopped.str(), 7, false, adagrad);
+  CHECK(train_toy(own_stopped.str(), 12, true, adagrad) == own_straight);
+  CHECK(io::load_safetensors(own_stopped / "train_state.safetensors").metadata.at("optimizer") == "Adagrad");
 
   // Options are named when wrong.
   nn::Linear model(2, 1);

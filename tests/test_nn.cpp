@@ -1,12 +1,15 @@
 // Research-facing pieces of nn above the ops: state dicts, converting a whole model's dtype (and gradchecking
-// it in f64), shuffled mini-batches, and training checkpoints of optimizers with parameter groups.
+// it in f64), shuffled mini-batches, and training checkpoints of optimizers (AdamW, SGD) with parameter groups.
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "core/io/safetensors.hpp"
 #include "helpers.hpp"
 #include "models/checkpoint.hpp"
 #include "nn/data.hpp"
@@ -279,4 +282,69 @@ TEST_CASE("training checkpoints pair each parameter with its moments whatever or
               "holds 3 parameters", "the model 4");
   nn::AdamW foreign({params[0], params[1], params[2], resumed.parameter("fc2.bias")});
   CHECK_ERROR(load_train_state(path, model, foreign), "load_train_state", "does not hold", "'fc2.bias'");
+}
+
+TEST_CASE("training checkpoints hold any optimizer's buffers under its names, and refuse another kind") {
+  testing::TempDir dir;
+  const auto reversed = [](const nn::MLP& m) {
+    auto params = m.parameters();
+    std::reverse(params.begin(), params.end());  // fc2.bias, fc2.weight, fc1.bias, fc1.weight
+    return params;
+  };
+  Generator gen(10);
+  nn::MLP model(3, 4, gen);
+  nn::SGD sgd(reversed(model), {.lr = 0.1, .momentum = 0.9});
+  CHECK(sgd.name() == "SGD");
+  CHECK(sgd.buffer_names() == std::vector<std::string>{"momentum_buffer"});
+  train_step(model, sgd);
+  train_step(model, sgd);
+  const std::string path = dir / "sgd.safetensors";
+  save_train_state(path, model, sgd, TrainState{.step = 2, .generators = {}, .fields = {{"flags", "sgd"}}});
+  const auto file = io::load_safetensors(path);
+  CHECK(file.metadata.at("optimizer") == "SGD");
+  std::set<std::string> names;
+  for (const auto& [name, tensor] : file.tensors) names.insert(name);
+  CHECK(names == std::set<std::string>{"param.fc1.weight", "param.fc1.bias", "param.fc2.weight", "param.fc2.bias",
+                                       "momentum_buffer.fc1.weight", "momentum_buffer.fc1.bias",
+                                       "momentum_buffer.fc2.weight", "momentum_buffer.fc2.bias"});
+  const auto state = sgd.state();  // one buffer per parameter, in the optimizer's (reversed) order
+  for (const auto& [name, tensor] : file.tensors)
+    if (name == "momentum_buffer.fc1.weight") CHECK(values(tensor) == values(state[3]));
+
+  Generator other(11);
+  nn::MLP resumed(3, 4, other);
+  nn::SGD resumed_sgd(reversed(resumed), {.lr = 0.1, .momentum = 0.9});
+  const TrainState loaded = load_train_state(path, resumed, resumed_sgd);
+  CHECK(loaded.step == 2);
+  CHECK(loaded.fields == std::map<std::string, std::string>{{"flags", "sgd"}});  // the optimizer's kind is not a field
+  CHECK(resumed_sgd.steps() == 2);
+  train_step(model, sgd);
+  train_step(resumed, resumed_sgd);
+  CHECK(snapshot(resumed) == snapshot(model));
+
+  // Without momentum SGD keeps no buffers: the file holds the parameters alone.
+  nn::SGD plain(model.parameters(), {.lr = 0.1});
+  save_train_state(dir / "plain.safetensors", model, plain, {});
+  CHECK(io::load_safetensors(dir / "plain.safetensors").tensors.size() == 4);
+
+  // Another kind of optimizer is refused before anything changes.
+  nn::AdamW adamw(resumed.parameters());
+  const auto before = snapshot(resumed);
+  CHECK_ERROR(load_train_state(path, resumed, adamw), path, "holds an SGD optimizer's state, not one of AdamW");
+  CHECK(snapshot(resumed) == before);
+  // A state written before the kind was recorded is AdamW's: it loads into an AdamW, and its tensor names refuse SGD.
+  save_train_state(dir / "adamw.safetensors", resumed, adamw, {});
+  auto old = io::load_safetensors(dir / "adamw.safetensors");
+  old.metadata.erase("optimizer");
+  const std::string old_path = dir / "old.safetensors";
+  io::save_safetensors(old_path, old.tensors, old.metadata);
+  CHECK(load_train_state(old_path, resumed, adamw).step == 0);
+  CHECK_ERROR(load_train_state(old_path, resumed, resumed_sgd), old_path, "'adam_m.");
+
+  // The names the state keeps for itself are not fields.
+  for (const std::string key : {"step", "optimizer", "optimizer_steps", "generator.data"})
+    CHECK_ERROR(save_train_state(dir / "bad.safetensors", model, sgd, TrainState{.step = 1, .generators = {},
+                                                                                 .fields = {{key, "1"}}}),
+                "save_train_state", "'" + key + "'", "keeps for itself");
+  CHECK_FALSE(std::filesystem::exists(dir / "bad.safetensors"));
 }

@@ -440,6 +440,9 @@ void bind_nn(nb::module_& m) {
       .def("zero_grad", &nn::Optimizer::zero_grad)
       .def_prop_rw("lr", &nn::Optimizer::lr, &nn::Optimizer::set_lr, "The base learning rate.")
       .def_prop_ro("steps", &nn::Optimizer::steps)
+      .def_prop_ro("name", &nn::Optimizer::name, "\"AdamW\" or \"SGD\": the kind a training checkpoint records.")
+      .def_prop_ro("buffer_names", &nn::Optimizer::buffer_names,
+                   "The names of each parameter's buffers, in state() order (AdamW: adam_m, adam_v).")
       .def("parameters", &nn::Optimizer::parameters)
       .def("state", &nn::Optimizer::state, "The buffers, each parameter's in turn (AdamW: [m0, v0, m1, ...]).")
       .def("load_state", &nn::Optimizer::load_state, "state"_a, "steps"_a);

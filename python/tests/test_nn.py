@@ -37,6 +37,8 @@ def test_python_module_trains_inside_sequential():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert optimizer.steps == 30
+    assert (optimizer.name, optimizer.buffer_names) == ("AdamW", ["adam_m", "adam_v"])
+    assert len(optimizer.state()) == 2 * len(model.parameters())
     assert model.parameter("0.scale").grad is not None
 
 
@@ -70,6 +72,8 @@ def test_schedule_and_sgd():
     assert nn.warmup_cosine_lr(100, 10, 100, 1.0, 0.1) == pytest.approx(0.1)
     w = ellipse.tensor([1.0, -2.0], requires_grad=True)
     optimizer = nn.SGD([w], lr=0.5)
+    assert (optimizer.name, optimizer.buffer_names) == ("SGD", [])  # no momentum, no buffers
+    assert nn.SGD([w], lr=0.5, momentum=0.9).buffer_names == ["momentum_buffer"]
     ellipse.sum(w * w).backward()
     optimizer.step()
     np.testing.assert_allclose(w.numpy(), [0.0, 0.0])
