@@ -488,6 +488,28 @@ void bind_nn(nb::module_& m) {
         Release(), "Writes every parameter as F32 safetensors under its dotted name (atomically).");
   m.def("load_parameters", &load_parameters, "path"_a, "module"_a, Release(),
         "Loads a safetensors file into the module (exact names and shapes); returns its metadata.");
+
+  using GeneratorStates = std::map<std::string, std::vector<std::uint64_t>>;
+  using Fields = std::map<std::string, std::string>;
+  nb::class_<TrainState>(m, "TrainState",
+                         "What a training checkpoint holds beside the parameters and the optimizer's state: the step, "
+                         "named generators' states (Generator.state()) and string fields. Reading generators or "
+                         "fields gives a copy: build a new TrainState to change them.")
+      .def(
+          "__init__",
+          [](TrainState* self, std::int64_t step, GeneratorStates generators, Fields fields) {
+            new (self) TrainState{.step = step, .generators = std::move(generators), .fields = std::move(fields)};
+          },
+          "step"_a = 0, "generators"_a = GeneratorStates{}, "fields"_a = Fields{})
+      .def_rw("step", &TrainState::step)
+      .def_rw("generators", &TrainState::generators)
+      .def_rw("fields", &TrainState::fields);
+  m.def("save_train_state", &save_train_state, "path"_a, "module"_a, "optimizer"_a, "state"_a, Release(),
+        "Writes what a run needs to continue bit for bit (atomically): the parameters, the optimizer's buffers "
+        "under their names, its kind and step count, and `state`.");
+  m.def("load_train_state", &load_train_state, "path"_a, "module"_a, "optimizer"_a, Release(),
+        "Restores the module and the optimizer (of the kind that wrote the file) and returns the TrainState; "
+        "checks every name and shape first, so nothing changes on a mismatch.");
 }
 
 }  // namespace ellipse::python

@@ -56,6 +56,40 @@ def test_state_dict_and_checkpoint_round_trip(tmp_path):
         layer.load_state_dict({"fc1.weight": ellipse.zeros([1])})
 
 
+def test_train_state_resumes_exactly(tmp_path):
+    def build():
+        ellipse.manual_seed(3)
+        model = nn.Sequential([nn.Linear(4, 8), nn.Linear(8, 2)])
+        return model, nn.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def train(model, optimizer, gen, steps):
+        for _ in range(steps):
+            x = ellipse.randn([16, 4], gen=gen)
+            optimizer.zero_grad()
+            ellipse.mean((model(x) - x[:, :2]) ** 2).backward()
+            optimizer.step()
+
+    straight, straight_optimizer = build()
+    train(straight, straight_optimizer, ellipse.Generator(1), 6)
+
+    model, optimizer = build()
+    data = ellipse.Generator(1)
+    train(model, optimizer, data, 3)
+    path = str(tmp_path / "train_state.safetensors")
+    nn.save_train_state(path, model, optimizer, nn.TrainState(3, {"data": data.state()}, {"note": "halfway"}))
+    resumed, resumed_optimizer = build()  # a fresh process, say
+    state = nn.load_train_state(path, resumed, resumed_optimizer)
+    assert (state.step, state.fields, resumed_optimizer.steps) == (3, {"note": "halfway"}, 3)
+    resumed_data = ellipse.Generator(0)
+    resumed_data.set_state(state.generators["data"])
+    train(resumed, resumed_optimizer, resumed_data, 3)
+    for a, b in zip(resumed.parameters(), straight.parameters()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    with pytest.raises(ellipse.Error, match="holds an SGD optimizer's state, not one of AdamW"):
+        nn.load_train_state(path, resumed, nn.AdamW(resumed.parameters()))
+
+
 def test_forward_must_be_defined_and_registration_is_for_python_layers():
     class Empty(nn.Module):
         pass
