@@ -94,6 +94,11 @@ std::vector<std::uint64_t> split_words(const std::string& path, const std::strin
 constexpr std::string_view kGeneratorPrefix = "generator.";
 constexpr std::string_view kOptimizerKey = "optimizer";  // the optimizer's name(), in a training state
 
+// The metadata keys a training state writes itself, which its fields may not use.
+bool is_state_key(std::string_view key) {
+  return key == "step" || key == "optimizer_steps" || key == kOptimizerKey || key.starts_with(kGeneratorPrefix);
+}
+
 }  // namespace
 
 void save_parameters(const std::string& path, const nn::Module& module,
@@ -132,10 +137,8 @@ void save_train_state(const std::string& path, const nn::Module& module, const n
       tensors.emplace_back(buffer_names[b] + "." + params[i].first, buffers[buffer_names.size() * order[i] + b]);
   }
   for (const auto& [key, value] : state.fields)
-    ELLIPSE_CHECK(key != "step" && key != "optimizer_steps" && key != kOptimizerKey &&
-                      !key.starts_with(kGeneratorPrefix),
-                  "save_train_state: field '{}' uses a name the state keeps for itself (step, optimizer, "
-                  "optimizer_steps, generator.*)", key);
+    ELLIPSE_CHECK(!is_state_key(key), "save_train_state: field '{}' uses a name the state keeps for itself (step, "
+                  "optimizer, optimizer_steps, generator.*)", key);
   std::map<std::string, std::string> metadata = state.fields;
   metadata["step"] = std::to_string(state.step);
   metadata[std::string(kOptimizerKey)] = optimizer.name();
@@ -185,7 +188,7 @@ TrainState load_train_state(const std::string& path, nn::Module& module, nn::Opt
   for (const auto& [key, value] : file.metadata) {
     if (key.starts_with(kGeneratorPrefix)) {
       state.generators[key.substr(kGeneratorPrefix.size())] = split_words(path, key, value);
-    } else if (key != "step" && key != "optimizer_steps" && key != kOptimizerKey) {
+    } else if (!is_state_key(key)) {
       state.fields[key] = value;
     }
   }

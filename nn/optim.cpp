@@ -23,6 +23,13 @@ Optimizer::Optimizer(std::string name, std::vector<ParamGroup> groups, double lr
                      const std::function<double(const Tensor&)>& default_weight_decay)
     : name_(std::move(name)), buffer_names_(std::move(buffer_names)), lr_(lr) {
   check_lr(name_, lr);
+  // Checkpoints store buffer b of parameter P as "b.P" beside the parameters' "param.P".
+  std::set<std::string> names;
+  for (const auto& buffer : buffer_names_)
+    ELLIPSE_CHECK(!buffer.empty() && buffer != "param" && buffer.find('.') == std::string::npos &&
+                      names.insert(buffer).second,
+                  "{}: buffer names must be unique, non-empty, without '.' and not 'param'; got [{}]", name_,
+                  fmt::join(buffer_names_, ", "));
   std::set<const TensorImpl*> seen;
   for (std::size_t g = 0; g < groups.size(); ++g) {
     const ParamGroup& group = groups[g];

@@ -341,6 +341,18 @@ TEST_CASE("training checkpoints hold any optimizer's buffers under its names, an
   CHECK(load_train_state(old_path, resumed, adamw).step == 0);
   CHECK_ERROR(load_train_state(old_path, resumed, resumed_sgd), old_path, "'adam_m.");
 
+  // A buffer name must map to one tensor name per parameter.
+  struct Named : nn::Optimizer {
+    Named(std::vector<Tensor> parameters, std::vector<std::string> buffers)
+        : Optimizer("Named", {{.parameters = std::move(parameters)}}, 0.1, std::move(buffers),
+                    [](const Tensor&) { return 0.0; }) {}
+    void step() override {}
+  };
+  CHECK(Named(model.parameters(), {"a", "b"}).state().size() == 8);
+  for (const std::vector<std::string>& bad : std::vector<std::vector<std::string>>{{"param"}, {"a", "a"}, {""},
+                                                                                   {"a.b"}})
+    CHECK_ERROR(Named(model.parameters(), bad), "Named: buffer names must be unique", "not 'param'");
+
   // The names the state keeps for itself are not fields.
   for (const std::string key : {"step", "optimizer", "optimizer_steps", "generator.data"})
     CHECK_ERROR(save_train_state(dir / "bad.safetensors", model, sgd, TrainState{.step = 1, .generators = {},
