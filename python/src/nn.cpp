@@ -494,7 +494,7 @@ void bind_nn(nb::module_& m) {
   nb::class_<TrainState>(m, "TrainState",
                          "What a training checkpoint holds beside the parameters and the optimizer's state: the step, "
                          "named generators' states (Generator.state()) and string fields. Reading generators or "
-                         "fields gives a copy: build a new TrainState to change them.")
+                         "fields gives a copy: assign a whole dict to change them.")
       .def(
           "__init__",
           [](TrainState* self, std::int64_t step, GeneratorStates generators, Fields fields) {
