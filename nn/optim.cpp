@@ -22,6 +22,7 @@ Optimizer::Optimizer(std::string name, std::vector<ParamGroup> groups, double lr
                      std::vector<std::string> buffer_names,
                      const std::function<double(const Tensor&)>& default_weight_decay)
     : name_(std::move(name)), buffer_names_(std::move(buffer_names)), lr_(lr) {
+  ELLIPSE_CHECK(!name_.empty(), "Optimizer: expected a name (the kind a training checkpoint records), got \"\"");
   check_lr(name_, lr);
   // Checkpoints store buffer b of parameter P as "b.P" beside the parameters' "param.P".
   std::set<std::string> names;
@@ -44,7 +45,10 @@ Optimizer::Optimizer(std::string name, std::vector<ParamGroup> groups, double lr
                     p.defined() ? to_string(p.shape()) : "undefined");
       ELLIPSE_CHECK(seen.insert(p.impl().get()).second, "{}: a parameter of shape {} appears twice (group {})", name_,
                     to_string(p.shape()), g);
-      Slot slot{p, group.lr_scale, group.weight_decay.value_or(default_weight_decay(p)), {}};
+      const double weight_decay = group.weight_decay ? *group.weight_decay : default_weight_decay(p);
+      ELLIPSE_CHECK(std::isfinite(weight_decay) && weight_decay >= 0, "{}: the default weight decay of a parameter of "
+                    "shape {} is {}, expected a finite value >= 0", name_, to_string(p.shape()), weight_decay);
+      Slot slot{p, group.lr_scale, weight_decay, {}};
       for (std::size_t b = 0; b < buffer_names_.size(); ++b) slot.buffers.push_back(zeros_like(p));
       slots_.push_back(std::move(slot));
     }
@@ -101,19 +105,32 @@ Tensor Optimizer::gradient(const Slot& slot) const {
 
 namespace {
 std::vector<ParamGroup> one_group(std::vector<Tensor> parameters) { return {{.parameters = std::move(parameters)}}; }
+
+// The options, checked before the base class applies their weight decay (so that a bad one is named as an option).
+const AdamWOptions& checked(const AdamWOptions& options) {
+  ELLIPSE_CHECK(options.eps > 0 && options.weight_decay >= 0, "AdamW: invalid options (eps {}, weight_decay {}); "
+                "expected eps > 0 and weight_decay >= 0", options.eps, options.weight_decay);
+  ELLIPSE_CHECK(options.beta1 >= 0 && options.beta1 < 1 && options.beta2 >= 0 && options.beta2 < 1,
+                "AdamW: betas must lie in [0, 1), got ({}, {})", options.beta1, options.beta2);
+  return options;
+}
+
+const SGDOptions& checked(const SGDOptions& options) {
+  ELLIPSE_CHECK(options.momentum >= 0 && options.dampening >= 0 && options.dampening <= 1 && options.weight_decay >= 0,
+                "SGD: invalid options (momentum {}, dampening {}, weight_decay {}); expected momentum >= 0, dampening "
+                "in [0, 1], weight_decay >= 0", options.momentum, options.dampening, options.weight_decay);
+  ELLIPSE_CHECK(!options.nesterov || (options.momentum > 0 && options.dampening == 0), "SGD: nesterov needs momentum > "
+                "0 and dampening 0, got momentum {} and dampening {}", options.momentum, options.dampening);
+  return options;
+}
 }  // namespace
 
 AdamW::AdamW(std::vector<Tensor> parameters, AdamWOptions options) : AdamW(one_group(std::move(parameters)), options) {}
 
 AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options)
-    : Optimizer("AdamW", std::move(groups), options.lr, {"adam_m", "adam_v"},
+    : Optimizer("AdamW", std::move(groups), checked(options).lr, {"adam_m", "adam_v"},
                 [&options](const Tensor& p) { return p.dim() >= 2 ? options.weight_decay : 0.0; }),
-      options_(options) {
-  ELLIPSE_CHECK(options.eps > 0 && options.weight_decay >= 0, "AdamW: invalid options (eps {}, weight_decay {}); "
-                "expected eps > 0 and weight_decay >= 0", options.eps, options.weight_decay);
-  ELLIPSE_CHECK(options.beta1 >= 0 && options.beta1 < 1 && options.beta2 >= 0 && options.beta2 < 1,
-                "AdamW: betas must lie in [0, 1), got ({}, {})", options.beta1, options.beta2);
-}
+      options_(options) {}
 
 void AdamW::step() {
   NoGradGuard no_grad;
@@ -130,16 +147,10 @@ void AdamW::step() {
 SGD::SGD(std::vector<Tensor> parameters, SGDOptions options) : SGD(one_group(std::move(parameters)), options) {}
 
 SGD::SGD(std::vector<ParamGroup> groups, SGDOptions options)
-    : Optimizer("SGD", std::move(groups), options.lr,
+    : Optimizer("SGD", std::move(groups), checked(options).lr,
                 options.momentum != 0 ? std::vector<std::string>{"momentum_buffer"} : std::vector<std::string>{},
                 [&options](const Tensor&) { return options.weight_decay; }),
-      options_(options) {
-  ELLIPSE_CHECK(options.momentum >= 0 && options.dampening >= 0 && options.dampening <= 1 && options.weight_decay >= 0,
-                "SGD: invalid options (momentum {}, dampening {}, weight_decay {}); expected momentum >= 0, dampening "
-                "in [0, 1], weight_decay >= 0", options.momentum, options.dampening, options.weight_decay);
-  ELLIPSE_CHECK(!options.nesterov || (options.momentum > 0 && options.dampening == 0), "SGD: nesterov needs momentum > "
-                "0 and dampening 0, got momentum {} and dampening {}", options.momentum, options.dampening);
-}
+      options_(options) {}
 
 void SGD::step() {
   NoGradGuard no_grad;

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -341,13 +342,18 @@ TEST_CASE("training checkpoints hold any optimizer's buffers under its names, an
   CHECK(load_train_state(old_path, resumed, adamw).step == 0);
   CHECK_ERROR(load_train_state(old_path, resumed, resumed_sgd), old_path, "'adam_m.");
 
-  // A buffer name must map to one tensor name per parameter.
+  // A buffer name must map to one tensor name per parameter; the kind needs a name, the decay a sensible value.
   struct Named : nn::Optimizer {
-    Named(std::vector<Tensor> parameters, std::vector<std::string> buffers)
-        : Optimizer("Named", {{.parameters = std::move(parameters)}}, 0.1, std::move(buffers),
-                    [](const Tensor&) { return 0.0; }) {}
+    Named(std::vector<Tensor> parameters, std::vector<std::string> buffers, std::string name = "Named",
+          double default_decay = 0.0)
+        : Optimizer(std::move(name), {{.parameters = std::move(parameters)}}, 0.1, std::move(buffers),
+                    [default_decay](const Tensor&) { return default_decay; }) {}
     void step() override {}
   };
+  CHECK_ERROR(Named(model.parameters(), {}, ""), "Optimizer: expected a name");
+  for (const double decay : {-1.0, std::nan("")})
+    CHECK_ERROR(Named(model.parameters(), {}, "Named", decay), "Named: the default weight decay of a parameter",
+                "expected a finite value >= 0");
   CHECK(Named(model.parameters(), {"a", "b"}).state().size() == 8);
   for (const std::vector<std::string>& bad : std::vector<std::vector<std::string>>{{"param"}, {"a", "a"}, {""},
                                                                                    {"a.b"}})
