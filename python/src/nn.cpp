@@ -1,4 +1,4 @@
-// ellipse.nn: modules (with Python subclasses through a trampoline), the basic layers, the optimizers, gradient
+// ellipse.nn: modules and optimizers (with Python subclasses through trampolines), the basic layers, gradient
 // clipping, the learning-rate schedule and parameter checkpoints.
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
@@ -8,6 +8,7 @@
 #include <nanobind/trampoline.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -109,14 +110,54 @@ class PyAttentionLayer : public nn::AttentionLayer {
   }
 };
 
-// Registering members and recording probes are for a Python layer's own methods: the library's layers are
-// complete when constructed and record what they compute themselves. `what` ends the error message.
-template <class PythonLayer, class Base>
-PythonLayer& python_layer(Base& self, const char* class_name, const char* method, const char* what) {
-  auto* layer = dynamic_cast<PythonLayer*>(&self);
-  ELLIPSE_CHECK(layer != nullptr, "{}.{}: only a Python subclass of ellipse.nn.{} {}", class_name, method,
+// An optimizer written in Python: `class MyOptimizer(ellipse.nn.Optimizer)` whose step(self) updates the
+// parameters and buffers of self.slots() in place. The buffers are the library's, so save_train_state and
+// load_train_state store them under the subclass's buffer names and record its name as the kind.
+class PyOptimizer : public nn::Optimizer {
+ public:
+  NB_TRAMPOLINE(nn::Optimizer);
+  PyOptimizer(std::string name, std::vector<nn::ParamGroup> groups, double lr, std::vector<std::string> buffer_names,
+              const std::function<double(const Tensor&)>& default_weight_decay)
+      : nn::Optimizer(std::move(name), std::move(groups), lr, std::move(buffer_names), default_weight_decay) {}
+  void step() override {
+    nb::gil_scoped_acquire gil;  // the library may call it from code that released the GIL
+    python_step();
+  }
+
+  using nn::Optimizer::begin_step;
+  using nn::Optimizer::gradient;
+  using nn::Optimizer::Slot;
+  using nn::Optimizer::slots;
+
+ private:
+  void python_step() { NB_OVERRIDE_PURE_NAME("step", step); }
+};
+
+// A Python optimizer's default weight decay: a number for every parameter, or a function of the parameter
+// (called here, once per parameter whose group sets none).
+std::function<double(const Tensor&)> default_weight_decay(const nb::object& weight_decay, const std::string& name) {
+  if (PyCallable_Check(weight_decay.ptr())) {
+    return [weight_decay, name](const Tensor& parameter) {
+      const nb::object decay = weight_decay(parameter);
+      ELLIPSE_CHECK(nb::isinstance<nb::float_>(decay) || nb::isinstance<nb::int_>(decay),
+                    "{}: weight_decay(parameter) must return a number, got {}", name, class_name(decay));
+      return nb::cast<double>(decay);
+    };
+  }
+  ELLIPSE_CHECK(nb::isinstance<nb::float_>(weight_decay) || nb::isinstance<nb::int_>(weight_decay),
+                "{}: weight_decay must be a number or a function of the parameter, got {}", name,
+                class_name(weight_decay));
+  return [decay = nb::cast<double>(weight_decay)](const Tensor&) { return decay; };
+}
+
+// Registering members, recording probes and stepping slots are for a Python subclass's own methods: the library's
+// layers and optimizers are complete when constructed. `what` ends the error message.
+template <class PythonClass, class Base>
+PythonClass& python_subclass(Base& self, const char* class_name, const char* method, const char* what) {
+  auto* subclass = dynamic_cast<PythonClass*>(&self);
+  ELLIPSE_CHECK(subclass != nullptr, "{}.{}: only a Python subclass of ellipse.nn.{} {}", class_name, method,
                 class_name, what);
-  return *layer;
+  return *subclass;
 }
 
 constexpr const char* kRegisters = "registers its own members";
@@ -129,14 +170,14 @@ void bind_registration(Class& cls, const char* class_name) {
   cls.def(
          "register_parameter",
          [class_name](Base& self, const std::string& name, const Tensor& value) {
-           return python_layer<PythonLayer>(self, class_name, "register_parameter", kRegisters)
+           return python_subclass<PythonLayer>(self, class_name, "register_parameter", kRegisters)
                .register_parameter(name, value);
          },
          "name"_a, "value"_a, "Makes value a parameter (requires grad) under name and returns it.")
       .def(
           "register_module",
           [class_name](Base& self, const std::string& name, std::shared_ptr<nn::Module> module) {
-            return python_layer<PythonLayer>(self, class_name, "register_module", kRegisters)
+            return python_subclass<PythonLayer>(self, class_name, "register_module", kRegisters)
                 .register_module(name, std::move(module));
           },
           "name"_a, "module"_a, "Makes module a child under name (its parameters are name.*) and returns it.");
@@ -325,7 +366,7 @@ void bind_nn(nb::module_& m) {
           .def(
               "record_attention",
               [](nn::AttentionLayer& self, const Tensor& probabilities) {
-                auto& layer = python_layer<PyAttentionLayer>(self, "AttentionLayer", "record_attention", kRecords);
+                auto& layer = python_subclass<PyAttentionLayer>(self, "AttentionLayer", "record_attention", kRecords);
                 if (layer.keeps_attention()) layer.record_attention(probabilities);
               },
               "probabilities"_a,
@@ -334,7 +375,7 @@ void bind_nn(nb::module_& m) {
           .def(
               "record_metric",
               [](nn::AttentionLayer& self, const Tensor& metric) {
-                python_layer<PyAttentionLayer>(self, "AttentionLayer", "record_metric", kRecords)
+                python_subclass<PyAttentionLayer>(self, "AttentionLayer", "record_metric", kRecords)
                     .record_metric(metric);
               },
               "metric"_a, "For a subclass's forward that scales its queries: the scale m, read by the probes.");
@@ -435,17 +476,65 @@ void bind_nn(nb::module_& m) {
   m.def("head_redundancy", &nn::head_redundancy, "attention"_a, Release(),
         "attention [B, H, N, M]: the mean L2 distance between the maps of different heads.");
 
-  nb::class_<nn::Optimizer>(m, "Optimizer", "What every optimizer shares: step, zero_grad, the learning rate.")
+  constexpr const char* kSteps = "steps its own slots (the library's optimizers step theirs)";
+  auto optimizer = nb::class_<nn::Optimizer, PyOptimizer>(
+      m, "Optimizer",
+      "What every optimizer shares: step, zero_grad, the learning rate, the buffers. Subclass it for an optimizer of "
+      "your own: call Optimizer.__init__(self, name, parameters, lr, buffer_names, weight_decay=0.0) and define "
+      "step(self), which calls self.begin_step() and updates each of self.slots() in place.");
+  nb::class_<PyOptimizer::Slot>(
+      optimizer, "Slot",
+      "One parameter with its group's settings and its buffers (zeros like it at first, one per buffer name). The "
+      "tensors are the optimizer's own: update them in place (add_, mul_, copy_) within ellipse.no_grad().")
+      .def_ro("parameter", &PyOptimizer::Slot::parameter)
+      .def_ro("lr_scale", &PyOptimizer::Slot::lr_scale, "The group's scale of the optimizer's lr.")
+      .def_ro("weight_decay", &PyOptimizer::Slot::weight_decay,
+              "The group's weight decay, or the default the optimizer was given.")
+      .def_ro("buffers", &PyOptimizer::Slot::buffers, "In buffer_names order.");
+  optimizer
+      .def(
+          "__init__",
+          [](nb::pointer_and_handle<nn::Optimizer> self, const std::string& name, const nb::iterable& parameters,
+             double lr, std::vector<std::string> buffer_names, const nb::object& weight_decay) {
+            const nb::handle type = self.h.type();
+            ELLIPSE_CHECK(!nb::getattr(type, "step").is(nb::getattr(nb::type<nn::Optimizer>(), "step")),
+                          "{}: a subclass of ellipse.nn.Optimizer defines step(self)",
+                          nb::cast<std::string>(type.attr("__name__")));
+            new (static_cast<void*>(self.p))
+                PyOptimizer(name, parameter_groups(parameters, name.c_str()), lr, std::move(buffer_names),
+                            default_weight_decay(weight_decay, name));
+          },
+          "name"_a, "parameters"_a, "lr"_a, "buffer_names"_a = std::vector<std::string>{}, "weight_decay"_a = 0.0,
+          "name: the kind a training checkpoint records; parameters: Tensors or ParamGroups; buffer_names: each "
+          "parameter's buffers; weight_decay: the decay of parameters whose group sets none, a number or a function "
+          "of the parameter.")
       .def("step", &nn::Optimizer::step, Release(), "One update from the parameters' current .grad.")
       .def("zero_grad", &nn::Optimizer::zero_grad)
       .def_prop_rw("lr", &nn::Optimizer::lr, &nn::Optimizer::set_lr, "The base learning rate.")
       .def_prop_ro("steps", &nn::Optimizer::steps)
-      .def_prop_ro("name", &nn::Optimizer::name, "\"AdamW\" or \"SGD\": the kind a training checkpoint records.")
+      .def_prop_ro("name", &nn::Optimizer::name,
+                   "The kind a training checkpoint records: \"AdamW\", \"SGD\" or a subclass's own.")
       .def_prop_ro("buffer_names", &nn::Optimizer::buffer_names,
                    "The names of each parameter's buffers, in state() order (AdamW: adam_m, adam_v).")
       .def("parameters", &nn::Optimizer::parameters)
       .def("state", &nn::Optimizer::state, "The buffers, each parameter's in turn (AdamW: [m0, v0, m1, ...]).")
-      .def("load_state", &nn::Optimizer::load_state, "state"_a, "steps"_a);
+      .def("load_state", &nn::Optimizer::load_state, "state"_a, "steps"_a)
+      .def(
+          "begin_step",
+          [](nn::Optimizer& self) {
+            return python_subclass<PyOptimizer>(self, "Optimizer", "begin_step", kSteps).begin_step();
+          },
+          "Counts a step and returns its number (1 for the first): the first call of a subclass's step.")
+      .def(
+          "slots",
+          [](nn::Optimizer& self) { return python_subclass<PyOptimizer>(self, "Optimizer", "slots", kSteps).slots(); },
+          "Every parameter with its settings and buffers, in parameters() order.")
+      .def(
+          "gradient",
+          [](nn::Optimizer& self, const PyOptimizer::Slot& slot) {
+            return recorded(python_subclass<PyOptimizer>(self, "Optimizer", "gradient", kSteps).gradient(slot));
+          },
+          "slot"_a, "The slot's gradient, contiguous, or None when it has none.");
   nb::class_<nn::ParamGroup>(
       m, "ParamGroup",
       "Parameters that share a learning rate and a weight decay: their rate is the optimizer's lr times lr_scale (so "

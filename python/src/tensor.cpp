@@ -291,6 +291,10 @@ void bind_tensor(nb::module_& m) {
       .def("fill_", [](Tensor& t, double value) { t.fill_(value); }, "value"_a, "Fills in place (outside autograd).")
       .def("copy_", [](Tensor& t, const Tensor& source) { t.copy_(source); }, "source"_a, Release(),
            "Copies source's values in place (outside autograd).")
+      .def("add_", [](Tensor& t, const Tensor& other, double alpha) { t.add_(other, alpha); }, "other"_a,
+           "alpha"_a = 1.0, Release(), "Adds alpha * other in place (outside autograd); other broadcasts to t.")
+      .def("mul_", [](Tensor& t, double factor) { t.mul_(factor); }, "factor"_a, Release(),
+           "Multiplies by factor in place (outside autograd).")
       .def("__getitem__", &get_item, nb::arg("key").none(),
            "Views for ints, slices (positive steps), None and ...; index_select for an i64 Tensor.")
       .def("__setitem__", &set_item, nb::arg("key").none(), "value"_a,

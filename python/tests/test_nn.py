@@ -56,11 +56,81 @@ def test_state_dict_and_checkpoint_round_trip(tmp_path):
         layer.load_state_dict({"fc1.weight": ellipse.zeros([1])})
 
 
-def test_train_state_resumes_exactly(tmp_path):
+class Adagrad(nn.Optimizer):
+    """An optimizer of our own: g = grad + decay * p, then p -= lr * g / (sqrt(sum of g^2 so far) + 1e-10). Matrices
+    decay by 0.01 unless their group says otherwise; vectors do not."""
+
+    def __init__(self, parameters, lr):
+        super().__init__("Adagrad", parameters, lr, ["sum_of_squares"],
+                         weight_decay=lambda p: 0.01 if len(p.shape) >= 2 else 0.0)
+
+    @ellipse.no_grad()
+    def step(self):
+        self.begin_step()
+        for slot in self.slots():
+            g = self.gradient(slot)
+            if g is None:
+                continue
+            g = g + slot.parameter * slot.weight_decay
+            slot.buffers[0].add_(g * g)
+            slot.parameter.add_(g / (ellipse.sqrt(slot.buffers[0]) + 1e-10), alpha=-self.lr * slot.lr_scale)
+
+
+def test_an_optimizer_written_in_python():
+    vector = ellipse.tensor([1.0, -2.0], requires_grad=True)
+    matrix = ellipse.tensor(np.ones((2, 2)), requires_grad=True)
+    idle = ellipse.tensor([5.0], requires_grad=True)
+    optimizer = Adagrad([nn.ParamGroup([vector, idle]), nn.ParamGroup([matrix], lr_scale=0.5)], lr=0.1)
+    assert (optimizer.name, optimizer.buffer_names) == ("Adagrad", ["sum_of_squares"])
+    assert [(slot.lr_scale, slot.weight_decay) for slot in optimizer.slots()] == [(1.0, 0.0), (1.0, 0.0), (0.5, 0.01)]
+    (ellipse.sum(vector * vector) + ellipse.sum(matrix * 0.0)).backward()
+    optimizer.step()
+    # vector: g = 2 p = [2, -4], so p moves by lr * g / |g|; matrix: g = 0.01 p alone, so p moves by lr * 0.5
+    np.testing.assert_allclose(vector.numpy(), [0.9, -1.9], rtol=1e-6)
+    np.testing.assert_allclose(matrix.numpy(), np.full((2, 2), 0.95), rtol=1e-6)
+    np.testing.assert_array_equal(idle.numpy(), [5.0])  # no gradient: untouched
+    np.testing.assert_allclose(optimizer.state()[0].numpy(), [4.0, 16.0], rtol=1e-6)
+    assert optimizer.steps == 1
+    nn.Optimizer.step(optimizer)  # the library's call goes through the C++ virtual to the Python step
+    assert optimizer.steps == 2
+    np.testing.assert_allclose(optimizer.state()[0].numpy(), [8.0, 32.0], rtol=1e-6)  # the same gradient again
+
+    class NoStep(nn.Optimizer):
+        pass
+
+    with pytest.raises(ellipse.Error, match="NoStep: a subclass of ellipse.nn.Optimizer defines step"):
+        NoStep("NoStep", [vector], 0.1)
+    with pytest.raises(ellipse.Error, match="Optimizer: a subclass of ellipse.nn.Optimizer defines step"):
+        nn.Optimizer("Plain", [vector], 0.1)
+    with pytest.raises(ellipse.Error, match="Optimizer.slots: only a Python subclass of ellipse.nn.Optimizer"):
+        nn.SGD([vector]).slots()
+    with pytest.raises(ellipse.Error, match="Mine: weight_decay must be a number or a function of the parameter"):
+        Mine("Mine", [vector], 0.1, weight_decay="0.01")
+    with pytest.raises(ellipse.Error, match="Mine: weight_decay.parameter. must return a number, got str"):
+        Mine("Mine", [vector], 0.1, weight_decay=lambda p: "0.01")
+    with pytest.raises(ellipse.Error, match="Mine: the default weight decay of a parameter of shape .2. is -1"):
+        Mine("Mine", [vector], 0.1, weight_decay=-1)
+    with pytest.raises(ellipse.Error, match="Optimizer: expected a name"):
+        Mine("", [vector], 0.1)
+    with pytest.raises(ellipse.Error, match="Mine: buffer names must be unique"):
+        Mine("Mine", [vector], 0.1, ["m", "m"])
+
+
+class Mine(nn.Optimizer):
+    """An optimizer that never moves anything: for the constructor's checks."""
+
+    def step(self):
+        self.begin_step()
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda parameters: nn.SGD(parameters, lr=0.05, momentum=0.9),
+                                            lambda parameters: Adagrad(parameters, lr=0.05)], ids=["SGD", "Adagrad"])
+def test_train_state_resumes_exactly(tmp_path, make_optimizer):
     def build():
         ellipse.manual_seed(3)
         model = nn.Sequential([nn.Linear(4, 8), nn.Linear(8, 2)])
-        return model, nn.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return model, make_optimizer(model.parameters())
+
 
     def train(model, optimizer, gen, steps):
         for _ in range(steps):
@@ -86,7 +156,7 @@ def test_train_state_resumes_exactly(tmp_path):
     for a, b in zip(resumed.parameters(), straight.parameters()):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
-    with pytest.raises(ellipse.Error, match="holds an SGD optimizer's state, not one of AdamW"):
+    with pytest.raises(ellipse.Error, match=f"holds an {optimizer.name} optimizer's state, not one of AdamW"):
         nn.load_train_state(path, resumed, nn.AdamW(resumed.parameters()))
 
 
