@@ -175,9 +175,16 @@ TrainState RunCheckpoints::resume(nn::Module& model, nn::Optimizer& optimizer) {
 void RunCheckpoints::save(const nn::Module& model, const nn::Optimizer& optimizer, TrainState state,
                           std::string_view metrics_line) {
   // Metrics before the checkpoint: after a crash between the two, metrics.jsonl is one line ahead of the state,
-  // and resume() drops the lines past the state's step before the run redoes them.
+  // and resume() drops the lines past the state's step before the run redoes them. It finds a line's step in the
+  // line, so each must be one JSON object that carries the checkpoint's step.
   if (!metrics_line.empty()) {
-    metrics_ += metrics_line;
+    if (metrics_line.ends_with('\n')) metrics_line.remove_suffix(1);
+    const auto json = nlohmann::json::parse(metrics_line, nullptr, false);
+    ELLIPSE_CHECK(metrics_line.find('\n') == std::string_view::npos && json.is_object() && json.contains("step") &&
+                      json["step"].is_number_integer() && json["step"].get<std::int64_t>() == state.step,
+                  "{}: a metrics line must be one line of JSON, an object whose \"step\" is the checkpoint's ({}); "
+                  "got '{}'", command_, state.step, metrics_line);
+    metrics_ += std::string(metrics_line) + "\n";
     io::write_file_atomic(files_.metrics, metrics_);
   }
   state.fields["flags"] = fingerprint_;

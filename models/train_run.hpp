@@ -116,7 +116,8 @@ class RunCheckpoints {
   void start(std::string_view config_json) { start_run(files_, config_json, command_); }
   // resume_checkpoint, the flags check, and metrics.jsonl's lines up to the state's step.
   TrainState resume(nn::Module& model, nn::Optimizer& optimizer);
-  // Appends `metrics_line` (unless empty) to metrics.jsonl and writes it, then save_checkpoint at state.step.
+  // Appends `metrics_line` (unless empty: one JSON object whose "step" is state.step, with or without its
+  // newline) to metrics.jsonl and writes it, then save_checkpoint at state.step.
   void save(const nn::Module& model, const nn::Optimizer& optimizer, TrainState state,
             std::string_view metrics_line = {});
   // check_finite for this run: `what` is prefixed with the command.

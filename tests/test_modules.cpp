@@ -398,6 +398,22 @@ TEST_CASE("run_train_loop: a module and an optimizer of one's own train, checkpo
   loop.end = 5;
   loop.steps = 4;
   CHECK_THROWS_WITH(run_train_loop(loop, model, optimizer, run), doctest::Contains("end (5) <= steps (4)"));
+
+  // Each metrics line is one JSON object with its checkpoint's step (a resume keeps the lines by it); the newline
+  // is optional.
+  RunCheckpoints lines(whole / "lines", "toy", "");
+  lines.start("{}\n");
+  loop.steps = 5;
+  loop.evaluate = [](const TrainProgress& at, double) { return fmt::format("{{\"step\": {}}}", at.step); };
+  run_train_loop(loop, model, optimizer, lines);
+  CHECK(io::read_file(whole / "lines/metrics.jsonl", 1 << 10) == "{\"step\": 5}\n");
+  for (const std::string bad : {"{\"step\": 4}", "{\"step\": 5}\n{\"step\": 5}\n", "step 5", "{\"epoch\": 1}"}) {
+    loop.evaluate = [bad](const TrainProgress&, double) { return bad; };
+    CHECK_THROWS_WITH(run_train_loop(loop, model, optimizer, lines),
+                      doctest::Contains("toy: a metrics line must be one line of JSON, an object whose \"step\" is "
+                                        "the checkpoint's (5)"));
+  }
+  CHECK(io::read_file(whole / "lines/metrics.jsonl", 1 << 10) == "{\"step\": 5}\n");
 }
 
 TEST_CASE("last_line: the last metrics line, with or without its newline") {
