@@ -1,6 +1,6 @@
-// ellipse.models: the character GPT (its config, construction, checkpoints), its text data, and its training,
-// evaluation and sampling as the `ellipse` program runs them; the ViT, its checkpoints and its training. Text
-// crosses as Python str (UTF-8 in C++).
+// ellipse.models: the training loop the trainers share, for one's own models too; the character GPT (its config,
+// construction, checkpoints), its text data, and its training, evaluation and sampling as the `ellipse` program runs
+// them; the ViT, its checkpoints and its training. Text crosses as Python str (UTF-8 in C++).
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
@@ -19,6 +19,7 @@
 #include "models/gpt.hpp"
 #include "models/gpt_train.hpp"
 #include "models/text.hpp"
+#include "models/train_run.hpp"
 #include "models/vit.hpp"
 #include "models/vit_train.hpp"
 
@@ -42,9 +43,83 @@ nb::dict eval_record(const EvalRecord& r) {
   return record;
 }
 
+// The training loop of both trainers, for one's own model, optimizer and data: run directories, checkpoints that
+// resume bit for bit, metrics.jsonl and the stop on a NaN or Inf. Its callbacks take the GIL when called.
+void bind_train_loop(nb::module_& m) {
+  nb::class_<TrainProgress>(m, "TrainProgress", "Reported after every training step.")
+      .def_ro("step", &TrainProgress::step, "Steps done (1 after the first).")
+      .def_ro("steps", &TrainProgress::steps, "The schedule's length.")
+      .def_ro("start_step", &TrainProgress::start_step, "Steps already done when this process began (a resume).")
+      .def_ro("loss", &TrainProgress::loss)
+      .def_ro("lr", &TrainProgress::lr)
+      .def_ro("items_per_s", &TrainProgress::items_per_s, "Items (images, tokens) per second since start_step.")
+      .def_ro("elapsed_s", &TrainProgress::elapsed_s, "The run's training time, earlier processes' included.")
+      .def_ro("start_elapsed_s", &TrainProgress::start_elapsed_s, "Of elapsed_s, the earlier processes'.")
+      .def_prop_ro("seconds_left", &seconds_left, "Until the last step, at this process's pace (NaN before it steps).");
+  m.def("format_duration", &format_duration, "seconds"_a, "'1h02m', '3m10s' or '42s' ('?' if negative, NaN or Inf).");
+  nb::class_<RunFiles>(m, "RunFiles", "A run directory's files.")
+      .def_ro("dir", &RunFiles::dir)
+      .def_ro("config", &RunFiles::config)
+      .def_ro("model", &RunFiles::model)
+      .def_ro("state", &RunFiles::state, "train_state.safetensors: what a resume needs.")
+      .def_ro("metrics", &RunFiles::metrics);
+  nb::class_<RunningMean>(
+      m, "RunningMean",
+      "The mean of the train losses since the last evaluation, checkpointed as the exact bits of its sum: a resumed "
+      "run passes the one its state holds (load(state, 'loss', run.files.state)).")
+      .def(nb::init<>())
+      .def("add", &RunningMean::add, "value"_a)
+      .def("take", &RunningMean::take, "The mean so far (0 when empty); starts again.")
+      .def("save", &RunningMean::save, "state"_a, "key"_a, "Stores it in the TrainState's fields under key.")
+      .def("load", &RunningMean::load, "state"_a, "key"_a, "path"_a, "Reads it back; errors name path.");
+  nb::class_<RunCheckpoints>(
+      m, "RunCheckpoints",
+      "One run directory's checkpoints and metrics: start() or resume(), then save(). The fingerprint (the run's "
+      "settings as text) is stored in every checkpoint and must match on resume; command prefixes the errors.")
+      .def(nb::init<const std::string&, std::string, std::string>(), "dir"_a, "command"_a, "fingerprint"_a = "")
+      .def_prop_ro("files", &RunCheckpoints::files)
+      .def_prop_ro("saved_step", &RunCheckpoints::saved_step, "0 before the first checkpoint.")
+      .def_prop_ro("resumed_elapsed_s", &RunCheckpoints::resumed_elapsed_s,
+                   "After resume: the training time before it (the last metrics line's elapsed_s).")
+      .def(
+          "start", [](RunCheckpoints& self, const std::string& config_json) { self.start(config_json); },
+          "config_json"_a = "{}\n", Release(),
+          "Creates the directory (refusing one that holds a run) and writes config.json.")
+      .def("resume", &RunCheckpoints::resume, "model"_a, "optimizer"_a, Release(),
+           "Loads the last checkpoint into model and optimizer, checks the fingerprint, and returns the TrainState.")
+      .def("save", &RunCheckpoints::save, "model"_a, "optimizer"_a, "state"_a, "metrics_line"_a = "", Release(),
+           "Appends metrics_line (a JSON object whose step is state.step) to metrics.jsonl, then checkpoints.");
+  nb::class_<TrainLoop>(
+      m, "TrainLoop",
+      "What run_train_loop runs: steps start to end of a schedule of `steps`. learning_rate, loss, evaluate_after, "
+      "evaluate and state must be set; on_step is optional. Data-parallel training is C++'s for now.")
+      .def(nb::init<>())
+      .def_rw("start", &TrainLoop::start, "The first step: 0, or the resumed state's step.")
+      .def_rw("end", &TrainLoop::end, "Stop after this many steps (the schedule's length, or earlier).")
+      .def_rw("steps", &TrainLoop::steps, "The schedule's length.")
+      .def_rw("clip", &TrainLoop::clip, "The largest global gradient norm.")
+      .def_rw("items_per_step", &TrainLoop::items_per_step, "Images or tokens, for TrainProgress.items_per_s.")
+      .def_rw("learning_rate", &TrainLoop::learning_rate, "learning_rate(step) -> float (step 0-based).")
+      .def_rw("loss", &TrainLoop::loss, "loss(step) -> a scalar Tensor with its graph: the step's forward pass.")
+      .def_rw("evaluate_after", &TrainLoop::evaluate_after, "evaluate_after(done) -> bool: evaluate after done steps.")
+      .def_rw("evaluate", &TrainLoop::evaluate,
+              "evaluate(progress, train_loss) -> the metrics.jsonl line: a JSON object whose step is progress.step "
+              "(put progress.elapsed_s in it, so that a resumed run's time goes on).")
+      .def_rw("state", &TrainLoop::state,
+              "state(done) -> nn.TrainState: the generators and fields to checkpoint besides the step and the loss.")
+      .def_rw("on_step", &TrainLoop::on_step, "on_step(progress) after every step, or None.");
+  m.def("run_train_loop", &run_train_loop, "loop"_a, "model"_a, "optimizer"_a, "run"_a, "train_loss"_a = RunningMean(),
+        Release(),
+        "Per step: the learning rate, zero_grad, loss(step), a stop on a NaN or Inf, backward, clipping, the "
+        "optimizer's step, on_step. After the steps evaluate_after accepts and the schedule's last, evaluate writes "
+        "its line and the run is checkpointed (with state(done), the step and the train loss under 'loss'); a run "
+        "stopped at end between evaluations is checkpointed without a line. Any optimizer, one written in Python too.");
+}
+
 }  // namespace
 
 void bind_models(nb::module_& m) {
+  bind_train_loop(m);
   nb::class_<CharTokenizer>(m, "CharTokenizer", "A tokenizer over Unicode code points (one id per character).")
       .def_static("from_text", [](const std::string& text) { return CharTokenizer::from_text(from_utf8(text)); },
                   "text"_a, "The vocabulary: the sorted unique characters of text.")

@@ -1,9 +1,12 @@
-"""ellipse.nn from Python: a layer written in Python trained by the library's optimizer, inside Sequential."""
+"""ellipse.nn from Python: a layer written in Python trained by the library's optimizer, inside Sequential; an
+optimizer written in Python; both driven by the library's training loop, stopped and resumed."""
+import json
+
 import numpy as np
 import pytest
 
 import ellipse
-from ellipse import nn
+from ellipse import models, nn
 
 
 class Residual(nn.Module):
@@ -121,6 +124,67 @@ class Mine(nn.Optimizer):
 
     def step(self):
         self.begin_step()
+
+
+def train_with_the_library_loop(directory, end, resume, evaluate=None):
+    """A Python layer and the Python Adagrad trained by models.run_train_loop for `end` of 12 steps in directory
+    (resuming what is there when `resume`); returns the parameters and the (step, start_step) of each step."""
+    ellipse.manual_seed(5)
+    model = nn.Sequential([Residual(2, 8), nn.Linear(2, 1)])
+    optimizer = Adagrad(model.parameters(), lr=0.05)
+    run = models.RunCheckpoints(str(directory), "toy", "lr=0.05")
+    data = ellipse.Generator(1)
+    loop = models.TrainLoop()
+    loop.end, loop.steps, loop.items_per_step = end, 12, 32
+    train_loss = models.RunningMean()
+    if resume:
+        state = run.resume(model, optimizer)
+        data.set_state(state.generators["data"])
+        loop.start = state.step
+        train_loss.load(state, "loss", run.files.state)
+    else:
+        run.start(json.dumps({"model": "residual"}))
+
+    def loss(step):
+        x = ellipse.randn([32, 2], gen=data)
+        return ellipse.mean((model(x) - x[:, :1] * x[:, 1:]) ** 2)
+
+    loop.learning_rate = lambda step: nn.warmup_cosine_lr(step, 2, 12, 0.05, 0.005)
+    loop.loss = loss
+    loop.evaluate_after = lambda done: done % 5 == 0
+    loop.evaluate = evaluate or (lambda progress, mean: json.dumps({"step": progress.step, "train_loss": mean}))
+    loop.state = lambda done: nn.TrainState(0, {"data": data.state()})
+    steps = []
+    loop.on_step = lambda progress: steps.append((progress.step, progress.start_step))
+    models.run_train_loop(loop, model, optimizer, run, train_loss)
+    return [p.numpy() for p in model.parameters()], steps
+
+
+def test_the_library_loop_trains_and_resumes_python_code_exactly(tmp_path):
+    straight, steps = train_with_the_library_loop(tmp_path / "whole", 12, False)
+    assert steps == [(step, 0) for step in range(1, 13)]
+    train_with_the_library_loop(tmp_path / "stopped", 7, False)  # stopped between evaluations
+    resumed, steps = train_with_the_library_loop(tmp_path / "stopped", 12, True)
+    assert steps == [(step, 7) for step in range(8, 13)]
+    for a, b in zip(resumed, straight):
+        np.testing.assert_array_equal(a, b)
+    metrics = (tmp_path / "whole" / "metrics.jsonl").read_text()
+    assert (tmp_path / "stopped" / "metrics.jsonl").read_text() == metrics
+    assert [json.loads(line)["step"] for line in metrics.splitlines()] == [5, 10, 12]
+    assert json.loads((tmp_path / "whole" / "config.json").read_text()) == {"model": "residual"}
+    assert models.format_duration(62 * 60) == "1h02m"
+
+    # A callback's exception comes back as it was raised; the library's checks name what is wrong.
+    def failing(progress, mean):
+        raise ValueError("no evaluation today")
+
+    with pytest.raises(ValueError, match="no evaluation today"):
+        train_with_the_library_loop(tmp_path / "failing", 12, False, failing)
+    with pytest.raises(ellipse.Error, match="toy: a metrics line must be one line of JSON, an object whose \"step\""):
+        train_with_the_library_loop(tmp_path / "epochs", 12, False, lambda progress, mean: '{"epoch": 1}')
+    with pytest.raises(ellipse.Error, match="must all be set"):
+        models.run_train_loop(models.TrainLoop(), nn.Linear(2, 1), nn.SGD(nn.Linear(2, 1).parameters()),
+                              models.RunCheckpoints(str(tmp_path / "unset"), "toy"))
 
 
 @pytest.mark.parametrize("make_optimizer", [lambda parameters: nn.SGD(parameters, lr=0.05, momentum=0.9),
