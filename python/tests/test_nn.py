@@ -98,6 +98,9 @@ def test_an_optimizer_written_in_python():
     assert optimizer.steps == 2
     np.testing.assert_allclose(optimizer.state()[0].numpy(), [8.0, 32.0], rtol=1e-6)  # the same gradient again
 
+    with pytest.raises(ellipse.Error, match=r"add_: in-place update of a tensor of shape \[2\] .* ellipse.no_grad\(\)"):
+        vector.add_(vector)  # a parameter, outside ellipse.no_grad()
+
     class NoStep(nn.Optimizer):
         pass
 
