@@ -105,8 +105,8 @@ Tensor Tensor::to(Device d) const { return ellipse::to_device(*this, d); }
 namespace {
 void check_in_place(const Tensor& t, std::string_view op) {
   ELLIPSE_CHECK(!(grad_enabled() && (t.requires_grad() || t.grad_fn())),
-                "{}: in-place update of a tensor of shape {} that takes part in autograd; wrap it in NoGradGuard",
-                op, to_string(t.shape()));
+                "{}: in-place update of a tensor of shape {} that takes part in autograd; do it with grad mode off "
+                "(NoGradGuard; ellipse.no_grad() in Python)", op, to_string(t.shape()));
 }
 }  // namespace
 

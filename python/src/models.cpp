@@ -81,10 +81,8 @@ void bind_train_loop(nb::module_& m) {
       .def_prop_ro("saved_step", &RunCheckpoints::saved_step, "0 before the first checkpoint.")
       .def_prop_ro("resumed_elapsed_s", &RunCheckpoints::resumed_elapsed_s,
                    "After resume: the training time before it (the last metrics line's elapsed_s).")
-      .def(
-          "start", [](RunCheckpoints& self, const std::string& config_json) { self.start(config_json); },
-          "config_json"_a = "{}\n", Release(),
-          "Creates the directory (refusing one that holds a run) and writes config.json.")
+      .def("start", &RunCheckpoints::start, "config_json"_a = "{}\n", Release(),
+           "Creates the directory (refusing one that holds a run) and writes config.json.")
       .def("resume", &RunCheckpoints::resume, "model"_a, "optimizer"_a, Release(),
            "Loads the last checkpoint into model and optimizer, checks the fingerprint, and returns the TrainState.")
       .def("save", &RunCheckpoints::save, "model"_a, "optimizer"_a, "state"_a, "metrics_line"_a = "", Release(),

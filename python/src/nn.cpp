@@ -496,10 +496,8 @@ void bind_nn(nb::module_& m) {
           "__init__",
           [](nb::pointer_and_handle<nn::Optimizer> self, const std::string& name, const nb::iterable& parameters,
              double lr, std::vector<std::string> buffer_names, const nb::object& weight_decay) {
-            const nb::handle type = self.h.type();
-            ELLIPSE_CHECK(!nb::getattr(type, "step").is(nb::getattr(nb::type<nn::Optimizer>(), "step")),
-                          "{}: a subclass of ellipse.nn.Optimizer defines step(self)",
-                          nb::cast<std::string>(type.attr("__name__")));
+            ELLIPSE_CHECK(!nb::getattr(self.h.type(), "step").is(nb::getattr(nb::type<nn::Optimizer>(), "step")),
+                          "{}: a subclass of ellipse.nn.Optimizer defines step(self)", class_name(self.h));
             new (static_cast<void*>(self.p))
                 PyOptimizer(name, parameter_groups(parameters, name.c_str()), lr, std::move(buffer_names),
                             default_weight_decay(weight_decay, name));

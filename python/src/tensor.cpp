@@ -152,14 +152,6 @@ Tensor get_item(const Tensor& tensor, nb::handle key) {
   return out;
 }
 
-// The library's in-place updates refuse a tensor in autograd while grad mode is on, naming NoGradGuard; from
-// Python the same check names ellipse.no_grad().
-void check_in_place(const Tensor& tensor, const char* op) {
-  ELLIPSE_CHECK(!(grad_enabled() && (tensor.requires_grad() || tensor.grad_fn())),
-                "{}: in-place update of a tensor of shape {} that takes part in autograd; do it under "
-                "ellipse.no_grad()", op, to_string(tensor.shape()));
-}
-
 // t[key] = value: value (a number, a Tensor, or nested lists or an array as ellipse.tensor takes them) is
 // broadcast to the view t[key] and written into it, and so into t. An index tensor would select a copy, which the
 // write would not reach, so keys are views only. In place, as fill_ and copy_: not on a tensor in autograd while
@@ -171,7 +163,9 @@ void set_item(Tensor& tensor, nb::handle key, nb::handle value) {
     for (nb::handle item : nb::borrow<nb::tuple>(key)) indexed = indexed || is_index_tensor(item);
   ELLIPSE_CHECK(!indexed, "__setitem__: an index tensor selects a copy, which an assignment would not reach; assign "
                 "through ints, slices, None and ... (views), or build the result with index ops");
-  check_in_place(tensor, "__setitem__");
+  ELLIPSE_CHECK(!(grad_enabled() && (tensor.requires_grad() || tensor.grad_fn())),
+                "__setitem__: assignment into a tensor of shape {} that takes part in autograd; do it under "
+                "ellipse.no_grad()", to_string(tensor.shape()));
   Tensor target = get_item(tensor, key);
   // A float fills exactly in f32 and f64; an int into i64 goes through an i64 tensor, as a double would round it.
   if (nb::isinstance<nb::float_>(value) || (nb::isinstance<nb::int_>(value) && target.dtype() != DType::i64)) {
@@ -294,37 +288,13 @@ void bind_tensor(nb::module_& m) {
            Release())
       .def("mean", nb::overload_cast<const Tensor&, const Axes&, bool>(&mean), "axes"_a = Axes{}, "keepdim"_a = false,
            Release())
-      .def(
-          "fill_",
-          [](Tensor& t, double value) {
-            check_in_place(t, "fill_");
-            t.fill_(value);
-          },
-          "value"_a, "Fills in place (outside autograd).")
-      .def(
-          "copy_",
-          [](Tensor& t, const Tensor& source) {
-            check_in_place(t, "copy_");
-            nb::gil_scoped_release release;
-            t.copy_(source);
-          },
-          "source"_a, "Copies source's values in place (outside autograd).")
-      .def(
-          "add_",
-          [](Tensor& t, const Tensor& other, double alpha) {
-            check_in_place(t, "add_");
-            nb::gil_scoped_release release;
-            t.add_(other, alpha);
-          },
-          "other"_a, "alpha"_a = 1.0, "Adds alpha * other in place (outside autograd); other broadcasts to t.")
-      .def(
-          "mul_",
-          [](Tensor& t, double factor) {
-            check_in_place(t, "mul_");
-            nb::gil_scoped_release release;
-            t.mul_(factor);
-          },
-          "factor"_a, "Multiplies by factor in place (outside autograd).")
+      .def("fill_", [](Tensor& t, double value) { t.fill_(value); }, "value"_a, "Fills in place (outside autograd).")
+      .def("copy_", [](Tensor& t, const Tensor& source) { t.copy_(source); }, "source"_a, Release(),
+           "Copies source's values in place (outside autograd).")
+      .def("add_", [](Tensor& t, const Tensor& other, double alpha) { t.add_(other, alpha); }, "other"_a,
+           "alpha"_a = 1.0, Release(), "Adds alpha * other in place (outside autograd); other broadcasts to t.")
+      .def("mul_", [](Tensor& t, double factor) { t.mul_(factor); }, "factor"_a, Release(),
+           "Multiplies by factor in place (outside autograd).")
       .def("__getitem__", &get_item, nb::arg("key").none(),
            "Views for ints, slices (positive steps), None and ...; index_select for an i64 Tensor.")
       .def("__setitem__", &set_item, nb::arg("key").none(), "value"_a,
